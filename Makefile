@@ -1,0 +1,44 @@
+# erofs-converter: `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help setup test lint demo bench mirror mirror-demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml scripts/setup-system.sh
+	bash scripts/setup-system.sh
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## install Debian packages, erofs-utils >= 1.9.3 (cached build) and the venv
+
+test: $(STAMP) ## run the whole test suite (sets up first if needed)
+	$(BIN)/ruff check converter tests
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check converter tests
+	$(BIN)/mypy
+
+demo: $(STAMP) ## the main job: convert an embedded sample image through a local registry
+	$(BIN)/python -m converter.demo
+
+bench: $(STAMP) ## benchmark against gzip|mkfs.erofs (not part of make test)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+mirror: $(STAMP) ## run a mirroring job: make mirror JOB=pipelines/x.yaml
+	$(BIN)/convert mirror $(JOB)
+
+mirror-demo: $(STAMP) ## mirror the embedded sample image into a local registry
+	$(BIN)/python -m converter.demo --mirror
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,120 @@
+"""The exception tree: every failure the tool reports is a ConverterError.
+
+    ConverterError                 one-line, user-facing message ("doing X to Y: cause")
+    ├── UsageError                 bad flags, references or formats (exit status 2)
+    │   ├── InvalidReference
+    │   └── InvalidFormat
+    ├── LayerError                 a source layer is malformed (names the layer and the entry)
+    ├── ErofsFormatError           an EROFS image is corrupt or uses what we cannot read
+    ├── ToolError                  an external program is missing, too old or failed
+    │   └── MkfsError              mkfs.erofs failed (exit code and the end of its stderr)
+    ├── RegistryError              the registry said no (status, code, method, redacted URL)
+    │   ├── AuthError
+    │   └── NotFound
+    ├── UnsupportedMediaType
+    ├── ImageError                 a manifest/config/index is malformed or inconsistent
+    └── JobConfigError             a mirroring job file is invalid (file, line, field)
+
+Third-party exceptions are converted at the boundary with ``raise ... from exc`` so the
+CLI can print one line and choose the exit status without knowing library internals.
+"""
+
+from __future__ import annotations
+
+
+class ConverterError(Exception):
+    """Root of all errors the tool reports to users."""
+
+    exit_status = 1
+
+
+class UsageError(ConverterError):
+    """The caller asked for something malformed; exit status 2 like argparse."""
+
+    exit_status = 2
+
+
+class InvalidReference(UsageError):
+    """An image reference does not parse."""
+
+
+class InvalidFormat(UsageError):
+    """A --to FORMAT string does not parse or names an unknown algorithm/option."""
+
+
+class LayerError(ConverterError):
+    """A source layer is malformed; the message names the layer and, if known, the entry."""
+
+    def __init__(self, message: str, *, layer: str = "", entry: str = "") -> None:
+        self.layer = layer
+        self.entry = entry
+        where = []
+        if layer:
+            where.append(f"layer {layer}")
+        if entry:
+            where.append(f"entry {entry!r}")
+        prefix = f"reading {', '.join(where)}: " if where else ""
+        super().__init__(prefix + message)
+        self.detail = message
+
+
+class ErofsFormatError(ConverterError):
+    """An EROFS image is corrupt, truncated or uses a feature we do not read."""
+
+
+class ToolError(ConverterError):
+    """An external program (mkfs.erofs, ...) is missing, too old, or failed."""
+
+
+class MkfsError(ToolError):
+    """mkfs.erofs exited non-zero or reported an error."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr: str = "") -> None:
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.strip().splitlines()[-5:]
+        detail = f" (exit {returncode})" if returncode is not None else ""
+        if tail:
+            detail += ": " + " | ".join(tail)
+        super().__init__(message + detail)
+
+
+class RegistryError(ConverterError):
+    """A registry answered with an error, or could not be reached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "",
+        method: str = "",
+        url: str = "",
+        temporary: bool = False,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.method = method
+        self.url = url
+        self.temporary = temporary
+        super().__init__(message)
+
+
+class AuthError(RegistryError):
+    """Authentication or authorisation failed (401/403)."""
+
+
+class NotFound(RegistryError):
+    """The registry does not have the manifest, blob or repository."""
+
+
+class UnsupportedMediaType(ConverterError):
+    """A manifest, config or layer has a media type we cannot convert."""
+
+
+class ImageError(ConverterError):
+    """A manifest, index or config is malformed or inconsistent."""
+
+
+class JobConfigError(UsageError):
+    """A mirroring job file is invalid; the message cites file, line and field."""

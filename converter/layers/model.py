@@ -1,0 +1,159 @@
+"""Data model shared by the tar reader, the layer normaliser and the EROFS builders.
+
+The flow is: ``tarstream`` yields ``TarEntry`` values (raw archive facts) with a ``FileData``
+stream for regular files; ``normalise`` applies OCI changeset semantics and builds a tree of
+``Inode`` objects (metadata only) while file contents go to a ``DataSink`` that returns a
+``DataRef``; a builder (pure-Python writer, or a normalised tar fed to mkfs.erofs) turns the
+tree into an image. Only metadata stays in memory: contents live in the sink.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class EntryKind(enum.Enum):
+    """Kinds of tar entries after typeflag decoding (old-style NUL/'7' are REG, 'S' sparse is REG)."""
+
+    REG = "reg"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    CHR = "chr"
+    BLK = "blk"
+    FIFO = "fifo"
+
+
+@dataclass(slots=True)
+class TarEntry:
+    """One archive member, with PAX/GNU extensions already applied.
+
+    ``name`` is the member path exactly as the archive resolves it (PAX ``path``, GNU 'L', or
+    ustar prefix/name), not yet normalised. ``size`` is the logical size of a regular file: for
+    sparse members the expanded size.
+    """
+
+    name: bytes
+    kind: EntryKind
+    mode: int  # permission bits including setuid/setgid/sticky (mode & 0o7777)
+    uid: int
+    gid: int
+    mtime_sec: int
+    mtime_nsec: int
+    size: int = 0
+    linkname: bytes = b""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)  # full names, e.g. "user.foo"
+
+    def display_name(self) -> str:
+        """The name for error messages (undecodable bytes escaped, never raising)."""
+        return self.name.decode("utf-8", "backslashreplace")
+
+
+class FileData(Protocol):
+    """A regular file's contents, readable once, front to back, before the next entry."""
+
+    def read(self, n: int = -1) -> bytes: ...
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]: ...
+
+
+class NodeKind(enum.IntEnum):
+    """Inode types; the values are the EROFS/Linux dirent file_type codes."""
+
+    REG = 1
+    DIR = 2
+    CHR = 3
+    BLK = 4
+    FIFO = 5
+    SOCK = 6
+    LNK = 7
+
+
+S_IFMT_BY_KIND = {
+    NodeKind.REG: 0o100000,
+    NodeKind.DIR: 0o040000,
+    NodeKind.CHR: 0o020000,
+    NodeKind.BLK: 0o060000,
+    NodeKind.FIFO: 0o010000,
+    NodeKind.SOCK: 0o140000,
+    NodeKind.LNK: 0o120000,
+}
+
+
+class DataRef(Protocol):
+    """Where a sink stored one file's contents; only the sink that made it reads it back."""
+
+    @property
+    def size(self) -> int: ...
+
+
+class DataSink(Protocol):
+    """Receives regular-file contents while the tar streams; returns a handle to them."""
+
+    def add(self, data: FileData, size: int) -> DataRef: ...
+
+
+@dataclass(slots=True, eq=False)
+class Inode:
+    """One filesystem object of the normalised layer. Hard links are one Inode in several dirs.
+
+    ``mode`` holds only permission bits (0o7777); the type is ``kind``. A whiteout is a CHR
+    inode with rdev 0:0 and mode 0. Directories have ``children`` (name -> Inode, names are
+    single path components as bytes); other kinds have ``children is None``.
+    """
+
+    kind: NodeKind
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    mtime_sec: int = 0
+    mtime_nsec: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    size: int = 0  # REG: contents length; LNK: target length; others 0
+    data: DataRef | None = None  # REG with size > 0
+    target: bytes = b""  # LNK
+    rdev_major: int = 0
+    rdev_minor: int = 0
+    children: dict[bytes, Inode] | None = None
+
+    @property
+    def st_mode(self) -> int:
+        return S_IFMT_BY_KIND[self.kind] | (self.mode & 0o7777)
+
+    def is_whiteout(self) -> bool:
+        return self.kind is NodeKind.CHR and self.rdev_major == 0 and self.rdev_minor == 0
+
+
+@dataclass(frozen=True, slots=True)
+class DirMeta:
+    """Metadata a directory has in the merged lower layers; implicit parents inherit it."""
+
+    mode: int
+    uid: int
+    gid: int
+    mtime_sec: int
+    mtime_nsec: int
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+
+
+class LowerView(Protocol):
+    """What an upper layer may learn about the merged layers below it."""
+
+    def dir_meta(self, path: bytes) -> DirMeta | None:
+        """Metadata of directory ``path`` (no leading slash, b"" is the root) below, or None."""
+        ...
+
+    def open_file(self, path: bytes) -> tuple[Inode, FileData] | None:
+        """A regular file at ``path`` below (for cross-layer hard links), or None."""
+        ...
+
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+ORIGIN_XATTR = "trusted.overlay.origin"
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
