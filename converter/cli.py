@@ -1,0 +1,237 @@
+"""Command line: flags, exit codes and error rendering. Nothing imports this module.
+
+    convert SOURCE [--to FORMAT] [--dest DEST] ...   convert an image (registry or oci:DIR)
+    convert layer IN -o OUT.erofs [--to F] ...        convert one tar layer
+    convert ls IMAGE.erofs [PATH] [-x]                list an EROFS image like `tar tv`
+    convert cat IMAGE.erofs PATH                      print a file of an EROFS image
+    convert mirror JOB.yaml ...                       run a mirroring job
+
+Exit status: 0 success, 1 failure, 2 usage. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO, NoReturn
+
+from converter import __version__
+from converter.errors import ConverterError, UsageError
+
+SUBCOMMANDS = ("layer", "ls", "cat", "mirror")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so main() renders every error alike."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _layer_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="convert layer", description="Convert one tar layer (tar, tar+gzip, tar+zstd) to EROFS.")
+    p.add_argument("input", help="layer file, or - for stdin")
+    p.add_argument("-o", "--output", required=True, help="the EROFS image to write")
+    p.add_argument("--to", default="erofs", help="erofs (raw) or erofs+ALGO[,level=N]; ALGO: "
+                   "lz4, lz4hc, zstd, deflate, lzma")
+    p.add_argument("--bottom", action="store_true", help="the bottom layer: keep no whiteouts/opaque markers")
+    p.add_argument("--builder", choices=("python", "mkfs"), default="python",
+                   help="raw images: our writer (default) or mkfs.erofs; compressed always use mkfs.erofs")
+    p.add_argument("--media-type", help="the layer's media type, checked against its magic bytes")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _ls_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="convert ls", description="List an EROFS image like `tar tv`.")
+    p.add_argument("image")
+    p.add_argument("path", nargs="?", default="/")
+    p.add_argument("-x", "--xattrs", action="store_true", help="show extended attributes")
+    return p
+
+
+def _cat_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="convert cat", description="Write a file of an EROFS image to stdout.")
+    p.add_argument("image")
+    p.add_argument("path")
+    return p
+
+
+def _image_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="convert",
+        description="Convert a container image's layers to EROFS and push the result. "
+        "Also: convert layer|ls|cat|mirror (see convert SUBCOMMAND --help).",
+    )
+    p.add_argument("source", help="registry reference (ghcr.io/x:tag) or oci:DIR[:TAG]")
+    p.add_argument("--to", default="erofs", help="erofs or erofs+ALGO[,level=N] (default erofs)")
+    p.add_argument("--dest", help="destination reference; default: the source repository, tag <tag>-<format>")
+    p.add_argument("--platform", action="append", default=[], help="OS/ARCH[/VARIANT]; repeatable")
+    p.add_argument("--media-type-profile", default="spec", choices=("spec", "containerd-2.1", "containerd-2.3"))
+    p.add_argument("--merge-index", action="store_true", help="keep the source manifests in the new index")
+    p.add_argument("--plain-http", action="append", default=[], metavar="REGISTRY",
+                   help="allow plain HTTP to this registry (loopback registries always may)")
+    p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
+    p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: by CPU count)")
+    p.add_argument("--builder", choices=("python", "mkfs"), default="python")
+    p.add_argument("--workdir", help="temporary files go here (default: a private temp dir)")
+    p.add_argument("--log-format", choices=("console", "json"), default=None)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"erofs-converter {__version__}")
+    return p
+
+
+@contextlib.contextmanager
+def _input(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ConverterError(f"opening layer {path}: {exc.strerror}") from exc
+    with f:
+        yield f
+
+
+def cmd_layer(argv: Sequence[str]) -> int:
+    args = _layer_parser().parse_args(argv)
+    from converter.formats import parse_format
+    from converter.layerconv import LayerOptions, convert_layer, default_build_time
+
+    fmt = parse_format(args.to)
+    options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time())
+    options.resolved_builder()
+    out = Path(args.output)
+    name = "stdin" if args.input == "-" else args.input
+    started = time.monotonic()
+    with _input(args.input) as src:
+        result = convert_layer(src, out, options=options, media_type=args.media_type, layer=name,
+                               workdir=out.parent)
+    if args.verbose:
+        print(f"{result.digest} {result.size} bytes from {result.source_size} source bytes "
+              f"({result.source_digest}) in {time.monotonic() - started:.2f}s", file=sys.stderr)
+    return 0
+
+
+def _fmt_mode(st_mode: int) -> str:
+    return stat.filemode(st_mode)
+
+
+def _fmt_time(sec: int, nsec: int) -> str:
+    t = time.gmtime(sec)
+    return time.strftime("%Y-%m-%d %H:%M:%S", t) + (f".{nsec:09d}" if nsec else "")
+
+
+def _esc(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
+
+
+def cmd_ls(argv: Sequence[str]) -> int:
+    args = _ls_parser().parse_args(argv)
+    from converter.erofs.reader import ErofsImage
+
+    with ErofsImage.open(args.image) as img:
+        out = sys.stdout
+        for path, st in img.walk(args.path):
+            size: str
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                size = f"{st.rdev_major},{st.rdev_minor}"
+            else:
+                size = str(st.size)
+            line = f"{_fmt_mode(st.st_mode)} {st.uid}/{st.gid} {size:>10} " \
+                   f"{_fmt_time(st.mtime_sec, st.mtime_nsec)} {_esc(path) or '/'}"
+            if stat.S_ISLNK(st.st_mode):
+                line += " -> " + _esc(img.readlink(path))
+            if st.nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                line += f" [nlink={st.nlink} ino={st.nid}]"
+            out.write(line + "\n")
+            if args.xattrs:
+                for key, value in sorted(img.xattrs(path).items()):
+                    out.write(f"    {key}={_xattr_value(value)}\n")
+    return 0
+
+
+def _xattr_value(value: bytes) -> str:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + value.hex()
+    return repr(text) if text.isprintable() else "0x" + value.hex()
+
+
+def cmd_cat(argv: Sequence[str]) -> int:
+    args = _cat_parser().parse_args(argv)
+    from converter.erofs.reader import ErofsImage
+
+    with ErofsImage.open(args.image) as img:
+        out = sys.stdout.buffer
+        for chunk in img.read_file(args.path):
+            out.write(chunk)
+        out.flush()
+    return 0
+
+
+def cmd_image(argv: Sequence[str]) -> int:
+    args = _image_parser().parse_args(argv)
+    from converter.imagecli import run_image_conversion
+
+    return run_image_conversion(args)
+
+
+def cmd_mirror(argv: Sequence[str]) -> int:
+    from converter.mirror.cli import run_mirror  # type: ignore[import-not-found]
+
+    result: int = run_mirror(argv)
+    return result
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "layer": cmd_layer,
+    "ls": cmd_ls,
+    "cat": cmd_cat,
+    "mirror": cmd_mirror,
+}
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM behaves like Ctrl-C (cleanup runs); a second signal kills at once."""
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _install_signal_handlers()
+    try:
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        return cmd_image(argv)
+    except ConverterError as exc:
+        print(f"convert: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("convert: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
