@@ -141,14 +141,18 @@ def cmd_ls(argv: Sequence[str]) -> int:
 
     with ErofsImage.open(args.image) as img:
         out = sys.stdout
-        for path, st in img.walk(args.path):
+        want = b"/" + os.fsencode(args.path).strip(b"/")
+        img.stat(want)  # a clear error when the path does not exist
+        for path, st in img.walk():
+            if want != b"/" and path != want and not path.startswith(want + b"/"):
+                continue
             size: str
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 size = f"{st.rdev_major},{st.rdev_minor}"
             else:
                 size = str(st.size)
             line = f"{_fmt_mode(st.st_mode)} {st.uid}/{st.gid} {size:>10} " \
-                   f"{_fmt_time(st.mtime_sec, st.mtime_nsec)} {_esc(path) or '/'}"
+                   f"{_fmt_time(st.mtime_sec, st.mtime_nsec)} {_esc(path)}"
             if stat.S_ISLNK(st.st_mode):
                 line += " -> " + _esc(img.readlink(path))
             if st.nlink > 1 and not stat.S_ISDIR(st.st_mode):
@@ -224,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConverterError as exc:
         print(f"convert: {exc}", file=sys.stderr)
         return exc.exit_status
+    except FileNotFoundError as exc:  # e.g. `convert ls IMG /missing`
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"convert: {where}no such file or directory", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("convert: interrupted", file=sys.stderr)
         return 130

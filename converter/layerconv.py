@@ -86,6 +86,21 @@ class LayerResult:
     root: Inode
 
 
+class _Progress:
+    """Reports the running count of source bytes read to a callback (for progress bars)."""
+
+    def __init__(self, raw: BinaryIO, callback: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._callback = callback
+        self._count = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(size)
+        self._count += len(data)
+        self._callback(self._count)
+        return data
+
+
 def _sha256_file(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
@@ -115,7 +130,7 @@ def convert_layer(
     the number of source bytes consumed so far. On failure ``out_path`` is removed.
     """
     builder = options.resolved_builder()
-    hashed = HashingReader(src, progress=progress)
+    hashed = HashingReader(_Progress(src, progress) if progress else src)
     try:
         if builder == "python":
             root = _build_python(hashed, out_path, options=options, lower=lower,
@@ -139,7 +154,8 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, media_typ
     # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
     while stream.read(_CHUNK):
         pass
-    hashed.drain()
+    while hashed.read(_CHUNK):
+        pass
     return normaliser.finish()
 
 

@@ -111,7 +111,7 @@ def _tarinfo(item: Item) -> tarfile.TarInfo:
     ti.uid, ti.gid = item.uid, item.gid
     ti.uname = ti.gname = ""
     mtime = item.mtime
-    ti.mtime = float(mtime) if not isinstance(mtime, str) else float(mtime)
+    ti.mtime = float(mtime)
     pax: dict[str, str] = {}
     if isinstance(mtime, str):
         pax["mtime"] = mtime

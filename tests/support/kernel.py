@@ -63,10 +63,9 @@ def overlay(images: list[Path]) -> Iterator[Path]:
     with contextlib.ExitStack() as stack:
         lowers = [stack.enter_context(mounted(img)) for img in images]
         d = Path(tempfile.mkdtemp(prefix="ovl-mnt-"))
-        if len(lowers) == 1:
-            lowerdir = f"{lowers[0]}:{lowers[0]}"  # overlayfs needs 2 lowers without upper
-        else:
-            lowerdir = ":".join(str(p) for p in reversed(lowers))
+        # Without an upperdir overlayfs needs two lowers, so a single layer is stacked on itself.
+        stack_order = lowers if len(lowers) > 1 else lowers * 2
+        lowerdir = ":".join(str(p) for p in reversed(stack_order))
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lowerdir}", str(d)],
                        check=True, capture_output=True)
         try:

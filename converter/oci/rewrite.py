@@ -1,0 +1,365 @@
+"""Pure rewrite rules: source config/manifest/index plus new EROFS layers → what we push.
+
+No I/O and no logging here: every function takes bytes or models and returns bytes or models,
+so each rule of ``erofs-oci-layers.md`` §1 and §9 is a table-driven unit test. Decisions the
+caller should log (index entries dropped) are returned as data (``IndexPlan.dropped``).
+
+The rules, with their spec sections:
+
+* config (§5.1, §5.2, §5.4, §9): ``os.features`` gains ``"erofs"`` once; ``rootfs.type`` is
+  ``"layers"``; ``rootfs.diff_ids`` are the new layers' DiffIDs — for a raw blob its own
+  digest, also with EROFS-internal compression (§8, A-2: never apko's "twin" digest); every
+  other key, ``history`` included, is kept in its original order.
+* manifest (§4, §9): always ``application/vnd.oci.image.manifest.v1+json`` (Docker schema 2
+  inputs too); layer media type from the profile; with profile ``spec``,
+  ``org.erofs.role=overlay-lower`` on every layer but the last (§2.4, A-3); provenance
+  annotations under ``io.github.erofs-converter.*`` and no timestamps, so a rerun gives the
+  same digest and a mirror job can tell what an image was made from.
+* index (§6, A-13): entries carry ``erofs`` in ``platform.os.features``; without merging only
+  the EROFS manifests remain; with ``merge`` the source entries stay and each EROFS manifest
+  follows its platform's tar manifest. Attestations and unknown entries are dropped unless
+  merging.
+* foreign / non-distributable layers are refused (A-14).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from converter.errors import ImageError, UnsupportedMediaType
+from converter.oci.mediatypes import MediaType, Profile
+from converter.oci.model import (
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    canonical_json,
+    descriptor_for,
+    parse_config,
+)
+from converter.reference import Digest
+
+EROFS_FEATURE = "erofs"
+ROLE_ANNOTATION = "org.erofs.role"
+ROLE_OVERLAY_LOWER = "overlay-lower"
+UNCOMPRESSED_DIGEST_ANNOTATION = "org.erofs.uncompressed-digest"
+
+ANNOTATION_PREFIX = "io.github.erofs-converter."
+ANN_SOURCE_REF = ANNOTATION_PREFIX + "source.ref"
+ANN_SOURCE_DIGEST = ANNOTATION_PREFIX + "source.digest"
+ANN_FORMAT = ANNOTATION_PREFIX + "format"
+ANN_PROFILE = ANNOTATION_PREFIX + "profile"
+ANN_VERSION = ANNOTATION_PREFIX + "version"
+
+# BuildKit marks provenance/SBOM manifests this way (and gives them platform unknown/unknown).
+DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
+ATTESTATION_MANIFEST = "attestation-manifest"
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """What an EROFS image was made from; written as manifest/index annotations."""
+
+    source_ref: str
+    source_digest: Digest
+    fmt: str
+    profile: Profile
+    version: str
+
+    def annotations(self) -> dict[str, str]:
+        return {
+            ANN_SOURCE_REF: self.source_ref,
+            ANN_SOURCE_DIGEST: str(self.source_digest),
+            ANN_FORMAT: self.fmt,
+            ANN_PROFILE: self.profile.value,
+            ANN_VERSION: self.version,
+        }
+
+    @classmethod
+    def from_annotations(cls, annotations: Mapping[str, str]) -> Provenance | None:
+        """The provenance recorded by an earlier run, or None if absent or unreadable."""
+        try:
+            return cls(
+                source_ref=annotations[ANN_SOURCE_REF],
+                source_digest=Digest.parse(annotations[ANN_SOURCE_DIGEST]),
+                fmt=annotations[ANN_FORMAT],
+                profile=Profile(annotations[ANN_PROFILE]),
+                version=annotations[ANN_VERSION],
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class NewLayer:
+    """A converted layer blob. ``uncompressed_digest`` is only for a zstd-wrapped blob, whose
+    DiffID is the digest of the decompressed image (§5.2); a raw blob's DiffID is its digest."""
+
+    digest: Digest
+    size: int
+    zstd: bool = False
+    uncompressed_digest: Digest | None = None
+
+    def __post_init__(self) -> None:
+        if self.zstd and self.uncompressed_digest is None:
+            raise ValueError("a zstd-wrapped layer needs its uncompressed digest")
+        if not self.zstd and self.uncompressed_digest is not None:
+            raise ValueError("a raw layer's DiffID is its digest; give no uncompressed digest")
+
+    @property
+    def diff_id(self) -> Digest:
+        return self.uncompressed_digest if self.uncompressed_digest is not None else self.digest
+
+
+# --- checks on the source ---------------------------------------------------------------------
+
+
+def check_source_layers(manifest: Manifest, *, image: str) -> None:
+    """Refuse layers we cannot convert: foreign/non-distributable (A-14), non-tar, already EROFS."""
+    for i, layer in enumerate(manifest.layers):
+        mt = layer.known_type
+        where = f"converting {image}: layer {i} ({layer.digest})"
+        if mt is not None and mt.is_foreign:
+            raise UnsupportedMediaType(
+                f"{where}: non-distributable/foreign layer {mt.value} cannot be converted "
+                "(it may only be fetched from its URLs, and EROFS has no non-distributable type)"
+            )
+        if mt is not None and mt.is_erofs_layer:
+            raise UnsupportedMediaType(f"{where}: already an EROFS layer ({mt.value})")
+        if mt is None or not mt.is_tar_layer:
+            raise UnsupportedMediaType(f"{where}: unsupported layer media type {layer.media_type}")
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def _insert_after(raw: dict[str, Any], key: str, value: Any, *, after: Sequence[str]) -> dict[str, Any]:
+    """``raw`` with ``key`` set; a new key goes after the last of ``after`` present, else last."""
+    if key in raw:
+        out = dict(raw)
+        out[key] = value
+        return out
+    anchor = next((a for a in reversed(after) if a in raw), None)
+    out = {}
+    for k, v in raw.items():
+        out[k] = v
+        if k == anchor:
+            out[key] = value
+    if anchor is None:
+        out[key] = value
+    return out
+
+
+def rewrite_config(config: bytes, *, descriptor: Descriptor, layers: Sequence[NewLayer],
+                   source_layers: int, image: str = "image") -> bytes:
+    """The EROFS image's config from the source config bytes.
+
+    ``descriptor`` is the source manifest's config descriptor (digest and size are checked);
+    ``source_layers`` the number of source layers, which ``rootfs.diff_ids`` must match.
+    """
+    what = f"config of {image}"
+    cfg = parse_config(config, descriptor=descriptor, what=what)
+    if len(cfg.diff_ids) != source_layers:
+        raise ImageError(f"parsing {what}: rootfs.diff_ids has {len(cfg.diff_ids)} entries "
+                         f"but the manifest has {source_layers} layers")
+    if len(layers) != source_layers:
+        raise ImageError(f"rewriting {what}: {len(layers)} converted layers "
+                         f"for {source_layers} source layers")
+    raw: dict[str, Any] = copy.deepcopy(dict(cfg.raw))
+    features = list(raw.get("os.features") or [])
+    if EROFS_FEATURE not in features:
+        features.append(EROFS_FEATURE)
+    # Where image-spec's Go struct puts os.features: after os / os.version.
+    raw = _insert_after(raw, "os.features", features, after=("os", "os.version"))
+    rootfs = dict(raw.get("rootfs") or {})
+    rootfs["type"] = "layers"
+    rootfs["diff_ids"] = [str(layer.diff_id) for layer in layers]
+    raw["rootfs"] = rootfs
+    return canonical_json(raw)
+
+
+# --- manifest ---------------------------------------------------------------------------------
+
+
+def layer_descriptors(layers: Sequence[NewLayer], *, profile: Profile) -> tuple[Descriptor, ...]:
+    """The manifest's layer descriptors: profile media type, roles (§2.4), DiffID annotation."""
+    out = []
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):
+        annotations: dict[str, str] = {}
+        if profile.uses_roles:
+            if i != last:
+                annotations[ROLE_ANNOTATION] = ROLE_OVERLAY_LOWER
+            if layer.zstd:
+                # §8.1-7: every +zstd layer carries its DiffID (A-5).
+                annotations[UNCOMPRESSED_DIGEST_ANNOTATION] = str(layer.diff_id)
+        out.append(Descriptor(media_type=profile.layer_media_type(zstd=layer.zstd), digest=layer.digest,
+                              size=layer.size, annotations=annotations))
+    return tuple(out)
+
+
+def build_manifest(source: Manifest, *, config: bytes, layers: Sequence[NewLayer], profile: Profile,
+                   provenance: Provenance) -> Manifest:
+    """The EROFS manifest: OCI media types, new config and layers, source annotations kept
+    (except ours, which are replaced), no ``subject`` (the source's subject is not ours)."""
+    annotations = {k: v for k, v in source.annotations.items() if not k.startswith(ANNOTATION_PREFIX)}
+    annotations.update(provenance.annotations())
+    return Manifest(
+        media_type=MediaType.OCI_MANIFEST,
+        config=descriptor_for(config, MediaType.OCI_CONFIG),
+        layers=layer_descriptors(layers, profile=profile),
+        annotations=annotations,
+    )
+
+
+# --- index ------------------------------------------------------------------------------------
+
+
+def is_attestation(desc: Descriptor) -> bool:
+    """BuildKit attestation manifests (provenance, SBOM)."""
+    return desc.annotations.get(DOCKER_REFERENCE_TYPE) == ATTESTATION_MANIFEST
+
+
+def is_erofs_entry(desc: Descriptor) -> bool:
+    """An index entry that already points at an EROFS manifest."""
+    return desc.platform is not None and EROFS_FEATURE in desc.platform.os_features
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPlan:
+    """Which index entries to convert, and which the new index drops and why."""
+
+    convert: tuple[Descriptor, ...]
+    dropped: tuple[tuple[Descriptor, str], ...] = ()
+
+
+def plan_index(index: Index, *, platforms: Sequence[Platform] = (), merge: bool = False,
+               image: str = "image") -> IndexPlan:
+    """Choose the entries of ``index`` to convert.
+
+    An entry is converted if it is an image manifest for a real platform that matches
+    ``platforms`` (all, when empty). Everything else is *dropped* from a non-merged index, with
+    a reason: attestations, unknown/unknown or platform-less entries, nested indexes, unknown
+    media types, already-EROFS entries, platforms filtered out. With ``merge`` nothing is
+    dropped except EROFS entries for a platform we convert again (they are superseded).
+    """
+    convert: list[Descriptor] = []
+    dropped: list[tuple[Descriptor, str]] = []
+    skipped: list[tuple[Descriptor, str]] = []
+    for desc in index.manifests:
+        mt = desc.known_type
+        reason = None
+        if is_attestation(desc):
+            reason = "attestation manifest"
+        elif mt is None or not (mt.is_manifest or mt.is_index):
+            reason = f"unsupported media type {desc.media_type}"
+        elif mt.is_index:
+            reason = "nested index"
+        elif desc.platform is None:
+            reason = "no platform"
+        elif desc.platform.is_unknown:
+            reason = "platform unknown/unknown"
+        elif is_erofs_entry(desc):
+            reason = "already an EROFS manifest"
+        elif platforms and not any(desc.platform.matches(p) for p in platforms):
+            reason = f"platform {desc.platform} not selected"
+        if reason is None:
+            convert.append(desc)
+        else:
+            skipped.append((desc, reason))
+    if not convert:
+        wanted = ", ".join(str(p) for p in platforms) or "any platform"
+        raise ImageError(f"converting {image}: no image manifest for {wanted} in the index")
+    if merge:
+        converted_platforms = [d.platform for d in convert]
+        for desc, _reason in skipped:
+            if is_erofs_entry(desc) and any(_same_platform(desc.platform, p) for p in converted_platforms):
+                dropped.append((desc, "superseded EROFS manifest"))
+    else:
+        dropped = skipped
+    return IndexPlan(convert=tuple(convert), dropped=tuple(dropped))
+
+
+def _same_platform(a: Platform | None, b: Platform | None) -> bool:
+    if a is None or b is None:
+        return False
+    plain = replace(b, os_features=(), features=())
+    return a.matches(plain) and plain.matches(replace(a, os_features=(), features=()))
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertedEntry:
+    """One converted platform: the source entry (as listed in the source index, or made up for a
+    single-manifest source) and the new EROFS manifest's descriptor."""
+
+    source: Descriptor
+    manifest: Descriptor
+
+
+def erofs_entry(manifest: bytes, *, platform: Platform) -> Descriptor:
+    """The index entry for an EROFS manifest: ``erofs`` in ``platform.os.features`` (§6)."""
+    return descriptor_for(manifest, MediaType.OCI_MANIFEST, platform=platform.with_os_feature(EROFS_FEATURE))
+
+
+def build_index(source: Index | None, converted: Sequence[ConvertedEntry], *, plan: IndexPlan | None = None,
+                merge: bool = False, provenance: Provenance) -> Index:
+    """The new index.
+
+    Without ``merge``: the EROFS entries, in source order. With ``merge``: the source entries
+    (minus ``plan.dropped``), each converted platform's EROFS entry right after its tar entry
+    (§6: tar first, so clients that take the first match still get tar). ``source`` None means
+    the source was a single manifest (then ``merge`` lists it first, then the EROFS one).
+    """
+    if not converted:
+        raise ImageError("building index: no converted manifests")
+    annotations: dict[str, str] = {}
+    if source is not None:
+        annotations = {k: v for k, v in source.annotations.items() if not k.startswith(ANNOTATION_PREFIX)}
+    annotations.update(provenance.annotations())
+    if not merge:
+        entries = [c.manifest for c in converted]
+    else:
+        after = {str(c.source.digest): c.manifest for c in converted}
+        dropped = {str(d.digest) for d, _ in (plan.dropped if plan else ())}
+        listed = list(source.manifests) if source is not None else [c.source for c in converted]
+        entries = []
+        for desc in listed:
+            if str(desc.digest) in dropped:
+                continue
+            entries.append(desc)
+            new = after.pop(str(desc.digest), None)
+            if new is not None:
+                entries.append(new)
+        if after:
+            raise ImageError("building index: converted manifests missing from the source index: "
+                             + ", ".join(after))
+    return Index(media_type=MediaType.OCI_INDEX, manifests=tuple(entries), annotations=annotations)
+
+
+__all__ = [
+    "ANNOTATION_PREFIX",
+    "ANN_FORMAT",
+    "ANN_PROFILE",
+    "ANN_SOURCE_DIGEST",
+    "ANN_SOURCE_REF",
+    "ANN_VERSION",
+    "EROFS_FEATURE",
+    "ROLE_ANNOTATION",
+    "ROLE_OVERLAY_LOWER",
+    "ConvertedEntry",
+    "IndexPlan",
+    "NewLayer",
+    "Provenance",
+    "build_index",
+    "build_manifest",
+    "check_source_layers",
+    "erofs_entry",
+    "is_attestation",
+    "is_erofs_entry",
+    "layer_descriptors",
+    "plan_index",
+    "rewrite_config",
+]

@@ -1,0 +1,472 @@
+"""The per-manifest layer graph: pull → (scan) → build → push, several layers at once.
+
+Stages and their dependencies, for layer ``i`` of ``n``:
+
+* **pull**: stream the source blob into the workdir while hashing; size and digest must match
+  the descriptor. Pulls run ahead of the builds, in layer order, but at most ``run_ahead``
+  pulled-but-not-yet-built layers sit on disk at a time (the window always contains the
+  lowest unbuilt layer, so it cannot deadlock).
+* **scan** (the metadata pre-pass, optional): read the layer once more, metadata only — same
+  decompressor, tar parser and ``LayerNormaliser`` as the build, contents discarded — to get
+  its ``Inode`` tree. Scans run one at a time in layer order, since layer ``i``'s tree
+  depends on the trees below (implicit parents inherit lower metadata).
+* **build**: ``convert_layer`` with ``bottom=(i == 0)`` and ``lower`` = a ``StackedLower`` over
+  the trees of layers ``< i``. With the pre-pass, those trees come from the scans, so builds
+  of different layers overlap freely; without it, they come from the builds themselves and
+  builds run strictly one after another.
+* **push**: HEAD (``has_blob``) and skip, else upload; overlaps with later builds.
+
+Why a pre-pass: building a layer costs far more than reading its metadata (contents are
+written, hashed and, for ``erofs+ALGO``, compressed by mkfs.erofs in another process), while
+the only thing an upper layer needs from the lower ones is their directory metadata. Reading
+each tar twice buys parallel builds at the price of one extra decompress+parse per layer,
+which pays off with ``jobs > 1`` and several layers; with one job or one layer it is pure
+overhead and is skipped. (Python threads share the GIL, so parallel builds gain most where
+the work happens outside it: zlib/zstd, hashing, file I/O and mkfs.erofs.)
+
+Cross-layer hard links (spec §3.7) need a lower *file's bytes*. They are rare, so instead of
+keeping every lower layer on disk the graph fetches that lower layer again, normalises it
+into a spool once, and serves the file from there (``_open_lower``).
+
+Scheduling: one coordinator (the calling thread) owns all state and reacts to completion
+events from the worker pools; workers never wait on each other, except a build waiting for
+a re-fetched lower layer, which takes per-layer locks in descending order (no cycles).
+Builds are submitted in layer order. The first failure sets the cancel flag, which makes
+every stream read in the workers raise at once, cancels queued work, joins the workers, and
+raises one ``LayerFailed`` naming the image, the layer digest and the stage. Ctrl-C takes
+the same path and re-raises ``KeyboardInterrupt``. The graph's files live in its own
+directory, removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from converter.errors import ConverterError, ImageError
+from converter.formats import Format
+from converter.layerconv import LayerOptions, LayerResult
+from converter.layers.model import FileData, Inode, LowerView, NodeKind
+from converter.layers.spool import SpoolSink
+from converter.oci.model import Descriptor
+from converter.pipeline.lower import (
+    DiscardSink,
+    EmptyData,
+    NormaliseFn,
+    StackedLower,
+    lookup,
+    metadata_opener,
+)
+from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
+from converter.reference import Digest
+from converter.transports.base import ImageSink, ImageSource
+
+_CHUNK = 1 << 20
+_POLL = 0.25  # seconds; how often waits wake up to notice cancellation or Ctrl-C
+
+
+class Cancelled(Exception):
+    """Raised inside workers once the graph is cancelled; never escapes the graph."""
+
+
+class LayerFailed(ConverterError):
+    """A layer of an image could not be pulled, converted or pushed; wraps the first failure."""
+
+    def __init__(self, message: str, *, image: str, layer: Digest | None, stage: str,
+                 cause: BaseException) -> None:
+        super().__init__(message)
+        self.image = image
+        self.layer = layer
+        self.stage = stage
+        self.exit_status = getattr(cause, "exit_status", 1)
+
+
+class ConvertLayerFn(Protocol):
+    """The signature of ``converter.layerconv.convert_layer`` (the pipeline's main seam)."""
+
+    def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions,
+                 lower: LowerView | None = None, media_type: str | None = None, layer: str = "",
+                 workdir: Path | None = None,
+                 progress: Callable[[int], None] | None = None) -> LayerResult: ...
+
+
+class CancellableReader(io.RawIOBase):
+    """A read-only stream that raises ``Cancelled`` as soon as the graph is cancelled."""
+
+    def __init__(self, raw: BinaryIO, cancel: threading.Event) -> None:
+        super().__init__()
+        self._raw = raw
+        self._cancel = cancel
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._cancel.is_set():
+            raise Cancelled
+        n: int | None = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        return n or 0
+
+
+def fetch_blob(source: ImageSource, desc: Descriptor, dest: Path, *, cancel: threading.Event,
+               on_bytes: Callable[[int], None] | None = None) -> None:
+    """Stream blob ``desc`` into ``dest`` while hashing; size and digest must match ``desc``."""
+    h = desc.digest.hasher()
+    got = 0
+    with source.open_blob(desc.digest, size=desc.size) as stream, open(dest, "wb") as out:
+        while True:
+            if cancel.is_set():
+                raise Cancelled
+            chunk = stream.read(_CHUNK)
+            if not chunk:
+                break
+            got += len(chunk)
+            if got > desc.size:
+                raise ImageError(f"pulling blob {desc.digest}: more than the {desc.size} bytes "
+                                 "its descriptor declares")
+            h.update(chunk)
+            out.write(chunk)
+            if on_bytes is not None:
+                on_bytes(got)
+    if got != desc.size:
+        raise ImageError(f"pulling blob {desc.digest}: got {got} bytes, its descriptor declares {desc.size}")
+    if h.hexdigest() != desc.digest.hex:
+        raise ImageError(f"pulling blob {desc.digest}: content does not match the digest")
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltLayer:
+    """A layer converted and in the sink."""
+
+    index: int
+    source: Descriptor
+    digest: Digest
+    size: int
+    push: str  # "pushed" or "exists"
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSettings:
+    """Everything a graph needs besides the layers (built once per image by the engine)."""
+
+    source: ImageSource
+    sink: ImageSink
+    image: str
+    platform: str
+    fmt: Format
+    builder: str
+    build_time: int
+    jobs: int
+    run_ahead: int
+    prepass: bool | None
+    convert: ConvertLayerFn
+    normalise: NormaliseFn
+    progress: ProgressCallback | None
+    log: Any
+
+
+class _StageFailed(Exception):
+    def __init__(self, stage: str, index: int, exc: BaseException) -> None:
+        super().__init__(stage, index)
+        self.stage = stage
+        self.index = index
+        self.exc = exc
+
+
+class LayerGraph:
+    """Runs the stage graph for the layers of one manifest; see the module docstring."""
+
+    def __init__(self, settings: GraphSettings, layers: Sequence[Descriptor], *, workdir: Path) -> None:
+        self.s = settings
+        self.layers = tuple(layers)
+        self.n = len(self.layers)
+        self.dir = workdir
+        self.jobs = max(1, settings.jobs)
+        self.run_ahead = max(1, settings.run_ahead or 2 * self.jobs)
+        auto = self.jobs > 1 and self.n > 1
+        self.prepass = auto if settings.prepass is None else settings.prepass
+        self.cancel = threading.Event()
+        self.log = settings.log
+        self._events: queue.SimpleQueue[tuple[str, int, Future[Any]]] = queue.SimpleQueue()
+        # coordinator state
+        self._downloaded = [False] * self.n
+        self._next_download = 0
+        self._on_disk = 0  # pulled (or being pulled) source files not yet released
+        self._released = [False] * self.n
+        self._roots: list[Inode | None] = [None] * self.n
+        self._scanned = 0  # layers 0.._scanned-1 have trees from the pre-pass
+        self._scanning = False
+        self._next_build = 0
+        self._built_upto = 0  # layers 0.._built_upto-1 are built (chain mode)
+        self._results: list[LayerResult | None] = [None] * self.n
+        self._done: list[BuiltLayer | None] = [None] * self.n
+        self._timings: list[dict[str, float]] = [{} for _ in range(self.n)]
+        # lower files for cross-layer hard links
+        self._lower_locks: dict[int, threading.Lock] = {}
+        self._lower_locks_guard = threading.Lock()
+        self._lower_cache: dict[int, tuple[Inode, SpoolSink]] = {}
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+
+    # -- public -----------------------------------------------------------------------------
+
+    def run(self) -> list[BuiltLayer]:
+        if self.n == 0:
+            return []
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        workers = min(self.jobs, self.n)
+        self._pools = {
+            "pull": ThreadPoolExecutor(workers, thread_name_prefix="pull"),
+            "build": ThreadPoolExecutor(workers, thread_name_prefix="build"),
+            "push": ThreadPoolExecutor(workers, thread_name_prefix="push"),
+        }
+        if self.prepass:
+            self._pools["scan"] = ThreadPoolExecutor(1, thread_name_prefix="scan")
+        self.log.debug("layer_graph_started", layers=self.n, jobs=self.jobs, prepass=self.prepass,
+                       run_ahead=self.run_ahead)
+        try:
+            self._loop()
+        except _StageFailed as failed:
+            self._stop()
+            raise self._wrap(failed) from failed.exc
+        except BaseException:
+            self._stop()
+            raise
+        finally:
+            self._cleanup()
+        done = [d for d in self._done if d is not None]
+        assert len(done) == self.n
+        return done
+
+    # -- coordinator ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        finished = 0
+        self._pump()
+        while finished < self.n:
+            try:
+                kind, i, fut = self._events.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if fut.cancelled():
+                continue
+            exc = fut.exception()
+            if exc is not None:
+                raise _StageFailed(kind, i, exc)
+            if kind == "pull":
+                self._downloaded[i] = True
+            elif kind == "scan":
+                self._roots[i] = fut.result()
+                self._scanned = i + 1
+                self._scanning = False
+                self._maybe_release(i)
+            elif kind == "build":
+                result: LayerResult = fut.result()
+                self._results[i] = result
+                if not self.prepass:
+                    self._roots[i] = result.root
+                    self._built_upto = i + 1
+                self._maybe_release(i)
+                self._submit("push", i, self._push, i)
+            elif kind == "push":
+                self._done[i] = fut.result()
+                finished += 1
+            self._pump()
+
+    def _pump(self) -> None:
+        """Start every task whose inputs are ready."""
+        while self._next_download < self.n and self._on_disk < self.run_ahead:
+            i = self._next_download
+            self._next_download += 1
+            self._on_disk += 1
+            self._submit("pull", i, self._pull, i)
+        if self.prepass and not self._scanning and self._scanned < self.n and self._downloaded[self._scanned]:
+            i = self._scanned
+            self._scanning = True
+            self._submit("scan", i, self._scan, i, StackedLower(self._tree_slice(i), opener=metadata_opener))
+        while self._next_build < self.n:
+            i = self._next_build
+            ready = self._scanned >= i if self.prepass else self._built_upto >= i
+            if not (self._downloaded[i] and ready):
+                break
+            self._next_build += 1
+            view = StackedLower(self._tree_slice(i), opener=self._open_lower) if i else None
+            self._submit("build", i, self._build, i, view)
+
+    def _tree_slice(self, i: int) -> list[Inode]:
+        trees = self._roots[:i]
+        assert all(t is not None for t in trees)
+        return [t for t in trees if t is not None]
+
+    def _submit(self, kind: str, i: int, fn: Callable[..., Any], *args: Any) -> None:
+        fut = self._pools[kind].submit(fn, *args)
+        fut.add_done_callback(lambda f: self._events.put((kind, i, f)))
+
+    def _maybe_release(self, i: int) -> None:
+        """Delete layer i's pulled file once its build (and scan, with the pre-pass) is done."""
+        if self._released[i] or self._results[i] is None or (self.prepass and self._scanned <= i):
+            return
+        self._released[i] = True
+        self._on_disk -= 1
+        self._src_path(i).unlink(missing_ok=True)
+
+    def _stop(self) -> None:
+        """Cancel: wake every reader, drop queued work, wait for running workers to return."""
+        self.cancel.set()
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)
+
+    def _cleanup(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)
+        for _, spool in self._lower_cache.values():
+            with contextlib.suppress(OSError):
+                spool.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _wrap(self, failed: _StageFailed) -> BaseException:
+        exc = failed.exc
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            return exc
+        desc = self.layers[failed.index]
+        where = f" ({self.s.platform})" if self.s.platform else ""
+        cause = str(exc) if isinstance(exc, ConverterError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, OSError) and exc.strerror:
+            cause = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+        self.log.debug("layer_failed", index=failed.index, layer=str(desc.digest), stage=failed.stage,
+                       error=cause)
+        return LayerFailed(
+            f"converting {self.s.image}{where}: layer {failed.index + 1}/{self.n} {desc.digest}: "
+            f"{failed.stage}: {cause}",
+            image=self.s.image, layer=desc.digest, stage=failed.stage, cause=exc,
+        )
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _src_path(self, i: int) -> Path:
+        return self.dir / f"layer-{i:04d}.src"
+
+    def _out_path(self, i: int) -> Path:
+        return self.dir / f"layer-{i:04d}.erofs"
+
+    def _report(self, stage: Stage, i: int, completed: int, total: int | None, *, done: bool = False,
+                note: str = "") -> None:
+        if self.s.progress is not None:
+            self.s.progress(ProgressEvent(platform=self.s.platform, index=i, layer=self.layers[i].digest,
+                                          stage=stage, completed=completed, total=total, done=done,
+                                          note=note))
+
+    def _pull(self, i: int) -> None:
+        desc = self.layers[i]
+        started = time.monotonic()
+        fetch_blob(self.s.source, desc, self._src_path(i), cancel=self.cancel,
+                   on_bytes=lambda n: self._report(Stage.PULL, i, n, desc.size))
+        self._report(Stage.PULL, i, desc.size, desc.size, done=True)
+        self._timings[i]["pull"] = time.monotonic() - started
+
+    def _normalise(self, path: Path, i: int, *, sink: Any, lower: StackedLower | None) -> Inode:
+        desc = self.layers[i]
+        with open(path, "rb") as f:
+            reader = io.BufferedReader(CancellableReader(f, self.cancel), _CHUNK)
+            return self.s.normalise(reader, sink=sink, media_type=str(desc.media_type),
+                                    layer=str(desc.digest), bottom=i == 0, lower=lower if i else None,
+                                    build_time=self.s.build_time)
+
+    def _scan(self, i: int, lower: StackedLower) -> Inode:
+        started = time.monotonic()
+        root = self._normalise(self._src_path(i), i, sink=DiscardSink(), lower=lower)
+        self._timings[i]["scan"] = time.monotonic() - started
+        return root
+
+    def _build(self, i: int, lower: StackedLower | None) -> LayerResult:
+        desc = self.layers[i]
+        started = time.monotonic()
+        options = LayerOptions(fmt=self.s.fmt, builder=self.s.builder, bottom=i == 0,
+                               build_time=self.s.build_time)
+        spool_dir = self.dir / f"layer-{i:04d}.tmp"
+        spool_dir.mkdir(mode=0o700, exist_ok=True)
+        try:
+            with open(self._src_path(i), "rb") as f:
+                reader = io.BufferedReader(CancellableReader(f, self.cancel), _CHUNK)
+                result = self.s.convert(
+                    reader, self._out_path(i), options=options, lower=lower, media_type=str(desc.media_type),
+                    layer=str(desc.digest), workdir=spool_dir,
+                    progress=lambda n: self._report(Stage.CONVERT, i, n, desc.size),
+                )
+        finally:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+        if result.source_digest != str(desc.digest):
+            raise ImageError(f"converting layer {desc.digest}: the converter read bytes with digest "
+                             f"{result.source_digest}")
+        self._report(Stage.CONVERT, i, desc.size, desc.size, done=True)
+        self._timings[i]["build"] = time.monotonic() - started
+        return result
+
+    def _push(self, i: int) -> BuiltLayer:
+        result = self._results[i]
+        assert result is not None
+        started = time.monotonic()
+        digest = Digest.parse(result.digest)
+        if self.cancel.is_set():
+            raise Cancelled
+        self._report(Stage.PUSH, i, 0, result.size)
+        if self.s.sink.has_blob(digest):
+            push = "exists"
+        else:
+            self.s.sink.push_blob(result.path, digest, result.size)
+            push = "pushed"
+        self._report(Stage.PUSH, i, result.size, result.size, done=True,
+                     note="" if push == "pushed" else push)
+        result.path.unlink(missing_ok=True)
+        t = self._timings[i]
+        t["push"] = time.monotonic() - started
+        self.log.info("layer_converted", index=i, source=str(self.layers[i].digest),
+                      source_size=self.layers[i].size, digest=str(digest), size=result.size, push=push,
+                      **{f"{k}_s": round(v, 3) for k, v in t.items()})
+        return BuiltLayer(index=i, source=self.layers[i], digest=digest, size=result.size, push=push)
+
+    # -- lower files for cross-layer hard links ---------------------------------------------
+
+    def _lower_lock(self, k: int) -> threading.Lock:
+        with self._lower_locks_guard:
+            return self._lower_locks.setdefault(k, threading.Lock())
+
+    def _open_lower(self, k: int, path: bytes, node: Inode) -> FileData:
+        """Contents of ``path`` in lower layer ``k``: fetch and spool that layer once."""
+        if node.size == 0:
+            return EmptyData()
+        with self._lower_lock(k):
+            cached = self._lower_cache.get(k)
+            if cached is None:
+                desc = self.layers[k]
+                self.log.info("lower_layer_refetched", index=k, layer=str(desc.digest),
+                              reason="cross-layer hard link")
+                tmp = self.dir / f"layer-{k:04d}.relink"
+                try:
+                    fetch_blob(self.s.source, desc, tmp, cancel=self.cancel)
+                    spool = SpoolSink(self.dir)
+                    try:
+                        view = StackedLower(self._tree_slice(k), opener=self._open_lower)
+                        root = self._normalise(tmp, k, sink=spool, lower=view)
+                    except BaseException:
+                        spool.close()
+                        raise
+                finally:
+                    tmp.unlink(missing_ok=True)
+                cached = self._lower_cache[k] = (root, spool)
+        root, spool = cached
+        found = lookup(root, path)
+        if found is None or found.kind is not NodeKind.REG or found.data is None:
+            raise ImageError(f"reading {path.decode('utf-8', 'backslashreplace')} from layer "
+                             f"{self.layers[k].digest} again: it is not a regular file there")
+        return spool.open(found.data)

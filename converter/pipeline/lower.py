@@ -1,0 +1,140 @@
+"""What an upper layer sees of the layers below it, without waiting for their builds.
+
+``StackedLower`` is a ``LowerView`` over the finished ``Inode`` trees of the lower layers
+(bottom first). It answers ``dir_meta`` exactly as ``MergedDirs`` does after ``apply``-ing the
+same trees in order — the top-most layer holding the path as a directory decides, unless a
+layer above hides it with a whiteout, a non-directory, or an opaque ancestor — but by
+looking the path up lazily instead of merging eagerly. That matters for the pipeline: each
+layer needs a *snapshot* of the state below it while lower trees keep arriving, and a
+snapshot here is just a slice of the list of trees (no copying, no O(N²) re-merging). The
+lookups are rare (only implicit parent directories and cross-layer hard links ask).
+
+``open_file`` also answers, unlike ``MergedDirs``: it finds the layer providing a regular file
+(for a cross-layer hard link, spec §3.7, which must be materialised as a copy) and asks the
+pipeline's ``FileOpener`` for its contents.
+
+``normalise_layer`` is the metadata-only reading of a layer used by the pre-pass: decompress,
+parse and normalise with the same ``LayerNormaliser`` the builders use, so its tree is the
+one the build will produce; contents go to a ``DiscardSink`` (or a spool, when a lower file's
+bytes are really needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from converter.layers.compression import open_layer_stream
+from converter.layers.model import OPAQUE_XATTR, DataSink, DirMeta, FileData, Inode, LowerView, NodeKind
+from converter.layers.normalise import LayerNormaliser, dir_meta_of
+from converter.layers.tarstream import TarReader
+
+# Contents of regular file ``path`` (whose node is given) in lower layer ``k`` of the stack.
+FileOpener = Callable[[int, bytes, Inode], FileData]
+
+
+class StackedLower:
+    """A ``LowerView`` over the trees of the layers below (``roots[0]`` is the bottom)."""
+
+    def __init__(self, roots: Sequence[Inode], *, opener: FileOpener | None = None) -> None:
+        self._roots = tuple(roots)
+        self._opener = opener
+
+    def __len__(self) -> int:
+        return len(self._roots)
+
+    def find(self, path: bytes) -> tuple[int, Inode] | None:
+        """The visible node at ``path`` in the merged lower layers and the layer holding it."""
+        comps = [c for c in path.split(b"/") if c]
+        for k in range(len(self._roots) - 1, -1, -1):
+            node = self._roots[k]
+            for i, comp in enumerate(comps):
+                assert node.children is not None
+                child = node.children.get(comp)
+                if child is None:
+                    if node.xattrs.get(OPAQUE_XATTR) == b"y":
+                        return None  # an opaque directory hides everything below it
+                    break  # not in this layer: look further down
+                if child.is_whiteout():
+                    return None
+                if child.kind is not NodeKind.DIR and i < len(comps) - 1:
+                    return None  # a non-directory ancestor hides the path
+                node = child
+            else:
+                return k, node
+        return None
+
+    def dir_meta(self, path: bytes) -> DirMeta | None:
+        found = self.find(path)
+        if found is None or found[1].kind is not NodeKind.DIR:
+            return None
+        return dir_meta_of(found[1])
+
+    def open_file(self, path: bytes) -> tuple[Inode, FileData] | None:
+        found = self.find(path)
+        if found is None or found[1].kind is not NodeKind.REG or self._opener is None:
+            return None
+        k, node = found
+        return node, self._opener(k, path, node)
+
+
+@dataclass(frozen=True, slots=True)
+class SizeRef:
+    """The ``DataRef`` of a ``DiscardSink``: only the size is known."""
+
+    size: int
+
+
+class DiscardSink:
+    """A ``DataSink`` that keeps nothing: the pre-pass needs metadata only. Unread contents are
+    skipped by ``TarReader`` when it moves to the next member."""
+
+    def add(self, data: FileData, size: int) -> SizeRef:
+        return SizeRef(size)
+
+
+class EmptyData:
+    """``FileData`` with no bytes: the pre-pass stands in for lower files it need not read."""
+
+    def read(self, n: int = -1) -> bytes:
+        return b""
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        return iter(())
+
+
+def metadata_opener(layer: int, path: bytes, node: Inode) -> FileData:
+    """The pre-pass's FileOpener: a cross-layer hard link copies metadata, not contents."""
+    return EmptyData()
+
+
+class NormaliseFn(Protocol):
+    """Reads one layer into a normalised tree (the pipeline's second seam, next to convert)."""
+
+    def __call__(self, src: BinaryIO, *, sink: DataSink, media_type: str | None, layer: str,
+                 bottom: bool, lower: LowerView | None, build_time: int) -> Inode: ...
+
+
+def normalise_layer(src: BinaryIO, *, sink: DataSink, media_type: str | None, layer: str, bottom: bool,
+                    lower: LowerView | None, build_time: int) -> Inode:
+    """Decompress, parse and normalise a layer stream into its tree; contents go to ``sink``."""
+    stream = open_layer_stream(src, media_type=media_type, layer=layer)
+    normaliser = LayerNormaliser(sink=sink, layer=layer, bottom=bottom, lower=lower, build_time=build_time)
+    for entry, data in TarReader(stream, layer=layer):
+        normaliser.add(entry, data)
+    return normaliser.finish()
+
+
+def lookup(root: Inode, path: bytes) -> Inode | None:
+    """The node at ``path`` inside one tree, or None."""
+    node = root
+    for comp in (c for c in path.split(b"/") if c):
+        if node.children is None:
+            return None
+        child = node.children.get(comp)
+        if child is None:
+            return None
+        node = child
+    return node
+

@@ -1,0 +1,124 @@
+"""Options and results of an image conversion, and the default destination rule.
+
+Kept apart from the engine so the CLI and mirror jobs can build options and compute
+destinations without importing the thread machinery.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converter import __version__
+from converter.errors import UsageError
+from converter.formats import Format
+from converter.oci.mediatypes import MediaType, Profile
+from converter.oci.model import Platform
+from converter.reference import Digest, OciLayoutRef, Reference
+
+Location = Reference | OciLayoutRef
+_MAX_TAG = 128
+
+
+def default_jobs() -> int:
+    """Layers converted at once by default: min(4, CPU count)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertOptions:
+    """How to convert an image.
+
+    ``platforms`` filters index entries (empty: all); ``jobs`` 0 means ``default_jobs()``;
+    ``workdir`` is where a private temporary directory is made (default: the system temp
+    dir); ``prepass`` forces the metadata pre-pass on or off (None: on when it can help, see
+    ``converter.pipeline.graph``); ``run_ahead`` bounds how many downloaded layers may wait for
+    their build (0: twice ``jobs``). ``build_time`` is the EROFS build time (the CLI passes
+    ``SOURCE_DATE_EPOCH``; libraries never read the environment).
+    """
+
+    fmt: Format = field(default_factory=Format)
+    profile: Profile = Profile.SPEC
+    platforms: tuple[Platform, ...] = ()
+    merge_index: bool = False
+    jobs: int = 0
+    builder: str = "python"
+    workdir: Path | None = None
+    build_time: int = 0
+    prepass: bool | None = None
+    run_ahead: int = 0
+    tool_version: str = __version__
+
+    def resolved_jobs(self) -> int:
+        if self.jobs < 0:
+            raise UsageError(f"--jobs must be at least 1, got {self.jobs}")
+        return self.jobs or default_jobs()
+
+
+@dataclass(frozen=True, slots=True)
+class LayerOutcome:
+    """One converted layer: source and result digests/sizes, and how its blob got there."""
+
+    index: int
+    source_digest: Digest
+    source_size: int
+    digest: Digest
+    size: int
+    media_type: MediaType
+    push: str  # "pushed" or "exists"
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformResult:
+    """One converted image manifest."""
+
+    platform: Platform
+    source_manifest: Digest
+    manifest: Digest
+    manifest_size: int
+    config: Digest
+    layers: tuple[LayerOutcome, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertResult:
+    """What was pushed: the top-level manifest or index (``digest``, ``media_type``, ``size``),
+    the tag it went under, the source's top-level digest, and each converted platform."""
+
+    digest: Digest
+    media_type: MediaType
+    size: int
+    tag: str
+    source_digest: Digest
+    platforms: tuple[PlatformResult, ...]
+    dropped: tuple[tuple[Digest, str], ...] = ()
+
+
+def default_destination(src_ref: Location, fmt: Format) -> Location:
+    """Same repository (or layout directory), tag ``<tag>-<fmt.tag_suffix>``."""
+    tag = src_ref.tag
+    if tag is None:
+        what = "a digest-only source" if isinstance(src_ref, Reference) else "an oci: source without a tag"
+        raise UsageError(f"{what} needs --dest")
+    new_tag = f"{tag}-{fmt.tag_suffix}"
+    if len(new_tag) > _MAX_TAG:
+        raise UsageError(f"the default destination tag {new_tag!r} is longer than {_MAX_TAG} characters; "
+                         "give --dest")
+    if isinstance(src_ref, Reference):
+        return src_ref.with_tag(new_tag)
+    return OciLayoutRef(src_ref.path, new_tag)
+
+
+def destination_tag(dest_ref: Location) -> str:
+    """The tag the result goes under (``latest`` for an untagged ``oci:`` directory).
+
+    A registry destination pinned to a digest is refused: the digest of the result is only
+    known after the conversion.
+    """
+    if isinstance(dest_ref, OciLayoutRef):
+        return dest_ref.tag or "latest"
+    if dest_ref.digest is not None or dest_ref.tag is None:
+        raise UsageError(f"destination {dest_ref}: give a tag, not a digest (the result's digest is "
+                         "only known after converting)")
+    return dest_ref.tag

@@ -1,0 +1,145 @@
+"""Retry policy for registry calls: which failures are transient, and a short, bounded backoff.
+
+Only failures that another attempt can fix are retried: dropped or refused connections, timeouts,
+and the statuses 408, 429, 500, 502, 503 and 504. Everything else (4xx answers, digest
+mismatches, our own bugs) fails at once. Backoff is exponential with jitter, capped per sleep,
+bounded in attempts *and* in total time, and honours a (capped) ``Retry-After`` from the server.
+Sleep, clock and randomness are injectable so tests run instantly.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import httpx
+import structlog
+
+from converter.errors import RegistryError
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# Statuses a later attempt may succeed on (the set ggcr's transport treats as temporary).
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class TemporaryRegistryError(RegistryError):
+    """A transient registry failure (a status from TRANSIENT_STATUSES or a dropped connection).
+
+    ``retry_after`` is the server's requested delay in seconds, if it sent one. Callers should
+    catch RegistryError; this subclass only carries the delay to the retry loop.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "",
+        method: str = "",
+        url: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, method=method, url=url, temporary=True)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how long to retry. Defaults: 4 attempts, 0.5 s doubling to 10 s, 60 s in all."""
+
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    budget: float = 60.0
+    # A server asking for more than this is still waited on for only this long.
+    max_retry_after: float = 10.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    random: Callable[[], float] = field(default=random.random, repr=False)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed ``attempt`` (1-based).
+
+        "Equal jitter": half the exponential step is fixed, half random, so concurrent clients
+        spread out but nobody retries immediately. A Retry-After is honoured up to its cap.
+        """
+        step = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        delay: float = step / 2 + self.random() * step / 2
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_retry_after))
+        return delay
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if another attempt may succeed after ``exc``."""
+    if isinstance(exc, RegistryError):
+        return exc.temporary
+    if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+        return True
+    # Resets can surface from file-like wrappers as plain OSErrors.
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """The delay the server asked for with this failure, if any."""
+    return exc.retry_after if isinstance(exc, TemporaryRegistryError) else None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Parse a Retry-After header: delta-seconds or an HTTP-date (RFC 9110 §10.2.3); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def run_with_retry(
+    attempt: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    what: str,
+    should_retry: Callable[[BaseException], bool] = is_transient,
+) -> T:
+    """Call ``attempt`` until it succeeds, fails permanently, or attempts or budget run out.
+
+    The last failure is re-raised unchanged, so callers see the registry's own error.
+    """
+    start = policy.clock()
+    number = 1
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            if number >= policy.attempts or not should_retry(exc):
+                raise
+            delay = policy.delay(number, retry_after_of(exc))
+            if policy.clock() - start + delay > policy.budget:
+                raise
+            log.info(
+                "registry_retry",
+                what=what,
+                attempt=number,
+                delay=round(delay, 3),
+                error=str(exc) if isinstance(exc, RegistryError) else type(exc).__name__,
+            )
+            policy.sleep(delay)
+            number += 1

@@ -1,0 +1,87 @@
+"""The two seams every image location implements: ``ImageSource`` (read) and ``ImageSink`` (write).
+
+Why Protocols: the pipeline and mirror jobs talk only to these, so a registry, an OCI layout
+directory or an in-memory fake for tests are interchangeable (containers/image's
+``ImageSource``/``ImageDestination``, ggcr's ``remote``/``layout``). A transport instance is
+bound to one repository (or one layout directory) when it is opened.
+
+Call order for a sink (as in containers/image): blobs first (``has_blob`` → ``mount_blob`` →
+``push_blob``), then manifests by digest, and last the manifest or index under its tag, so
+nothing is tagged before everything it references is in place.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from converter.reference import Digest
+
+
+@dataclass(frozen=True, slots=True)
+class BlobOrigin:
+    """Where a source's blobs live, so a sink on the same registry can mount them cross-repo."""
+
+    registry: str
+    repository: str
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """Reads manifests and blobs of one repository or layout directory."""
+
+    @property
+    def name(self) -> str:
+        """Where this source reads from, for messages (``ghcr.io/a/b``, ``oci:/dir``)."""
+        ...
+
+    @property
+    def origin(self) -> BlobOrigin | None:
+        """The registry repository holding the blobs, or None when cross-repo mounting is impossible."""
+        ...
+
+    def get_manifest(self, reference: str | Digest | None = None) -> tuple[bytes, str, Digest]:
+        """A manifest or index: (raw bytes, media type, digest of the bytes).
+
+        ``reference`` is a tag or a digest; None means the image this source was opened for
+        (the reference's tag/digest, or a layout's tag or only entry). The bytes are at most
+        ``converter.oci.model.MAX_MANIFEST_SIZE`` long, and match a requested digest.
+        """
+        ...
+
+    def open_blob(self, digest: Digest, *, size: int | None = None) -> AbstractContextManager[BinaryIO]:
+        """A stream of the blob's bytes; reading it to the end verifies the digest (and ``size``,
+        the descriptor's, when given)."""
+        ...
+
+    def get_blob_bytes(self, digest: Digest, *, max_size: int) -> bytes:
+        """A small blob (a config) in memory, digest-verified, refused above ``max_size``."""
+        ...
+
+
+@runtime_checkable
+class ImageSink(Protocol):
+    """Writes blobs and manifests into one repository or layout directory."""
+
+    @property
+    def name(self) -> str:
+        ...
+
+    def has_blob(self, digest: Digest) -> bool:
+        """Whether the blob is already there (then pushing it is skipped)."""
+        ...
+
+    def mount_blob(self, digest: Digest, origin: BlobOrigin) -> bool:
+        """Try to make ``digest`` available by reference to ``origin`` (registry cross-repo
+        mount); False when not possible, and the caller pushes the bytes instead."""
+        ...
+
+    def push_blob(self, path: Path, digest: Digest, size: int) -> None:
+        """Store the file at ``path`` as blob ``digest`` of ``size`` bytes (verified)."""
+        ...
+
+    def put_manifest(self, data: bytes, media_type: str, tag: str | None = None) -> Digest:
+        """Store a manifest or index; under ``tag`` if given, else by digest only. Its digest."""
+        ...

@@ -1,0 +1,1 @@
+"""Tests of the pure-Python EROFS writer and reader (converter/erofs)."""

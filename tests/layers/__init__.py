@@ -1,0 +1,1 @@
+"""Tests of converter.layers: tar parsing, decompression and normalisation."""

@@ -1,0 +1,124 @@
+"""The --to grammar: strict parsing, canonical printing, tag suffixes, mkfs.erofs arguments."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from converter.erofs.tools import erofs_utils
+from converter.errors import InvalidFormat, UsageError
+from converter.formats import LEVELS, Format, parse_format
+
+
+@pytest.mark.parametrize(("text", "fmt", "suffix", "args"), [
+    ("erofs", Format(None, None), "erofs", []),
+    ("erofs+lz4", Format("lz4", None), "erofs-lz4", ["-zlz4"]),
+    ("erofs+lz4hc", Format("lz4hc", None), "erofs-lz4hc", ["-zlz4hc"]),
+    ("erofs+lz4hc,level=12", Format("lz4hc", 12), "erofs-lz4hc-level-12", ["-zlz4hc,level=12"]),
+    ("erofs+zstd,level=1", Format("zstd", 1), "erofs-zstd-level-1", ["-zzstd,level=1"]),
+    ("erofs+zstd,level=22", Format("zstd", 22), "erofs-zstd-level-22", ["-zzstd,level=22"]),
+    ("erofs+deflate,level=9", Format("deflate", 9), "erofs-deflate-level-9", ["-zdeflate,level=9"]),
+    ("erofs+lzma", Format("lzma", None), "erofs-lzma", ["-zlzma"]),
+    ("erofs+lzma,level=0", Format("lzma", 0), "erofs-lzma-level-0", ["-zlzma,level=0"]),
+    ("erofs+lzma,level=109", Format("lzma", 109), "erofs-lzma-level-109", ["-zlzma,level=109"]),
+])
+def test_valid_formats(text: str, fmt: Format, suffix: str, args: list[str]) -> None:
+    got = parse_format(text)
+    assert got == fmt
+    assert str(got) == text
+    assert parse_format(str(got)) == got
+    assert got.tag_suffix == suffix
+    assert got.mkfs_args() == args
+    assert got.compressed == (fmt.algorithm is not None)
+
+
+def test_canonical_form_drops_leading_zeros() -> None:
+    assert str(parse_format("erofs+zstd,level=007")) == "erofs+zstd,level=7"
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("", "unknown format"),
+    ("tar", "unknown format"),
+    ("EROFS", "unknown format"),
+    ("erofs-lz4", "unknown format"),
+    ("erofs+", "names no compression algorithm"),
+    ("erofs+gzip", "unknown compression algorithm 'gzip'"),
+    ("erofs+ZSTD", "algorithm names are lower case: zstd"),
+    ("erofs+libdeflate", "unknown compression algorithm"),
+    ("erofs+zstd,", "is not KEY=VALUE"),
+    ("erofs+zstd,9", "is not KEY=VALUE"),
+    ("erofs+zstd,lvl=9", "unknown option 'lvl'"),
+    ("erofs+zstd,dictsize=4096", "unknown option 'dictsize'"),
+    ("erofs+zstd,level=3,level=3", "given twice"),
+    ("erofs+zstd,level=", "not a non-negative whole number"),
+    ("erofs+zstd,level=-1", "not a non-negative whole number"),
+    ("erofs+zstd,level=1.5", "not a non-negative whole number"),
+    ("erofs+zstd,level= 3", "not a non-negative whole number"),
+    ("erofs+lz4,level=1", "lz4 takes no level"),
+    ("erofs+lz4hc,level=13", "use 0..12"),
+    ("erofs+zstd,level=0", "zstd's level 0 is its default"),
+    ("erofs+zstd,level=23", "use 1..22"),
+    ("erofs+deflate,level=0", "use 1..9"),
+    ("erofs+deflate,level=10", "use 1..9"),
+    ("erofs+lzma,level=10", "use 0..9 or 100..109"),
+    ("erofs+lzma,level=110", "use 0..9 or 100..109"),
+    (" erofs", "unknown format"),
+    ("erofs+zstd+lz4", "unknown compression algorithm"),
+])
+def test_invalid_formats(text: str, words: str) -> None:
+    with pytest.raises(InvalidFormat) as info:
+        parse_format(text)
+    assert words in str(info.value)
+    assert isinstance(info.value, UsageError) and info.value.exit_status == 2
+
+
+def test_format_constructor_validates() -> None:
+    with pytest.raises(InvalidFormat):
+        Format("brotli")
+    with pytest.raises(InvalidFormat):
+        Format(None, 3)
+    assert Format("zstd", 3) == parse_format("erofs+zstd,level=3")
+    assert hash(Format("zstd", 3)) == hash(parse_format("erofs+zstd,level=3"))
+
+
+def _boundaries() -> list[tuple[str, int, bool]]:
+    cases: list[tuple[str, int, bool]] = []
+    for algo, ranges in LEVELS.items():
+        if not ranges:
+            cases.append((algo, 1, False))
+        for r in ranges:
+            cases += [(algo, r.start, True), (algo, r.stop - 1, True), (algo, r.stop, False)]
+        if ranges and ranges[0].start > 0:
+            cases.append((algo, ranges[0].start - 1, False))
+    return cases
+
+
+def test_level_ranges_match_what_mkfs_accepts(tmp_path: Path) -> None:
+    """Our grammar's ranges agree with the real mkfs.erofs at each boundary (zstd 0 aside)."""
+    mkfs = erofs_utils().mkfs
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("f")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"data"))
+    src = tmp_path / "t.tar"
+    src.write_bytes(buf.getvalue())
+    disagree = []
+    for algo, level, ours in _boundaries():
+        text = f"erofs+{algo},level={level}"
+        try:
+            args = parse_format(text).mkfs_args()
+            accepted = True
+        except InvalidFormat:
+            args, accepted = [f"-z{algo},level={level}"], False
+        assert accepted == ours, text
+        res = subprocess.run([str(mkfs), "--tar=f", "--quiet", *args, str(tmp_path / "o.img"), str(src)],
+                             capture_output=True, text=True, check=False)
+        mkfs_ok = res.returncode == 0 and "<E>" not in res.stderr
+        if mkfs_ok != ours and not (algo == "zstd" and level == 0):
+            disagree.append(f"{text}: ours={ours} mkfs={mkfs_ok} {res.stderr.strip()[:200]}")
+    assert not disagree
