@@ -161,8 +161,7 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, media_typ
 
 def _build_python(hashed: HashingReader, out_path: Path, *, options: LayerOptions,
                   lower: LowerView | None, media_type: str | None, layer: str) -> Inode:
-    with open(out_path, "w+b") as out:
-        area = ImageDataArea(out)
+    with open(out_path, "w+b") as out, ImageDataArea(out) as area:
         normaliser = LayerNormaliser(sink=area, layer=layer, bottom=options.bottom, lower=lower,
                                      build_time=options.build_time)
         root = _parse_into(hashed, normaliser, media_type=media_type, layer=layer)

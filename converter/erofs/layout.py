@@ -106,14 +106,15 @@ def path_of(inodes: list[PlannedInode], index: int) -> str:
     return "/" + b"/".join(reversed(parts)).decode("utf-8", "backslashreplace")
 
 
-def _check_name(name: bytes, where: str) -> None:
-    # §6.2 name rules: 1..255 bytes, no '/', no NUL, "." and ".." only as the special entries.
+def _name_problem(name: bytes) -> str | None:
+    """Why ``name`` cannot be a dirent name (§6.2: 1..255 bytes, no '/' or NUL, not "." / ".."), or None."""
     if not isinstance(name, bytes):
-        raise ErofsFormatError(f"directory {where}: entry name {name!r} is not bytes")
+        return "is not bytes"
     if not name or len(name) > fmt.MAX_NAME_LEN:
-        raise ErofsFormatError(f"directory {where}: entry name {name!r} must be 1..255 bytes long")
+        return "must be 1..255 bytes long"
     if b"/" in name or b"\0" in name or name in (b".", b".."):
-        raise ErofsFormatError(f"directory {where}: invalid entry name {name!r}")
+        return "is not allowed"
+    return None
 
 
 def collect(root: Inode) -> list[PlannedInode]:
@@ -133,7 +134,9 @@ def collect(root: Inode) -> list[PlannedInode]:
             if children is None:
                 raise ErofsFormatError(f"directory {path_of(inodes, i)} has no children mapping")
             for name in children:
-                _check_name(name, path_of(inodes, i))
+                problem = _name_problem(name)
+                if problem:
+                    raise ErofsFormatError(f"directory {path_of(inodes, i)}: entry name {name!r} {problem}")
             entries: list[tuple[bytes, int]] = [(b".", i), (b"..", p.parent)]
             subdirs = 0
             # §6.3: names sort by raw bytes; "." and ".." are merged in by the final sort.
@@ -163,12 +166,12 @@ def collect(root: Inode) -> list[PlannedInode]:
     return inodes
 
 
-def _check_common(p: PlannedInode, where: str, build_time: int) -> None:
+def _check_common(p: PlannedInode, build_time: int) -> None:
     node = p.node
     if not (0 <= node.uid < _U32 and 0 <= node.gid < _U32):
-        raise ErofsFormatError(f"{where}: uid/gid {node.uid}/{node.gid} out of the 32-bit range")
+        raise ErofsFormatError(f"uid/gid {node.uid}/{node.gid} out of the 32-bit range")
     if not (_S64_MIN <= node.mtime_sec <= _S64_MAX and 0 <= node.mtime_nsec <= 999_999_999):
-        raise ErofsFormatError(f"{where}: mtime {node.mtime_sec}.{node.mtime_nsec:09d} out of range")
+        raise ErofsFormatError(f"mtime {node.mtime_sec}.{node.mtime_nsec:09d} out of range")
     p.st_mode = node.st_mode
     # §4.6: compact only when every field fits and the mtime is exactly the build time.
     p.extended = not (
@@ -180,10 +183,10 @@ def _check_common(p: PlannedInode, where: str, build_time: int) -> None:
         and node.mtime_nsec == 0
     )
     if p.nlink >= _U32:
-        raise ErofsFormatError(f"{where}: {p.nlink} links do not fit in 32 bits")
+        raise ErofsFormatError(f"{p.nlink} links do not fit in 32 bits")
 
 
-def _shape(p: PlannedInode, where: str, area_token: int | None) -> None:
+def _shape(p: PlannedInode, area_token: int | None) -> None:
     """Size, layout candidate and i_u of one inode (§4.4, §5, §6.3, §7)."""
     node = p.node
     kind = p.kind
@@ -191,13 +194,13 @@ def _shape(p: PlannedInode, where: str, area_token: int | None) -> None:
         ref = node.data
         if node.size == 0:
             if ref is not None and ref.size != 0:
-                raise ErofsFormatError(f"{where}: size 0 but its data holds {ref.size} bytes")
+                raise ErofsFormatError(f"size 0 but its data holds {ref.size} bytes")
             p.size, p.layout, p.i_u = 0, fmt.LAYOUT_FLAT_PLAIN, 0  # §4.4: startblk 0 when empty
             return
         if not isinstance(ref, BlockRef) or (area_token is not None and ref.area_token != area_token):
-            raise ErofsFormatError(f"{where}: contents were not stored in this image's data area")
+            raise ErofsFormatError("contents were not stored in this image's data area")
         if ref.size != node.size:
-            raise ErofsFormatError(f"{where}: size {node.size} but its data holds {ref.size} bytes")
+            raise ErofsFormatError(f"size {node.size} but its data holds {ref.size} bytes")
         p.ref = ref
         p.size = node.size
         if ref.tail_size == 0 or ref.tail_in_block:
@@ -221,18 +224,15 @@ def _shape(p: PlannedInode, where: str, area_token: int | None) -> None:
     elif kind is NodeKind.LNK:
         target = node.target
         if not target or b"\0" in target or len(target) > MAX_SYMLINK_TARGET:
-            raise ErofsFormatError(f"{where}: symlink target must be 1..{MAX_SYMLINK_TARGET} bytes without NUL")
+            raise ErofsFormatError(f"symlink target must be 1..{MAX_SYMLINK_TARGET} bytes without NUL")
         p.size = len(target)
         p.layout, p.inline_len, p.i_u = fmt.LAYOUT_FLAT_INLINE, len(target), fmt.NULL_ADDR  # §7.1
     elif kind in (NodeKind.CHR, NodeKind.BLK):
-        try:
-            p.i_u = fmt.encode_rdev(node.rdev_major, node.rdev_minor)  # §7.2
-        except ErofsFormatError as exc:
-            raise ErofsFormatError(f"{where}: {exc}") from None
+        p.i_u = fmt.encode_rdev(node.rdev_major, node.rdev_minor)  # §7.2
     elif kind in (NodeKind.FIFO, NodeKind.SOCK):
         p.i_u = 0  # §7.3
     else:  # pragma: no cover - NodeKind is closed
-        raise ErofsFormatError(f"{where}: unknown inode kind {kind!r}")
+        raise ErofsFormatError(f"unknown inode kind {kind!r}")
 
 
 def _fall_back_to_plain(p: PlannedInode) -> None:
@@ -261,13 +261,13 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
     blksz = fmt.BLOCK_SIZE
     inodes = collect(root)
     for i, p in enumerate(inodes):
-        where = path_of(inodes, i)
-        _shape(p, where, area_token)
-        _check_common(p, where, build_time)
         try:
+            _shape(p, area_token)
+            _check_common(p, build_time)
             p.xattr_body = fmt.encode_xattr_ibody(p.node.xattrs)
         except ErofsFormatError as exc:
-            raise ErofsFormatError(f"{where}: {exc}") from None
+            # Paths are built only on failure: cheap for 50,000 inodes (the planner keeps no paths).
+            raise ErofsFormatError(f"{path_of(inodes, i)}: {exc}") from None
 
     # Offsets (§11 step 4). Metadata starts at block D; NIDs count from meta_blkaddr = D - 1.
     meta_blkaddr = data_end_block - 1

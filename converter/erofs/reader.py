@@ -367,7 +367,6 @@ class ErofsImage:
 
     def _chunk_extents(self, raw: _RawInode, where: str) -> Iterator[_Extent]:
         """§5.3: block map (u32) or chunk indexes (8 bytes), validated before the first chunk."""
-        bs = self.block_size
         chunk_format = raw.i_u & 0xFFFF
         if chunk_format & ~(fmt.CHUNK_FORMAT_BLKBITS_MASK | fmt.CHUNK_FORMAT_INDEXES):
             raise ErofsFormatError(f"{where}: unsupported chunk format {chunk_format:#x}")

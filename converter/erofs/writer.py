@@ -185,6 +185,8 @@ def write_image(
     for anything EROFS cannot hold (e.g. an xattr outside the user./trusted./security./ACL
     namespaces, a device number beyond 12:20 bits, a name longer than 255 bytes).
     """
+    if not -(1 << 63) <= build_time < (1 << 63):
+        raise ErofsFormatError(f"build time {build_time} does not fit the signed 64-bit epoch")
     if len(uuid) != 16:
         raise ErofsFormatError(f"the volume UUID must be 16 bytes, not {len(uuid)}")
     if len(volume_name) > 15 or b"\0" in volume_name:

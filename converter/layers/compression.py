@@ -17,6 +17,7 @@ import zstandard
 from isal import igzip, isal_zlib
 
 from converter.errors import LayerError, UnsupportedMediaType
+from converter.layers.tarstream import ByteSource
 from converter.oci.mediatypes import Compression, MediaType, parse_media_type
 
 if TYPE_CHECKING:
@@ -38,12 +39,6 @@ _IsalError = cast("type[Exception]", isal_zlib.error)
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # 0xFD2FB528 little-endian (RFC 8878 §3.1.1)
-
-
-class ByteSource(Protocol):
-    """Anything with ``read(n) -> bytes``: files, pipes, HTTP bodies, :class:`HashingReader`."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class _Decoder(Protocol):
@@ -328,7 +323,5 @@ def open_layer_stream(
         )
     else:
         inner = source
-    decoded = _DecodedStream(
-        inner, compression=found, layer=layer, max_expanded=max_expanded, tracker=tracker
-    )
+    decoded = _DecodedStream(inner, compression=found, layer=layer, max_expanded=max_expanded, tracker=tracker)
     return io.BufferedReader(decoded, buffer_size=_BUFFER_SIZE)

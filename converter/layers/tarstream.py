@@ -2,7 +2,7 @@
 
 We parse tar ourselves instead of using :mod:`tarfile`: CPython 3.11.7's PAX parser has a
 quadratic regular expression (CVE-2024-6232) and layers come from untrusted registries. The
-reader is a single forward pass over a ``BinaryIO`` (often a decompressor or a pipe), never
+reader is a single forward pass over a byte stream (often a decompressor or a pipe), never
 seeks, and holds only metadata in memory: a regular file's contents are handed out as a
 :class:`FileData` stream that must be consumed before the next member.
 
@@ -26,17 +26,19 @@ unpacks here as it would in a container runtime. Unknown typeflags are skipped w
 
 from __future__ import annotations
 
+import abc
 import binascii
+import io
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
 from converter.errors import LayerError
 from converter.layers.model import EntryKind, FileData, TarEntry
 
-__all__ = ["BLOCK_SIZE", "TarReader", "parse_pax_records"]
+__all__ = ["BLOCK_SIZE", "ByteSource", "TarReader", "parse_pax_records"]
 
 BLOCK_SIZE = 512
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
@@ -74,6 +76,15 @@ _MAX_SPARSE_SEGMENTS = 1 << 18
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 _Lookup = Callable[[bytes], "bytes | None"]  # keyword -> effective PAX value (None if unset)
+
+
+class ByteSource(Protocol):
+    """Anything with ``read(n) -> bytes`` (files, pipes, decompressors, HTTP bodies).
+
+    ``readinto`` is used when present, to skip data without allocating.
+    """
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class _Truncated(Exception):
@@ -271,7 +282,7 @@ class _Source:
 
     __slots__ = ("_buf", "_pos", "_raw", "_readinto", "_scratch", "_total")
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: ByteSource) -> None:
         self._raw = raw
         self._readinto = getattr(raw, "readinto", None)
         self._buf = b""
@@ -364,18 +375,23 @@ class _Source:
             pass
 
     def _discard(self, n: int) -> int:
+        """Read and drop up to ``n`` bytes, into one reused buffer when the stream allows."""
+        got: int | None = None
         if self._readinto is not None:
             if self._scratch is None:
                 self._scratch = memoryview(bytearray(_READ_SIZE))
-            got: int | None = self._readinto(self._scratch[: min(n, _READ_SIZE)])
-            got = got or 0
-        else:
+            try:
+                got = self._readinto(self._scratch[: min(n, _READ_SIZE)]) or 0
+            except (NotImplementedError, io.UnsupportedOperation):
+                # ByteSource does not promise readinto; a RawIOBase with only read() raises here.
+                self._readinto = None
+        if got is None:
             got = len(self._raw.read(min(n, _READ_SIZE)))
         self._total += got
         return got
 
 
-class _MemberData:
+class _MemberData(abc.ABC):
     """Common lifecycle of the FileData handed out for one member."""
 
     __slots__ = ("_closed", "_entry", "_layer", "_src", "size")
@@ -411,19 +427,20 @@ class _MemberData:
 
     def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
         """The rest of the contents in pieces of at most ``size`` bytes."""
-        self._check_open()
         while True:
+            self._check_open()  # each time: a generator may outlive its member
             piece = self._next_piece(size)
             if not piece:
                 return
             yield piece
 
+    @abc.abstractmethod
     def _next_piece(self, limit: int) -> bytes:
-        raise NotImplementedError
+        """At most ``limit`` bytes from the current position; empty at the end of the file."""
 
+    @abc.abstractmethod
     def _finish(self) -> None:
         """Skip what the consumer left unread, plus block padding; later reads fail."""
-        raise NotImplementedError
 
 
 class _PlainData(_MemberData):
@@ -545,12 +562,13 @@ class TarReader:
     header (PAX record block or GNU long name), the pending extensions of one member, and the
     accumulated global PAX records. After the end-of-archive marker the rest of the stream is
     read and discarded (``drain=True``) so that a decompressor underneath checks its trailer
-    and a hashing reader sees the whole blob.
+    and a hashing reader sees the whole blob. The stream is read ahead in large chunks, so
+    with ``drain=False`` its position afterwards is somewhere past the end marker.
     """
 
     def __init__(
         self,
-        stream: BinaryIO,
+        stream: ByteSource,
         *,
         layer: str = "",
         max_entries: int | None = None,
@@ -639,7 +657,8 @@ class TarReader:
 
     def _read_extension(self, block: bytes, typeflag: int, pending: _Pending) -> None:
         size = _unsigned(block[124:136], "size")
-        pending.size += size
+        if typeflag != _PAX_GLOBAL:
+            pending.size += size  # globals have their own running total (_merge_global)
         if size > self._max_pax_size or pending.size > self._max_pax_size:
             raise _Malformed(f"extended header data exceeds the limit of {self._max_pax_size} bytes")
         data = self._src.read_exact(size)
@@ -718,6 +737,8 @@ class TarReader:
                 gid = _pax_uint(value, "gid")
             if (value := pax.get(b"mtime")) is not None:
                 mtime_sec, mtime_nsec = _pax_time(value)
+        if mode < 0:
+            raise _Malformed("negative mode")
         if uid < 0 or gid < 0:
             raise _Malformed("negative uid or gid")
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from converter.errors import ImageError, UnsupportedMediaType
+from converter.errors import ImageError, InvalidReference, UnsupportedMediaType
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import (
     Descriptor,
@@ -89,7 +89,7 @@ class Provenance:
                 profile=Profile(annotations[ANN_PROFILE]),
                 version=annotations[ANN_VERSION],
             )
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, InvalidReference):
             return None
 
 

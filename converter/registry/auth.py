@@ -101,6 +101,12 @@ class Challenge:
         """Scopes the registry said the request needs (space-separated in one parameter)."""
         return self.params.get("scope", "").split()
 
+    def for_registry(self) -> Challenge:
+        """The challenge without what belonged to one request (its scope, its error), to reuse
+        for the registry's later requests."""
+        kept = {k: v for k, v in self.params.items() if k not in ("scope", "error", "error_description")}
+        return Challenge(self.scheme, kept)
+
 
 _TOKEN_CHARS = re.compile(r"[^\s,=\"]+")
 
@@ -125,7 +131,8 @@ def parse_www_authenticate(header: str) -> list[Challenge]:
         skip(" \t,")
         match = _TOKEN_CHARS.match(header, pos)
         if match is None:
-            pos += 1  # a stray character (e.g. an unmatched quote): skip it
+            # A stray "=" or quoted string where a name should be: skip it (a quoted one whole).
+            pos = _parse_value(header, pos)[1] if header[pos] == '"' else pos + 1
             continue
         word = match.group()
         pos = match.end()
@@ -292,7 +299,7 @@ class Authenticator:
         basic = next((c for c in challenges if c.scheme == "basic"), None)
         if bearer is not None:
             with self._lock:
-                self._challenges[registry] = bearer
+                self._challenges[registry] = bearer.for_registry()
             token = self._token(registry, bearer, scopes, rejected=_bearer_token(rejected))
             retry_with = "Bearer " + token
             if retry_with == rejected:

@@ -693,7 +693,7 @@ class _BlobStream(io.RawIOBase):
             response.close()
             raise RegistryError(f"{what}: the registry announces {advertised} bytes, expected {size}")
         self.size = size if size is not None else advertised
-        self._chunks: Iterator[bytes] = response.iter_raw(_IO_CHUNK)
+        self._chunks: Iterator[bytes] = _raw_chunks(response)
 
     @property
     def verified(self) -> bool:
@@ -785,7 +785,7 @@ class _BlobStream(io.RawIOBase):
         else:
             skip = self._received  # Range ignored: the whole blob again, drop what we have
         self._response = response
-        self._chunks = _skip(response.iter_raw(_IO_CHUNK), skip)
+        self._chunks = _skip(_raw_chunks(response), skip)
 
     def _finish(self) -> None:
         self._response.close()
@@ -795,6 +795,17 @@ class _BlobStream(io.RawIOBase):
         if actual != self.digest:
             raise self._fail(RegistryError(f"{self.what}: the content's digest is {actual}"))
         self._verified = True
+
+
+def _raw_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body as sent. (A response whose body httpx already loaded, as transports like
+    MockTransport hand back, cannot be streamed raw again; its loaded content is the same bytes.)"""
+    if response.is_stream_consumed:
+        content = response.content
+        return iter([content[i : i + _IO_CHUNK] for i in range(0, len(content), _IO_CHUNK)])
+    # No chunk_size: httpx would buffer up to it, and a connection dropped meanwhile would lose
+    # the buffered bytes — a resume should start from everything that did arrive.
+    return response.iter_raw()
 
 
 def _skip(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:

@@ -123,8 +123,10 @@ def test_worked_example_block0_bytes() -> None:
     assert block[0x4A0:0x4AC].hex() == "2400000000000000" "4800" "02" "00"
     assert block[0x4DC:0x4E8].hex() == "2e00000000000000" "5900" "01" "00"
     assert bytes(block[0x4E8:0x502]) == b"...big.bindirlinksmall.txt"
-    assert block[0x520:0x540].hex() == "0000" "0000" "a481" "0100" "00280000" "00000000" "01000000" "02000000" + "00" * 8
-    assert block[0x560:0x57B].hex() == "2a00000000000000" "1800" "02" "00" "2400000000000000" "1900" "02" "00" + b"...".hex()
+    assert block[0x520:0x540].hex() == ("0000" "0000" "a481" "0100" "00280000" "00000000"
+                                        "01000000" "02000000" + "00" * 8)
+    assert block[0x560:0x57B].hex() == ("2a00000000000000" "1800" "02" "00"
+                                        "2400000000000000" "1900" "02" "00" + b"...".hex())
     # §12.2 step 9: the checksum over bytes 1024..4095.
     assert fmt.U32.unpack_from(block, 0x404)[0] == 0xBA5AF3B5
     assert fmt.superblock_crc(block[1024:]) == 0xBA5AF3B5

@@ -67,8 +67,9 @@ class Recorder(httpx.BaseTransport):
     def methods(self, path_part: str = "") -> list[str]:
         return [s.method for s in self.seen if path_part in s.url.path]
 
-    def statuses(self) -> list[int]:
-        return [s.status for s in self.seen]
+    def statuses(self, host: str | None = None) -> list[int]:
+        """Statuses of the requests to ``host`` ("h:port"), or of all requests."""
+        return [s.status for s in self.seen if host is None or s.url.netloc.decode() == host]
 
     def clear(self) -> None:
         with self._lock:

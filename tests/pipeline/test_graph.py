@@ -1,0 +1,258 @@
+"""The layer graph's ordering, concurrency, cancellation and cleanup, with a fake layer engine."""
+
+from __future__ import annotations
+
+import _thread
+import itertools
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+import structlog
+
+from converter.errors import ImageError, LayerError
+from converter.formats import Format
+from converter.oci.model import Descriptor
+from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph
+from converter.pipeline.progress import ProgressEvent, Stage
+from converter.reference import Digest
+
+from .fakes import FakeEngine, MemorySink, MemorySource
+
+WORKER_PREFIXES = ("pull", "build", "push", "scan")
+
+
+def make_layers(source: MemorySource, n: int, size: int = 1000) -> list[Descriptor]:
+    return [source.add_blob(bytes([i + 1]) * size) for i in range(n)]
+
+
+def settings(source: MemorySource, sink: MemorySink, engine: FakeEngine, **over: Any) -> GraphSettings:
+    kw: dict[str, Any] = dict(source=source, sink=sink, image="example.com/app:1", platform="linux/amd64",
+                              fmt=Format(), builder="python", build_time=0, jobs=3, run_ahead=0, prepass=None,
+                              convert=engine.convert, normalise=engine.normalise, progress=None,
+                              log=structlog.get_logger())
+    kw.update(over)
+    return GraphSettings(**kw)
+
+
+def workers_alive(grace: float = 3.0) -> list[str]:
+    """Worker threads still running after ``grace`` seconds. (A Ctrl-C that lands inside
+    ThreadPoolExecutor.submit can leave a just-started worker untracked by the pool; it exits on
+    its own once the pool shuts down, so give it a moment instead of expecting a join.)"""
+    deadline = time.monotonic() + grace
+    while True:
+        alive = [t.name for t in threading.enumerate() if t.name.startswith(WORKER_PREFIXES)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("prepass", [True, False], ids=["prepass", "chain"])
+def test_layers_convert_in_order_with_bottom_and_lower(tmp_path: Path, prepass: bool) -> None:
+    source, sink, engine = MemorySource(), MemorySink(), FakeEngine()
+    layers = make_layers(source, 5)
+    built = LayerGraph(settings(source, sink, engine, prepass=prepass), layers, workdir=tmp_path / "g").run()
+    assert [b.index for b in built] == [0, 1, 2, 3, 4]
+    assert [b.source for b in built] == layers
+    converts = {c.layer: c for c in engine.converts()}
+    assert len(converts) == 5
+    for i, layer in enumerate(layers):
+        call = converts[str(layer.digest)]
+        assert call.bottom is (i == 0)
+        assert call.lower_trees == (i if i else -1)  # layer i sees the trees of the i layers below
+        out = b"EROFS:" + source.blobs[layer.digest]
+        assert built[i].digest == Digest.from_bytes(out) and built[i].size == len(out)
+        assert sink.blobs[built[i].digest] == out
+        assert built[i].push == "pushed"
+    scans = engine.scans()
+    if prepass:
+        assert [c.layer for c in scans] == [str(d.digest) for d in layers]
+        assert [c.lower_trees for c in scans] == [-1, 1, 2, 3, 4]
+    else:
+        assert scans == []
+        # chain mode: each build starts after the previous one ended
+        ordered = [converts[str(d.digest)] for d in layers]
+        assert all(b.start >= a.end for a, b in itertools.pairwise(ordered))
+    assert not (tmp_path / "g").exists()
+
+
+def test_prepass_lets_builds_overlap(tmp_path: Path) -> None:
+    source, sink = MemorySource(), MemorySink()
+    barrier = threading.Barrier(3, timeout=10)
+
+    def meet(layer: str, src: BinaryIO) -> None:
+        barrier.wait()  # only returns if three builds run at the same time
+
+    engine = FakeEngine(before_convert=meet)
+    LayerGraph(settings(source, sink, engine, jobs=3, prepass=True), make_layers(source, 3),
+               workdir=tmp_path / "g").run()
+    assert engine.max_active_builds == 3
+
+
+def test_auto_prepass_choice(tmp_path: Path) -> None:
+    source, sink = MemorySource(), MemorySink()
+    layers = make_layers(source, 2)
+    assert LayerGraph(settings(source, sink, FakeEngine(), jobs=1), layers, workdir=tmp_path).prepass is False
+    assert LayerGraph(settings(source, sink, FakeEngine(), jobs=2), layers, workdir=tmp_path).prepass is True
+    assert LayerGraph(settings(source, sink, FakeEngine(), jobs=4), layers[:1], workdir=tmp_path).prepass is False
+    engine = FakeEngine()
+    LayerGraph(settings(source, sink, engine, jobs=1), layers, workdir=tmp_path / "g").run()
+    assert engine.max_active_builds == 1 and engine.scans() == []
+
+
+@pytest.mark.parametrize("prepass", [True, False], ids=["prepass", "chain"])
+def test_run_ahead_bounds_pulled_layers_on_disk(tmp_path: Path, prepass: bool) -> None:
+    source, sink = MemorySource(), MemorySink()
+    seen: list[int] = []
+    gdir = tmp_path / "g"
+
+    def count(layer: str, src: BinaryIO) -> None:
+        seen.append(len(list(gdir.glob("layer-*.src"))))
+        time.sleep(0.02)
+
+    engine = FakeEngine(before_convert=count)
+    LayerGraph(settings(source, sink, engine, jobs=2, run_ahead=2, prepass=prepass), make_layers(source, 8),
+               workdir=gdir).run()
+    assert len(seen) == 8 and max(seen) <= 2
+
+
+def test_existing_blobs_are_not_pushed(tmp_path: Path) -> None:
+    source, sink, engine = MemorySource(), MemorySink(), FakeEngine()
+    layers = make_layers(source, 3)
+    present = Digest.from_bytes(b"EROFS:" + source.blobs[layers[1].digest])
+    sink.blobs[present] = b"already"
+    built = LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
+    assert [b.push for b in built] == ["pushed", "exists", "pushed"]
+    assert ("blob", str(present)) not in sink.ops
+
+
+def test_progress_events(tmp_path: Path) -> None:
+    source, sink, engine = MemorySource(), MemorySink(), FakeEngine()
+    layers = make_layers(source, 3, size=10_000)
+    events: list[ProgressEvent] = []
+    lock = threading.Lock()
+
+    def record(ev: ProgressEvent) -> None:
+        with lock:
+            events.append(ev)
+
+    LayerGraph(settings(source, sink, engine, progress=record), layers, workdir=tmp_path / "g").run()
+    for i, layer in enumerate(layers):
+        for stage in Stage:
+            mine = [e for e in events if e.index == i and e.stage is stage]
+            assert mine and mine[-1].done, (i, stage)
+            assert all(e.layer == layer.digest and e.platform == "linux/amd64" for e in mine)
+            counts = [e.completed for e in mine]
+            assert counts == sorted(counts)
+        assert [e.completed for e in events if e.index == i and e.stage is Stage.PULL][-1] == 10_000
+
+
+def test_first_failure_cancels_the_rest_promptly(tmp_path: Path) -> None:
+    source, sink = MemorySource(), MemorySink()
+    layers = [source.add_blob(bytes([i + 1]) * (3 << 20)) for i in range(6)]
+    bad = str(layers[2].digest)
+    cancelled: list[str] = []
+
+    def hook(layer: str, src: BinaryIO) -> None:
+        if layer == bad:
+            time.sleep(0.1)  # let the other builds get going
+            raise LayerError("broken tar header", layer=layer, entry="etc/passwd")
+        try:
+            for _ in range(10_000):  # reads slowly: ~10 s unless cancelled
+                src.read(4096)
+                time.sleep(0.001)
+        except BaseException as exc:
+            cancelled.append(type(exc).__name__)
+            raise
+
+    engine = FakeEngine(before_convert=hook)
+    started = time.monotonic()
+    with pytest.raises(LayerFailed) as info:
+        LayerGraph(settings(source, sink, engine, jobs=3, prepass=True), layers, workdir=tmp_path / "g").run()
+    assert time.monotonic() - started < 5
+    err = info.value
+    assert err.layer == layers[2].digest and err.stage == "build" and err.image == "example.com/app:1"
+    assert str(err) == (f"converting example.com/app:1 (linux/amd64): layer 3/6 {bad}: build: "
+                        f"reading layer {bad}, entry 'etc/passwd': broken tar header")
+    assert isinstance(err.__cause__, LayerError)
+    assert cancelled and set(cancelled) == {"Cancelled"}
+    assert all(c.layer != str(layers[5].digest) for c in engine.converts())  # never started
+    assert not (tmp_path / "g").exists()
+    assert workers_alive() == []
+
+
+def test_pull_verifies_the_digest(tmp_path: Path) -> None:
+    source, sink, engine = MemorySource(), MemorySink(), FakeEngine()
+    layers = make_layers(source, 2)
+    source.blobs[layers[1].digest] = b"\x02" * 999 + b"X"  # same size, wrong bytes
+    with pytest.raises(LayerFailed, match=r"layer 2/2 .*: pull: pulling blob .*does not match the digest") as info:
+        LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
+    assert isinstance(info.value.__cause__, ImageError)
+    source.blobs[layers[1].digest] = b"\x02" * 1001
+    with pytest.raises(LayerFailed, match="more than the 1000 bytes"):
+        LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
+
+
+def test_converter_reading_other_bytes_is_an_error(tmp_path: Path) -> None:
+    source, sink, engine = MemorySource(), MemorySink(), FakeEngine()
+    layers = make_layers(source, 1)
+
+    def skip_some(layer: str, src: BinaryIO) -> None:
+        src.read(10)
+
+    engine.before_convert = skip_some
+    with pytest.raises(LayerFailed, match="the converter read bytes with digest"):
+        LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
+
+
+def test_unexpected_exceptions_are_wrapped_with_their_type(tmp_path: Path) -> None:
+    source, sink = MemorySource(), MemorySink()
+
+    def bug(layer: str, src: BinaryIO) -> None:
+        raise KeyError("oops")
+
+    with pytest.raises(LayerFailed, match="build: KeyError: 'oops'"):
+        LayerGraph(settings(source, sink, FakeEngine(before_convert=bug)), make_layers(source, 2),
+                   workdir=tmp_path / "g").run()
+
+
+def test_ctrl_c_stops_workers_and_cleans_up(tmp_path: Path) -> None:
+    source, sink = MemorySource(), MemorySink()
+    layers = [source.add_blob(bytes([i + 1]) * (2 << 20)) for i in range(4)]
+
+    def interrupt(layer: str, src: BinaryIO) -> None:
+        if layer == str(layers[1].digest):
+            _thread.interrupt_main()
+        for _ in range(5000):
+            src.read(4096)
+            time.sleep(0.001)
+
+    gdir = tmp_path / "g"
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        LayerGraph(settings(source, sink, FakeEngine(before_convert=interrupt), jobs=2, prepass=True), layers,
+                   workdir=gdir).run()
+    assert time.monotonic() - started < 5
+    assert not gdir.exists()
+    assert workers_alive() == []
+    assert not any(kind == "tag" for kind, _ in sink.ops)
+
+
+def test_no_layers(tmp_path: Path) -> None:
+    source, sink, engine = MemorySource(), MemorySink(), FakeEngine()
+    assert LayerGraph(settings(source, sink, engine), [], workdir=tmp_path / "g").run() == []
+
+
+def test_workdir_is_private(tmp_path: Path) -> None:
+    source, sink = MemorySource(), MemorySink()
+    modes: list[int] = []
+    gdir = tmp_path / "g"
+
+    def look(layer: str, src: BinaryIO) -> None:
+        modes.append(os.stat(gdir).st_mode & 0o777)
+
+    LayerGraph(settings(source, sink, FakeEngine(before_convert=look)), make_layers(source, 1), workdir=gdir).run()
+    assert modes == [0o700]
