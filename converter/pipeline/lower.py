@@ -34,6 +34,10 @@ from converter.layers.tarstream import TarReader
 FileOpener = Callable[[int, bytes, Inode], FileData]
 
 
+def _is_opaque(node: Inode) -> bool:
+    return node.xattrs.get(OPAQUE_XATTR) == b"y"
+
+
 class StackedLower:
     """A ``LowerView`` over the trees of the layers below (``roots[0]`` is the bottom)."""
 
@@ -49,18 +53,20 @@ class StackedLower:
         comps = [c for c in path.split(b"/") if c]
         for k in range(len(self._roots) - 1, -1, -1):
             node = self._roots[k]
+            opaque = _is_opaque(node)
             for i, comp in enumerate(comps):
                 assert node.children is not None
                 child = node.children.get(comp)
                 if child is None:
-                    if node.xattrs.get(OPAQUE_XATTR) == b"y":
-                        return None  # an opaque directory hides everything below it
+                    if opaque:
+                        return None  # an opaque ancestor in this layer hides all lower content
                     break  # not in this layer: look further down
                 if child.is_whiteout():
                     return None
                 if child.kind is not NodeKind.DIR and i < len(comps) - 1:
                     return None  # a non-directory ancestor hides the path
                 node = child
+                opaque = opaque or _is_opaque(node)
             else:
                 return k, node
         return None

@@ -442,9 +442,13 @@ class RegistryClient:
         if response.status_code == 401 and self._is_registry_origin(call.registry, response.request.url):
             # A token may have expired mid-job, or this is the first request (no challenge known):
             # either way the Authenticator picks a fresh header for exactly these scopes.
-            retry_with, reason = self._auth.on_unauthorized(
-                call.registry, call.scopes, response.headers.get("WWW-Authenticate"), rejected=authorization
-            )
+            try:
+                retry_with, reason = self._auth.on_unauthorized(
+                    call.registry, call.scopes, response.headers.get("WWW-Authenticate"), rejected=authorization
+                )
+            except BaseException:
+                response.close()
+                raise
             if retry_with is None:
                 raise self._status_error(call, response, hint=reason)
             response.close()

@@ -223,7 +223,7 @@ def test_token_service_refusal() -> None:
 @pytest.mark.parametrize("body", [{"nothing": 1}, [1, 2], {"token": ""}])
 def test_token_answer_without_a_token(body: object) -> None:
     auth = authenticator(TokenService(body=body))
-    with pytest.raises(AuthError, match="holds no token|not a JSON object"):
+    with pytest.raises(AuthError, match=r"holds no token|not a JSON object"):
         auth.on_unauthorized("reg.example", frozenset(), CHALLENGE, rejected=None)
 
 

@@ -463,3 +463,19 @@ def test_client_repr_has_no_secrets(registry_basic: RegistryServer) -> None:
         assert_no_secrets([repr(client), repr(client._auth)], registry_basic.secrets())
     finally:
         client.close()
+
+
+def test_printed_output_has_no_secrets(registry_token: RegistryServer, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    """Whatever the process prints (structlog's default output included) stays free of secrets."""
+    host = registry_token.host
+    with client_for(credentials=_static(registry_token)) as client:
+        push_image(client, host, "token/printed", "v1")
+        client.get_manifest(host, "token/printed", "v1")
+    with client_for(credentials=_static(registry_token, "wrong-pass-987")) as client, \
+            pytest.raises(AuthError) as info:
+        client.get_manifest(host, "token/printed", "v1")
+    print(info.value, repr(info.value), registry_token)
+    captured = capsys.readouterr()
+    assert host in captured.out  # the check below looks at real output
+    assert_no_secrets([captured.out, captured.err], [*registry_token.secrets(), "wrong-pass-987"])

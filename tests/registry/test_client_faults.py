@@ -30,11 +30,6 @@ def make_client(fake: FakeRegistry, sleeps: Sleeps | None = None, **kwargs: obje
     return RegistryClient(transport=fake.transport(), retry=fast_retry(sleeps), **kwargs)  # type: ignore[arg-type]
 
 
-def fail_times(count: int, response: httpx.Response | Exception, path: str = "") -> list[int]:
-    """Install nothing; returns a counter list used by the hook built with ``failing_hook``."""
-    return [count]
-
-
 def failing_hook(fake: FakeRegistry, times: int, make: object, *, method: str = "", path: str = "") -> list[int]:
     """Answer the first ``times`` matching requests with ``make()`` (a Response, or raise)."""
     hits = [0]
@@ -311,7 +306,7 @@ def test_plain_http_realm_allowed_when_configured() -> None:
 
 
 def test_token_service_outage_is_retried() -> None:
-    fake, asked = bearer_setup()
+    fake, _ = bearer_setup()
     original = fake.hosts["auth.example"]
     calls = [0]
 

@@ -199,7 +199,7 @@ class TokenIssuer:
         issuer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: object) -> None:
                 pass  # keep test output clean (and free of query strings)
 
             def _answer(self, status: int, body: dict[str, object]) -> None:
@@ -252,8 +252,9 @@ class RegistryServer:
     kind: str  # "open", "basic" or "token"
     root: Path
     username: str | None = None
-    password: str | None = None
-    identity_token: str | None = None
+    # Kept out of the repr: pytest prints fixture values in failure reports.
+    password: str | None = field(default=None, repr=False)
+    identity_token: str | None = field(default=None, repr=False)
     issuer: TokenIssuer | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
