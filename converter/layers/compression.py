@@ -32,8 +32,6 @@ __all__ = [
     "open_layer_stream",
 ]
 
-_BUFFER_SIZE = 1 << 16
-
 # isal's stubs declare its error as an instance (``error: Exception``); at runtime it is a class.
 _IsalError = cast("type[Exception]", isal_zlib.error)
 
@@ -44,7 +42,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # 0xFD2FB528 little-endian (RFC 8878 §3.1.1)
 class _Decoder(Protocol):
     """What we need from a decompressing reader (IGzipFile, zstd stream reader, _Replay)."""
 
-    def readinto(self, buffer: WriteableBuffer, /) -> int | None: ...
+    def read(self, size: int = -1, /) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -218,8 +216,13 @@ class _ZstdFrameTracker:
             self._state, self._need = self._MAGIC, 4
 
 
-class _DecodedStream(io.RawIOBase):
-    """Decompressed layer bytes with library errors turned into LayerError and a size limit."""
+class _DecodedStream(io.BufferedIOBase):
+    """Decompressed layer bytes with library errors turned into LayerError and a size limit.
+
+    ``read`` hands the decoder's own bytes objects through: a second buffering layer (or
+    readinto into caller buffers, which GzipFile implements as read-then-copy) cost ~80%
+    more time than decompression alone in measurements on a real 376 MB tree.
+    """
 
     def __init__(
         self,
@@ -242,24 +245,33 @@ class _DecodedStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        if self._eof:
-            return 0
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self._eof or size == 0:
+            return b""
         try:
-            n = self._inner.readinto(buffer) or 0
+            data = self._inner.read(-1 if size is None else size)
         except EOFError:
             # isal raises EOFError when the input ends inside a gzip member.
             raise self._error(f"truncated {self._compression.value} stream") from None
         except (gzip.BadGzipFile, _IsalError, zstandard.ZstdError) as exc:
             raise self._error(f"corrupt {self._compression.value} stream: {exc}") from None
-        if n == 0:
+        if not data:
             self._eof = True
             self._check_end()
-            return 0
-        self._expanded += n
+            return b""
+        self._expanded += len(data)
         if self._max_expanded is not None and self._expanded > self._max_expanded:
             raise self._error(f"layer expands to more than the limit of {self._max_expanded} bytes")
-        return n
+        return data
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return self.read(size)
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
 
     def _check_end(self) -> None:
         tracker = self._tracker
@@ -324,4 +336,5 @@ def open_layer_stream(
     else:
         inner = source
     decoded = _DecodedStream(inner, compression=found, layer=layer, max_expanded=max_expanded, tracker=tracker)
-    return io.BufferedReader(decoded, buffer_size=_BUFFER_SIZE)
+    # A BufferedIOBase is a BinaryIO in all but typeshed's nominal class hierarchy.
+    return cast(BinaryIO, decoded)

@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 
 from converter.errors import ConverterError, ImageError
+from converter.layerconv import LayerOptions
 from converter.layerconv import convert_layer as default_convert_layer
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import (
@@ -206,7 +207,10 @@ class _Run:
     # -- the image ----------------------------------------------------------------------------
 
     def run(self) -> ConvertResult:
+        # Usage errors first, before anything is fetched.
         tag = destination_tag(self.dest_ref)
+        self.options.resolved_jobs()
+        LayerOptions(fmt=self.options.fmt, builder=self.options.builder).resolved_builder()
         data, media_type, digest = self.source.get_manifest(None)
         doc = parse_manifest(data, media_type, digest=digest, what=f"manifest {self.image}")
         self.log.info("image_conversion_started", digest=str(digest), media_type=str(doc.media_type),

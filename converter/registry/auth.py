@@ -27,12 +27,13 @@ import httpx
 import structlog
 
 from converter.errors import AuthError, RegistryError
-from converter.registry._http import host_port, redact_url
+from converter.registry._http import host_port, redact_url, scrub
 from converter.registry.credentials import CredentialProvider, Credentials
 from converter.registry.retry import (
     TRANSIENT_STATUSES,
     RetryPolicy,
     TemporaryRegistryError,
+    is_transient,
     parse_retry_after,
     run_with_retry,
 )
@@ -357,19 +358,25 @@ class Authenticator:
                     headers["Authorization"] = creds.basic_authorization()
                 request = self._http.build_request("GET", realm, params=params, headers=headers)
             try:
-                response = self._http.send(request)
+                response = self._http.send(request, stream=True)
+                try:
+                    body = _read_capped(response, _MAX_TOKEN_RESPONSE + 1)
+                finally:
+                    response.close()
             except httpx.HTTPError as exc:
-                raise TemporaryRegistryError(f"{what}: {type(exc).__name__}: {exc}",
-                                             method=request.method, url=redact_url(realm)) from exc
-            return self._token_from(response, what, request.method, realm)
+                message = f"{what}: {type(exc).__name__}: {scrub(str(exc))}"
+                if is_transient(exc):
+                    raise TemporaryRegistryError(message, method=request.method, url=redact_url(realm)) from exc
+                raise RegistryError(message, method=request.method, url=redact_url(realm)) from exc
+            return self._token_from(response, body, what, request.method, realm)
 
         token, lifetime = run_with_retry(attempt, policy=self._retry, what=what)
         log.debug("registry_token_fetched", registry=registry, scopes=scope_list,
                   lifetime=round(lifetime, 1), refresh_grant=bool(creds and creds.identity_token))
         return token, lifetime
 
-    def _token_from(self, response: httpx.Response, what: str, method: str, realm: httpx.URL
-                    ) -> tuple[str, float]:
+    def _token_from(self, response: httpx.Response, content: bytes, what: str, method: str,
+                    realm: httpx.URL) -> tuple[str, float]:
         status = response.status_code
         url = redact_url(realm)
         if status != 200:
@@ -379,10 +386,10 @@ class Authenticator:
                                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
             cls = AuthError if status in (400, 401, 403) else RegistryError
             raise cls(message, status=status, method=method, url=url)
-        if len(response.content) > _MAX_TOKEN_RESPONSE:
+        if len(content) > _MAX_TOKEN_RESPONSE:
             raise AuthError(f"{what}: answer larger than {_MAX_TOKEN_RESPONSE} bytes", method=method, url=url)
         try:
-            body = json.loads(response.content)
+            body = json.loads(content)
         except ValueError:
             body = None  # not chained: the decoder's message could quote the token
         if not isinstance(body, dict):
@@ -392,6 +399,18 @@ class Authenticator:
         if not isinstance(token, str) or not token:
             raise AuthError(f"{what}: the answer holds no token", method=method, url=url)
         return token, token_lifetime(body, now=self._wall_clock())
+
+
+def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body (enough to tell that it is too long)."""
+    parts: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes():
+        parts.append(chunk)
+        total += len(chunk)
+        if total >= limit:
+            break
+    return b"".join(parts)[:limit]
 
 
 def _bearer_token(header: str | None) -> str | None:

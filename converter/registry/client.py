@@ -113,8 +113,9 @@ class _Call:
 class RegistryClient:
     """Talks to OCI distribution registries. Create one per process and share it.
 
-    ``plain_http`` lists ``host[:port]`` registries spoken to without TLS; loopback registries
-    (localhost, 127.0.0.0/8, ::1) always are. ``ca_bundle`` adds trusted CAs to the system's.
+    ``plain_http`` lists ``host[:port]`` registries spoken to without TLS. Loopback registries
+    (localhost, 127.0.0.0/8, ::1) are too, unless ``loopback_plain_http`` is False (a local
+    registry with TLS); no other host ever is. ``ca_bundle`` adds trusted CAs to the system's.
     ``transport`` replaces the network (tests use httpx.MockTransport).
     """
 
@@ -123,6 +124,7 @@ class RegistryClient:
         *,
         credentials: CredentialProvider | None = None,
         plain_http: Iterable[str] = (),
+        loopback_plain_http: bool = True,
         ca_bundle: str | os.PathLike[str] | None = None,
         verify_tls: bool = True,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
@@ -132,6 +134,7 @@ class RegistryClient:
         user_agent: str = f"erofs-converter/{__version__}",
     ) -> None:
         self._plain_http = frozenset(h.lower() for h in plain_http)
+        self._loopback_plain_http = loopback_plain_http
         self._retry = retry
         verify: ssl.SSLContext | bool = False
         if verify_tls:
@@ -167,9 +170,15 @@ class RegistryClient:
         self.close()
 
     def plain_http_allowed(self, registry: str) -> bool:
-        """True if ``host[:port]`` may be spoken to without TLS."""
+        """True if ``host[:port]`` may be spoken to without TLS (a loopback host or a listed one)."""
         name = registry.lower()
         return is_loopback(name) or name in self._plain_http or split_host(name) in self._plain_http
+
+    def _uses_plain_http(self, registry: str) -> bool:
+        name = registry.lower()
+        if name in self._plain_http or split_host(name) in self._plain_http:
+            return True
+        return self._loopback_plain_http and is_loopback(name)
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -414,7 +423,7 @@ class RegistryClient:
     # --- request plumbing ----------------------------------------------------------------------
 
     def _url(self, host: str, path: str, params: Mapping[str, str] | None = None) -> httpx.URL:
-        scheme = "http" if self.plain_http_allowed(host) else "https"
+        scheme = "http" if self._uses_plain_http(host) else "https"
         url = httpx.URL(f"{scheme}://{host}{path}")
         return url.copy_merge_params(params) if params else url
 
@@ -454,7 +463,9 @@ class RegistryClient:
             response.close()
             response = self._send(call, retry_with)
             if response.status_code == 401:
-                raise self._status_error(call, response, hint="the registry refused our credentials")
+                refused = ("the registry refused our credentials" if self._auth.credentials_for(call.registry)
+                           else f"anonymous access was refused: no credentials for {call.registry}")
+                raise self._status_error(call, response, hint=refused)
         if response.status_code >= 400 and response.status_code not in call.allow:
             raise self._status_error(call, response)
         return response
@@ -579,7 +590,7 @@ class _Upload:
                 self._put_monolithic(session.location)
             else:
                 self._put_chunked(session.location, chunk)
-        except BaseException:
+        except Exception:
             client._cancel_upload(self.what, self.host, self.scopes, session.location)
             raise
         return BlobPush.UPLOADED
@@ -627,7 +638,7 @@ class _Upload:
                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(count),
                                   # No "bytes=" prefix: the spec's (and distribution's) format.
                                   "Content-Range": f"{offset}-{offset + count - 1}"},
-                         body=lambda data=data: data)  # type: ignore[misc]
+                         body=_constant(data))
             response, _ = self.client._fetch(call, limit=_ERROR_BODY_LIMIT, retry=False)
             location = self.client._location(call, response)
             _check_upload_range(call, response, offset + count)
@@ -654,7 +665,7 @@ class BlobReader(io.BufferedReader):
 
     @property
     def what(self) -> str:
-        """"fetching blob sha256:… from host/repo", the prefix of this download's errors."""
+        """The prefix of this download's errors: "fetching blob sha256:… from host/repo"."""
         return self._stream.what
 
     @property
@@ -799,6 +810,10 @@ class _BlobStream(io.RawIOBase):
         if actual != self.digest:
             raise self._fail(RegistryError(f"{self.what}: the content's digest is {actual}"))
         self._verified = True
+
+
+def _constant(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
 
 
 def _raw_chunks(response: httpx.Response) -> Iterator[bytes]:

@@ -302,3 +302,15 @@ def test_destination_tag() -> None:
     assert destination_tag(Reference("r.io", "a", "t")) == "t"
     with pytest.raises(UsageError, match="give a tag, not a digest"):
         destination_tag(parse_reference("r.io/a@sha256:" + "a" * 64))
+
+
+def test_usage_errors_come_before_any_work() -> None:
+    source = MemorySource()
+    add_image(source, [b"a"])
+    with pytest.raises(UsageError, match="unknown builder 'rust'"):
+        run(source, MemorySink(), builder="rust")
+    with pytest.raises(UsageError, match="--jobs must be at least 1"):
+        run(source, MemorySink(), jobs=-1)
+    with pytest.raises(UsageError, match="give a tag, not a digest"):
+        run(source, MemorySink(), dest=parse_reference("r.io/a@sha256:" + "a" * 64))
+    assert source.opened == []

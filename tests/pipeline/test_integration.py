@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from converter.erofs.reader import ErofsImage
+from converter.erofs.tools import erofs_utils
+from converter.errors import ToolError
+from converter.formats import parse_format
 from converter.oci.mediatypes import MediaType
 from converter.pipeline import ConvertOptions, ConvertResult, convert_image
 from converter.reference import Digest, OciLayoutRef
@@ -95,16 +98,13 @@ def test_cross_layer_hard_link(tmp_path: Path) -> None:
         with ErofsImage.open(blob(dest, manifest["layers"][1]["digest"])) as top:
             assert top.read_bytes("/links/big") == b"x" * 5000  # materialised from layer 0
             assert top.stat("/links/big").st_mode & 0o7777 == 0o640
-            assert top.stat("/data").st_mode & 0o7777 == 0o750 and top.stat("/data").uid == 7  # implicit parent inherits layer 0's
+            data_dir = top.stat("/data")  # implicit in layer 1: inherits layer 0's metadata
+            assert data_dir.st_mode & 0o7777 == 0o750 and data_dir.uid == 7
 
 
 def test_internally_compressed_format(two_layer: Path, tmp_path: Path) -> None:
     # erofs+lz4 goes through mkfs.erofs; the blob is still raw application/vnd.erofs and its DiffID
     # is its own digest (spec §8, A-2), never the digest of an uncompressed twin.
-    from converter.errors import ToolError
-    from converter.erofs.tools import erofs_utils
-    from converter.formats import parse_format
-
     try:
         tools = erofs_utils()
     except ToolError as exc:

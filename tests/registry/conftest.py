@@ -8,9 +8,9 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from tests.support.registry import registry_basic, registry_open, registry_token
+from tests.support.registry import registry_basic, registry_open, registry_tls, registry_token
 
-__all__ = ["registry_basic", "registry_open", "registry_token"]
+__all__ = ["registry_basic", "registry_open", "registry_tls", "registry_token"]
 
 
 @pytest.fixture

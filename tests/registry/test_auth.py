@@ -7,6 +7,7 @@ import urllib.parse
 
 import httpx
 import pytest
+from structlog.testing import LogCapture
 
 from converter.errors import AuthError
 from converter.registry.auth import (
@@ -304,9 +305,9 @@ def test_concurrent_requests_share_one_fetch() -> None:
     assert headers == {"Bearer tok-2"} and len(service.requests) == 2
 
 
-def test_token_fetch_logs_no_token(log_capture: object) -> None:
+def test_token_fetch_logs_no_token(log_capture: LogCapture) -> None:
     auth = authenticator(TokenService(body={"token": "very-secret-token-value"}), Credentials("alice", "pw-123456"))
     auth.on_unauthorized("reg.example", frozenset({pull_scope("a")}), CHALLENGE, rejected=None)
-    entries = log_capture.entries  # type: ignore[attr-defined]
+    entries = log_capture.entries
     assert any(e["event"] == "registry_token_fetched" for e in entries)
     assert_no_secrets([json.dumps(entries, default=str)], ["very-secret-token-value", "pw-123456"])

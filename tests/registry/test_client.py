@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import ssl
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from structlog.testing import LogCapture
 
 from converter.errors import AuthError, ImageError, InvalidReference, NotFound, RegistryError
 from converter.oci.mediatypes import MediaType
@@ -16,13 +20,19 @@ from converter.registry.client import BlobPush, RegistryClient
 from converter.registry.credentials import Credentials, DockerConfigCredentials, StaticCredentials
 from tests.registry.helpers import (
     Recorder,
+    Sleeps,
     assert_no_secrets,
     blob,
     client_for,
+    fast_retry,
     push_image,
     random_blob,
 )
 from tests.support.registry import RegistryServer
+
+
+def ssl_context(ca_cert: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_cert))
 
 # --- open registry: the API itself ------------------------------------------------------------
 
@@ -136,8 +146,8 @@ def test_manifest_roundtrip(registry_open: RegistryServer, docker: bool) -> None
     with client_for() as client:
         pushed = push_image(client, host, repository, "v1", docker=docker)
         by_tag = client.get_manifest(host, repository, "v1")
-        assert by_tag == (pushed.manifest, pushed.media_type, pushed.digest)
         assert isinstance(by_tag.media_type, MediaType)
+        assert by_tag == (pushed.manifest, pushed.media_type, pushed.digest)
         data, media_type, digest = client.get_manifest(host, repository, pushed.digest)
         assert (data, media_type, digest) == (pushed.manifest, pushed.media_type, pushed.digest)
         # A digest written as a string is a digest, not a tag.
@@ -255,7 +265,7 @@ def _static(server: RegistryServer, password: str | None = None) -> StaticCreden
     return StaticCredentials({server.host: Credentials(server.username, password or server.password)})
 
 
-def test_basic_auth_push_and_pull(registry_basic: RegistryServer, log_capture: object) -> None:
+def test_basic_auth_push_and_pull(registry_basic: RegistryServer, log_capture: LogCapture) -> None:
     host = registry_basic.host
     recorder = Recorder()
     with client_for(recorder, credentials=_static(registry_basic)) as client:
@@ -264,7 +274,7 @@ def test_basic_auth_push_and_pull(registry_basic: RegistryServer, log_capture: o
         assert client.get_manifest(host, "basic/app", "v1").digest == image.digest
     # One 401 (the first request learns the Basic challenge); afterwards credentials go up front.
     assert recorder.statuses(host).count(401) == 1
-    assert_no_secrets([repr(client), *log_capture.entries], registry_basic.secrets())  # type: ignore[attr-defined]
+    assert_no_secrets([repr(client), *log_capture.entries], registry_basic.secrets())
 
 
 def test_basic_auth_failures_keep_the_password_secret(registry_basic: RegistryServer) -> None:
@@ -312,7 +322,7 @@ def test_credential_helper(registry_basic: RegistryServer, tmp_path: Path, monke
     config_dir = tmp_path / "docker"
     config_dir.mkdir()
     (config_dir / "config.json").write_text(json.dumps({"credHelpers": {registry_basic.host: "test"}}))
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
     provider = DockerConfigCredentials()
@@ -326,7 +336,7 @@ def test_credential_helper(registry_basic: RegistryServer, tmp_path: Path, monke
 
 
 def test_pull_from_one_repository_then_push_to_another(registry_token: RegistryServer,
-                                                        log_capture: object) -> None:
+                                                        log_capture: LogCapture) -> None:
     """The oras-py bug: a token for repository A reused for B. Tokens must be per scope."""
     host = registry_token.host
     issuer = registry_token.issuer
@@ -345,7 +355,7 @@ def test_pull_from_one_repository_then_push_to_another(registry_token: RegistryS
         assert client.get_manifest(host, "token/source", "v1").digest == source.digest
     asked = [r.scopes for r in issuer.requests]
     assert asked == [("repository:token/source:pull",), ("repository:token/dest:pull,push",)]
-    assert_no_secrets([repr(client), *log_capture.entries], registry_token.secrets())  # type: ignore[attr-defined]
+    assert_no_secrets([repr(client), *log_capture.entries], registry_token.secrets())
 
 
 def test_mount_asks_for_both_repositories(registry_token: RegistryServer) -> None:
@@ -370,6 +380,7 @@ def test_anonymous_token_access(registry_token: RegistryServer) -> None:
         with pytest.raises(AuthError) as info:
             anonymous.get_manifest(host, "private/app", "v1")
         assert info.value.status == 401
+        assert str(info.value).endswith(f"(anonymous access was refused: no credentials for {host})")
         # Pull access is enough to see that a blob exists, not to upload one.
         assert anonymous.push_blob(host, "public/app", public.layer_digest, 1, io.BytesIO(b"x")) \
             is BlobPush.EXISTS
@@ -479,3 +490,33 @@ def test_printed_output_has_no_secrets(registry_token: RegistryServer, capsys: p
     captured = capsys.readouterr()
     assert host in captured.out  # the check below looks at real output
     assert_no_secrets([captured.out, captured.err], [*registry_token.secrets(), "wrong-pass-987"])
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+
+def test_tls_with_a_private_ca(registry_tls: RegistryServer) -> None:
+    assert registry_tls.ca_cert is not None
+    recorder = Recorder(httpx.HTTPTransport(verify=ssl_context(registry_tls.ca_cert)))
+    with client_for(recorder, loopback_plain_http=False) as client:
+        image = push_image(client, registry_tls.host, "tls/app", "v1")
+        assert client.get_manifest(registry_tls.host, "tls/app", "v1").digest == image.digest
+    assert {s.url.scheme for s in recorder.seen} == {"https"}
+    # The real transport (no test wrapper): the CA bundle option itself.
+    with RegistryClient(loopback_plain_http=False, ca_bundle=registry_tls.ca_cert) as client:
+        assert client.get_manifest(registry_tls.host, "tls/app", "v1").digest == image.digest
+
+
+def test_tls_verification_failure_is_permanent(registry_tls: RegistryServer) -> None:
+    sleeps = Sleeps()
+    with RegistryClient(loopback_plain_http=False, retry=fast_retry(sleeps)) as client, \
+            pytest.raises(RegistryError) as info:
+        client.ping(registry_tls.host)
+    assert str(info.value).startswith(f"checking registry {registry_tls.host}: TLS certificate verification failed")
+    assert not info.value.temporary and sleeps.delays == []
+
+
+def test_tls_verification_can_be_disabled(registry_tls: RegistryServer, log_capture: LogCapture) -> None:
+    with RegistryClient(loopback_plain_http=False, verify_tls=False) as client:
+        client.ping(registry_tls.host)
+    assert any(e["event"] == "registry_tls_verification_disabled" for e in log_capture.entries)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from structlog.testing import LogCapture
 
 from converter.errors import AuthError, RegistryError, UnsupportedMediaType
 from converter.oci.mediatypes import MediaType
@@ -30,7 +32,8 @@ def make_client(fake: FakeRegistry, sleeps: Sleeps | None = None, **kwargs: obje
     return RegistryClient(transport=fake.transport(), retry=fast_retry(sleeps), **kwargs)  # type: ignore[arg-type]
 
 
-def failing_hook(fake: FakeRegistry, times: int, make: object, *, method: str = "", path: str = "") -> list[int]:
+def failing_hook(fake: FakeRegistry, times: int, make: Callable[[], httpx.Response], *, method: str = "",
+                 path: str = "") -> list[int]:
     """Answer the first ``times`` matching requests with ``make()`` (a Response, or raise)."""
     hits = [0]
 
@@ -38,7 +41,7 @@ def failing_hook(fake: FakeRegistry, times: int, make: object, *, method: str = 
         if (method and request.method != method) or path not in request.url.path or hits[0] >= times:
             return None
         hits[0] += 1
-        return make()  # type: ignore[operator, no-any-return]
+        return make()
 
     fake.hooks.append(hook)
     return hits
@@ -202,7 +205,7 @@ def test_blob_size_is_checked() -> None:
 # --- redirects and where credentials go -------------------------------------------------------
 
 
-def storage(seen: list[httpx.Request], data: bytes) -> object:
+def storage(seen: list[httpx.Request], data: bytes) -> Callable[[httpx.Request], httpx.Response]:
     def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(200, content=data)
@@ -213,7 +216,7 @@ def storage(seen: list[httpx.Request], data: bytes) -> object:
 def test_cross_host_redirect_drops_authorization() -> None:
     data, digest = blob(1000)
     stored: list[httpx.Request] = []
-    fake = FakeRegistry(basic=("alice", PASSWORD), hosts={"storage.example": storage(stored, data)})  # type: ignore[dict-item]
+    fake = FakeRegistry(basic=("alice", PASSWORD), hosts={"storage.example": storage(stored, data)})
     signed = "https://storage.example/blob?X-Amz-Signature=topsecret&X-Amz-Credential=AKIA"
     failing_hook(fake, 100, lambda: httpx.Response(307, headers={"Location": signed}), method="GET",
                  path="/blobs/")
@@ -243,7 +246,7 @@ def test_same_host_redirect_keeps_authorization() -> None:
 def test_redirect_to_plain_http_is_refused() -> None:
     data, digest = blob(1000)
     stored: list[httpx.Request] = []
-    fake = FakeRegistry(hosts={"storage.example": storage(stored, data)})  # type: ignore[dict-item]
+    fake = FakeRegistry(hosts={"storage.example": storage(stored, data)})
     failing_hook(fake, 100, lambda: httpx.Response(302, headers={"Location": "http://storage.example/b"}))
     with make_client(fake) as client, pytest.raises(RegistryError, match="it would leave HTTPS"):
         client.get_blob_bytes(HOST, "a/b", digest)
@@ -277,7 +280,7 @@ def test_bearer_token_goes_only_to_the_registry() -> None:
     data, digest = blob(1000)
     stored: list[httpx.Request] = []
     fake, asked = bearer_setup()
-    fake.hosts["storage.example"] = storage(stored, data)  # type: ignore[assignment]
+    fake.hosts["storage.example"] = storage(stored, data)
     failing_hook(fake, 100, lambda: httpx.Response(307, headers={"Location": "https://storage.example/b"}),
                  method="GET", path="/blobs/")
     with make_client(fake, credentials=CREDS) as client:
@@ -355,11 +358,11 @@ def test_oversized_manifest_is_refused() -> None:
     big = b"{" + b" " * MAX_MANIFEST_SIZE + b"}"
     failing_hook(fake, 1, lambda: httpx.Response(200, content=big, headers={"Content-Type": MediaType.OCI_MANIFEST}))
 
-    def chunks() -> object:
+    def chunks() -> Iterator[bytes]:
         for _ in range(5):
             yield b" " * (1024 * 1024)
 
-    failing_hook(fake, 1, lambda: httpx.Response(200, content=chunks(),  # type: ignore[arg-type]
+    failing_hook(fake, 1, lambda: httpx.Response(200, content=chunks(),
                                                  headers={"Content-Type": MediaType.OCI_MANIFEST}))
     with make_client(fake) as client:
         with pytest.raises(RegistryError, match="more than the limit"):
@@ -481,7 +484,7 @@ def test_mount_falls_back_and_cancels() -> None:
     assert fake.uploads == {}
 
 
-def test_push_errors_name_the_operation_and_keep_secrets(log_capture: object) -> None:
+def test_push_errors_name_the_operation_and_keep_secrets(log_capture: LogCapture) -> None:
     data, digest = blob(100)
     fake = FakeRegistry(basic=("alice", "something-else"))
     with make_client(fake, credentials=CREDS) as client, pytest.raises(AuthError) as info:
@@ -490,5 +493,5 @@ def test_push_errors_name_the_operation_and_keep_secrets(log_capture: object) ->
     assert str(info.value) == (f"pushing blob {digest} to {HOST}/a/b: 401 Unauthorized "
                                "(the registry refused our credentials)")
     assert info.value.method == "HEAD" and info.value.status == 401
-    entries = log_capture.entries  # type: ignore[attr-defined]
+    entries = log_capture.entries
     assert_no_secrets([info.value, repr(client), *entries], [PASSWORD, "s3cr3t"])

@@ -6,6 +6,7 @@ import email.utils
 
 import httpx
 import pytest
+from structlog.testing import LogCapture
 
 from converter.errors import AuthError, NotFound, RegistryError
 from converter.registry.retry import (
@@ -160,7 +161,7 @@ def test_default_policy() -> None:
     assert sum(RetryPolicy(random=lambda: 1.0).delay(n) for n in (1, 2, 3)) == 3.5
 
 
-def test_retries_are_logged(log_capture: object) -> None:
+def test_retries_are_logged(log_capture: LogCapture) -> None:
     answers = [TemporaryRegistryError("fetching x: 503 Service Unavailable")]
 
     def attempt() -> None:
@@ -168,6 +169,6 @@ def test_retries_are_logged(log_capture: object) -> None:
             raise answers.pop(0)
 
     run_with_retry(attempt, policy=fast_retry(), what="fetching x")
-    events = [e for e in log_capture.entries if e["event"] == "registry_retry"]  # type: ignore[attr-defined]
+    events = [e for e in log_capture.entries if e["event"] == "registry_retry"]
     assert events == [{"event": "registry_retry", "log_level": "info", "what": "fetching x", "attempt": 1,
                        "delay": 0.375, "error": "fetching x: 503 Service Unavailable"}]

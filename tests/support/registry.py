@@ -1,13 +1,14 @@
 """Real registries for tests: Debian's docker-registry (distribution 2.8) on loopback, three ways.
 
 * open: no authentication;
+* tls: no authentication, HTTPS with a self-signed certificate for 127.0.0.1 (``.ca_cert``);
 * basic: htpasswd (bcrypt) users;
 * token: bearer tokens from ``TokenIssuer``, a tiny token service on a loopback thread that signs
   real RS256 JWTs with a self-signed certificate the registry trusts (``auth.token`` with
   ``rootcertbundle``; the JWT header carries the certificate in ``x5c``).
 
-The session-scoped fixtures ``registry_open``, ``registry_basic`` and ``registry_token`` are
-defined here; a test package uses them by importing them into its conftest.py. If the registry
+The session-scoped fixtures ``registry_open``, ``registry_tls``, ``registry_basic`` and
+``registry_token`` are defined here; a test package uses them by importing them into its conftest.py. If the registry
 cannot start, the fixture skips with the reason (CI turns skips into failures).
 """
 
@@ -17,10 +18,12 @@ import base64
 import contextlib
 import datetime as dt
 import http.server
+import ipaddress
 import json
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -119,7 +122,7 @@ class TokenIssuer:
     def policy_override(self, **changes: object) -> Iterator[TokenPolicy]:
         """Temporarily change the policy (the fixture is shared by the whole session)."""
         saved = self.policy
-        self.policy = TokenPolicy(**{**saved.__dict__, **changes})  # type: ignore[arg-type]
+        self.policy = TokenPolicy(**{**saved.__dict__, **changes})
         try:
             yield self.policy
         finally:
@@ -256,11 +259,12 @@ class RegistryServer:
     password: str | None = field(default=None, repr=False)
     identity_token: str | None = field(default=None, repr=False)
     issuer: TokenIssuer | None = None
+    ca_cert: Path | None = None  # the certificate to trust for a TLS registry
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ca_cert else 'http'}://{self.host}"
 
     def secrets(self) -> list[str]:
         """Every secret a test must never see in output: passwords, identity and bearer tokens."""
@@ -298,7 +302,8 @@ class RegistryServer:
             return ""
 
 
-def _config_yaml(root: Path, port: int, auth_yaml: str) -> str:
+def _config_yaml(root: Path, port: int, auth_yaml: str, tls: tuple[Path, Path] | None) -> str:
+    tls_yaml = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
     return (
         "version: 0.1\n"
         "log:\n  level: info\n  accesslog:\n    disabled: true\n"
@@ -306,9 +311,34 @@ def _config_yaml(root: Path, port: int, auth_yaml: str) -> str:
         f"  filesystem:\n    rootdirectory: {root / 'storage'}\n"
         "  delete:\n    enabled: true\n"
         "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n{tls_yaml}"
         f"{auth_yaml}"
     )
+
+
+def _self_signed_loopback_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key (PEM files)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "erofs-converter test registry")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "registry-cert.pem", directory / "registry-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def _htpasswd(path: Path, username: str, password: str) -> None:
@@ -326,7 +356,8 @@ def _htpasswd(path: Path, username: str, password: str) -> None:
 def _wait_ready(server: RegistryServer, process: subprocess.Popen[bytes]) -> str | None:
     """None once /v2/ answers 200 or 401, else why it never did."""
     deadline = time.monotonic() + _START_TIMEOUT
-    with httpx.Client(timeout=1.0) as client:
+    verify = ssl.create_default_context(cafile=str(server.ca_cert)) if server.ca_cert else True
+    with httpx.Client(timeout=1.0, verify=verify) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 return f"{PROGRAM} exited with {process.returncode}:\n{server.log_tail()}"
@@ -341,7 +372,7 @@ def _wait_ready(server: RegistryServer, process: subprocess.Popen[bytes]) -> str
 
 @contextlib.contextmanager
 def run_registry(root: Path, kind: str = "open") -> Iterator[RegistryServer]:
-    """Start docker-registry of ``kind`` ("open", "basic", "token") with storage under ``root``.
+    """Start docker-registry of ``kind`` ("open", "tls", "basic", "token") with storage under ``root``.
 
     Skips the calling test (loudly) if the registry cannot run here. Always stops what it started.
     """
@@ -352,6 +383,7 @@ def run_registry(root: Path, kind: str = "open") -> Iterator[RegistryServer]:
     username = password = identity_token = None
     issuer: TokenIssuer | None = None
     auth_yaml = ""
+    tls = _self_signed_loopback_cert(root) if kind == "tls" else None
     if kind == "basic":
         username, password = "tester", "pw-" + secrets.token_urlsafe(12)
         _htpasswd(root / "htpasswd", username, password)
@@ -365,7 +397,7 @@ def run_registry(root: Path, kind: str = "open") -> Iterator[RegistryServer]:
             f"auth:\n  token:\n    realm: {issuer.realm}\n    service: {TOKEN_SERVICE}\n"
             f"    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {issuer.cert_path}\n"
         )
-    elif kind != "open":
+    elif kind not in ("open", "tls"):
         raise ValueError(f"unknown registry kind {kind!r}")
 
     process: subprocess.Popen[bytes] | None = None
@@ -374,8 +406,9 @@ def run_registry(root: Path, kind: str = "open") -> Iterator[RegistryServer]:
         for _ in range(3):  # the free port may be taken between probing and binding
             port = _free_port()
             config = root / "config.yml"
-            config.write_text(_config_yaml(root, port, auth_yaml))
-            server = RegistryServer(f"127.0.0.1:{port}", kind, root, username, password, identity_token, issuer)
+            config.write_text(_config_yaml(root, port, auth_yaml, tls))
+            server = RegistryServer(f"127.0.0.1:{port}", kind, root, username, password, identity_token, issuer,
+                                    ca_cert=tls[0] if tls else None)
             with open(root / "registry.log", "wb") as log:
                 process = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
             server.process = process
@@ -408,6 +441,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def registry_open(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry without authentication."""
     with run_registry(tmp_path_factory.mktemp("registry-open"), "open") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registry_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A registry without authentication behind HTTPS; trust ``.ca_cert`` to talk to it."""
+    with run_registry(tmp_path_factory.mktemp("registry-tls"), "tls") as server:
         yield server
 
 

@@ -1,0 +1,134 @@
+"""`convert SOURCE ...`: turns parsed flags into a conversion and renders its progress.
+
+Kept apart from ``cli.py`` so the argument parser stays import-light (``convert layer`` need
+not load httpx), and so mirror jobs can reuse ``make_client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from converter import log as logsetup
+from converter.errors import UsageError
+from converter.formats import parse_format
+from converter.layerconv import default_build_time
+from converter.oci.mediatypes import parse_profile
+from converter.oci.model import Platform
+from converter.pipeline import ConvertOptions, convert_image
+from converter.pipeline.options import default_destination
+from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
+from converter.reference import OciLayoutRef, Reference, parse_location
+from converter.registry.client import RegistryClient
+from converter.registry.credentials import DockerConfigCredentials
+from converter.transports import open_sink, open_source
+
+PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma-separated registries, for containers/compose
+
+
+def plain_http_hosts(flags: Sequence[str]) -> list[str]:
+    """``--plain-http`` values plus those in $CONVERT_PLAIN_HTTP."""
+    env = [h.strip() for h in os.environ.get(PLAIN_HTTP_ENV, "").split(",") if h.strip()]
+    return [*flags, *env]
+
+
+def make_client(*, plain_http: Sequence[str] = (), ca_bundle: str | None = None) -> RegistryClient:
+    """One registry client for the whole process (tokens are cached per scope inside it)."""
+    return RegistryClient(credentials=DockerConfigCredentials(), plain_http=plain_http_hosts(plain_http),
+                          ca_bundle=ca_bundle)
+
+
+def parse_platforms(values: Sequence[str]) -> tuple[Platform, ...]:
+    out = []
+    for v in values:
+        try:
+            out.append(Platform.parse(v))
+        except Exception as exc:  # the model raises its own error type; make it a usage error
+            raise UsageError(f"--platform {v!r}: expected OS/ARCH[/VARIANT]") from exc
+    return tuple(out)
+
+
+def _display(loc: Reference | OciLayoutRef) -> str:
+    return f"oci:{loc.path}" + (f":{loc.tag}" if loc.tag else "") if isinstance(loc, OciLayoutRef) else str(loc)
+
+
+class _Bars:
+    """rich progress bars: one row per layer and stage (pull, convert, push)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), console=Console(stderr=True), transient=False)
+        self._tasks: dict[tuple[str, int, Stage], Any] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Bars:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def __call__(self, ev: ProgressEvent) -> None:
+        key = (ev.platform, ev.index, ev.stage)
+        with self._lock:
+            task = self._tasks.get(key)
+            if task is None:
+                label = f"{ev.platform} layer {ev.index} {ev.layer.short()} {ev.stage.value:<7}"
+                task = self._progress.add_task(label, total=ev.total)
+                self._tasks[key] = task
+            completed = ev.total if ev.done and ev.total else ev.completed
+            self._progress.update(task, completed=completed, total=ev.total)
+            if ev.note:
+                self._progress.update(task, description=f"{self._progress.tasks[task].description} ({ev.note})")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
+    if not enabled:
+        yield None
+        return
+    with _Bars() as bars:
+        yield bars
+
+
+def run_image_conversion(args: argparse.Namespace) -> int:
+    """Convert one image per the parsed flags; prints ``REF@sha256:…`` on success."""
+    verbosity = -1 if args.quiet else (1 if args.verbose else 0)
+    logsetup.configure(fmt=args.log_format or "auto", verbosity=verbosity)
+    fmt = parse_format(args.to)
+    src = parse_location(args.source)
+    dest = parse_location(args.dest) if args.dest else default_destination(src, fmt)
+    if args.jobs < 0:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    options = ConvertOptions(
+        fmt=fmt,
+        profile=parse_profile(args.media_type_profile),
+        platforms=parse_platforms(args.platform),
+        merge_index=args.merge_index,
+        jobs=args.jobs,
+        builder=args.builder,
+        workdir=Path(args.workdir) if args.workdir else None,
+        build_time=default_build_time(),
+    )
+    needs_client = isinstance(src, Reference) or isinstance(dest, Reference)
+    client = make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle) if needs_client else None
+    with client if client is not None else nullcontext():
+        source = open_source(src, client=client)
+        sink = open_sink(dest, client=client)
+        show_bars = sys.stderr.isatty() and not args.quiet and (args.log_format in (None, "console"))
+        with _progress(show_bars) as progress:
+            result = convert_image(source, src, sink, dest, options=options, progress=progress,
+                                   log=structlog.get_logger())
+    print(f"{_display(dest)}@{result.digest}")
+    return 0
