@@ -786,7 +786,7 @@ class _ChunkReader:
 
 
 def big_layer(gb: float, log: Log = _print) -> LayerInput:
-    """A layer of ``gb`` GiB: three huge files (60%) and many 1–16 MiB files; half-compressible data.
+    """A layer of ``gb`` GiB: three huge files (60%) and many 1-16 MiB files; half-compressible data.
 
     The tar is streamed straight into ``pigz``; only the ``.tar.gz`` is kept.
     """

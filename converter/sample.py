@@ -14,7 +14,7 @@ import io
 import json
 import random
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,11 +153,16 @@ class SampleLayout:
     layer_tars: list[bytes]
 
 
-def write_oci_layout(path: Path, layers: list[bytes], *, tag: str = "latest", compress: bool = True,
-                     architecture: str = "amd64") -> SampleLayout:
-    """Write an OCI image layout holding an image made of the given uncompressed layer tars."""
+def write_oci_layout(path: Path, layers: list[bytes], *, tag: str = "latest", compress: bool | str = True,
+                     architecture: str = "amd64", platforms: Sequence[str] = ()) -> SampleLayout:
+    """Write an OCI image layout holding an image made of the given uncompressed layer tars.
+
+    ``compress`` is True/"gzip", "zstd" or False (plain tar). With ``platforms`` (e.g.
+    ["amd64", "arm64"]) the tag points at an image index with one manifest per architecture.
+    """
     blobs = path / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
+    kind = "gzip" if compress is True else (compress or "")
 
     def put(data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -169,38 +174,57 @@ def write_oci_layout(path: Path, layers: list[bytes], *, tag: str = "latest", co
     history = []
     for i, tar in enumerate(layers):
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-        blob = gzip_bytes(tar) if compress else tar
-        media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
+        if kind == "gzip":
+            blob = gzip_bytes(tar)
+        elif kind == "zstd":
+            import zstandard
+
+            blob = zstandard.ZstdCompressor(level=3).compress(tar)
+        else:
+            blob = tar
+        media = "application/vnd.oci.image.layer.v1.tar" + (f"+{kind}" if kind else "")
         layer_descs.append({"mediaType": media, "digest": put(blob), "size": len(blob)})
         history.append({"created": "2023-11-14T22:13:20Z", "created_by": f"sample layer {i}"})
-    config = {
-        "architecture": architecture,
-        "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["/bin/sh"],
-                   "Labels": {"org.example.sample": "true"}},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": history,
-    }
-    config_bytes = json.dumps(config, separators=(",", ":")).encode()
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": put(config_bytes), "size": len(config_bytes)},
-        "layers": layer_descs,
-    }
-    manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
-    mdigest = put(manifest_bytes)
+
+    def image_manifest(arch: str) -> tuple[str, int]:
+        config = {
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["/bin/sh"],
+                       "Labels": {"org.example.sample": "true"}},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": history,
+        }
+        config_bytes = json.dumps(config, separators=(",", ":")).encode()
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": put(config_bytes), "size": len(config_bytes)},
+            "layers": layer_descs,
+        }
+        manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
+        return put(manifest_bytes), len(manifest_bytes)
+
     (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    index = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest,
-                       "size": len(manifest_bytes),
-                       "annotations": {"org.opencontainers.image.ref.name": tag}}],
-    }
+    ref = {"org.opencontainers.image.ref.name": tag}
+    if platforms:
+        entries = []
+        for arch in platforms:
+            d, n = image_manifest(arch)
+            entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": n,
+                            "platform": {"architecture": arch, "os": "linux"}})
+        inner = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "manifests": entries}, separators=(",", ":")).encode()
+        top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": put(inner), "size": len(inner),
+               "annotations": ref}
+    else:
+        d, n = image_manifest(architecture)
+        top = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": n,
+               "annotations": ref}
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [top]}
     (path / "index.json").write_text(json.dumps(index, separators=(",", ":")))
-    return SampleLayout(path=path, tag=tag, manifest_digest=mdigest, layer_tars=list(layers))
+    return SampleLayout(path=path, tag=tag, manifest_digest=str(top["digest"]), layer_tars=list(layers))
 
 
 def sample_layers() -> list[bytes]:

@@ -17,3 +17,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which counts as a failure: {reason}"
+
+# The real loopback registries (Debian's docker-registry), usable by every test package.
+from tests.support.registry import registry_basic, registry_open, registry_tls, registry_token  # noqa: E402
+
+__all__ = ["registry_basic", "registry_open", "registry_tls", "registry_token"]
