@@ -47,7 +47,7 @@ CACHE_VERSION = 1
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
 # A "python dev" image layer: ~230 MB of tar on top of minbase.
-PACKAGES = ("python3", "python3-pip", "python3-venv", "python3-dev", "build-essential", "ca-certificates")
+PACKAGES = ("python3", "python3-pip", "python3-venv", "python3-dev", "git", "ca-certificates")
 SMALL_FILES = 50_000
 SEED = 20240601
 FIXED_MTIME = 1_700_000_000
@@ -132,11 +132,13 @@ class LayerInput:
     gz_size: int
     entries: int
     bottom: bool = False
+    recipe: str = ""  # what the layer was made from; a different recipe invalidates the cache
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "file": str(self.gz),
                 "diff_id": self.tar_digest, "tar_size": self.tar_size, "blob_digest": self.gz_digest,
-                "blob_size": self.gz_size, "entries": self.entries, "bottom": self.bottom}
+                "blob_size": self.gz_size, "entries": self.entries, "bottom": self.bottom,
+                "recipe": self.recipe}
 
     @classmethod
     def load(cls, sidecar: Path) -> LayerInput | None:
@@ -150,7 +152,7 @@ class LayerInput:
             return None
         return cls(name=data["name"], description=data["description"], gz=gz, tar_digest=data["diff_id"],
                    tar_size=data["tar_size"], gz_digest=data["blob_digest"], gz_size=data["blob_size"],
-                   entries=data["entries"], bottom=data.get("bottom", False))
+                   entries=data["entries"], bottom=data.get("bottom", False), recipe=data.get("recipe", ""))
 
     def save(self, sidecar: Path) -> None:
         tmp = sidecar.with_name(sidecar.name + ".partial")
@@ -163,7 +165,7 @@ def _count_entries(tar: Path) -> int:
     return res.stdout.count(b"\n")
 
 
-def _finish_layer(name: str, description: str, tar: Path, *, bottom: bool = False) -> LayerInput:
+def _finish_layer(name: str, description: str, tar: Path, *, recipe: str, bottom: bool = False) -> LayerInput:
     """Hash ``tar``, gzip it with ``pigz -n``, hash the blob, write the sidecar, drop the tar."""
     tar_digest, tar_size = sha256_file(tar)
     entries = _count_entries(tar)
@@ -175,14 +177,16 @@ def _finish_layer(name: str, description: str, tar: Path, *, bottom: bool = Fals
     partial.rename(gz)
     gz_digest, gz_size = sha256_file(gz)
     layer = LayerInput(name=name, description=description, gz=gz, tar_digest=tar_digest, tar_size=tar_size,
-                       gz_digest=gz_digest, gz_size=gz_size, entries=entries, bottom=bottom)
+                       gz_digest=gz_digest, gz_size=gz_size, entries=entries, bottom=bottom,
+                       recipe=recipe)
     layer.save(_layers_dir() / f"{name}.json")
     tar.unlink()
     return layer
 
 
-def _cached(name: str) -> LayerInput | None:
-    return LayerInput.load(_layers_dir() / f"{name}.json")
+def _cached(name: str, recipe: str) -> LayerInput | None:
+    layer = LayerInput.load(_layers_dir() / f"{name}.json")
+    return layer if layer is not None and layer.recipe == recipe else None
 
 
 @contextlib.contextmanager
@@ -211,7 +215,8 @@ def _tar_tree(root: Path, out: Path) -> None:
 def rootfs_layer(log: Log = _print) -> LayerInput:
     """Layer 1: ``debootstrap --variant=minbase bookworm`` as a tar (~200 MB)."""
     name = "01-rootfs"
-    if (cached := _cached(name)) is not None:
+    recipe = f"debootstrap --variant=minbase {SUITE} {MIRROR}"
+    if (cached := _cached(name, recipe)) is not None:
         return cached
     _need("debootstrap", "tar", "pigz")
     if os.geteuid() != 0:
@@ -223,7 +228,7 @@ def rootfs_layer(log: Log = _print) -> LayerInput:
         _run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), MIRROR], what="debootstrap")
         tar = work / f"{name}.tar"
         _tar_tree(rootfs, tar)
-        layer = _finish_layer(name, f"debootstrap --variant=minbase {SUITE}", tar, bottom=True)
+        layer = _finish_layer(name, f"debootstrap --variant=minbase {SUITE}", tar, recipe=recipe, bottom=True)
     log(f"{name}: {layer.tar_size / 1e6:.0f} MB tar, {layer.entries} entries in {time.monotonic() - started:.0f}s")
     return layer
 
@@ -329,9 +334,10 @@ def _chroot_ready(rootfs: Path) -> Iterator[None]:
 def packages_layer(log: Log = _print) -> LayerInput:
     """Layer 2: ``apt-get install -y --no-install-recommends PACKAGES`` on top of layer 1 (~230 MB)."""
     name = "02-packages"
-    if (cached := _cached(name)) is not None:
-        return cached
     base = rootfs_layer(log)
+    recipe = f"{base.gz_digest} + apt-get install --no-install-recommends {' '.join(PACKAGES)}"
+    if (cached := _cached(name, recipe)) is not None:
+        return cached
     _need("tar", "pigz", "chroot", "mount", "umount")
     log(f"{name}: apt-get install {' '.join(PACKAGES)} in a chroot…")
     started = time.monotonic()
@@ -356,7 +362,8 @@ def packages_layer(log: Log = _print) -> LayerInput:
         tar = work / f"{name}.tar"
         _run(["tar", *TAR_DETERMINISM, *TAR_XATTRS, "--no-recursion", "-C", str(rootfs), "-cf", str(tar),
               "--null", "--verbatim-files-from", "-T", str(listing)], what="archiving the changed paths")
-        layer = _finish_layer(name, f"apt-get install --no-install-recommends {' '.join(PACKAGES)}", tar)
+        layer = _finish_layer(name, f"apt-get install --no-install-recommends {' '.join(PACKAGES)}", tar,
+                              recipe=recipe)
     log(f"{name}: {layer.tar_size / 1e6:.0f} MB tar, {layer.entries} entries ({len(diff.deleted)} whiteouts) "
         f"in {time.monotonic() - started:.0f}s")
     return layer
@@ -581,7 +588,8 @@ def write_tree_tar(entries: dict[str, _Entry], out: Path, pool: bytes, seed: int
 def small_files_layer(log: Log = _print) -> LayerInput:
     """Layer 3: 50,000 small files in node_modules / site-packages shaped trees."""
     name = "03-smallfiles"
-    if (cached := _cached(name)) is not None:
+    recipe = f"generated: {SMALL_FILES} files, seed {SEED}"
+    if (cached := _cached(name, recipe)) is not None:
         return cached
     _need("tar", "pigz")
     log(f"{name}: generating {SMALL_FILES} small files…")
@@ -593,7 +601,7 @@ def small_files_layer(log: Log = _print) -> LayerInput:
         tar = work / f"{name}.tar"
         write_tree_tar(entries, tar, pool, SEED)
         layer = _finish_layer(name, f"{SMALL_FILES} generated small files (node_modules + site-packages shapes)",
-                              tar)
+                              tar, recipe=recipe)
     log(f"{name}: {layer.tar_size / 1e6:.0f} MB tar, {layer.entries} entries in {time.monotonic() - started:.0f}s")
     return layer
 
@@ -658,7 +666,8 @@ def deletion_entries(lower: list[list[str]]) -> dict[str, _Entry]:
 def deletions_layer(lower: list[LayerInput], log: Log = _print) -> LayerInput:
     """Layer 4: whiteouts of some dirs/files of ``lower`` and an opaque directory."""
     name = "04-deletions"
-    if (cached := _cached(name)) is not None:
+    recipe = "whiteouts against " + " ".join(layer.gz_digest for layer in lower)
+    if (cached := _cached(name, recipe)) is not None:
         return cached
     log(f"{name}: whiteouts against the lower layers…")
     entries = deletion_entries([list_names(layer.gz) for layer in lower])
@@ -667,7 +676,7 @@ def deletions_layer(lower: list[LayerInput], log: Log = _print) -> LayerInput:
         tar = work / f"{name}.tar"
         write_tree_tar(entries, tar, pool, SEED + 4)
         whiteouts = sum(1 for p in entries if "/.wh." in "/" + p)
-        layer = _finish_layer(name, f"deletions: {whiteouts} whiteouts incl. one opaque dir", tar)
+        layer = _finish_layer(name, f"deletions: {whiteouts} whiteouts incl. one opaque dir", tar, recipe=recipe)
     log(f"{name}: {layer.entries} entries")
     return layer
 
@@ -791,7 +800,8 @@ def big_layer(gb: float, log: Log = _print) -> LayerInput:
     The tar is streamed straight into ``pigz``; only the ``.tar.gz`` is kept.
     """
     name = f"big-{gb:g}g"
-    if (cached := _cached(name)) is not None:
+    recipe = f"generated: {gb:g} GiB, seed {SEED + 7}"
+    if (cached := _cached(name, recipe)) is not None:
         return cached
     _need("pigz")
     total = int(gb * (1 << 30))
@@ -836,7 +846,7 @@ def big_layer(gb: float, log: Log = _print) -> LayerInput:
     gz_digest, gz_size = sha256_file(gz)
     layer = LayerInput(name=name, description=f"{gb:g} GiB: 3 huge files + {len(files) - 3} files of 1-16 MiB",
                        gz=gz, tar_digest="sha256:" + writer.sha.hexdigest(), tar_size=writer.size,
-                       gz_digest=gz_digest, gz_size=gz_size, entries=len(entries))
+                       gz_digest=gz_digest, gz_size=gz_size, entries=len(entries), recipe=recipe)
     layer.save(_layers_dir() / f"{name}.json")
     log(f"{name}: {layer.tar_size / 1e9:.2f} GB tar, {layer.gz_size / 1e9:.2f} GB gzip "
         f"in {time.monotonic() - started:.0f}s")

@@ -47,7 +47,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -425,7 +425,6 @@ class _Partial:
     dest: DestTemplate | None = None
     cache_repo: Repository | None = None
     cache_repo_given: bool = False
-    lines: dict[str, int] = field(default_factory=dict)
 
 
 def _settings(entries: Mapping[str, tuple[yaml.Node, Where]], env: Mapping[str, str]) -> _Partial:
@@ -465,7 +464,7 @@ def _settings(entries: Mapping[str, tuple[yaml.Node, Where]], env: Mapping[str, 
                     values["cache_repo"] = parse_repository(expand_env(_text(node, at), env, at))
                 except InvalidReference as exc:
                     raise at.error(str(exc)) from None
-    return _Partial(**values, lines={k: entries[k][1].line for k in SETTING_KEYS if k in entries})
+    return _Partial(**values)
 
 
 def _is_null(node: yaml.Node) -> bool:
