@@ -21,10 +21,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from converter import log as logsetup
 from converter.cli import main as cli_main
 from converter.errors import ConverterError
 from converter.localregistry import local_registry
-from converter.oci.model import parse_manifest
+from converter.oci.model import Manifest, parse_manifest
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
 from converter.sample import sample_layers, write_oci_layout
@@ -77,6 +78,7 @@ def show_image(client: RegistryClient, ref_line: str, workdir: Path) -> list[Pat
     assert ref.digest is not None
     data, media_type, _ = client.get_manifest(ref.registry, ref.repository, str(ref.digest))
     manifest = parse_manifest(data, media_type)
+    assert isinstance(manifest, Manifest), "the demo converts a single-platform image"
     config = json.loads(client.get_blob_bytes(ref.registry, ref.repository, manifest.config.digest,
                                               max_size=1 << 20))
     say(f"  manifest {ref.digest} ({media_type})")
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converter.demo")
     parser.add_argument("--mirror", action="store_true", help="run the mirroring demo instead")
     args = parser.parse_args(argv)
+    logsetup.configure(fmt="console", verbosity=-1)  # the demo prints its own story; warnings only
     try:
         if args.mirror:
             from converter.mirror.demo import run_mirror_demo  # type: ignore[import-not-found]

@@ -84,7 +84,7 @@ class _Bars:
         with self._lock:
             task = self._tasks.get(key)
             if task is None:
-                label = f"{ev.platform} layer {ev.index} {ev.layer.short()} {ev.stage.value:<7}"
+                label = f"{ev.platform} layer {ev.index} {ev.layer.hex[:12]} {ev.stage.value:<7}"
                 task = self._progress.add_task(label, total=ev.total)
                 self._tasks[key] = task
             completed = ev.total if ev.done and ev.total else ev.completed
