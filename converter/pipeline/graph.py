@@ -20,8 +20,8 @@ Why a pre-pass: building a layer costs far more than reading its metadata (conte
 written, hashed and, for ``erofs+ALGO``, compressed by mkfs.erofs in another process), while
 the only thing an upper layer needs from the lower ones is their directory metadata. Reading
 each tar twice buys parallel builds at the price of one extra decompress+parse per layer,
-which pays off with ``jobs > 1`` and several layers; with one job or one layer it is pure
-overhead and is skipped. (Python threads share the GIL, so parallel builds gain most where
+which pays off with ``jobs > 1``, several layers and at least ``PREPASS_MIN_CPUS`` cores; with
+one job, one layer or a 2-core machine it is overhead and is skipped by default. (Python threads share the GIL, so parallel builds gain most where
 the work happens outside it: zlib/zstd, hashing, file I/O and mkfs.erofs.)
 
 Cross-layer hard links (spec §3.7) need a lower *file's bytes*. They are rare, so instead of
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import queue
 import shutil
 import threading
@@ -72,6 +73,9 @@ from converter.transports.base import ImageSink, ImageSource
 
 _CHUNK = 1 << 20
 _POLL = 0.25  # seconds; how often waits wake up to notice cancellation or Ctrl-C
+
+
+PREPASS_MIN_CPUS = 4
 
 
 class Cancelled(Exception):
@@ -192,7 +196,10 @@ class LayerGraph:
         self.dir = workdir
         self.jobs = max(1, settings.jobs)
         self.run_ahead = max(1, settings.run_ahead or 2 * self.jobs)
-        auto = self.jobs > 1 and self.n > 1
+        # The pre-pass costs one extra decompress+parse per layer; it only pays off when there
+        # are cores to run the parallel builds it enables. Measured on 2 cores (bench/README.md):
+        # the image-mode benchmark took 10.1 s with it and 7.7-8.1 s without.
+        auto = self.jobs > 1 and self.n > 1 and (os.cpu_count() or 1) >= PREPASS_MIN_CPUS
         self.prepass = auto if settings.prepass is None else settings.prepass
         self.cancel = threading.Event()
         self.log = settings.log

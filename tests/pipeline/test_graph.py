@@ -92,11 +92,14 @@ def test_prepass_lets_builds_overlap(tmp_path: Path) -> None:
     assert engine.max_active_builds == 3
 
 
-def test_auto_prepass_choice(tmp_path: Path) -> None:
+def test_auto_prepass_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source, sink = MemorySource(), MemorySink()
     layers = make_layers(source, 2)
     assert LayerGraph(settings(source, sink, FakeEngine(), jobs=1), layers, workdir=tmp_path).prepass is False
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert LayerGraph(settings(source, sink, FakeEngine(), jobs=2), layers, workdir=tmp_path).prepass is True
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # the extra parse costs more than it saves on 2 cores
+    assert LayerGraph(settings(source, sink, FakeEngine(), jobs=2), layers, workdir=tmp_path).prepass is False
     assert LayerGraph(settings(source, sink, FakeEngine(), jobs=4), layers[:1], workdir=tmp_path).prepass is False
     engine = FakeEngine()
     LayerGraph(settings(source, sink, engine, jobs=1), layers, workdir=tmp_path / "g").run()
