@@ -11,7 +11,6 @@ import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
@@ -60,7 +59,7 @@ def trees(draw: st.DrawFn) -> tuple[str, list[Spec]]:
         big_ids = fmt != "ustar" and draw(st.booleans())
         uid = draw(st.integers(0, 70000 if not big_ids else 2**31 - 1) if fmt != "ustar" else st.integers(0, 65535))
         gid = draw(st.integers(0, 65535))
-        mtime = draw(st.integers(0, 2**33 - 1) if fmt != "ustar" else st.integers(0, 2**33 - 1))
+        mtime = draw(st.integers(0, 2**33 - 1))
         nsec = draw(st.integers(0, 999_999_999)) if fmt == "pax" else 0
         mode = draw(st.integers(0, 0o7777))
         xattr = draw(st.none() | st.binary(max_size=40)) if fmt == "pax" and kind in ("file", "dir") else None
@@ -95,7 +94,7 @@ def make_tar(fmt: str, specs: list[Spec]) -> bytes:
             ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = s.mode, s.uid, s.gid, "", ""
             ti.mtime = s.mtime
             if fmt == "pax":
-                ti.pax_headers = {"mtime": str(Decimal(s.mtime) + Decimal(s.nsec) / Decimal(10**9))}
+                ti.pax_headers = {"mtime": f"{s.mtime}.{s.nsec:09d}".rstrip("0").rstrip(".")}
                 if s.xattr is not None:
                     ti.pax_headers["SCHILY.xattr.user.prop"] = s.xattr.decode("utf-8", "surrogateescape")
             ti.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
@@ -151,5 +150,7 @@ def test_random_tars_round_trip(tree: tuple[str, list[Spec]]) -> None:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(trees())
+# mkfs.erofs keeps a compact inode (dropping the nanoseconds) when the seconds equal the build time.
+@example(("pax", [Spec("0", "file", 0, 0, 0, 0, 1)]))
 def test_random_tars_round_trip_through_mkfs(tree: tuple[str, list[Spec]]) -> None:
     check(*tree, builder="mkfs", run_fsck=True)

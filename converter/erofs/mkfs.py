@@ -49,8 +49,9 @@ import uuid as uuid_mod
 from pathlib import Path
 from typing import IO
 
+from converter.erofs import format as fmt
 from converter.erofs.tools import ErofsUtils, erofs_utils
-from converter.errors import MkfsError
+from converter.errors import ErofsFormatError, MkfsError
 from converter.formats import Format
 from converter.layers.model import OPAQUE_MARKER, OPAQUE_XATTR, ORIGIN_XATTR, WHITEOUT_PREFIX, Inode, NodeKind
 from converter.layers.spool import SpoolSink
@@ -253,6 +254,33 @@ def _emit_leaf(w: _TarWriter, path: bytes, whiteout_path: bytes, node: Inode,
         w.member(path, _TYPEFLAG[node.kind], node, xattrs=node.xattrs)
 
 
+def check_tree(root: Inode) -> None:
+    """Refuse, naming the path, a tree that mkfs.erofs would store wrong without a word.
+
+    mkfs.erofs 1.9.4 writes a corrupt image (fsck.erofs: "xattr entry beyond xattr_isize")
+    when one inode's xattrs need more room than the u16 ``i_xattr_icount`` can describe, and
+    stores names with no known prefix (``system.foo``) under index 0, which no kernel shows.
+    Encoding each inode's xattr body the way our own writer does gives both builders the same
+    rules; hard-linked inodes are checked once.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[bytes, Inode]] = [(b"", root)]
+    while stack:
+        path, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.xattrs:
+            try:
+                fmt.encode_xattr_ibody(node.xattrs)
+            except ErofsFormatError as exc:
+                shown = (b"/" + path).decode("utf-8", "backslashreplace")
+                raise ErofsFormatError(f"{shown}: {exc}") from None
+        if node.children:
+            prefix = path + b"/" if path else b""
+            stack.extend((prefix + name, child) for name, child in node.children.items())
+
+
 # -- running mkfs.erofs -----------------------------------------------------------------------
 
 
@@ -261,11 +289,34 @@ def mkfs_tools() -> ErofsUtils:
     return erofs_utils(need=MKFS_MIN_VERSION, feature="building EROFS layers with mkfs.erofs")
 
 
+def needs_extended_inodes(root: Inode, build_time: int) -> bool:
+    """True if some inode's mtime is the build-time second with a non-zero fraction.
+
+    mkfs.erofs (1.9.4 too) picks a compact inode when an mtime's *seconds* equal the build
+    time and silently drops the nanoseconds (spec erofs-format.md §4.6). Such trees are built
+    with every inode extended, which keeps every time exact.
+    """
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.mtime_sec == build_time and node.mtime_nsec != 0:
+            return True
+        if node.children:
+            stack.extend(node.children.values())
+    return False
+
+
 def mkfs_command(mkfs: Path | str, out_path: Path | str, *, fmt: Format, build_time: int,
-                 uuid: uuid_mod.UUID, bottom: bool) -> list[str]:
+                 uuid: uuid_mod.UUID, bottom: bool, force_extended: bool = False) -> list[str]:
     """The mkfs.erofs command line (the tar comes on stdin)."""
     cmd = [str(mkfs), "--tar=f", "--aufs", "-b4096", f"-T{build_time}", "--mkfs-time", f"-U{uuid}",
            "--quiet", *fmt.mkfs_args()]
+    if force_extended:
+        cmd.append("-Eforce-inode-extended")
     if bottom:
         cmd.append("--ovlfs-strip=1")
     cmd.append(str(out_path))
@@ -273,14 +324,20 @@ def mkfs_command(mkfs: Path | str, out_path: Path | str, *, fmt: Format, build_t
 
 
 def build_with_mkfs(root: Inode, spool: SpoolSink, out_path: Path | str, *, fmt: Format, build_time: int,
-                    uuid: uuid_mod.UUID, bottom: bool) -> None:
-    """Build ``out_path`` from the tree with mkfs.erofs; ``MkfsError`` with its stderr on failure."""
+                    uuid: uuid_mod.UUID, bottom: bool, display_name: str = "") -> None:
+    """Build ``out_path`` from the tree with mkfs.erofs; ``MkfsError`` with its stderr on failure.
+
+    ``ErofsFormatError`` (before mkfs runs) for a tree EROFS cannot hold; see ``check_tree``.
+    ``display_name`` names the image in messages (default: the file name of ``out_path``).
+    """
     tools = mkfs_tools()
+    check_tree(root)
     out_path = Path(out_path)
-    cmd = mkfs_command(tools.mkfs, out_path, fmt=fmt, build_time=build_time, uuid=uuid, bottom=bottom)
+    cmd = mkfs_command(tools.mkfs, out_path, fmt=fmt, build_time=build_time, uuid=uuid, bottom=bottom,
+                       force_extended=needs_extended_inodes(root, build_time))
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     env["LC_ALL"] = "C"
-    what = f"building {out_path.name} ({fmt}) with mkfs.erofs {tools.version_str}"
+    what = f"building {display_name or out_path.name} ({fmt}) with mkfs.erofs {tools.version_str}"
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=env)
