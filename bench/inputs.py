@@ -623,33 +623,26 @@ def list_names(gz: Path) -> list[str]:
 def deletion_entries(lower: list[list[str]]) -> dict[str, _Entry]:
     """Whiteouts for dirs and files that exist below, an opaque dir with new contents, new files."""
     all_names = sorted({n for names in lower for n in names})
-    present = set(all_names)
     mtime = FIXED_MTIME + 4000
-    out: dict[str, _Entry] = {}
-
-    def whiteout(path: str) -> None:
-        parent, _, base = path.rpartition("/")
-        out[f"{parent}/.wh.{base}" if parent else f".wh.{base}"] = _Entry("file", mtime=mtime)
-
-    docs = [n for n in all_names if n.startswith("usr/share/doc/") and n.count("/") == 3]
-    for name in docs[::3][:40]:
-        whiteout(name)
-    pyc = [n for n in all_names if n.startswith("usr/lib/python3") and n.endswith(".pyc")]
-    for name in pyc[::10][:60]:
-        whiteout(name)
     node_root = "usr/lib/node_modules/app/node_modules"
     pkgs = [n for n in all_names if n.startswith(node_root + "/") and n.count("/") == node_root.count("/") + 1
             and not n.endswith("/.bin") and not n.split("/")[-1].startswith("@")]
-    for name in pkgs[::20]:
-        whiteout(name)
-    infos = [n for n in all_names if n.startswith("usr/local/lib/python3.11/site-packages/")
-             and n.endswith(".dist-info")]
-    for name in infos[::15]:
-        whiteout(name)
-    js = [n for n in all_names if n.startswith(node_root + "/") and n.endswith(".js.map")]
-    for name in js[::25]:
-        whiteout(name)
-    opaque = next(p for p in pkgs[1::20] if p in present)
+    targets: list[str] = []
+    targets += [n for n in all_names if n.startswith("usr/share/doc/") and n.count("/") == 3][::3][:40]
+    targets += [n for n in all_names if n.startswith("usr/lib/python3") and n.endswith(".pyc")][::10][:60]
+    targets += pkgs[::20]
+    targets += [n for n in all_names if n.startswith("usr/local/lib/python3.11/site-packages/")
+                and n.endswith(".dist-info")][::15]
+    targets += [n for n in all_names if n.startswith(node_root + "/") and n.endswith(".js.map")][::25]
+    opaque = pkgs[1::20][0]
+    # Nothing inside a directory that is itself whited out or made opaque.
+    covered = {*targets, opaque}
+    targets = [t for t in targets if not any(t.startswith(d + "/") for d in covered)]
+
+    out: dict[str, _Entry] = {}
+    for path in targets:
+        parent, _, base = path.rpartition("/")
+        out[f"{parent}/.wh.{base}" if parent else f".wh.{base}"] = _Entry("file", mtime=mtime)
     out[f"{opaque}/.wh..wh..opq"] = _Entry("file", mtime=mtime)
     out[f"{opaque}/package.json"] = _Entry("file", size=1200, offset=17, mtime=mtime)
     out[f"{opaque}/index.js"] = _Entry("file", size=5400, offset=4242, mtime=mtime)
@@ -666,7 +659,7 @@ def deletion_entries(lower: list[list[str]]) -> dict[str, _Entry]:
 def deletions_layer(lower: list[LayerInput], log: Log = _print) -> LayerInput:
     """Layer 4: whiteouts of some dirs/files of ``lower`` and an opaque directory."""
     name = "04-deletions"
-    recipe = "whiteouts against " + " ".join(layer.gz_digest for layer in lower)
+    recipe = "whiteouts v2 against " + " ".join(layer.gz_digest for layer in lower)
     if (cached := _cached(name, recipe)) is not None:
         return cached
     log(f"{name}: whiteouts against the lower layers…")

@@ -1,15 +1,23 @@
 """Running one benchmark command and measuring it: wall time, CPU time and peak RSS of the tree.
 
-The command is started with ``subprocess.Popen`` and reaped with ``os.wait4``. Linux reports in
-that rusage the child's own usage plus everything its waited-for descendants used, and its
-``ru_maxrss`` is the maximum over all of them (``max(maxrss, cmaxrss)``). So for a shell
-pipeline run through ``bash -c`` the figure is the peak of the biggest process in the pipeline
-(what the brief asks for), not a sum; for ``convert`` it covers the mkfs.erofs children too.
+Peak RSS comes from GNU time (``/usr/bin/time -f "%M …"``), which forks the command from its own
+tiny process and reports the ``wait4`` rusage of it: Linux gives there the command's usage plus
+everything its waited-for descendants used, and ``ru_maxrss`` is the maximum over all of them.
+So for a shell pipeline run through ``bash -c`` the figure is the peak of the biggest process in
+the pipeline (not a sum); for ``convert`` it covers the mkfs.erofs children too.
+
+Why not ``os.wait4`` on our own child directly: at ``exec`` Linux folds the RSS of the
+*replaced* address space into the new program's ``maxrss``, and a child spawned from this
+Python process starts as a copy of (or, with vfork, borrows) the harness, so every figure would
+be at least the harness's own peak (64 MB after generating the big layer). That direct method
+is kept only as a fallback when GNU time is missing, and samples say which method was used.
+Wall time is ``time.perf_counter`` around the whole run.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -18,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+_TIME_TAG = "bench-rusage"
 
 
 @dataclass(slots=True)
@@ -45,12 +55,39 @@ class Sample:
                 **({"stderr_tail": self.stderr_tail} if self.returncode else {}), **self.extra}
 
 
+def gnu_time() -> str | None:
+    """``/usr/bin/time`` if it is GNU time (Debian package ``time``), else None."""
+    path = shutil.which("time", path="/usr/bin:/bin")
+    if path is None:
+        return None
+    try:
+        res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if "GNU" in res.stdout + res.stderr else None
+
+
+def _parse_time_report(text: str) -> tuple[int, float] | None:
+    """(max RSS in KiB, user+sys seconds) from GNU time's ``-o`` file, or None."""
+    for line in reversed(text.splitlines()):
+        if line.startswith(_TIME_TAG):
+            fields = line.split()
+            try:
+                return int(fields[1]), float(fields[2]) + float(fields[3])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
 def run_measured(variant: str, round_no: int, argv: Sequence[str], *, cwd: Path | None = None,
                  env: Mapping[str, str] | None = None) -> Sample:
     """Run ``argv`` to completion; stdout/stderr go to temp files (no pipe can stall the child)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    timer = gnu_time()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(prefix="bench-rusage-") as report:
+        cmd = [timer, "-f", f"{_TIME_TAG} %M %U %S", "-o", report.name, "--", *argv] if timer else list(argv)
         started = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
                                 env=dict(env) if env is not None else None)
         while True:
             try:
@@ -64,9 +101,16 @@ def run_measured(variant: str, round_no: int, argv: Sequence[str], *, cwd: Path 
         err.seek(0)
         stdout = out.read().decode("utf-8", "replace").strip()
         stderr = err.read().decode("utf-8", "replace")
-    return Sample(variant=variant, round=round_no, wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime,
-                  max_rss_kb=usage.ru_maxrss, returncode=proc.returncode, stdout=stdout[-2000:],
-                  stderr_tail=stderr[-3000:])
+        parsed = _parse_time_report(Path(report.name).read_text(errors="replace")) if timer else None
+    if parsed is not None:
+        max_rss_kb, cpu = parsed
+        method = "GNU time"
+    else:
+        max_rss_kb, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+        method = "os.wait4 (floor: the harness's own RSS)"
+    return Sample(variant=variant, round=round_no, wall_s=wall, cpu_s=cpu, max_rss_kb=max_rss_kb,
+                  returncode=proc.returncode, stdout=stdout[-2000:], stderr_tail=stderr[-3000:],
+                  extra={"rss_method": method})
 
 
 @dataclass(frozen=True, slots=True)

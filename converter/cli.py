@@ -45,8 +45,39 @@ def _layer_parser() -> argparse.ArgumentParser:
     p.add_argument("--builder", choices=("python", "mkfs"), default="python",
                    help="raw images: our writer (default) or mkfs.erofs; compressed always use mkfs.erofs")
     p.add_argument("--media-type", help="the layer's media type, checked against its magic bytes")
+    p.add_argument("--max-expanded", type=_size, default=None, metavar="SIZE",
+                   help="refuse a layer whose tar, or whose files together, exceed SIZE bytes "
+                   "(suffixes K, M, G, T; 0 = no limit; default 64G)")
+    p.add_argument("--max-entries", type=_count, default=None, metavar="N",
+                   help="refuse a layer with more than N tar entries (0 = no limit; default 1000000)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """A byte count like ``512``, ``64M`` or ``2G`` (binary multiples; a trailing B or iB is allowed)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, suffix = (value[:-1], value[-1]) if value[-1:] in ("K", "M", "G", "T") else (value, "")
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)")
+    return int(number) * _SIZE_SUFFIXES[suffix]
+
+
+def _count(text: str) -> int:
+    """A non-negative whole number."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
+    return int(text)
+
+
+def _limit(value: int | None, default: int) -> int | None:
+    """A limit flag's value: the default when absent, None (unlimited) when 0."""
+    if value is None:
+        return default
+    return value or None
 
 
 def _ls_parser() -> argparse.ArgumentParser:
@@ -105,10 +136,18 @@ def _input(path: str) -> Iterator[BinaryIO]:
 def cmd_layer(argv: Sequence[str]) -> int:
     args = _layer_parser().parse_args(argv)
     from converter.formats import parse_format
-    from converter.layerconv import LayerOptions, convert_layer, default_build_time
+    from converter.layerconv import (
+        DEFAULT_MAX_ENTRIES,
+        DEFAULT_MAX_EXPANDED,
+        LayerOptions,
+        convert_layer,
+        default_build_time,
+    )
 
     fmt = parse_format(args.to)
-    options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time())
+    options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time(),
+                           max_expanded=_limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
+                           max_entries=_limit(args.max_entries, DEFAULT_MAX_ENTRIES))
     options.resolved_builder()
     out = Path(args.output)
     name = "stdin" if args.input == "-" else args.input
@@ -192,7 +231,7 @@ def cmd_image(argv: Sequence[str]) -> int:
 
 
 def cmd_mirror(argv: Sequence[str]) -> int:
-    from converter.mirror.cli import run_mirror  # type: ignore[import-not-found]
+    from converter.mirror.cli import run_mirror
 
     result: int = run_mirror(argv)
     return result

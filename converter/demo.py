@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.configure(fmt="console", verbosity=-1)  # the demo prints its own story; warnings only
     try:
         if args.mirror:
-            from converter.mirror.demo import run_mirror_demo  # type: ignore[import-not-found]
+            from converter.mirror.demo import run_mirror_demo
 
             result: int = run_mirror_demo()
             return result

@@ -19,7 +19,7 @@ garbage collection keeps referenced blobs) and makes it mountable from there.
 **The key** is what determines the bytes of a converted layer: the source layer digest, the
 *chain* of source layers below it (an upper layer's implicit directories take their metadata
 from the lower layers, and a cross-layer hard link copies a lower file, so the same tar on a
-different base converts differently — the brief's "source layer digest" alone would be wrong),
+different base converts differently: keyed by its own digest alone, a hit could be wrong),
 the format with its options, the profile, the builder, the build time (SOURCE_DATE_EPOCH),
 the tool version and the mkfs.erofs version (when mkfs.erofs builds). A layer that appears
 on different chains within one image is not cached at all.
@@ -40,9 +40,11 @@ above) and returns the cached digest and size without writing a file; the graph'
 then finds the blob by HEAD. On a miss it builds, pushes the blob to the destination itself
 (so recording the entry is a cheap mount into the cache repository, not a second upload) and
 records the entry. Within one process, two images needing the same key at the same time do
-not both build it: the second waits for the first (``LayerCache.claim``). The graph still
-pulls every source layer before calling the converter; skipping the pull on a hit needs a
-hook in ``converter/pipeline/graph.py`` (see the report of the issue).
+not both build it: the second waits for the first (``LayerCache.claim``). Limits of the seam:
+the graph pulls every source layer before it calls the converter, so a hit saves the build
+and the upload but not the download (skipping it needs the graph to ask before pulling);
+and a hit's blob is only checked, not held, so a registry garbage collection between the
+check and the graph's push stage fails that layer (it is never replaced by wrong content).
 
 A local JSON file (optional) remembers entries between runs on one machine; it only saves
 the look-up, every check above still runs.
@@ -57,10 +59,11 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import structlog
 
@@ -69,7 +72,7 @@ from converter.erofs.tools import erofs_utils
 from converter.errors import ConverterError, ErofsFormatError, NotFound, RegistryError
 from converter.layerconv import LayerOptions, LayerResult, layer_uuid
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.model import FileData, Inode, LowerView, NodeKind
+from converter.layers.model import DirMeta, FileData, Inode, LowerView, NodeKind
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.tarstream import TarReader
 from converter.mirror.jobs import Repository
@@ -80,7 +83,7 @@ from converter.pipeline.graph import ConvertLayerFn
 from converter.pipeline.lower import DiscardSink, EmptyData, StackedLower
 from converter.reference import Digest, Reference
 from converter.registry.client import RegistryClient
-from converter.transports.base import ImageSource
+from converter.transports.base import ImageSink, ImageSource
 
 log = structlog.get_logger()
 
@@ -262,6 +265,7 @@ class LayerCache:
         self._lock = threading.Lock()
         self._memory: dict[str, CacheEntry] = local.load(repo) if local is not None else {}
         self._inflight: dict[str, threading.Event] = {}
+        self._empty_lock = threading.Lock()
         self._empty_pushed = False
 
     def __repr__(self) -> str:
@@ -367,10 +371,11 @@ class LayerCache:
             registry, repository, entry.digest, origin.repository)
         if not mounted:
             self.client.push_blob(registry, repository, entry.digest, entry.size, path)
-        if not self._empty_pushed:
-            self.client.push_blob(registry, repository, EMPTY_DESCRIPTOR.digest, EMPTY_DESCRIPTOR.size,
-                                  io.BytesIO(EMPTY_CONFIG))
-            self._empty_pushed = True
+        with self._empty_lock:  # one push of the empty config (see retry_blob_unknown for why)
+            if not self._empty_pushed:
+                self.client.push_blob(registry, repository, EMPTY_DESCRIPTOR.digest, EMPTY_DESCRIPTOR.size,
+                                      io.BytesIO(EMPTY_CONFIG))
+                self._empty_pushed = True
         manifest = Manifest(
             media_type=MediaType.OCI_MANIFEST,
             artifact_type=ARTIFACT_TYPE,
@@ -378,7 +383,10 @@ class LayerCache:
             layers=(Descriptor(media_type=media_type, digest=entry.digest, size=entry.size),),
             annotations={ANN_CACHE_KEY: key.canonical(), ANN_CACHE_DIFF_ID: str(entry.diff_id)},
         )
-        self.client.put_manifest(registry, repository, key.tag, manifest.to_bytes(), MediaType.OCI_MANIFEST)
+        data = manifest.to_bytes()
+        retry_blob_unknown(lambda: self.client.put_manifest(registry, repository, key.tag, data,
+                                                            MediaType.OCI_MANIFEST),
+                           what=f"pushing cache entry {self.repo}:{key.tag}")
         self.remember(key, entry)
 
     # -- single flight ----------------------------------------------------------------------
@@ -413,6 +421,32 @@ def _read_up_to(reader: BinaryIO, count: int) -> bytes:
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)
+
+
+# --- registry race workaround -------------------------------------------------------------------
+
+T = TypeVar("T")
+# distribution's filesystem storage driver rewrites a blob's link file in place (truncate, then
+# write) whenever the same blob is committed or mounted into a repository again, so a manifest
+# PUT verifying its blobs at that moment reads an empty link and answers MANIFEST_BLOB_UNKNOWN
+# for a blob that is there. Workers pushing the same layers at once (shards, parallel images)
+# hit it; the link is whole again within milliseconds.
+BLOB_UNKNOWN_RETRY_DELAYS = (0.2, 1.0)
+
+
+def retry_blob_unknown(put: Callable[[], T], *, what: str, delays: Sequence[float] = BLOB_UNKNOWN_RETRY_DELAYS,
+                       sleep: Callable[[float], None] = time.sleep) -> T:
+    """``put()`` (a manifest PUT), tried again after each of ``delays`` while the registry answers
+    MANIFEST_BLOB_UNKNOWN; any other error, or the last one, propagates."""
+    for delay in (*delays, None):
+        try:
+            return put()
+        except RegistryError as exc:
+            if delay is None or "MANIFEST_BLOB_UNKNOWN" not in exc.code:
+                raise
+            log.info("registry_manifest_blob_unknown_retry", what=what, delay=delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
 
 
 # --- per-image statistics ---------------------------------------------------------------------
@@ -466,7 +500,7 @@ class _MetadataLower:
     def __init__(self, inner: LowerView) -> None:
         self._inner = inner
 
-    def dir_meta(self, path: bytes) -> Any:
+    def dir_meta(self, path: bytes) -> DirMeta | None:
         return self._inner.dir_meta(path)
 
     def open_file(self, path: bytes) -> tuple[Inode, FileData] | None:
@@ -517,18 +551,39 @@ def mkfs_version() -> str:
     return erofs_utils(feature="the layer cache").version_str
 
 
+def cache_key(layer: str, options: LayerOptions, *, chains: Mapping[str, str | None], profile: Profile,
+              tool_version: str, mkfs_version: Callable[[], str] = mkfs_version) -> CacheKey | None:
+    """The key of source layer ``layer`` built with ``options`` in an image whose layer chains are
+    ``chains`` (``layer_chains``); None when the layer must not be cached (unknown, or on two chains)."""
+    if layer not in chains:
+        return None
+    lower = chains[layer]
+    if lower is None or (lower == "") != options.bottom:
+        return None
+    try:
+        digest = Digest.parse(layer)
+    except ConverterError:
+        return None
+    builder = options.resolved_builder()
+    return CacheKey(layer=digest, lower=lower, fmt=str(options.fmt), profile=profile.value, builder=builder,
+                    build_time=options.build_time, tool_version=tool_version,
+                    erofs_utils=mkfs_version() if builder == "mkfs" else "")
+
+
 class CachingConverter:
     """The ``convert_layer`` of one image conversion, in front of a LayerCache.
 
-    ``dest`` is the image's destination (where hits are mounted and builds pushed), ``chains``
-    comes from ``layer_chains``; ``stats`` collects what happened. See the module docstring.
+    ``dest`` is the image's destination (where hits are mounted and builds pushed, through
+    ``sink`` when given: the same sink the pipeline pushes through), ``chains`` comes from
+    ``layer_chains``; ``stats`` collects what happened. See the module docstring.
     """
 
     def __init__(self, cache: LayerCache, *, dest: Reference, chains: Mapping[str, str | None], profile: Profile,
-                 tool_version: str, inner: ConvertLayerFn, stats: LayerStats,
+                 tool_version: str, inner: ConvertLayerFn, stats: LayerStats, sink: ImageSink | None = None,
                  mkfs_version: Callable[[], str] = mkfs_version, log: Any = None) -> None:
         self.cache = cache
         self.dest = dest
+        self.sink = sink
         self.chains = chains
         self.profile = profile
         self.tool_version = tool_version
@@ -539,19 +594,8 @@ class CachingConverter:
 
     def key(self, layer: str, options: LayerOptions) -> CacheKey | None:
         """The key of ``layer`` built with ``options``, or None when it must not be cached."""
-        if layer not in self.chains:
-            return None
-        lower = self.chains[layer]
-        if lower is None or (lower == "") != options.bottom:
-            return None
-        try:
-            digest = Digest.parse(layer)
-        except ConverterError:
-            return None
-        builder = options.resolved_builder()
-        return CacheKey(layer=digest, lower=lower, fmt=str(options.fmt), profile=self.profile.value,
-                        builder=builder, build_time=options.build_time, tool_version=self.tool_version,
-                        erofs_utils=self.mkfs_version() if builder == "mkfs" else "")
+        return cache_key(layer, options, chains=self.chains, profile=self.profile, tool_version=self.tool_version,
+                         mkfs_version=self.mkfs_version)
 
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
@@ -608,7 +652,10 @@ class CachingConverter:
         digest = Digest.parse(result.digest)
         # Push to the destination now: the graph's push stage then only HEADs it, and the
         # entry's blob is mounted from here instead of being uploaded a second time.
-        self.cache.client.push_blob(self.dest.registry, self.dest.repository, digest, result.size, result.path)
+        if self.sink is not None:
+            self.sink.push_blob(result.path, digest, result.size)
+        else:
+            self.cache.client.push_blob(self.dest.registry, self.dest.repository, digest, result.size, result.path)
         entry = CacheEntry(digest=digest, size=result.size, diff_id=digest)
         try:
             self.cache.store(key, entry, media_type=self.profile.layer_media_type(), origin=self.dest,
@@ -632,8 +679,10 @@ __all__ = [
     "LayerCache",
     "LayerStats",
     "LocalCacheFile",
+    "cache_key",
     "layer_chains",
     "mkfs_version",
     "next_chain",
     "read_tree",
+    "retry_blob_unknown",
 ]

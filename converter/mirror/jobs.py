@@ -583,7 +583,8 @@ def parse_job(text: str, *, filename: str = "<job>", env: Mapping[str, str] | No
         raise Where(filename, _line(root), "images").error("missing: list the images to mirror")
     node, at = entries["images"]
     if not isinstance(node, yaml.SequenceNode) or not node.value:
-        raise at.error(f"want a non-empty list of images, got {_kind(node)}")
+        got = "an empty list" if isinstance(node, yaml.SequenceNode) else _kind(node)
+        raise at.error(f"want a non-empty list of images, got {got}")
     images = tuple(_image(i, item, at.child(i, _line(item)), defaults, variables) for i, item in enumerate(node.value))
     return Job(path=filename, images=images, defaults_line=defaults_line)
 

@@ -330,7 +330,7 @@ def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, e
                                                          tool_version=tool_version), items))
     images = sorted([*resolved, *failures], key=lambda p: p.entry.index)
     for image in images:
-        log.info("mirror_image_planned", source=image.source, dest=image.dest, status=image.status.value,
+        log.debug("mirror_image_planned", source=image.source, dest=image.dest, status=image.status.value,
                  reason=image.reason, **({"error": image.error} if image.error else {}))
         if on_resolved is not None:
             on_resolved(image)

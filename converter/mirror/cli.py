@@ -1,0 +1,157 @@
+"""``convert mirror JOB.yaml``: flags, logging, output; the work is in ``plan`` and ``run``.
+
+    convert mirror JOB.yaml [--jobs N] [--shard I/N] [--dry-run] [--report FILE]
+                            [--cache-repo REPO] [--local-cache FILE] [--plain-http HOST] ...
+
+Output: ``--dry-run`` prints the plan on stdout (what would be converted, what is already
+done, the bytes to pull). A run logs one line per image (structlog, on stderr) and ends with
+a summary table on stderr. ``--report FILE`` writes the JSON report (``-``: stdout). Exit
+status: 0 when every image was converted or skipped, 1 when any failed, 2 for usage and job
+file errors (raised as ``UsageError`` for ``converter.cli.main`` to print).
+
+Kubernetes: ``--shard $(JOB_COMPLETION_INDEX)/N`` (the kubelet expands ``$(VAR)``), or
+``--shard /N`` to read the index from ``$JOB_COMPLETION_INDEX`` here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import structlog
+
+from converter import __version__
+from converter.errors import ConverterError, InvalidReference, UsageError
+from converter.log import configure
+from converter.mirror.jobs import load_job, parse_repository
+from converter.mirror.plan import make_plan, parse_shard
+from converter.mirror.run import RunOptions, format_report, plan_report, run_plan
+from converter.registry.client import RegistryClient
+from converter.registry.credentials import DockerConfigCredentials
+
+PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma- or space-separated hosts, as docker/compose.yaml sets it
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse raising UsageError (exit status 2, printed by converter.cli.main) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="convert mirror", description="Convert the images of a mirroring job file to EROFS "
+                "and push them; images already converted with the same options are skipped.")
+    p.add_argument("job", help="the job file (YAML; see converter/mirror/jobs.py or pipelines/)")
+    p.add_argument("--jobs", type=int, default=2, metavar="N", help="images converted at once (default 2)")
+    p.add_argument("--layer-jobs", type=int, default=0, metavar="N",
+                   help="layers converted at once per image (default: by CPU count)")
+    p.add_argument("--shard", metavar="I/N", help="convert only shard I of N (0-based); /N reads I from "
+                   "$JOB_COMPLETION_INDEX")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, convert nothing")
+    p.add_argument("--report", metavar="FILE", help="write the JSON report here (- for stdout)")
+    p.add_argument("--cache-repo", metavar="REPO", help="the shared layer cache repository (overrides the "
+                   "job's cache_repo); 'none' turns the cache off")
+    p.add_argument("--local-cache", metavar="FILE", help="a JSON file remembering layer cache entries "
+                   "on this machine")
+    p.add_argument("--plain-http", action="append", default=[], metavar="HOST",
+                   help=f"allow plain HTTP to this registry (repeatable; also ${PLAIN_HTTP_ENV}); loopback "
+                   "registries always may")
+    p.add_argument("--ca-bundle", metavar="PEM", help="CA certificates to trust besides the system's")
+    p.add_argument("--builder", choices=("python", "mkfs"), default="python",
+                   help="raw erofs: our writer (default) or mkfs.erofs")
+    p.add_argument("--workdir", metavar="DIR", help="temporary files go here (default: the temp dir)")
+    p.add_argument("--log-format", choices=("console", "json"), default=None)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    p.add_argument("-v", "--verbose", action="store_true", help="also the pipeline's per-layer lines")
+    p.add_argument("--version", action="version", version=f"erofs-converter {__version__}")
+    return p
+
+
+def plain_http_hosts(flags: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """Hosts from ``--plain-http`` (each may list several, comma-separated) and ``$CONVERT_PLAIN_HTTP``."""
+    hosts: list[str] = []
+    for text in (*flags, env.get(PLAIN_HTTP_ENV, "")):
+        hosts.extend(h for h in re.split(r"[\s,]+", text) if h)
+    return hosts
+
+
+def _engine_log(verbose: bool) -> Any:
+    """The logger handed to convert_image: its per-layer lines only with -v (one line per image)."""
+    if verbose:
+        return None
+    return structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def _write_report(target: str, document: dict[str, Any]) -> None:
+    text = json.dumps(document, indent=2) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(target)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConverterError(f"writing report {target}: {exc.strerror or exc}") from exc
+
+
+def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    """The ``convert mirror`` command; ``env`` defaults to the process environment."""
+    environ = dict(os.environ if env is None else env)
+    args = build_parser().parse_args(list(argv))
+    if args.jobs < 1 or args.layer_jobs < 0:
+        raise UsageError("convert mirror: --jobs must be at least 1 and --layer-jobs at least 0")
+    configure(fmt=args.log_format or "auto", verbosity=-1 if args.quiet else (1 if args.verbose else 0))
+    job = load_job(args.job, env=environ)
+    if args.cache_repo is not None:
+        try:
+            job = job.with_cache_repo(None if args.cache_repo == "none" else parse_repository(args.cache_repo))
+        except InvalidReference as exc:
+            raise UsageError(f"--cache-repo: {exc}") from None
+    shard = parse_shard(args.shard, env=environ) if args.shard else None
+    options = RunOptions(
+        jobs=args.jobs, layer_jobs=args.layer_jobs, builder=args.builder,
+        workdir=Path(args.workdir) if args.workdir else None,
+        build_time=_build_time(environ),
+        local_cache=Path(args.local_cache) if args.local_cache else None,
+    )
+    client = RegistryClient(credentials=DockerConfigCredentials(env=environ),
+                            plain_http=plain_http_hosts(args.plain_http, environ), ca_bundle=args.ca_bundle)
+    with client:
+        plan = make_plan(job, client, shard=shard, estimate=args.dry_run, workers=max(4, options.jobs),
+                         tool_version=options.tool_version)
+        if args.dry_run:
+            report = plan_report(plan)
+            # The plan is the dry run's result (stdout), unless stdout carries the JSON report.
+            print(format_report(report), file=sys.stderr if args.report == "-" else sys.stdout)
+        else:
+            report = run_plan(plan, client=client, options=options, engine_log=_engine_log(args.verbose))
+            print(format_report(report), file=sys.stderr)
+    if args.report:
+        _write_report(args.report, report.to_json())
+    return 1 if report.failed else 0
+
+
+def _build_time(env: Mapping[str, str]) -> int:
+    """SOURCE_DATE_EPOCH from ``env`` (the reproducible-builds convention, as ``convert layer``), else 0."""
+    value = env.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"reading SOURCE_DATE_EPOCH: not an integer: {value!r}") from None
+
+
+__all__ = ["PLAIN_HTTP_ENV", "build_parser", "plain_http_hosts", "run_mirror"]

@@ -1,0 +1,104 @@
+"""``convert mirror`` as users run it: dry runs, reports, exit statuses, flags, error lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from converter.cli import main
+from converter.errors import UsageError
+from converter.mirror.cli import plain_http_hosts, run_mirror
+from converter.mirror.jobs import JobFileError
+from converter.registry.client import RegistryClient
+from converter.sample import sample_layers
+from tests.mirror.helpers import push_image
+
+
+def write_job(path: Path, prefix: str, *sources: str, cache: str = "null") -> Path:
+    lines = ["defaults:", f'  dest: "{prefix}/out/{{repository}}:{{tag}}-{{format}}"', f"  cache_repo: {cache}",
+             "images:", *(f"  - source: {s}" for s in sources)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def one_image(client: RegistryClient, prefix: str, tmp_path: Path) -> str:
+    push_image(client, tmp_path / "images", sample_layers()[:1], [f"{prefix}/app:1"])
+    return f"{prefix}/app:1"
+
+
+def test_dry_run_prints_the_plan(prefix: str, one_image: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_job(tmp_path / "job.yaml", prefix, one_image)
+    assert run_mirror([str(job), "--dry-run", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "pending" in out and one_image in out and "1 to convert" in out and "to pull" in out
+
+
+def test_run_then_rerun_with_report(prefix: str, one_image: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_job(tmp_path / "job.yaml", prefix, one_image, cache=f"{prefix}/cache")
+    report = tmp_path / "report.json"
+    assert run_mirror([str(job), "--report", str(report), "--workdir", str(tmp_path / "w")]) == 0
+    first = json.loads(report.read_text())
+    assert first["summary"]["converted"] == 1 and first["images"][0]["status"] == "converted"
+    err = capsys.readouterr().err
+    assert "STATUS" in err and "1 converted, 0 skipped, 0 failed" in err
+    assert run_mirror([str(job), "--report", "-"]) == 0
+    captured = capsys.readouterr()
+    second = json.loads(captured.out)
+    assert second["images"][0]["status"] == "skipped"
+    assert second["images"][0]["dest_digest"] == first["images"][0]["dest_digest"]
+    # one progress line per image (JSON logs, as stderr is not a terminal here)
+    events = [json.loads(line)["event"] for line in captured.err.splitlines() if line.startswith("{")]
+    assert events.count("mirror_image_skipped") == 1
+
+
+def test_failed_image_exits_1(prefix: str, one_image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_job(tmp_path / "job.yaml", prefix, one_image, f"{prefix}/nothing:1")
+    report = tmp_path / "r.json"
+    assert run_mirror([str(job), "--report", str(report), "--dry-run"]) == 1
+    statuses = [i["status"] for i in json.loads(report.read_text())["images"]]
+    assert statuses == ["pending", "failed"]
+    assert "failed" in capsys.readouterr().out
+
+
+def test_cache_repo_flag_overrides_the_job(prefix: str, one_image: str, tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job.yaml", prefix, one_image, cache="cache.invalid/never-used")
+    report = tmp_path / "r.json"
+    assert run_mirror([str(job), "--cache-repo", f"{prefix}/flag-cache", "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["images"][0]["status"] == "converted"
+    with RegistryClient() as client:
+        host, repo = f"{prefix}/flag-cache".split("/", 1)
+        assert [t for t in client.list_tags(host, repo) if t.startswith("cache-")]
+    with pytest.raises(UsageError, match="--cache-repo"):
+        run_mirror([str(job), "--cache-repo", "x.example/c:1"])
+
+
+def test_usage_errors(tmp_path: Path, prefix: str) -> None:
+    job = write_job(tmp_path / "job.yaml", prefix, "a.example/x:1")
+    with pytest.raises(UsageError, match="--jobs"):
+        run_mirror([str(job), "--jobs", "0"])
+    with pytest.raises(UsageError, match="JOB_COMPLETION_INDEX is not set"):
+        run_mirror([str(job), "--shard", "/3"], env={})
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        run_mirror([str(job), "--bogus"])
+
+
+def test_main_prints_job_errors_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("images:\n  - source: a.example/x:1\n    to: erofs+lz5\n")
+    assert main(["mirror", str(job)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"convert: {job}:3: images[0].to: format 'erofs+lz5': unknown compression algorithm 'lz5'; "
+                   "known: lz4, lz4hc, zstd, deflate, lzma")
+    with pytest.raises(JobFileError):
+        run_mirror([str(job)])
+
+
+def test_plain_http_hosts() -> None:
+    assert plain_http_hosts(["a:5000", "b:1,c:2"], {"CONVERT_PLAIN_HTTP": "registry:5000 d:3"}) == [
+        "a:5000", "b:1", "c:2", "registry:5000", "d:3"]
+    assert plain_http_hosts([], {}) == []
