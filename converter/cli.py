@@ -166,8 +166,11 @@ def _fmt_mode(st_mode: int) -> str:
 
 
 def _fmt_time(sec: int, nsec: int) -> str:
-    t = time.gmtime(sec)
-    return time.strftime("%Y-%m-%d %H:%M:%S", t) + (f".{nsec:09d}" if nsec else "")
+    frac = f".{nsec:09d}" if nsec else ""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec)) + frac
+    except (OverflowError, OSError, ValueError):  # beyond what the C library can show
+        return f"@{sec}{frac}"
 
 
 def _esc(name: bytes) -> str:
@@ -267,17 +270,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConverterError as exc:
         print(f"convert: {exc}", file=sys.stderr)
         return exc.exit_status
+    except BrokenPipeError:  # `convert cat IMG f | head`: the reader left; say nothing more
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except FileNotFoundError as exc:  # e.g. `convert ls IMG /missing`
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"convert: {where}no such file or directory", file=sys.stderr)
         return 1
+    except OSError as exc:  # disk full, permissions, ...: one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"convert: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("convert: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
 
 
 if __name__ == "__main__":

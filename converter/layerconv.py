@@ -11,12 +11,21 @@ pipeline both call it. Two builders sit behind it:
 
 The EROFS UUID is derived from the source blob digest, and the build time comes from
 ``SOURCE_DATE_EPOCH`` (or 0), so the same input gives the same bytes on any machine.
+
+Layers come from untrusted registries, so two limits bound the work one layer can cause
+(``LayerOptions.max_expanded`` and ``max_entries``; ``None`` disables a limit): the
+decompressed tar and, separately, the sum of the regular files' sizes (a sparse member can
+claim a terabyte of holes in a few bytes of tar) may not exceed ``max_expanded`` bytes, and
+the tar may hold at most ``max_entries`` members (each costs memory until the image is
+written). Every failure is a ``ConverterError`` naming the layer: disk-full and other OS
+errors included, so a caller never sees a bare ``OSError``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -26,15 +35,22 @@ from typing import BinaryIO
 
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.writer import ImageDataArea, write_image
-from converter.errors import ConverterError, UsageError
+from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
 from converter.formats import Format
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.model import Inode, LowerView
+from converter.layers.model import EntryKind, Inode, LowerView
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
 
 BUILDERS = ("python", "mkfs")
+#: Default bound on a layer's decompressed tar and on the sum of its file sizes (64 GiB):
+#: above the largest real layers we know of (CUDA and model images), below a disk's worth.
+DEFAULT_MAX_EXPANDED = 64 << 30
+#: Default bound on tar members per layer: ten times a full Debian or Node image layer.
+#: Each member costs ~700 bytes of memory until the image is written (200,000 empty files
+#: peaked at 154 MB RSS), so the default caps a layer's tree at about 0.7 GB.
+DEFAULT_MAX_ENTRIES = 1_000_000
 UUID_NAMESPACE = uuid.NAMESPACE_URL
 _CHUNK = 1 << 20
 
@@ -57,12 +73,15 @@ def layer_uuid(source_digest: str) -> uuid.UUID:
 
 @dataclass(frozen=True, slots=True)
 class LayerOptions:
-    """How to build a layer: format (raw or erofs+ALGO), builder, bottom-layer stripping, epoch."""
+    """How to build a layer: format (raw or erofs+ALGO), builder, bottom-layer stripping, epoch,
+    and the limits that stop a hostile layer (``None``: unlimited; see the module docstring)."""
 
     fmt: Format
     builder: str = "python"  # "python" (raw only) or "mkfs"
     bottom: bool = False
     build_time: int = 0
+    max_expanded: int | None = DEFAULT_MAX_EXPANDED
+    max_entries: int | None = DEFAULT_MAX_ENTRIES
 
     def resolved_builder(self) -> str:
         """The builder actually used: compressed formats always go through mkfs.erofs."""
@@ -127,29 +146,89 @@ def convert_layer(
     """Read a (possibly compressed) tar layer from ``src`` and write an EROFS image to ``out_path``.
 
     ``layer`` names the layer in errors (a digest or a file name). ``progress`` is called with
-    the number of source bytes consumed so far. On failure ``out_path`` is removed.
+    the number of source bytes consumed so far. The image is built under a temporary name next
+    to ``out_path`` and renamed into place only when complete, so ``out_path`` never holds a
+    partial image: on failure (or interruption) it is untouched, and the temporary is removed.
+    ``out_path`` must be a regular file or not exist (never, e.g., ``/dev/null``, which
+    removing a failed output would delete).
     """
     builder = options.resolved_builder()
+    for name in ("max_expanded", "max_entries"):
+        limit = getattr(options, name)
+        if limit is not None and limit < 0:
+            raise UsageError(f"{name} must not be negative (it is {limit})")
+    partial = _reserve_partial(out_path, layer)
     hashed = HashingReader(_Progress(src, progress) if progress else src)
     try:
-        if builder == "python":
-            root = _build_python(hashed, out_path, options=options, lower=lower,
-                                 media_type=media_type, layer=layer)
-        else:
-            root = _build_mkfs(hashed, out_path, options=options, lower=lower,
-                               media_type=media_type, layer=layer, workdir=workdir)
-        digest, size = _sha256_file(out_path)
+        try:
+            if builder == "python":
+                root = _build_python(hashed, partial, options=options, lower=lower,
+                                     media_type=media_type, layer=layer)
+            else:
+                root = _build_mkfs(hashed, partial, options=options, lower=lower, media_type=media_type,
+                                   layer=layer, workdir=workdir, display_name=out_path.name)
+            digest, size = _sha256_file(partial)
+            os.chmod(partial, _new_file_mode())
+            os.replace(partial, out_path)
+        except ErofsFormatError as exc:
+            # The tree holds something EROFS cannot represent (the message names the path).
+            raise ErofsFormatError(f"writing EROFS image for layer {layer}: {exc}") from exc
+        except OSError as exc:
+            # Disk full, I/O errors, a vanished workdir: one line naming layer and file.
+            raise ConverterError(f"converting layer {layer} to {out_path}: {exc.strerror or exc}") from exc
     except BaseException:
-        out_path.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
     return LayerResult(path=out_path, digest=digest, size=size, source_digest=hashed.digest(),
                        source_size=hashed.bytes_read, root=root)
 
 
-def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, media_type: str | None,
-                layer: str) -> Inode:
-    stream = open_layer_stream(hashed, media_type=media_type, layer=layer)
-    for entry, data in TarReader(stream, layer=layer):
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 less the process umask.
+
+    Read from /proc (Linux) because ``os.umask`` can only be queried by changing it, which
+    would race with other threads creating files.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+def _reserve_partial(out_path: Path, layer: str) -> Path:
+    """Create (exclusively, mode 0600: it holds the layer's contents while it is being built) the
+    temporary file the image is built in; it gets the usual mode when renamed into place."""
+    try:
+        if out_path.exists() and not out_path.is_file():
+            raise UsageError(f"writing layer {layer} to {out_path}: the output must be a regular file")
+        for _ in range(100):
+            partial = out_path.with_name(f".{out_path.name}.{secrets.token_hex(4)}.partial")
+            try:
+                os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            except FileExistsError:
+                continue
+            return partial
+    except OSError as exc:
+        raise ConverterError(f"converting layer {layer} to {out_path}: {exc.strerror or exc}") from exc
+    raise ConverterError(f"converting layer {layer} to {out_path}: cannot create a temporary file")
+
+
+def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: LayerOptions,
+                media_type: str | None, layer: str) -> Inode:
+    limit = options.max_expanded
+    stream = open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit)
+    contents = 0
+    for entry, data in TarReader(stream, layer=layer, max_entries=options.max_entries):
+        if entry.kind is EntryKind.REG and limit is not None:
+            # Checked before any byte is stored: sparse holes cost no tar bytes but do cost disk.
+            contents += entry.size
+            if contents > limit:
+                raise LayerError(f"the files add up to more than the limit of {limit} bytes",
+                                 layer=layer, entry=entry.display_name())
         normaliser.add(entry, data)
     # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
     while stream.read(_CHUNK):
@@ -164,7 +243,7 @@ def _build_python(hashed: HashingReader, out_path: Path, *, options: LayerOption
     with open(out_path, "w+b") as out, ImageDataArea(out) as area:
         normaliser = LayerNormaliser(sink=area, layer=layer, bottom=options.bottom, lower=lower,
                                      build_time=options.build_time)
-        root = _parse_into(hashed, normaliser, media_type=media_type, layer=layer)
+        root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer)
         try:
             write_image(root, area, build_time=options.build_time,
                         uuid=layer_uuid(hashed.digest()).bytes)
@@ -177,12 +256,12 @@ def _build_python(hashed: HashingReader, out_path: Path, *, options: LayerOption
 
 def _build_mkfs(hashed: HashingReader, out_path: Path, *, options: LayerOptions,
                 lower: LowerView | None, media_type: str | None, layer: str,
-                workdir: Path | None) -> Inode:
+                workdir: Path | None, display_name: str) -> Inode:
     spool_dir = workdir if workdir is not None else Path(tempfile.gettempdir())
     with SpoolSink(spool_dir) as spool:
         normaliser = LayerNormaliser(sink=spool, layer=layer, bottom=options.bottom, lower=lower,
                                      build_time=options.build_time)
-        root = _parse_into(hashed, normaliser, media_type=media_type, layer=layer)
+        root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer)
         build_with_mkfs(root, spool, out_path, fmt=options.fmt, build_time=options.build_time,
-                        uuid=layer_uuid(hashed.digest()), bottom=options.bottom)
+                        uuid=layer_uuid(hashed.digest()), bottom=options.bottom, display_name=display_name)
     return root

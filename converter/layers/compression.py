@@ -251,9 +251,23 @@ class _DecodedStream(io.BufferedIOBase):
         try:
             data = self._inner.read(-1 if size is None else size)
         except EOFError:
-            # isal raises EOFError when the input ends inside a gzip member.
+            # isal raises EOFError when the input ends inside a gzip member, and also when fewer
+            # bytes than a member header follow the last member: it cannot tell the two apart.
             raise self._error(f"truncated {self._compression.value} stream") from None
-        except (gzip.BadGzipFile, _IsalError, zstandard.ZstdError) as exc:
+        except gzip.BadGzipFile as exc:
+            if str(exc).startswith("Not a gzipped file"):
+                # The first member's magic was checked before decoding, so this is a later
+                # "member": bytes appended after a complete stream (Go's gzip reader refuses
+                # them too, so a runtime would not pull this layer either).
+                raise self._error(f"corrupt gzip stream: {exc}: trailing data after the last gzip member") \
+                    from None
+            raise self._error(f"corrupt {self._compression.value} stream: {exc}") from None
+        except (_IsalError, zstandard.ZstdError) as exc:
+            tracker = self._tracker
+            if tracker is not None and tracker.problem is not None:
+                # The frame walk saw what went wrong (e.g. trailing bytes that are no frame),
+                # which says more than the decoder's "Unknown frame descriptor".
+                raise self._error(f"corrupt zstd stream: {tracker.problem}") from None
             raise self._error(f"corrupt {self._compression.value} stream: {exc}") from None
         if not data:
             self._eof = True

@@ -50,8 +50,21 @@ class TarEntry:
     xattrs: dict[str, bytes] = field(default_factory=dict)  # full names, e.g. "user.foo"
 
     def display_name(self) -> str:
-        """The name for error messages (undecodable bytes escaped, never raising)."""
-        return self.name.decode("utf-8", "backslashreplace")
+        """The name for error messages (undecodable bytes escaped, never raising, shortened)."""
+        return shorten_name(self.name.decode("utf-8", "backslashreplace"))
+
+
+#: Names longer than this are shortened in messages: a hostile 1 MiB PAX path must not become
+#: a 1 MiB error line.
+NAME_DISPLAY_MAX = 512
+
+
+def shorten_name(name: str) -> str:
+    """``name`` itself, or its start and end around a note of how long it is."""
+    if len(name) <= NAME_DISPLAY_MAX:
+        return name
+    keep = NAME_DISPLAY_MAX // 2 - 16
+    return f"{name[:keep]}...({len(name)} characters)...{name[-keep:]}"
 
 
 class FileData(Protocol):

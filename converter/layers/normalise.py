@@ -12,9 +12,15 @@ order, then ``finish``):
 
 * **Paths**: leading ``/`` and ``./`` are stripped, repeated slashes collapsed, ``.``
   components and trailing slashes dropped; ``""``, ``.``, ``./`` and ``/`` name the root,
-  whose entry must be a directory. A ``..`` component, a NUL byte, or a component longer
-  than 255 bytes is a ``LayerError`` naming the layer and the entry. A parent component that
-  is a non-directory in this layer is an error too.
+  whose entry must be a directory. A ``..`` component, a NUL byte, a component longer
+  than 255 bytes, or a path longer than ``PATH_MAX - 1`` bytes (counting its leading ``/``)
+  is a ``LayerError`` naming the layer and the entry. A parent component that is a
+  non-directory in this layer is an error too. (The path limit is what a container runtime
+  can extract, and it bounds the depth of the tree: without it a 1 MiB PAX path makes a
+  500,000-level tree whose mkfs.erofs tar would be quadratic in size.)
+* **Numbers** the image cannot hold exactly are errors naming the entry, never truncated:
+  uid/gid beyond 32 bits (mkfs.erofs would wrap 2**32 to uid 0, root), mtimes outside the
+  signed 64-bit range, device numbers beyond Linux's 12-bit major / 20-bit minor.
 * **Duplicates**: the later entry wins. A directory over a directory only updates mode,
   owner, mtime and xattrs and keeps the children; anything else replaces the old node, and a
   replaced directory loses its subtree.
@@ -82,6 +88,10 @@ from converter.layers.model import (
 
 DEFAULT_DIR_MODE = 0o755
 NAME_MAX = 255
+PATH_MAX = 4096  # including the terminating NUL, as in <linux/limits.h>
+ID_LIMIT = 1 << 32  # EROFS extended inodes store uid/gid as u32
+MTIME_MIN, MTIME_MAX = -(1 << 63), (1 << 63) - 1  # i_mtime is a 64-bit field
+MAJOR_LIMIT, MINOR_LIMIT = 1 << 12, 1 << 20  # Linux new_encode_dev, which EROFS stores
 SYMLINK_MAX = 4095  # PATH_MAX - 1: what the kernel can read back
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65535  # EROFS stores value lengths in a u16
@@ -108,17 +118,36 @@ def split_path(name: bytes) -> list[bytes]:
     """Normalise an archive path into its components; ``[]`` is the root.
 
     Strips leading ``/`` and ``./``, collapses repeated slashes, drops ``.`` components and
-    trailing slashes. Raises ``ValueError`` for ``..``, NUL bytes and over-long components.
+    trailing slashes. Raises ``ValueError`` for ``..``, NUL bytes, over-long components and
+    paths longer than ``PATH_MAX - 1`` bytes once written as ``/a/b``.
     """
     if b"\0" in name:
         raise _PathError("the path contains a NUL byte")
     parts = [p for p in name.split(b"/") if p and p != b"."]
+    length = 0
     for p in parts:
         if p == b"..":
             raise _PathError("the path has a '..' component")
         if len(p) > NAME_MAX:
             raise _PathError(f"a path component is {len(p)} bytes long (the limit is {NAME_MAX})")
+        length += 1 + len(p)
+    if length >= PATH_MAX:
+        raise _PathError(f"the path is {length} bytes long (the limit is {PATH_MAX - 1})")
     return parts
+
+
+def check_numbers(entry: TarEntry) -> str | None:
+    """Why ``entry`` has an owner, time or device number an EROFS image cannot hold, or None."""
+    if not (0 <= entry.uid < ID_LIMIT and 0 <= entry.gid < ID_LIMIT):
+        return f"uid/gid {entry.uid}/{entry.gid} does not fit in 32 bits"
+    if not (MTIME_MIN <= entry.mtime_sec <= MTIME_MAX):
+        return f"mtime {entry.mtime_sec} does not fit in a signed 64-bit field"
+    if entry.kind in (EntryKind.CHR, EntryKind.BLK) and not (
+        0 <= entry.devmajor < MAJOR_LIMIT and 0 <= entry.devminor < MINOR_LIMIT
+    ):
+        return (f"device number {entry.devmajor}:{entry.devminor} does not fit Linux's 12-bit major / "
+                "20-bit minor")
+    return None
 
 
 def escape_xattr_name(name: str) -> str:
@@ -193,6 +222,9 @@ class LayerNormaliser:
             if i < len(parts) - 1 and comp.startswith(WHITEOUT_PREFIX):
                 raise self._error(f"the whiteout name {_show(parts[:i + 1])!r} is used as a directory",
                                   entry)
+        problem = check_numbers(entry)
+        if problem is not None:
+            raise self._error(problem, entry)
         if not parts:
             self._add_root(entry)
             return

@@ -36,7 +36,7 @@ from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
 from converter.errors import LayerError
-from converter.layers.model import EntryKind, FileData, TarEntry
+from converter.layers.model import EntryKind, FileData, TarEntry, shorten_name
 
 __all__ = ["BLOCK_SIZE", "ByteSource", "TarReader", "parse_pax_records"]
 
@@ -646,7 +646,7 @@ class TarReader:
                 if pending.active():
                     raise _Malformed("extended header is not followed by a member")
                 return None
-            self._member = _cstr(block[:100]).decode("utf-8", "backslashreplace")
+            self._member = shorten_name(_cstr(block[:100]).decode("utf-8", "backslashreplace"))
             if not _checksum_ok(block):
                 raise _Malformed("invalid header checksum (not a tar archive or corrupt)")
             typeflag = block[156]
@@ -726,7 +726,7 @@ class TarReader:
                     name = prefix + b"/" + name
         if 0 in name:
             raise _Malformed("member name contains a NUL byte")
-        self._member = name.decode("utf-8", "backslashreplace")
+        self._member = shorten_name(name.decode("utf-8", "backslashreplace"))
 
         if pax is not None:
             if (value := pax.get(b"size")) is not None:

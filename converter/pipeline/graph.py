@@ -21,8 +21,9 @@ written, hashed and, for ``erofs+ALGO``, compressed by mkfs.erofs in another pro
 the only thing an upper layer needs from the lower ones is their directory metadata. Reading
 each tar twice buys parallel builds at the price of one extra decompress+parse per layer,
 which pays off with ``jobs > 1``, several layers and at least ``PREPASS_MIN_CPUS`` cores; with
-one job, one layer or a 2-core machine it is overhead and is skipped by default. (Python threads share the GIL, so parallel builds gain most where
-the work happens outside it: zlib/zstd, hashing, file I/O and mkfs.erofs.)
+one job, one layer or a 2-core machine it is overhead and is skipped by default. (Python threads
+share the GIL, so parallel builds gain most where the work happens outside it: zlib/zstd,
+hashing, file I/O and mkfs.erofs.)
 
 Cross-layer hard links (spec §3.7) need a lower *file's bytes*. They are rare, so instead of
 keeping every lower layer on disk the graph fetches that lower layer again, normalises it
