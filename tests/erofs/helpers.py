@@ -133,9 +133,13 @@ class TreeBuilder:
 
 
 def build(path: Path, populate: Callable[[TreeBuilder], None], *, build_time: int = T,
-          **tree_kw: object) -> tuple[TreeBuilder, int]:
-    """Write an image at ``path`` from ``populate``; returns the builder and the image size."""
-    with open(path, "w+b") as out, ImageDataArea(out) as area:
+          tail_memory: int | None = None, **tree_kw: object) -> tuple[TreeBuilder, int]:
+    """Write an image at ``path`` from ``populate``; returns the builder and the image size.
+
+    ``tail_memory`` overrides ``ImageDataArea``'s cap on tails kept in memory (None: default).
+    """
+    area_kw = {} if tail_memory is None else {"tail_memory": tail_memory}
+    with open(path, "w+b") as out, ImageDataArea(out, **area_kw) as area:
         tb = TreeBuilder(area, mtime=build_time, **tree_kw)
         populate(tb)
         size = write_image(tb.root, area, build_time=build_time)

@@ -315,10 +315,13 @@ def test_data_from_another_area(tmp_path: Path) -> None:
             _write(tmp_path, populate)
 
 
+@pytest.mark.parametrize("tail_memory", [None, 0, 1000], ids=["memory", "spool", "spill-midway"])
 @pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 5000])
-def test_short_and_long_data(tmp_path: Path, size: int) -> None:
+def test_short_and_long_data(tmp_path: Path, size: int, tail_memory: int | None) -> None:
+    """A file whose data is short or long leaves no trace, wherever its tail was being kept."""
     path = tmp_path / "x.erofs"
-    with open(path, "w+b") as out, ImageDataArea(out) as area:
+    kw = {} if tail_memory is None else {"tail_memory": tail_memory}
+    with open(path, "w+b") as out, ImageDataArea(out, **kw) as area:
         tb = TreeBuilder(area)
         tb.file("/before", pattern(9000, 1))
         with pytest.raises(LayerError, match="shorter than its header"):
@@ -358,10 +361,10 @@ def test_compact_needs_exact_build_time() -> None:
         b"d": Inode(NodeKind.FIFO, 0o644, mtime_sec=T, uid=65536),
     })
     plan = plan_layout(root, data_end_block=1, build_time=T)
-    assert [(p.name, p.extended) for p in plan.inodes] == [
+    assert list(zip(plan.names, plan.extended, strict=True)) == [
         (b"", False), (b"a", False), (b"b", True), (b"c", True), (b"d", True)]
     # The root (32 B) has a 79-byte inline directory tail: the next inode is 4 slots on.
-    assert [p.nid for p in plan.inodes] == [128, 132, 133, 135, 137]
+    assert plan.nid == [128, 132, 133, 135, 137]
     assert plan.meta_blkaddr == 0 and plan.total_blocks == 2
 
 
@@ -369,7 +372,8 @@ def test_breadth_first_order() -> None:
     d = {name: Inode(NodeKind.DIR, 0o755, children={b"x": Inode(NodeKind.FIFO, 0)}) for name in (b"b", b"a")}
     root = Inode(NodeKind.DIR, 0o755, children={b"z": Inode(NodeKind.FIFO, 0), **d})
     plan = plan_layout(root, data_end_block=1)
-    assert [(p.name, p.ino) for p in plan.inodes] == [(b"", 1), (b"a", 2), (b"b", 3), (b"z", 4), (b"x", 5), (b"x", 6)]
+    # i_ino is the index + 1 (§4.5)
+    assert plan.names == [b"", b"a", b"b", b"z", b"x", b"x"]
 
 
 # --- property test: random trees -> write -> read back ----------------------------------------
