@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import stat
@@ -95,6 +96,24 @@ def _cat_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _attempts(text: str) -> int:
+    """A number of tries: a whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a number of tries (1 or more): {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite duration in seconds, like ``30`` or ``2.5``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"not a number of seconds (more than 0): {text!r}")
+    return value
+
+
 def _image_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="convert",
@@ -110,8 +129,19 @@ def _image_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain-http", action="append", default=[], metavar="REGISTRY",
                    help="allow plain HTTP to this registry (loopback registries always may)")
     p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
+    p.add_argument("--retries", type=_attempts, default=None, metavar="N",
+                   help="tries per registry request, the first included (default 4; 1 = never retry); "
+                   "also how often a blob that arrives corrupted (digest mismatch) is downloaded")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="a registry transfer that sends or accepts nothing for SECONDS fails (and is "
+                   "retried); default 60. Connecting always gives up after 10 s")
     p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: by CPU count)")
     p.add_argument("--builder", choices=("python", "mkfs"), default="python")
+    p.add_argument("--max-expanded", type=_size, default=None, metavar="SIZE",
+                   help="refuse a layer whose tar, or whose files together, exceed SIZE bytes "
+                   "(suffixes K, M, G, T; 0 = no limit; default 64G)")
+    p.add_argument("--max-entries", type=_count, default=None, metavar="N",
+                   help="refuse a layer with more than N tar entries (0 = no limit; default 1000000)")
     p.add_argument("--workdir", help="temporary files go here (default: a private temp dir)")
     p.add_argument("--log-format", choices=("console", "json"), default=None)
     p.add_argument("-q", "--quiet", action="store_true")

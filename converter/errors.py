@@ -10,7 +10,8 @@
     │   └── MkfsError              mkfs.erofs failed (exit code and the end of its stderr)
     ├── RegistryError              the registry said no (status, code, method, redacted URL)
     │   ├── AuthError
-    │   └── NotFound
+    │   ├── NotFound
+    │   └── DigestMismatch         downloaded bytes do not match their digest
     ├── UnsupportedMediaType
     ├── ImageError                 a manifest/config/index is malformed or inconsistent
     └── JobConfigError             a mirroring job file is invalid (file, line, field)
@@ -106,6 +107,30 @@ class AuthError(RegistryError):
 
 class NotFound(RegistryError):
     """The registry does not have the manifest, blob or repository."""
+
+
+class DigestMismatch(RegistryError):
+    """Downloaded bytes do not hash to the digest that was asked for.
+
+    Usually the transfer was corrupted on the way (a broken proxy or middlebox), and a fresh
+    download fixes it; but only the consumer of the bytes can download again, since it must
+    first throw away what it already received. So the registry client raises this
+    ``temporary`` with ``attempts``, the number of downloads its retry policy allows in all;
+    the consumer downloads again until it has made that many, then raises ``exhausted()``,
+    which is permanent and says how many downloads were tried.
+    """
+
+    def __init__(self, message: str, *, attempts: int = 1, method: str = "", url: str = "",
+                 temporary: bool | None = None) -> None:
+        super().__init__(message, method=method, url=url,
+                         temporary=attempts > 1 if temporary is None else temporary)
+        self.attempts = max(1, attempts)
+
+    def exhausted(self, downloads: int) -> DigestMismatch:
+        """The permanent error to report after ``downloads`` downloads all failed like this one."""
+        plural = "s" if downloads != 1 else ""
+        return DigestMismatch(f"{self} (after {downloads} download{plural})", attempts=self.attempts,
+                              method=self.method, url=self.url, temporary=False)
 
 
 class UnsupportedMediaType(ConverterError):

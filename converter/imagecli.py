@@ -15,20 +15,22 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 
 from converter import log as logsetup
 from converter.errors import UsageError
 from converter.formats import parse_format
-from converter.layerconv import default_build_time
+from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.oci.mediatypes import parse_profile
 from converter.oci.model import Platform
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.options import default_destination
 from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
 from converter.reference import OciLayoutRef, Reference, parse_location
-from converter.registry.client import RegistryClient
+from converter.registry.client import DEFAULT_RETRY, DEFAULT_TIMEOUT, RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
+from converter.registry.retry import RetryPolicy
 from converter.transports import open_sink, open_source
 
 PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma-separated registries, for containers/compose
@@ -40,10 +42,37 @@ def plain_http_hosts(flags: Sequence[str]) -> list[str]:
     return [*flags, *env]
 
 
-def make_client(*, plain_http: Sequence[str] = (), ca_bundle: str | None = None) -> RegistryClient:
-    """One registry client for the whole process (tokens are cached per scope inside it)."""
+def client_timeout(seconds: float | None) -> httpx.Timeout:
+    """The client's timeouts for ``--timeout SECONDS`` (None: the defaults).
+
+    ``SECONDS`` is how long a transfer may stall, reading or writing. Connecting and waiting
+    for a pooled connection keep their short defaults: a registry that does not accept a
+    connection within 10 s is down, and waiting longer only delays the retry.
+    """
+    if seconds is None:
+        return DEFAULT_TIMEOUT
+    return httpx.Timeout(connect=DEFAULT_TIMEOUT.connect, read=seconds, write=seconds, pool=DEFAULT_TIMEOUT.pool)
+
+
+def make_client(*, plain_http: Sequence[str] = (), ca_bundle: str | None = None, retry: RetryPolicy | None = None,
+                timeout: float | httpx.Timeout | None = None) -> RegistryClient:
+    """One registry client for the whole process (tokens are cached per scope inside it).
+
+    ``retry`` is the policy for every request (default: 4 attempts with backoff); ``timeout``
+    either seconds for ``client_timeout`` or complete httpx timeouts.
+    """
+    timeouts = timeout if isinstance(timeout, httpx.Timeout) else client_timeout(timeout)
     return RegistryClient(credentials=DockerConfigCredentials(), plain_http=plain_http_hosts(plain_http),
-                          ca_bundle=ca_bundle)
+                          ca_bundle=ca_bundle, retry=retry if retry is not None else DEFAULT_RETRY,
+                          timeout=timeouts)
+
+
+def layer_limit(value: int | None, default: int) -> int | None:
+    """A ``--max-expanded``/``--max-entries`` value as a limit: absent (None) is the default, 0 is
+    None (no limit); the same rule as ``convert layer``'s flags."""
+    if value is None:
+        return default
+    return value or None
 
 
 def parse_platforms(values: Sequence[str]) -> tuple[Platform, ...]:
@@ -120,9 +149,13 @@ def run_image_conversion(args: argparse.Namespace) -> int:
         builder=args.builder,
         workdir=Path(args.workdir) if args.workdir else None,
         build_time=default_build_time(),
+        max_expanded=layer_limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
+        max_entries=layer_limit(args.max_entries, DEFAULT_MAX_ENTRIES),
     )
     needs_client = isinstance(src, Reference) or isinstance(dest, Reference)
-    client = make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle) if needs_client else None
+    retry = RetryPolicy(attempts=args.retries) if args.retries is not None else None
+    client = (make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle, retry=retry, timeout=args.timeout)
+              if needs_client else None)
     with client if client is not None else nullcontext():
         source = open_source(src, client=client)
         sink = open_sink(dest, client=client)

@@ -142,11 +142,15 @@ def convert_layer(
     layer: str = "",
     workdir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    on_tree: Callable[[Inode], None] | None = None,
 ) -> LayerResult:
     """Read a (possibly compressed) tar layer from ``src`` and write an EROFS image to ``out_path``.
 
     ``layer`` names the layer in errors (a digest or a file name). ``progress`` is called with
-    the number of source bytes consumed so far. The image is built under a temporary name next
+    the number of source bytes consumed so far. ``on_tree`` is called with the layer's finished
+    tree as soon as the source is parsed, before the image is written: the metadata is final
+    then, so an image pipeline can start the layer above while this one is still being built
+    (mkfs.erofs compressing, or our writer laying out metadata). The image is built under a temporary name next
     to ``out_path`` and renamed into place only when complete, so ``out_path`` never holds a
     partial image: on failure (or interruption) it is untouched, and the temporary is removed.
     ``out_path`` must be a regular file or not exist (never, e.g., ``/dev/null``, which
@@ -163,10 +167,10 @@ def convert_layer(
         try:
             if builder == "python":
                 root = _build_python(hashed, partial, options=options, lower=lower,
-                                     media_type=media_type, layer=layer)
+                                     media_type=media_type, layer=layer, on_tree=on_tree)
             else:
                 root = _build_mkfs(hashed, partial, options=options, lower=lower, media_type=media_type,
-                                   layer=layer, workdir=workdir, display_name=out_path.name)
+                                   layer=layer, workdir=workdir, display_name=out_path.name, on_tree=on_tree)
             digest, size = _sha256_file(partial)
             os.chmod(partial, _new_file_mode())
             os.replace(partial, out_path)
@@ -218,7 +222,7 @@ def _reserve_partial(out_path: Path, layer: str) -> Path:
 
 
 def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: LayerOptions,
-                media_type: str | None, layer: str) -> Inode:
+                media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> Inode:
     limit = options.max_expanded
     stream = open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit)
     contents = 0
@@ -235,15 +239,20 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
         pass
     while hashed.read(_CHUNK):
         pass
-    return normaliser.finish()
+    root = normaliser.finish()
+    if on_tree is not None:
+        on_tree(root)
+    return root
 
 
 def _build_python(hashed: HashingReader, out_path: Path, *, options: LayerOptions,
-                  lower: LowerView | None, media_type: str | None, layer: str) -> Inode:
+                  lower: LowerView | None, media_type: str | None, layer: str,
+                  on_tree: Callable[[Inode], None] | None) -> Inode:
     with open(out_path, "w+b") as out, ImageDataArea(out) as area:
         normaliser = LayerNormaliser(sink=area, layer=layer, bottom=options.bottom, lower=lower,
                                      build_time=options.build_time)
-        root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer)
+        root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
+                          on_tree=on_tree)
         try:
             write_image(root, area, build_time=options.build_time,
                         uuid=layer_uuid(hashed.digest()).bytes)
@@ -256,12 +265,13 @@ def _build_python(hashed: HashingReader, out_path: Path, *, options: LayerOption
 
 def _build_mkfs(hashed: HashingReader, out_path: Path, *, options: LayerOptions,
                 lower: LowerView | None, media_type: str | None, layer: str,
-                workdir: Path | None, display_name: str) -> Inode:
+                workdir: Path | None, display_name: str, on_tree: Callable[[Inode], None] | None) -> Inode:
     spool_dir = workdir if workdir is not None else Path(tempfile.gettempdir())
     with SpoolSink(spool_dir) as spool:
         normaliser = LayerNormaliser(sink=spool, layer=layer, bottom=options.bottom, lower=lower,
                                      build_time=options.build_time)
-        root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer)
+        root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
+                          on_tree=on_tree)
         build_with_mkfs(root, spool, out_path, fmt=options.fmt, build_time=options.build_time,
                         uuid=layer_uuid(hashed.digest()), bottom=options.bottom, display_name=display_name)
     return root

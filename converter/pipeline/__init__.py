@@ -8,7 +8,7 @@ Public API (used by the CLI and mirror jobs)::
 
 from __future__ import annotations
 
-from converter.pipeline.engine import convert_image, private_workdir
+from converter.pipeline.engine import PushFailed, convert_image, private_workdir
 from converter.pipeline.graph import LayerFailed
 from converter.pipeline.options import (
     ConvertOptions,
@@ -29,6 +29,7 @@ __all__ = [
     "PlatformResult",
     "ProgressCallback",
     "ProgressEvent",
+    "PushFailed",
     "Stage",
     "convert_image",
     "default_destination",

@@ -14,7 +14,10 @@ in an order that never tags anything incomplete:
 
 All temporary files live in one private directory (``tempfile.mkdtemp``, mode 0700) made
 inside ``options.workdir`` (or the system temp dir) and removed on success, failure and
-Ctrl-C.
+Ctrl-C; the files in it are created 0600.
+
+A failed manifest or config push raises ``PushFailed``, whose message names the source image
+as well as the destination (the registry's error names only what was being pushed).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from converter.oci.rewrite import (
     plan_index,
     rewrite_config,
 )
-from converter.pipeline.graph import ConvertLayerFn, GraphSettings, LayerGraph, fetch_blob
+from converter.pipeline.graph import ConvertLayerFn, GraphSettings, LayerGraph, create_private, fetch_blob
 from converter.pipeline.lower import NormaliseFn, normalise_layer
 from converter.pipeline.options import (
     ConvertOptions,
@@ -68,6 +71,16 @@ from converter.pipeline.options import (
 from converter.pipeline.progress import ProgressCallback
 from converter.reference import Digest
 from converter.transports.base import ImageSink, ImageSource
+
+
+class PushFailed(ConverterError):
+    """Pushing a converted image's manifest, index or config failed; the message names the
+    source image, then the sink's error (which names the destination)."""
+
+    def __init__(self, message: str, *, image: str, cause: ConverterError) -> None:
+        super().__init__(message)
+        self.image = image
+        self.exit_status = cause.exit_status
 
 
 @contextlib.contextmanager
@@ -128,6 +141,7 @@ class _Run:
             builder=self.options.builder, build_time=self.options.build_time,
             jobs=self.options.resolved_jobs(), run_ahead=self.options.run_ahead, prepass=self.options.prepass,
             convert=self.convert, normalise=self.normalise, progress=self.progress, log=log,
+            max_expanded=self.options.max_expanded, max_entries=self.options.max_entries,
         )
         graph_dir = self.workdir / f"m-{digest.hex[:16]}"
         built = LayerGraph(settings, manifest.layers, workdir=graph_dir).run()
@@ -157,16 +171,31 @@ class _Run:
         self._blob_seq += 1
         return self.workdir / f"{stem}-{self._blob_seq:04d}"
 
+    @contextlib.contextmanager
+    def _pushing(self) -> Iterator[None]:
+        """Name the source image in a push's error: the sink's message names only the destination."""
+        try:
+            yield
+        except ConverterError as exc:
+            raise PushFailed(f"converting {self.image}: {exc}", image=self.image, cause=exc) from exc
+
+    def put_manifest(self, data: bytes, media_type: str, tag: str | None) -> Digest:
+        """``sink.put_manifest``, with a failure naming the source image."""
+        with self._pushing():
+            return self.sink.put_manifest(data, media_type, tag)
+
     def push_bytes(self, data: bytes, digest: Digest) -> None:
         """Push a small blob we made (a config) unless the sink has it."""
-        if self.sink.has_blob(digest):
-            return
-        path = self._tmp("blob")
-        path.write_bytes(data)
-        try:
-            self.sink.push_blob(path, digest, len(data))
-        finally:
-            path.unlink(missing_ok=True)
+        with self._pushing():
+            if self.sink.has_blob(digest):
+                return
+            path = self._tmp("blob")
+            try:
+                with create_private(path) as out:
+                    out.write(data)
+                self.sink.push_blob(path, digest, len(data))
+            finally:
+                path.unlink(missing_ok=True)
 
     def ensure_blob(self, desc: Descriptor) -> None:
         """Make an unchanged source blob available in the sink: exists, mount, else copy."""
@@ -183,7 +212,7 @@ class _Run:
             return
         path = self._tmp("copy")
         try:
-            fetch_blob(self.source, desc, path, cancel=self._cancel)
+            fetch_blob(self.source, desc, path, cancel=self._cancel, log=self.log)
             self.sink.push_blob(path, desc.digest, desc.size)
         finally:
             path.unlink(missing_ok=True)
@@ -202,7 +231,7 @@ class _Run:
         else:
             for blob in (doc.config, *doc.layers):
                 self.ensure_blob(blob)
-        self.sink.put_manifest(data, str(desc.media_type), None)
+        self.put_manifest(data, str(desc.media_type), None)
 
     # -- the image ----------------------------------------------------------------------------
 
@@ -210,6 +239,7 @@ class _Run:
         # Usage errors first, before anything is fetched.
         tag = destination_tag(self.dest_ref)
         self.options.resolved_jobs()
+        self.options.check_limits()
         LayerOptions(fmt=self.options.fmt, builder=self.options.builder).resolved_builder()
         data, media_type, digest = self.source.get_manifest(None)
         doc = parse_manifest(data, media_type, digest=digest, what=f"manifest {self.image}")
@@ -232,10 +262,10 @@ class _Run:
                 raise ImageError(f"converting {self.image}: the image is {config_platform}, not {wanted}")
         result, data = self.convert_platform(manifest, digest, config_platform)
         if not self.options.merge_index:
-            pushed = self.sink.put_manifest(data, MediaType.OCI_MANIFEST, tag)
+            pushed = self.put_manifest(data, MediaType.OCI_MANIFEST, tag)
             return self.finish(pushed, MediaType.OCI_MANIFEST, len(data), tag, digest, (result,))
         # --merge-index on a single manifest: an index holding the source, then the EROFS one.
-        self.sink.put_manifest(data, MediaType.OCI_MANIFEST, None)
+        self.put_manifest(data, MediaType.OCI_MANIFEST, None)
         source_desc = Descriptor(media_type=str(manifest.media_type), digest=digest, size=size,
                                  platform=result.platform)
         self.ensure_manifest(source_desc)
@@ -257,7 +287,7 @@ class _Run:
                                             what=f"manifest {self.image}@{desc.digest}")
             assert desc.platform is not None  # plan_index converts only entries with a platform
             result, new = self.convert_platform(manifest, mdigest, desc.platform)
-            self.sink.put_manifest(new, MediaType.OCI_MANIFEST, None)
+            self.put_manifest(new, MediaType.OCI_MANIFEST, None)
             results.append(result)
             entries.append(ConvertedEntry(source=desc, manifest=erofs_entry(new, platform=desc.platform)))
         if self.options.merge_index:
@@ -272,7 +302,7 @@ class _Run:
     def push_index(self, index: Index, tag: str, source_digest: Digest, results: tuple[PlatformResult, ...],
                    plan: IndexPlan) -> ConvertResult:
         data = index.to_bytes()
-        pushed = self.sink.put_manifest(data, MediaType.OCI_INDEX, tag)
+        pushed = self.put_manifest(data, MediaType.OCI_INDEX, tag)
         return self.finish(pushed, MediaType.OCI_INDEX, len(data), tag, source_digest, results,
                            tuple((d.digest, reason) for d, reason in plan.dropped))
 

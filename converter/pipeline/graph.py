@@ -2,15 +2,18 @@
 
 Stages and their dependencies, for layer ``i`` of ``n``:
 
-* **pull**: stream the source blob into the workdir while hashing; size and digest must match
-  the descriptor. Pulls run ahead of the builds, in layer order, but at most ``run_ahead``
+* **pull**: stream the source blob into a new 0600 file in the workdir while hashing; size and
+  digest must match the descriptor, and a download corrupted on the way (``DigestMismatch``)
+  is made again, as often as the registry client's retry policy allows. Pulls run ahead of
+  the builds, in layer order, but at most ``run_ahead``
   pulled-but-not-yet-built layers sit on disk at a time (the window always contains the
   lowest unbuilt layer, so it cannot deadlock).
 * **scan** (the metadata pre-pass, optional): read the layer once more, metadata only — same
   decompressor, tar parser and ``LayerNormaliser`` as the build, contents discarded — to get
   its ``Inode`` tree. Scans run one at a time in layer order, since layer ``i``'s tree
   depends on the trees below (implicit parents inherit lower metadata).
-* **build**: ``convert_layer`` with ``bottom=(i == 0)`` and ``lower`` = a ``StackedLower`` over
+* **build**: ``convert_layer`` with ``bottom=(i == 0)``, the image's layer limits
+  (``max_expanded``, ``max_entries``; the scan applies them too) and ``lower`` = a ``StackedLower`` over
   the trees of layers ``< i``. With the pre-pass, those trees come from the scans, so builds
   of different layers overlap freely; without it, they come from the builds themselves and
   builds run strictly one after another.
@@ -33,10 +36,14 @@ Scheduling: one coordinator (the calling thread) owns all state and reacts to co
 events from the worker pools; workers never wait on each other, except a build waiting for
 a re-fetched lower layer, which takes per-layer locks in descending order (no cycles).
 Builds are submitted in layer order. The first failure sets the cancel flag, which makes
-every stream read in the workers raise at once, cancels queued work, joins the workers, and
-raises one ``LayerFailed`` naming the image, the layer digest and the stage. Ctrl-C takes
-the same path and re-raises ``KeyboardInterrupt``. The graph's files live in its own
-directory, removed whatever happens.
+every stream read in the workers raise at once, and cancels the graph's ``CancelScope``, which
+every worker task runs in: that shuts down the registry sockets workers are blocked on (a
+stalled download or upload) and cuts their retry sleeps short. Then queued work is cancelled,
+the workers are joined (promptly: none is left waiting on the network) and one ``LayerFailed``
+names the image, the layer digest and the stage. Ctrl-C takes the same path and re-raises
+``KeyboardInterrupt``. Not interruptible: a TCP connect (bounded by the client's short connect
+timeout) and a running mkfs.erofs (the layer engine owns that process; it finishes its layer).
+The graph's files live in its own directory, removed whatever happens.
 """
 
 from __future__ import annotations
@@ -54,9 +61,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from converter.errors import ConverterError, ImageError
+import structlog
+
+from converter.errors import ConverterError, DigestMismatch, ImageError
 from converter.formats import Format
-from converter.layerconv import LayerOptions, LayerResult
+from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions, LayerResult
 from converter.layers.model import FileData, Inode, LowerView, NodeKind
 from converter.layers.spool import SpoolSink
 from converter.oci.model import Descriptor
@@ -70,6 +79,7 @@ from converter.pipeline.lower import (
 )
 from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
 from converter.reference import Digest
+from converter.registry.retry import CancelScope
 from converter.transports.base import ImageSink, ImageSource
 
 _CHUNK = 1 << 20
@@ -122,12 +132,58 @@ class CancellableReader(io.RawIOBase):
         return n or 0
 
 
+def create_private(path: Path) -> BinaryIO:
+    """Create ``path`` for writing, mode 0600, failing if it exists.
+
+    Blobs and configs in the workdir may hold an image's secrets, so no other user may read
+    them even if the workdir's mode is relaxed; ``O_EXCL`` refuses to write through a file or
+    symlink that someone else put there.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        return open(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def fetch_blob(source: ImageSource, desc: Descriptor, dest: Path, *, cancel: threading.Event,
-               on_bytes: Callable[[int], None] | None = None) -> None:
-    """Stream blob ``desc`` into ``dest`` while hashing; size and digest must match ``desc``."""
+               on_bytes: Callable[[int], None] | None = None, log: Any = None) -> None:
+    """Download blob ``desc`` into ``dest``, a new private file, hashing as it arrives.
+
+    Size and digest must match ``desc``. A download whose bytes do not match the digest
+    (``DigestMismatch``, temporary: a transfer corrupted on the way) is thrown away and made
+    again, up to the number of downloads the source's retry policy allows (the error's
+    ``attempts``); after the last one the mismatch is permanent and says how many were made.
+    ``dest`` must not exist (see ``create_private``) and is removed if the download fails.
+    """
+    out = create_private(dest)  # before the try: a file that was already there is not ours to remove
+    try:
+        with out:
+            downloads = 1
+            while True:
+                try:
+                    _download(source, desc, out, cancel=cancel, on_bytes=on_bytes)
+                    return
+                except DigestMismatch as exc:
+                    if not exc.temporary or downloads >= exc.attempts:
+                        raise exc.exhausted(downloads) from exc
+                    (log or structlog.get_logger()).info("blob_refetched", digest=str(desc.digest),
+                                                         attempt=downloads, reason="digest mismatch")
+                    out.seek(0)
+                    out.truncate()
+                    downloads += 1
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def _download(source: ImageSource, desc: Descriptor, out: BinaryIO, *, cancel: threading.Event,
+              on_bytes: Callable[[int], None] | None) -> None:
+    """One download of ``desc`` into ``out`` (at its start), checked against the descriptor."""
     h = desc.digest.hasher()
     got = 0
-    with source.open_blob(desc.digest, size=desc.size) as stream, open(dest, "wb") as out:
+    with source.open_blob(desc.digest, size=desc.size) as stream:
         while True:
             if cancel.is_set():
                 raise Cancelled
@@ -177,6 +233,9 @@ class GraphSettings:
     normalise: NormaliseFn
     progress: ProgressCallback | None
     log: Any
+    # LayerOptions' limits for every layer of the image (None: unlimited).
+    max_expanded: int | None = DEFAULT_MAX_EXPANDED
+    max_entries: int | None = DEFAULT_MAX_ENTRIES
 
 
 class _StageFailed(Exception):
@@ -203,6 +262,8 @@ class LayerGraph:
         auto = self.jobs > 1 and self.n > 1 and (os.cpu_count() or 1) >= PREPASS_MIN_CPUS
         self.prepass = auto if settings.prepass is None else settings.prepass
         self.cancel = threading.Event()
+        # Every worker task runs in this scope; cancelling it ends their blocked registry I/O.
+        self._scope = CancelScope()
         self.log = settings.log
         self._events: queue.SimpleQueue[tuple[str, int, Future[Any]]] = queue.SimpleQueue()
         # coordinator state
@@ -315,8 +376,14 @@ class LayerGraph:
         return [t for t in trees if t is not None]
 
     def _submit(self, kind: str, i: int, fn: Callable[..., Any], *args: Any) -> None:
-        fut = self._pools[kind].submit(fn, *args)
+        fut = self._pools[kind].submit(self._in_scope, fn, *args)
         fut.add_done_callback(lambda f: self._events.put((kind, i, f)))
+
+    def _in_scope(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a worker task inside the graph's ``CancelScope`` (entered per task: pool threads
+        start with an empty context), so that ``_stop`` can end its registry I/O."""
+        with self._scope.entered():
+            return fn(*args)
 
     def _maybe_release(self, i: int) -> None:
         """Delete layer i's pulled file once its build (and scan, with the pre-pass) is done."""
@@ -327,8 +394,13 @@ class LayerGraph:
         self._src_path(i).unlink(missing_ok=True)
 
     def _stop(self) -> None:
-        """Cancel: wake every reader, drop queued work, wait for running workers to return."""
+        """Cancel: wake every reader, drop queued work, wait for running workers to return.
+
+        The scope is cancelled before the wait: it shuts down the sockets that workers are
+        blocked on, without which the wait could last a stalled transfer's whole read timeout.
+        """
         self.cancel.set()
+        self._scope.cancel()
         for pool in self._pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
         for pool in self._pools.values():
@@ -378,7 +450,7 @@ class LayerGraph:
         desc = self.layers[i]
         started = time.monotonic()
         fetch_blob(self.s.source, desc, self._src_path(i), cancel=self.cancel,
-                   on_bytes=lambda n: self._report(Stage.PULL, i, n, desc.size))
+                   on_bytes=lambda n: self._report(Stage.PULL, i, n, desc.size), log=self.log)
         self._report(Stage.PULL, i, desc.size, desc.size, done=True)
         self._timings[i]["pull"] = time.monotonic() - started
 
@@ -388,7 +460,8 @@ class LayerGraph:
             reader = io.BufferedReader(CancellableReader(f, self.cancel), _CHUNK)
             return self.s.normalise(reader, sink=sink, media_type=str(desc.media_type),
                                     layer=str(desc.digest), bottom=i == 0, lower=lower if i else None,
-                                    build_time=self.s.build_time)
+                                    build_time=self.s.build_time, max_expanded=self.s.max_expanded,
+                                    max_entries=self.s.max_entries)
 
     def _scan(self, i: int, lower: StackedLower) -> Inode:
         started = time.monotonic()
@@ -400,7 +473,8 @@ class LayerGraph:
         desc = self.layers[i]
         started = time.monotonic()
         options = LayerOptions(fmt=self.s.fmt, builder=self.s.builder, bottom=i == 0,
-                               build_time=self.s.build_time)
+                               build_time=self.s.build_time, max_expanded=self.s.max_expanded,
+                               max_entries=self.s.max_entries)
         spool_dir = self.dir / f"layer-{i:04d}.tmp"
         spool_dir.mkdir(mode=0o700, exist_ok=True)
         try:
@@ -461,7 +535,7 @@ class LayerGraph:
                               reason="cross-layer hard link")
                 tmp = self.dir / f"layer-{k:04d}.relink"
                 try:
-                    fetch_blob(self.s.source, desc, tmp, cancel=self.cancel)
+                    fetch_blob(self.s.source, desc, tmp, cancel=self.cancel, log=self.log)
                     spool = SpoolSink(self.dir)
                     try:
                         view = StackedLower(self._tree_slice(k), opener=self._open_lower)

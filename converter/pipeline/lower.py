@@ -119,15 +119,22 @@ class NormaliseFn(Protocol):
     """Reads one layer into a normalised tree (the pipeline's second seam, next to convert)."""
 
     def __call__(self, src: BinaryIO, *, sink: DataSink, media_type: str | None, layer: str,
-                 bottom: bool, lower: LowerView | None, build_time: int) -> Inode: ...
+                 bottom: bool, lower: LowerView | None, build_time: int, max_expanded: int | None = None,
+                 max_entries: int | None = None) -> Inode: ...
 
 
 def normalise_layer(src: BinaryIO, *, sink: DataSink, media_type: str | None, layer: str, bottom: bool,
-                    lower: LowerView | None, build_time: int) -> Inode:
-    """Decompress, parse and normalise a layer stream into its tree; contents go to ``sink``."""
-    stream = open_layer_stream(src, media_type=media_type, layer=layer)
+                    lower: LowerView | None, build_time: int, max_expanded: int | None = None,
+                    max_entries: int | None = None) -> Inode:
+    """Decompress, parse and normalise a layer stream into its tree; contents go to ``sink``.
+
+    ``max_expanded`` and ``max_entries`` are the build's limits (``LayerOptions``; None:
+    unlimited): the pre-pass reads a layer before its build does, so it must refuse a hostile
+    layer just as early, before the tree of a million-entry tar fills memory.
+    """
+    stream = open_layer_stream(src, media_type=media_type, layer=layer, max_expanded=max_expanded)
     normaliser = LayerNormaliser(sink=sink, layer=layer, bottom=bottom, lower=lower, build_time=build_time)
-    for entry, data in TarReader(stream, layer=layer):
+    for entry, data in TarReader(stream, layer=layer, max_entries=max_entries):
         normaliser.add(entry, data)
     return normaliser.finish()
 

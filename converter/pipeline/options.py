@@ -13,6 +13,7 @@ from pathlib import Path
 from converter import __version__
 from converter.errors import UsageError
 from converter.formats import Format
+from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Platform
 from converter.reference import Digest, OciLayoutRef, Reference
@@ -35,7 +36,9 @@ class ConvertOptions:
     dir); ``prepass`` forces the metadata pre-pass on or off (None: on when it can help, see
     ``converter.pipeline.graph``); ``run_ahead`` bounds how many downloaded layers may wait for
     their build (0: twice ``jobs``). ``build_time`` is the EROFS build time (the CLI passes
-    ``SOURCE_DATE_EPOCH``; libraries never read the environment).
+    ``SOURCE_DATE_EPOCH``; libraries never read the environment). ``max_expanded`` and
+    ``max_entries`` bound what one layer may cost, as ``LayerOptions`` does for ``convert
+    layer`` (same defaults; None: unlimited): layers come from registries we do not control.
     """
 
     fmt: Format = field(default_factory=Format)
@@ -49,11 +52,19 @@ class ConvertOptions:
     prepass: bool | None = None
     run_ahead: int = 0
     tool_version: str = __version__
+    max_expanded: int | None = DEFAULT_MAX_EXPANDED
+    max_entries: int | None = DEFAULT_MAX_ENTRIES
 
     def resolved_jobs(self) -> int:
         if self.jobs < 0:
             raise UsageError(f"--jobs must be at least 1, got {self.jobs}")
         return self.jobs or default_jobs()
+
+    def check_limits(self) -> None:
+        """Refuse negative layer limits before anything is fetched (not after a layer's download)."""
+        for flag, limit in (("--max-expanded", self.max_expanded), ("--max-entries", self.max_entries)):
+            if limit is not None and limit < 0:
+                raise UsageError(f"{flag} must not be negative, got {limit}")
 
 
 @dataclass(frozen=True, slots=True)

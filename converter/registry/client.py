@@ -9,30 +9,39 @@ when the host changes, refusing https→http), a 401 triggers one re-authenticat
 statuses become RegistryError/AuthError/NotFound carrying the registry's error code, and
 transient failures are retried by retry.py. Downloads are verified against their digest.
 
+Every socket of the client's own connection pools goes through ``_CancellableBackend``: while a
+thread that entered a ``CancelScope`` (retry.py) blocks reading or writing one, cancelling the
+scope shuts that socket down, so a pipeline stops at once instead of waiting for a stalled
+registry's read timeout.
+
 Spec references below are to the OCI distribution spec (spec.md) unless noted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import json
 import os
 import re
+import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, NamedTuple, overload
+from typing import Any, BinaryIO, NamedTuple, TypeVar, overload
 
+import httpcore
 import httpx
 import structlog
 
 from converter import __version__
 from converter.errors import (
     AuthError,
+    DigestMismatch,
     ImageError,
     InvalidReference,
     NotFound,
@@ -47,8 +56,11 @@ from converter.registry.credentials import CredentialProvider
 from converter.registry.retry import (
     NO_RETRY,
     TRANSIENT_STATUSES,
+    RequestCancelled,
     RetryPolicy,
     TemporaryRegistryError,
+    check_cancelled,
+    current_scope,
     is_transient,
     parse_retry_after,
     retry_after_of,
@@ -56,6 +68,8 @@ from converter.registry.retry import (
 )
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
 DEFAULT_RETRY = RetryPolicy()
@@ -152,6 +166,9 @@ class RegistryClient:
             follow_redirects=False,  # followed by hand: see _send
             headers={"User-Agent": user_agent},
         )
+        if transport is None and not _make_cancellable(self._http):
+            log.debug("registry_cancellation_unavailable",
+                      reason="httpx/httpcore internals changed: a cancelled, blocked read ends at its timeout")
         self._auth = Authenticator(
             self._http, credentials=credentials, retry=retry, plain_http_allowed=self.plain_http_allowed
         )
@@ -242,7 +259,10 @@ class RegistryClient:
         """Stream a blob; the reader verifies size and digest at EOF and resumes dropped downloads.
 
         ``size`` (from the descriptor) is checked against what the registry sends. Read to the
-        end: only then is the content verified.
+        end: only then is the content verified. Content that does not match the digest raises
+        ``DigestMismatch``, temporary while this client's retry policy allows another download:
+        only the caller can start over, since it must discard what it read (see
+        ``get_blob_bytes``).
         """
         host = api_host(registry)
         _reference(registry, repository, digest)
@@ -265,7 +285,23 @@ class RegistryClient:
 
     def get_blob_bytes(self, registry: str, repository: str, digest: Digest, *,
                        max_size: int = MAX_SMALL_BLOB_SIZE) -> bytes:
-        """A small blob (an image config) in memory, verified; larger than ``max_size`` is an error."""
+        """A small blob (an image config) in memory, verified; larger than ``max_size`` is an error.
+
+        A download that does not match the digest is repeated (after the policy's backoff) up
+        to the policy's attempts, since a corrupted transfer is usually a passing fault.
+        """
+        downloads = 1
+        while True:
+            try:
+                return self._read_small_blob(registry, repository, digest, max_size)
+            except DigestMismatch as exc:
+                if not exc.temporary or downloads >= exc.attempts:
+                    raise exc.exhausted(downloads) from exc
+                log.info("registry_blob_refetch", digest=str(digest), attempt=downloads, reason="digest mismatch")
+                self._retry.sleep(self._retry.delay(downloads))
+                downloads += 1
+
+    def _read_small_blob(self, registry: str, repository: str, digest: Digest, max_size: int) -> bytes:
         with self.open_blob(registry, repository, digest) as reader:
             if reader.size is not None and reader.size > max_size:
                 raise RegistryError(f"{reader.what}: {reader.size} bytes, more than the limit of {max_size}")
@@ -653,7 +689,9 @@ class _Upload:
 class BlobReader(io.BufferedReader):
     """A blob download as a buffered binary file: read it to EOF, then size and digest are verified.
 
-    A mismatch raises RegistryError from the read that reaches the end. If the connection drops
+    A size mismatch raises RegistryError and a digest mismatch ``DigestMismatch`` (temporary
+    while the client's retry policy allows another download) from the read that reaches the
+    end. If the connection drops
     mid-body the download continues from the current offset with a ``Range`` request; a server
     that ignores Range sends everything again and the bytes already delivered are skipped.
     Not thread-safe: one reader per consumer. Close it (``with``) to release the connection.
@@ -741,6 +779,7 @@ class _BlobStream(io.RawIOBase):
         super().close()
 
     def _fail(self, error: RegistryError) -> RegistryError:
+        """Remember ``error`` (later reads raise it again) and drop the connection."""
         self._error = error
         self._response.close()
         return error
@@ -808,8 +847,114 @@ class _BlobStream(io.RawIOBase):
             raise self._fail(RegistryError(f"{self.what}: got {self._received} bytes, expected {self.size}"))
         actual = Digest(self.digest.algorithm, self._hasher.hexdigest())
         if actual != self.digest:
-            raise self._fail(RegistryError(f"{self.what}: the content's digest is {actual}"))
+            raise self._fail(DigestMismatch(f"{self.what}: digest mismatch: the content's digest is {actual}",
+                                            attempts=self._policy.attempts, method="GET",
+                                            url=redact_url(self._response.request.url)))
         self._verified = True
+
+
+class _CancellableStream(httpcore.NetworkStream):
+    """A connection whose blocking reads and writes the calling thread's ``CancelScope`` can end.
+
+    While a read or write blocks, the scope holds a callback that shuts the socket down; a
+    ``recv``/``send`` blocked in another thread returns at once (closing the socket would not
+    wake it), and the operation raises ``RequestCancelled`` instead of a network error that
+    would be retried. httpcore then closes the connection, as after any failed read.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._guarded(lambda: self._inner.read(max_bytes, timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._guarded(lambda: self._inner.write(buffer, timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _CancellableStream(self._guarded(lambda: self._inner.start_tls(ssl_context, server_hostname,
+                                                                              timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+    def _guarded(self, operation: Callable[[], T]) -> T:
+        scope = current_scope()
+        if scope is None:
+            return operation()
+        sock = self._inner.get_extra_info("socket")
+        try:
+            with scope.blocking(lambda: _shutdown(sock), "registry connection"):
+                result = operation()
+        except Exception as exc:
+            if scope.cancelled and not isinstance(exc, RequestCancelled):
+                raise RequestCancelled("registry connection: cancelled") from exc
+            raise
+        # A socket shut down mid-read reads as a clean EOF: do not hand that to httpcore as data.
+        scope.check("registry connection")
+        return result
+
+
+def _shutdown(sock: object) -> None:
+    """Shut ``sock`` down in both directions, waking any thread blocked on it.
+
+    The plain ``socket.socket`` method, also for an ``SSLSocket`` (whose override would drop
+    the TLS object under the thread using it); closing is left to the socket's owner.
+    """
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _CancellableBackend(httpcore.NetworkBackend):
+    """httpcore's network backend with every connection wrapped in ``_CancellableStream``.
+
+    Connecting itself is not interruptible (there is no socket to shut down until it is
+    connected); it is bounded by the short connect timeout.
+    """
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        check_cancelled("registry connection")
+        return _CancellableStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        check_cancelled("registry connection")
+        return _CancellableStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _make_cancellable(http: httpx.Client) -> bool:
+    """Put ``_CancellableBackend`` under every connection pool of ``http``; False if one was missed.
+
+    httpx has no public way to choose httpcore's network backend, so this reaches into its
+    transports (the direct one and those it mounted for proxies from the environment) and
+    their pools' ``_network_backend``, which httpcore reads whenever it opens a connection.
+    Everything is checked first: if a future httpx or httpcore moves these, requests work as
+    before and only prompt cancellation is lost (tests/pipeline/test_cancel.py notices).
+    """
+    transports = [getattr(http, "_transport", None), *getattr(http, "_mounts", {}).values()]
+    complete = True
+    for transport in transports:
+        if transport is None:  # a mount of None: no proxy for those URLs
+            continue
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(pool, httpcore.ConnectionPool) or not isinstance(backend, httpcore.NetworkBackend):
+            complete = False
+        elif not isinstance(backend, _CancellableBackend):
+            pool._network_backend = _CancellableBackend(backend)
+    return complete
 
 
 def _constant(data: bytes) -> Callable[[], bytes]:

@@ -1,18 +1,30 @@
 """Retry policy for registry calls: which failures are transient, and a short, bounded backoff.
 
 Only failures that another attempt can fix are retried: dropped or refused connections, timeouts,
-and the statuses 408, 429, 500, 502, 503 and 504. Everything else (4xx answers, digest
-mismatches, our own bugs) fails at once. Backoff is exponential with jitter, capped per sleep,
+and the statuses 408, 429, 500, 502, 503 and 504. Everything else (4xx answers, our own bugs)
+fails at once. A digest mismatch is not retried here either: the request succeeded, and only
+the consumer of the bytes can start the download over (``DigestMismatch`` tells it how often
+this policy allows). Backoff is exponential with jitter, capped per sleep,
 bounded in attempts *and* in total time, and honours a (capped) ``Retry-After`` from the server.
 Sleep, clock and randomness are injectable so tests run instantly.
+
+Cancellation: a ``CancelScope`` entered in a worker thread makes that thread's registry calls
+stoppable from another thread. ``cancel()`` shuts down the sockets the thread is blocked on
+(the client registers them while it reads or writes, see ``converter.registry.client``) and
+wakes its backoff sleeps, so a pipeline can stop promptly on Ctrl-C or a failure elsewhere
+instead of waiting out a stalled download's read timeout. Calls in a cancelled scope raise
+``RequestCancelled``, which is never retried.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import email.utils
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -50,6 +62,100 @@ class TemporaryRegistryError(RegistryError):
         self.retry_after = retry_after
 
 
+class RequestCancelled(RegistryError):
+    """A registry call stopped because the ``CancelScope`` it ran in was cancelled (permanent)."""
+
+
+class CancelScope:
+    """Lets one thread stop the registry I/O of the threads that entered this scope.
+
+    A thread enters the scope (``with scope.entered():``) around its work; blocking operations
+    inside register an abort callback for as long as they block (``with scope.blocking(fn):``).
+    ``cancel()`` marks the scope cancelled, calls every registered callback (for a socket: shut
+    it down, which ends a ``recv``/``send`` blocked in another thread at once; closing it would
+    not) and wakes ``wait``. The lock makes registration and cancellation atomic, so a callback
+    never runs after its operation finished (and the socket may have been closed and its file
+    descriptor reused).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._aborts: dict[object, Callable[[], None]] = {}
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        """Cancel: abort every registered blocking operation and wake sleepers. Idempotent."""
+        with self._lock:
+            self._event.set()
+            for abort in self._aborts.values():
+                abort()
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[CancelScope]:
+        """Make this the current thread's scope for the duration of the block."""
+        token = _CURRENT_SCOPE.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT_SCOPE.reset(token)
+
+    @contextlib.contextmanager
+    def blocking(self, abort: Callable[[], None], what: str = "") -> Iterator[None]:
+        """Register ``abort`` (which must not block) while the block runs; ``RequestCancelled``
+        at once if the scope is cancelled already."""
+        key = object()
+        with self._lock:
+            if self._event.is_set():
+                raise RequestCancelled(_cancelled_message(what))
+            self._aborts[key] = abort
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._aborts[key]
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (early) if the scope is or gets cancelled."""
+        return self._event.wait(seconds)
+
+    def check(self, what: str = "") -> None:
+        """Raise ``RequestCancelled`` if the scope is cancelled."""
+        if self._event.is_set():
+            raise RequestCancelled(_cancelled_message(what))
+
+
+_CURRENT_SCOPE: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar("cancel_scope", default=None)
+
+
+def _cancelled_message(what: str) -> str:
+    return f"{what}: cancelled" if what else "cancelled"
+
+
+def current_scope() -> CancelScope | None:
+    """The ``CancelScope`` the calling thread entered, if any."""
+    return _CURRENT_SCOPE.get()
+
+
+def check_cancelled(what: str = "") -> None:
+    """Raise ``RequestCancelled`` if the calling thread's scope is cancelled."""
+    scope = _CURRENT_SCOPE.get()
+    if scope is not None:
+        scope.check(what)
+
+
+def interruptible_sleep(seconds: float) -> None:
+    """``time.sleep`` that a cancelled ``CancelScope`` of the calling thread cuts short."""
+    scope = _CURRENT_SCOPE.get()
+    if scope is None:
+        time.sleep(seconds)
+    else:
+        scope.wait(seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often and how long to retry. Defaults: 4 attempts, 0.5 s doubling to 10 s, 60 s in all."""
@@ -60,7 +166,8 @@ class RetryPolicy:
     budget: float = 60.0
     # A server asking for more than this is still waited on for only this long.
     max_retry_after: float = 10.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    # The default wakes up early when the thread's CancelScope is cancelled; tests inject their own.
+    sleep: Callable[[float], None] = field(default=interruptible_sleep, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     random: Callable[[], float] = field(default=random.random, repr=False)
 
@@ -121,15 +228,17 @@ def run_with_retry(
 ) -> T:
     """Call ``attempt`` until it succeeds, fails permanently, or attempts or budget run out.
 
-    The last failure is re-raised unchanged, so callers see the registry's own error.
+    The last failure is re-raised unchanged, so callers see the registry's own error. In a
+    cancelled ``CancelScope`` no further attempt starts (``RequestCancelled``).
     """
     start = policy.clock()
     number = 1
     while True:
+        check_cancelled(what)
         try:
             return attempt()
         except Exception as exc:
-            if number >= policy.attempts or not should_retry(exc):
+            if number >= policy.attempts or not should_retry(exc) or isinstance(exc, RequestCancelled):
                 raise
             delay = policy.delay(number, retry_after_of(exc))
             if policy.clock() - start + delay > policy.budget:

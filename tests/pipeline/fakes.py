@@ -149,6 +149,7 @@ class Call:
     thread: str
     start: float
     end: float = 0.0
+    limits: tuple[int | None, int | None] = (None, None)  # (max_expanded, max_entries) it was given
 
 
 @dataclass
@@ -162,9 +163,10 @@ class FakeEngine:
     active_builds: int = 0
     max_active_builds: int = 0
 
-    def _record(self, kind: str, layer: str, bottom: bool, lower: LowerView | None) -> Call:
+    def _record(self, kind: str, layer: str, bottom: bool, lower: LowerView | None,
+                limits: tuple[int | None, int | None]) -> Call:
         n = len(lower) if isinstance(lower, StackedLower) else -1
-        call = Call(kind, layer, bottom, n, threading.current_thread().name, time.monotonic())
+        call = Call(kind, layer, bottom, n, threading.current_thread().name, time.monotonic(), limits=limits)
         with self.lock:
             self.calls.append(call)
         return call
@@ -175,7 +177,7 @@ class FakeEngine:
     def convert(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                 media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                 progress: Callable[[int], None] | None = None) -> LayerResult:
-        call = self._record("convert", layer, options.bottom, lower)
+        call = self._record("convert", layer, options.bottom, lower, (options.max_expanded, options.max_entries))
         with self.lock:
             self.active_builds += 1
             self.max_active_builds = max(self.max_active_builds, self.active_builds)
@@ -198,8 +200,9 @@ class FakeEngine:
             call.end = time.monotonic()
 
     def normalise(self, src: BinaryIO, *, sink: DataSink, media_type: str | None, layer: str, bottom: bool,
-                  lower: LowerView | None, build_time: int) -> Inode:
-        call = self._record("normalise", layer, bottom, lower)
+                  lower: LowerView | None, build_time: int, max_expanded: int | None = None,
+                  max_entries: int | None = None) -> Inode:
+        call = self._record("normalise", layer, bottom, lower, (max_expanded, max_entries))
         while src.read(65536):
             pass
         call.end = time.monotonic()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from converter.errors import ImageError, UnsupportedMediaType, UsageError
+from converter.errors import AuthError, ImageError, UnsupportedMediaType, UsageError
 from converter.formats import Format, parse_format
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Platform, canonical_json
@@ -19,6 +19,7 @@ from converter.pipeline import (
     ConvertOptions,
     ConvertResult,
     LayerFailed,
+    PushFailed,
     convert_image,
     default_destination,
     destination_tag,
@@ -313,4 +314,58 @@ def test_usage_errors_come_before_any_work() -> None:
         run(source, MemorySink(), jobs=-1)
     with pytest.raises(UsageError, match="give a tag, not a digest"):
         run(source, MemorySink(), dest=parse_reference("r.io/a@sha256:" + "a" * 64))
+    with pytest.raises(UsageError, match="--max-entries must not be negative, got -1"):
+        run(source, MemorySink(), max_entries=-1)
+    with pytest.raises(UsageError, match="--max-expanded must not be negative, got -5"):
+        run(source, MemorySink(), max_expanded=-5)
     assert source.opened == []
+
+
+def test_layer_limits_reach_every_layer() -> None:
+    source, engine = MemorySource(), FakeEngine()
+    add_image(source, [b"a", b"b"])
+    run(source, MemorySink(), engine, max_expanded=None, max_entries=5)
+    assert engine.calls and {c.limits for c in engine.calls} == {(None, 5)}
+
+
+class RefusingSink(MemorySink):
+    """A sink whose registry refuses manifests (or, with ``blobs``, blobs too) like a 403 would."""
+
+    def __init__(self, *, blobs: bool = False) -> None:
+        super().__init__()
+        self.refuse_blobs = blobs
+
+    def push_blob(self, path: Path, digest: Digest, size: int) -> None:
+        if self.refuse_blobs and path.name.startswith("blob-"):  # the engine's config, not a layer
+            raise AuthError(f"pushing blob {digest} to r.io/dest: 403 DENIED", status=403)
+        super().push_blob(path, digest, size)
+
+    def put_manifest(self, data: bytes, media_type: str, tag: str | None = None) -> Digest:
+        raise AuthError(f"pushing manifest r.io/dest:{tag}: 403 DENIED: no push access", status=403)
+
+
+@pytest.mark.parametrize("what", ["manifest", "config"])
+def test_a_refused_push_names_the_source_image(what: str) -> None:
+    source = MemorySource()
+    add_image(source, [b"a"])
+    with pytest.raises(PushFailed) as info:
+        run(source, RefusingSink(blobs=what == "config"))
+    err = info.value
+    assert str(err).startswith(f"converting {SRC}: pushing {what if what == 'manifest' else 'blob'} ")
+    assert "403 DENIED" in str(err) and err.image == str(SRC)
+    assert isinstance(err.__cause__, AuthError) and err.exit_status == 1
+
+
+def test_the_config_file_is_private(tmp_path: Path) -> None:
+    source = MemorySource()
+    add_image(source, [b"a"])
+    modes: list[int] = []
+
+    class Looking(MemorySink):
+        def push_blob(self, path: Path, digest: Digest, size: int) -> None:
+            if path.name.startswith("blob-"):  # the engine's own file; layer images come from the engine
+                modes.append(path.stat().st_mode & 0o777)
+            super().push_blob(path, digest, size)
+
+    run(source, Looking(), workdir=tmp_path)
+    assert modes == [0o600]

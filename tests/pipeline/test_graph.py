@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import _thread
+import contextlib
 import itertools
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import SimpleNamespace
+from typing import Any, BinaryIO, cast
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
-from converter.errors import ImageError, LayerError
+from converter.errors import DigestMismatch, ImageError, LayerError
 from converter.formats import Format
 from converter.oci.model import Descriptor
-from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph
+from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph, fetch_blob
 from converter.pipeline.progress import ProgressEvent, Stage
 from converter.reference import Digest
 
@@ -222,6 +226,7 @@ def test_unexpected_exceptions_are_wrapped_with_their_type(tmp_path: Path) -> No
                    workdir=tmp_path / "g").run()
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_ctrl_c_stops_workers_and_cleans_up(tmp_path: Path) -> None:
     source, sink = MemorySource(), MemorySink()
     layers = [source.add_blob(bytes([i + 1]) * (2 << 20)) for i in range(4)]
@@ -259,3 +264,106 @@ def test_workdir_is_private(tmp_path: Path) -> None:
 
     LayerGraph(settings(source, sink, FakeEngine(before_convert=look)), make_layers(source, 1), workdir=gdir).run()
     assert modes == [0o700]
+
+
+def test_pulled_blobs_are_private(tmp_path: Path) -> None:
+    source, sink = MemorySource(), MemorySink()
+    modes: list[int] = []
+    gdir = tmp_path / "g"
+
+    def look(layer: str, src: BinaryIO) -> None:
+        modes.extend(p.stat().st_mode & 0o777 for p in gdir.glob("layer-*.src"))
+
+    old = os.umask(0o022)  # the mode must not depend on a permissive umask
+    try:
+        LayerGraph(settings(source, sink, FakeEngine(before_convert=look), jobs=1), make_layers(source, 2),
+                   workdir=gdir).run()
+    finally:
+        os.umask(old)
+    assert modes and set(modes) == {0o600}
+
+
+def test_fetch_blob_never_writes_through_an_existing_file(tmp_path: Path) -> None:
+    source = MemorySource()
+    [desc] = make_layers(source, 1)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep")
+    dest = tmp_path / "layer.src"
+    dest.symlink_to(target)
+    with pytest.raises(FileExistsError):
+        fetch_blob(source, desc, dest, cancel=threading.Event())
+    assert dest.is_symlink() and target.read_bytes() == b"keep"
+
+
+class CorruptingSource(MemorySource):
+    """Serves blob ``bad_digest`` corrupted for its first ``bad`` downloads, failing at EOF with the
+    ``DigestMismatch`` the registry client raises (which allows ``attempts`` downloads)."""
+
+    def __init__(self, *, bad: int, attempts: int) -> None:
+        super().__init__()
+        self.bad, self.attempts = bad, attempts
+        self.bad_digest: Digest | None = None
+
+    @contextlib.contextmanager
+    def open_blob(self, digest: Digest, *, size: int | None = None) -> Iterator[BinaryIO]:
+        with super().open_blob(digest, size=size) as stream:
+            if digest != self.bad_digest or self.opened.count(digest) > self.bad:
+                yield stream
+                return
+            data = stream.read()
+
+            def read(n: int = -1) -> bytes:
+                nonlocal data
+                if not data:
+                    raise DigestMismatch(f"fetching blob {digest} from memory: digest mismatch: the content's "
+                                         "digest is sha256:0000", attempts=self.attempts)
+                chunk, data = data[:500], data[500:]
+                return chunk[:-1] + b"?"
+
+            yield cast(BinaryIO, SimpleNamespace(read=read))
+
+
+@pytest.mark.parametrize("bad", [1, 2])
+def test_a_corrupted_download_is_made_again(tmp_path: Path, bad: int) -> None:
+    source, sink, engine = CorruptingSource(bad=bad, attempts=3), MemorySink(), FakeEngine()
+    layers = make_layers(source, 2)
+    source.bad_digest = layers[1].digest
+    with capture_logs() as logs:
+        built = LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
+    assert sink.blobs[built[1].digest] == b"EROFS:" + source.blobs[layers[1].digest]  # no stale bytes kept
+    assert source.opened.count(layers[1].digest) == bad + 1
+    assert [e["attempt"] for e in logs if e["event"] == "blob_refetched"] == list(range(1, bad + 1))
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_a_blob_corrupted_every_time_fails_after_the_allowed_downloads(tmp_path: Path, attempts: int) -> None:
+    source, sink, engine = CorruptingSource(bad=99, attempts=attempts), MemorySink(), FakeEngine()
+    layers = make_layers(source, 2)
+    source.bad_digest = layers[1].digest
+    downloads = f"{attempts} download" + ("s" if attempts > 1 else "")
+    with pytest.raises(LayerFailed, match=rf"layer 2/2 {layers[1].digest}: pull: fetching blob .*: digest mismatch: "
+                                          rf"the content's digest is sha256:0000 \(after {downloads}\)$") as info:
+        LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
+    cause = info.value.__cause__
+    assert isinstance(cause, DigestMismatch) and not cause.temporary
+    assert source.opened.count(layers[1].digest) == attempts
+    assert not (tmp_path / "g").exists()
+
+
+def test_fetch_blob_removes_its_file_on_failure(tmp_path: Path) -> None:
+    source = CorruptingSource(bad=99, attempts=2)
+    [desc] = make_layers(source, 1)
+    source.bad_digest = desc.digest
+    dest = tmp_path / "layer.src"
+    with pytest.raises(DigestMismatch):
+        fetch_blob(source, desc, dest, cancel=threading.Event())
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("prepass", [True, False], ids=["prepass", "chain"])
+def test_layer_limits_reach_scan_and_build(tmp_path: Path, prepass: bool) -> None:
+    source, sink, engine = MemorySource(), MemorySink(), FakeEngine()
+    LayerGraph(settings(source, sink, engine, jobs=2, prepass=prepass, max_expanded=1234, max_entries=None),
+               make_layers(source, 2), workdir=tmp_path / "g").run()
+    assert engine.calls and {c.limits for c in engine.calls} == {(1234, None)}
+    assert len(engine.scans()) == (2 if prepass else 0)

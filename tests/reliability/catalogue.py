@@ -45,7 +45,7 @@ The second `--max-expanded` check exists because a sparse file can claim terabyt
 in a few bytes of tar. `SIZE` takes `K`, `M`, `G`, `T` (binary multiples); `0` lifts a
 limit. Extended headers (PAX records, GNU long names) are capped at 1 MiB each. Paths may be
 at most 4095 bytes (`PATH_MAX`), components 255 bytes, symlink targets 4095 bytes. Image
-conversions use the same defaults (the image CLI has no flags for them yet).
+conversions (`convert SOURCE`) take the same two flags, with the same defaults, for every layer.
 
 ## What each malformed input produces
 

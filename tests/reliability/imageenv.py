@@ -1,28 +1,29 @@
 """Shared helpers for the image-level reliability tests: the sample image in a real registry,
-direct (proxy-free) inspection of what a registry holds, and a fast-retry registry client.
+direct (proxy-free) inspection of what a registry holds, and retries that do not sleep.
 
-The image CLI builds its ``RegistryClient`` in ``converter.imagecli.make_client`` with the
-default retry policy (real sleeps of up to 10 s) and timeouts; there is no flag or option to
-change either. ``patched_client`` swaps that factory for one whose policy records the
-requested sleeps instead of sleeping, which is the only seam available today.
+Tests set attempts and the read timeout with the image CLI's own flags (``--retries``,
+``--timeout``). Only the backoff sleeps (up to 10 s, and Retry-After waits) are not a flag:
+``fast_sleeps`` wraps ``converter.imagecli.make_client`` so that the policy built from the
+flags records its sleeps instead of sleeping, and records what the flags produced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from converter import imagecli
-from converter.registry.client import DEFAULT_TIMEOUT, RegistryClient
-from converter.registry.credentials import DockerConfigCredentials
+from converter.registry.client import DEFAULT_RETRY, RegistryClient
 from converter.registry.retry import RetryPolicy
 from converter.sample import SampleLayout, sample_layers, write_oci_layout
 
@@ -103,23 +104,24 @@ class Probe:
 
 @dataclass
 class FastRetry:
-    """What the patched client's retry policy was asked to sleep (it never really sleeps)."""
+    """What ``convert``'s retry policy was asked to sleep (it never really sleeps), and the
+    attempts and read timeout of each client ``convert`` built (from its flags)."""
 
     sleeps: list[float] = field(default_factory=list)
-    policy: RetryPolicy = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.policy = RetryPolicy(attempts=4, sleep=self.sleeps.append)
+    clients: list[tuple[int, float | None]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
-def patched_client(retry: FastRetry, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> Iterator[FastRetry]:
-    """Make ``convert`` build its registry client with ``retry``'s policy and ``timeout``."""
+def fast_sleeps(record: FastRetry) -> Iterator[FastRetry]:
+    """Let ``convert`` build its registry client from its flags, with sleeps recorded in ``record``."""
+    real = imagecli.make_client
 
-    def make_client(*, plain_http: Sequence[str] = (), ca_bundle: str | None = None) -> RegistryClient:
-        return RegistryClient(credentials=DockerConfigCredentials(), plain_http=imagecli.plain_http_hosts(plain_http),
-                              ca_bundle=ca_bundle, retry=retry.policy, timeout=timeout)
+    def make_client(*, retry: RetryPolicy | None = None, timeout: float | httpx.Timeout | None = None,
+                    **kwargs: Any) -> RegistryClient:
+        policy = retry if retry is not None else DEFAULT_RETRY
+        record.clients.append((policy.attempts, timeout.read if isinstance(timeout, httpx.Timeout) else timeout))
+        return real(retry=dataclasses.replace(policy, sleep=record.sleeps.append), timeout=timeout, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(imagecli, "make_client", make_client)
-        yield retry
+        yield record

@@ -1,13 +1,13 @@
 """Image conversions through a fault-injecting proxy in front of a real registry.
 
-``convert SRC --dest DEST`` runs in-process (``converter.cli.main``) against Debian's
-docker-registry behind ``FaultProxy``; the retry policy is swapped for one that records its
-sleeps instead of sleeping (``imageenv.patched_client``). Each fault mode is either
+``convert SRC --dest DEST --retries 4 --timeout 2`` runs in-process (``converter.cli.main``)
+against Debian's docker-registry behind ``FaultProxy``; the retry policy those flags make
+records its sleeps instead of sleeping (``imageenv.fast_sleeps``). Each fault mode is either
 
 * transient: the conversion must succeed with the digest of an undisturbed run, and the
   destination must hold the whole image; or
-* permanent: exit status 1, one stderr line naming the image, the layer digest (where a layer
-  is at fault) and the cause; the destination tag must not exist or must still point at the
+* permanent: exit status 1, one stderr line naming the source image, the layer digest (where a
+  layer is at fault) and the cause; the destination tag must not exist or must still point at the
   image it held before; and a re-run without the fault must succeed with the same digest.
 
 The registry is checked directly, never through the proxy. A table of attempts, successes,
@@ -29,18 +29,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from converter.cli import main
 from converter.localregistry import RunningRegistry, local_registry
-from tests.reliability.imageenv import FastRetry, Probe, Sample, patched_client, skopeo_copy, write_sample
+from tests.reliability.imageenv import FastRetry, Probe, Sample, fast_sleeps, skopeo_copy, write_sample
 from tests.reliability.proxy import Action, Fault, FaultProxy
 
 pytestmark = pytest.mark.timeout(300)
 
-#: Short enough that a stalled body times out quickly, long enough for a loopback registry.
-CLIENT_TIMEOUT = httpx.Timeout(connect=5.0, read=2.0, write=5.0, pool=5.0)
+ATTEMPTS = 4
+#: ``--timeout``: short enough that a stalled body times out quickly, long enough for a loopback registry.
+TIMEOUT = 2.0
+CLIENT_FLAGS = ["--retries", str(ATTEMPTS), "--timeout", str(TIMEOUT)]
 DEST_TAG = "conv"
 
 
@@ -91,12 +92,12 @@ class Outcome:
 
 
 def convert(env: Env, repo: str, capsys: pytest.CaptureFixture[str], *, faults: list[Fault] | None = None,
-            quiet: bool = True) -> Outcome:
-    """``convert SOURCE --dest PROXY/repo:conv`` through the proxy with ``faults`` active."""
+            quiet: bool = True, flags: list[str] = CLIENT_FLAGS) -> Outcome:
+    """``convert SOURCE --dest PROXY/repo:conv FLAGS`` through the proxy with ``faults`` active."""
     retry = FastRetry()
     capsys.readouterr()
-    with patched_client(retry, timeout=CLIENT_TIMEOUT), env.proxy.scripted(faults or []) as active:
-        rc = main([env.source, "--dest", f"{env.proxy.host}/{repo}:{DEST_TAG}", *(["-q"] if quiet else [])])
+    with fast_sleeps(retry), env.proxy.scripted(faults or []) as active:
+        rc = main([env.source, "--dest", f"{env.proxy.host}/{repo}:{DEST_TAG}", *flags, *(["-q"] if quiet else [])])
     captured = capsys.readouterr()
     return Outcome(rc, captured.out, captured.err, active, retry.sleeps)
 
@@ -119,10 +120,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 def baseline(env: Env) -> str:
     """The digest of an undisturbed conversion (through the proxy, no faults)."""
     out = io.StringIO()
-    with patched_client(FastRetry(), timeout=CLIENT_TIMEOUT), env.proxy.scripted([]), \
+    retry = FastRetry()
+    with fast_sleeps(retry), env.proxy.scripted([]), \
             contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = main([env.source, "--dest", f"{env.proxy.host}/baseline:{DEST_TAG}", "-q"])
+        rc = main([env.source, "--dest", f"{env.proxy.host}/baseline:{DEST_TAG}", *CLIENT_FLAGS, "-q"])
     assert rc == 0
+    assert retry.clients == [(ATTEMPTS, TIMEOUT)], "the flags did not reach the registry client"
     digest = Outcome(rc, out.getvalue(), "", [], []).digest
     assert digest is not None
     assert env.probe.tag_digest("baseline", DEST_TAG) == digest
@@ -158,7 +161,7 @@ class Mode:
     faults: Callable[[Sample], list[Fault]]
     cause: str = ""  # permanent: a substring of the error line
     layer: int | None = None  # permanent: index of the layer the line must name
-    names_dest: bool = False  # the line names the destination instead of the source image
+    names_dest: bool = False  # the line names the destination as well as the source image
     preexisting: bool = False  # the destination tag already holds an older image
     min_sleep: float = 0.0  # transient: a retry must have waited at least this long (Retry-After)
     xfail: str = ""
@@ -190,15 +193,15 @@ MODES: tuple[Mode, ...] = (
     Mode("stall-past-timeout", True, lambda s: [Fault(Action.STALL, _blob(s.layers[0]), "GET", stall=5.0)]),
     Mode("short-blob", True, lambda s: [Fault(Action.SHORT, _blob(s.layers[0]), "GET")]),
     Mode("short-manifest", True, lambda s: [Fault(Action.SHORT, _MANIFEST_GET, "GET")]),
-    Mode("corrupt-blob-once", True, lambda s: [Fault(Action.CORRUPT, _blob(s.layers[0]), "GET")],
-         xfail="a blob whose bytes do not match its digest fails the conversion at once; the pipeline "
-               "never downloads it again (converter/pipeline/graph.py fetch_blob)"),
+    Mode("corrupt-blob-once", True, lambda s: [Fault(Action.CORRUPT, _blob(s.layers[0]), "GET")]),
+    Mode("corrupt-blob-thrice", True, lambda s: [Fault(Action.CORRUPT, _blob(s.layers[2]), "GET", times=3)]),
+    Mode("corrupt-config-once", True, lambda s: [Fault(Action.CORRUPT, _blob(s.config), "GET")]),
     # -- permanent: exit 1, one line, nothing tagged, a clean re-run ---------------------------
     Mode("404-layer", False,
          lambda s: [Fault(Action.STATUS, _blob(s.layers[1]), "GET", status=404, code="BLOB_UNKNOWN", times=None)],
          cause="404 BLOB_UNKNOWN", layer=1, preexisting=True),
     Mode("corrupt-layer-always", False, lambda s: [Fault(Action.CORRUPT, _blob(s.layers[1]), "GET", times=None)],
-         cause="the content's digest is sha256:", layer=1, preexisting=True),
+         cause="digest mismatch: the content's digest is sha256:", layer=1, preexisting=True),
     Mode("401-layer", False,
          lambda s: [Fault(Action.STATUS, _blob(s.layers[1]), "GET", status=401, code="UNAUTHORIZED", times=None)],
          cause="401 UNAUTHORIZED", layer=1),
@@ -283,8 +286,9 @@ def _check_failure(env: Env, mode: Mode, result: Outcome) -> None:
     line = lines[0]
     assert line.startswith("convert: "), line
     assert mode.cause in line, line
-    image = f"{env.proxy.host}/out-" if mode.names_dest else env.source
-    assert image in line, line
+    assert env.source in line, line
+    if mode.names_dest:
+        assert f"{env.proxy.host}/out-" in line, line
     if mode.layer is not None:
         assert env.sample.layers[mode.layer] in line, line
 
@@ -307,6 +311,24 @@ def test_failure_with_logs_still_ends_in_one_error_line(env: Env, baseline: str,
         record = json.loads(text)
         assert "exception" not in record and "Traceback" not in text, text
     assert env.probe.tag_digest("out-logs", DEST_TAG) is None
+
+
+def test_corrupt_blob_is_downloaded_as_often_as_retries_allow(env: Env, baseline: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``--retries 2``: a blob that always arrives corrupted is downloaded twice, then the error is
+    permanent and says so; with one corruption fewer than the attempts the conversion succeeds."""
+    layer = env.sample.layers[1]
+    always = [Fault(Action.CORRUPT, _blob(layer), "GET", times=None)]
+    result = convert(env, "out-corrupt-retries", capsys, faults=always, flags=["--retries", "2", "--timeout", "2"])
+    assert result.rc == 1, result.err
+    [line] = result.err.splitlines()
+    assert line.startswith(f"convert: converting {env.source} ") and f"layer 2/3 {layer}: pull: " in line, line
+    assert line.endswith(" (after 2 downloads)") and "digest mismatch" in line, line
+    assert result.faults[0].fired == 2
+    once = [Fault(Action.CORRUPT, _blob(layer), "GET", times=1)]
+    result = convert(env, "out-corrupt-retries", capsys, faults=once, flags=["--retries", "2", "--timeout", "2"])
+    assert result.rc == 0, result.err
+    assert result.digest == env.baseline
 
 
 @pytest.mark.soak

@@ -1,0 +1,147 @@
+"""The image command's flags for layer limits and registry behaviour, end to end through ``main``.
+
+Conversions go from an OCI layout of the sample image (converter/sample.py) to another layout,
+so no registry is needed; the registry flags are checked on the client ``make_client`` builds
+(tests/reliability/test_faults.py runs them against a real registry).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import structlog
+
+from converter import imagecli
+from converter.cli import main
+from converter.errors import UsageError
+from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
+from converter.pipeline import ConvertOptions
+from converter.registry.client import DEFAULT_TIMEOUT, RegistryClient
+from converter.registry.retry import RetryPolicy
+from converter.sample import SampleLayout, sample_layers, write_oci_layout
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """``main`` configures structlog for the process (-q drops debug events); put the session's
+    configuration back so later tests still capture them."""
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleLayout:
+    return write_oci_layout(tmp_path_factory.mktemp("sample") / "layout", sample_layers(), tag="v1")
+
+
+def convert(capsys: pytest.CaptureFixture[str], sample: SampleLayout, dest: Path, *flags: str) -> tuple[int, str, str]:
+    rc = main([f"oci:{sample.path}:v1", "--dest", f"oci:{dest}:conv", "-q", *flags])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def layer_digests(sample: SampleLayout) -> list[str]:
+    manifest = json.loads((sample.path / "blobs" / "sha256" / sample.manifest_digest.split(":")[1]).read_bytes())
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+@pytest.mark.parametrize(("flags", "cause"), [
+    (("--max-entries", "5"), "too many entries: the limit is 5"),
+    (("--max-expanded", "100K"), "layer expands to more than the limit of 102400 bytes"),
+], ids=["max-entries", "max-expanded"])
+def test_layer_limits_fail_the_image_in_one_line(capsys: pytest.CaptureFixture[str], sample: SampleLayout,
+                                                 tmp_path: Path, flags: tuple[str, ...], cause: str) -> None:
+    rc, out, err = convert(capsys, sample, tmp_path / "out", *flags)
+    assert rc == 1 and out == ""
+    [line] = err.splitlines()
+    first = layer_digests(sample)[0]
+    assert line.startswith(f"convert: converting oci:{sample.path}:v1 (linux/amd64): layer 1/3 {first}: "), line
+    assert line.endswith(cause), line
+    index = tmp_path / "out" / "index.json"
+    refs = [m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+            for m in (json.loads(index.read_bytes())["manifests"] if index.exists() else [])]
+    assert "conv" not in refs
+
+
+def test_zero_lifts_the_limits(capsys: pytest.CaptureFixture[str], sample: SampleLayout, tmp_path: Path) -> None:
+    rc, out, err = convert(capsys, sample, tmp_path / "out", "--max-entries", "0", "--max-expanded", "0")
+    assert rc == 0, err
+    assert re.fullmatch(rf"oci:{re.escape(str(tmp_path / 'out'))}:conv@sha256:[0-9a-f]{{64}}\n", out), out
+
+
+def test_limits_reach_the_conversion_options(monkeypatch: pytest.MonkeyPatch, sample: SampleLayout,
+                                             tmp_path: Path) -> None:
+    seen: list[tuple[int | None, int | None]] = []
+
+    def fake_convert_image(*args: object, options: ConvertOptions, **kwargs: object) -> object:
+        seen.append((options.max_expanded, options.max_entries))
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(imagecli, "convert_image", fake_convert_image)
+    base = [f"oci:{sample.path}:v1", "--dest", f"oci:{tmp_path}:x", "-q"]
+    for flags in ([], ["--max-expanded", "2G", "--max-entries", "7"], ["--max-expanded", "0", "--max-entries", "0"]):
+        assert main([*base, *flags]) == 2
+    assert seen == [(DEFAULT_MAX_EXPANDED, DEFAULT_MAX_ENTRIES), (2 << 30, 7), (None, None)]
+
+
+@pytest.mark.parametrize("flags", [
+    ["--retries", "0"], ["--retries", "two"], ["--timeout", "0"], ["--timeout", "-1"], ["--timeout", "nan"],
+    ["--timeout", "inf"], ["--max-entries", "-1"], ["--max-expanded", "1Q"],
+])
+def test_bad_flag_values_are_usage_errors(capsys: pytest.CaptureFixture[str], flags: list[str]) -> None:
+    assert main(["oci:/nonexistent:v1", *flags]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"argument {flags[0]}" in line, line
+
+
+def test_help_documents_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--retries N", "--timeout SECONDS", "--max-expanded SIZE", "--max-entries N"):
+        assert flag in text, flag
+    assert "Connecting always gives up after 10 s" in text
+
+
+@pytest.fixture
+def built() -> Iterator[list[RegistryClient]]:
+    clients: list[RegistryClient] = []
+    yield clients
+    for client in clients:
+        client.close()
+
+
+def test_make_client_applies_retry_and_timeout(built: list[RegistryClient]) -> None:
+    default = imagecli.make_client()
+    policy = RetryPolicy(attempts=2)
+    tuned = imagecli.make_client(retry=policy, timeout=3.5)
+    exact = imagecli.make_client(timeout=httpx.Timeout(7.0))
+    built += [default, tuned, exact]
+    assert default._retry == RetryPolicy() and default._http.timeout == DEFAULT_TIMEOUT
+    assert tuned._retry is policy
+    assert tuned._http.timeout == httpx.Timeout(connect=DEFAULT_TIMEOUT.connect, read=3.5, write=3.5,
+                                                pool=DEFAULT_TIMEOUT.pool)
+    assert exact._http.timeout == httpx.Timeout(7.0)
+
+
+def test_the_flags_reach_make_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, object]] = []
+
+    def fake_make_client(**kwargs: object) -> RegistryClient:
+        calls.append(kwargs)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(imagecli, "make_client", fake_make_client)
+    assert main(["r.example/a:1", "-q", "--retries", "6", "--timeout", "2.5"]) == 2
+    assert main(["r.example/a:1", "-q"]) == 2
+    retry = calls[0]["retry"]
+    assert isinstance(retry, RetryPolicy) and retry.attempts == 6 and calls[0]["timeout"] == 2.5
+    assert calls[1]["retry"] is None and calls[1]["timeout"] is None
