@@ -483,9 +483,10 @@ class CountingConverter:
 
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
-                 progress: Callable[[int], None] | None = None) -> LayerResult:
+                 progress: Callable[[int], None] | None = None,
+                 on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
         result = self.inner(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                            workdir=workdir, progress=progress)
+                            workdir=workdir, progress=progress, on_tree=on_tree)
         self.stats.add(built=1)
         return result
 
@@ -599,21 +600,24 @@ class CachingConverter:
 
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
-                 progress: Callable[[int], None] | None = None) -> LayerResult:
+                 progress: Callable[[int], None] | None = None,
+                 on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
         key = self.key(layer, options)
         if key is None:
             self.log.debug("layer_cache_not_applicable", layer=layer)
             return self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                               workdir=workdir, progress=progress)
+                               workdir=workdir, progress=progress, on_tree=on_tree)
         with self.cache.claim(key):
             entry = self._find(key, layer)
             if entry is not None:
                 root, source_digest, source_size = read_tree(src, options=options, lower=lower,
                                                              media_type=media_type, layer=layer, progress=progress)
+                if on_tree is not None:
+                    on_tree(root)
                 return LayerResult(path=out_path, digest=str(entry.digest), size=entry.size,
                                    source_digest=source_digest, source_size=source_size, root=root)
             result = self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                                 workdir=workdir, progress=progress)
+                                 workdir=workdir, progress=progress, on_tree=on_tree)
             self._store(key, result, layer)
             return result
 

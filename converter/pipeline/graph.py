@@ -111,7 +111,15 @@ class ConvertLayerFn(Protocol):
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions,
                  lower: LowerView | None = None, media_type: str | None = None, layer: str = "",
                  workdir: Path | None = None,
-                 progress: Callable[[int], None] | None = None) -> LayerResult: ...
+                 progress: Callable[[int], None] | None = None,
+                 on_tree: Callable[[Inode], None] | None = None) -> LayerResult: ...
+
+
+def _resolved(value: Any) -> Future[Any]:
+    """A finished future carrying ``value``, for events that come from inside a running task."""
+    fut: Future[Any] = Future()
+    fut.set_result(value)
+    return fut
 
 
 class CancellableReader(io.RawIOBase):
@@ -337,12 +345,18 @@ class LayerGraph:
                 self._scanned = i + 1
                 self._scanning = False
                 self._maybe_release(i)
+            elif kind == "tree":
+                # Chain mode: the layer's metadata is final before its image is written, so the
+                # layer above may start now (its parse overlaps this layer's mkfs or metadata write).
+                if not self.prepass:
+                    self._roots[i] = fut.result()
+                    self._built_upto = max(self._built_upto, i + 1)
             elif kind == "build":
                 result: LayerResult = fut.result()
                 self._results[i] = result
                 if not self.prepass:
                     self._roots[i] = result.root
-                    self._built_upto = i + 1
+                    self._built_upto = max(self._built_upto, i + 1)
                 self._maybe_release(i)
                 self._submit("push", i, self._push, i)
             elif kind == "push":
@@ -484,6 +498,7 @@ class LayerGraph:
                     reader, self._out_path(i), options=options, lower=lower, media_type=str(desc.media_type),
                     layer=str(desc.digest), workdir=spool_dir,
                     progress=lambda n: self._report(Stage.CONVERT, i, n, desc.size),
+                    on_tree=lambda root: self._events.put(("tree", i, _resolved(root))),
                 )
         finally:
             shutil.rmtree(spool_dir, ignore_errors=True)

@@ -11,7 +11,7 @@ from typing import BinaryIO
 import httpx
 
 from converter.layerconv import LayerOptions, LayerResult, convert_layer
-from converter.layers.model import LowerView
+from converter.layers.model import Inode, LowerView
 from converter.mirror.demo import push_layout_image
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
@@ -27,9 +27,10 @@ class CountingEngine:
 
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
-                 progress: Callable[[int], None] | None = None) -> LayerResult:
+                 progress: Callable[[int], None] | None = None,
+                 on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
         result = convert_layer(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                               workdir=workdir, progress=progress)
+                               workdir=workdir, progress=progress, on_tree=on_tree)
         with self._lock:
             self.built.append(layer)
         return result

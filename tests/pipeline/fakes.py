@@ -149,6 +149,7 @@ class Call:
     thread: str
     start: float
     end: float = 0.0
+    tree_at: float = 0.0  # when the (fake) engine reported the layer's tree (on_tree)
     limits: tuple[int | None, int | None] = (None, None)  # (max_expanded, max_entries) it was given
 
 
@@ -159,6 +160,7 @@ class FakeEngine:
     names: dict[str, str] = field(default_factory=dict)  # layer digest -> directory name
     calls: list[Call] = field(default_factory=list)
     before_convert: Callable[[str, BinaryIO], None] | None = None
+    tree_delay: float = 0.0  # seconds spent 'writing the image' after reporting the tree
     lock: threading.Lock = field(default_factory=threading.Lock)
     active_builds: int = 0
     max_active_builds: int = 0
@@ -176,7 +178,8 @@ class FakeEngine:
 
     def convert(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                 media_type: str | None = None, layer: str = "", workdir: Path | None = None,
-                progress: Callable[[int], None] | None = None) -> LayerResult:
+                progress: Callable[[int], None] | None = None,
+                on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
         call = self._record("convert", layer, options.bottom, lower, (options.max_expanded, options.max_entries))
         with self.lock:
             self.active_builds += 1
@@ -189,6 +192,10 @@ class FakeEngine:
                 data += chunk
                 if progress is not None:
                     progress(len(data))
+            if on_tree is not None:  # the real engine reports the tree before writing the image
+                call.tree_at = time.monotonic()
+                on_tree(self.tree_for(layer))
+                time.sleep(self.tree_delay)
             out = b"EROFS:" + data
             out_path.write_bytes(out)
             return LayerResult(path=out_path, digest=str(Digest.from_bytes(out)), size=len(out),
