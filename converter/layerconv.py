@@ -38,7 +38,7 @@ from converter.erofs.writer import ImageDataArea, write_image
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
 from converter.formats import Format
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.model import EntryKind, Inode, LowerView
+from converter.layers.model import DataSink, EntryKind, Inode, LowerView
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
@@ -105,7 +105,7 @@ class LayerResult:
     root: Inode
 
 
-class _Progress:
+class ProgressReader:
     """Reports the running count of source bytes read to a callback (for progress bars)."""
 
     def __init__(self, raw: BinaryIO, callback: Callable[[int], None]) -> None:
@@ -118,6 +118,29 @@ class _Progress:
         self._count += len(data)
         self._callback(self._count)
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class LayerTree:
+    """A parsed, normalised layer: its tree and the digest and size of the source bytes read."""
+
+    root: Inode
+    source_digest: str
+    source_size: int
+
+
+def read_layer(src: BinaryIO, *, sink: DataSink, options: LayerOptions, lower: LowerView | None,
+               media_type: str | None, layer: str, progress: Callable[[int], None] | None = None,
+               on_tree: Callable[[Inode], None] | None = None) -> LayerTree:
+    """Decompress, parse and normalise a layer stream under ``options``' limits; file contents
+    go to ``sink`` (a builder's data area, a spool, or a discarding sink for metadata-only
+    reads). The one place a layer is read, so every reader enforces the same limits."""
+    hashed = HashingReader(ProgressReader(src, progress) if progress else src)
+    normaliser = LayerNormaliser(sink=sink, layer=layer, bottom=options.bottom, lower=lower,
+                                 build_time=options.build_time)
+    root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
+                       on_tree=on_tree)
+    return LayerTree(root=root, source_digest=hashed.digest(), source_size=hashed.bytes_read)
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -162,15 +185,15 @@ def convert_layer(
         if limit is not None and limit < 0:
             raise UsageError(f"{name} must not be negative (it is {limit})")
     partial = _reserve_partial(out_path, layer)
-    hashed = HashingReader(_Progress(src, progress) if progress else src)
     try:
         try:
             if builder == "python":
-                root = _build_python(hashed, partial, options=options, lower=lower,
-                                     media_type=media_type, layer=layer, on_tree=on_tree)
+                tree = _build_python(src, partial, options=options, lower=lower, media_type=media_type,
+                                     layer=layer, progress=progress, on_tree=on_tree)
             else:
-                root = _build_mkfs(hashed, partial, options=options, lower=lower, media_type=media_type,
-                                   layer=layer, workdir=workdir, display_name=out_path.name, on_tree=on_tree)
+                tree = _build_mkfs(src, partial, options=options, lower=lower, media_type=media_type,
+                                   layer=layer, workdir=workdir, display_name=out_path.name, progress=progress,
+                                   on_tree=on_tree)
             digest, size = _sha256_file(partial)
             os.chmod(partial, _new_file_mode())
             os.replace(partial, out_path)
@@ -183,8 +206,8 @@ def convert_layer(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return LayerResult(path=out_path, digest=digest, size=size, source_digest=hashed.digest(),
-                       source_size=hashed.bytes_read, root=root)
+    return LayerResult(path=out_path, digest=digest, size=size, source_digest=tree.source_digest,
+                       source_size=tree.source_size, root=tree.root)
 
 
 def _new_file_mode() -> int:
@@ -245,33 +268,29 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
     return root
 
 
-def _build_python(hashed: HashingReader, out_path: Path, *, options: LayerOptions,
-                  lower: LowerView | None, media_type: str | None, layer: str,
-                  on_tree: Callable[[Inode], None] | None) -> Inode:
+def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
+                  media_type: str | None, layer: str, progress: Callable[[int], None] | None,
+                  on_tree: Callable[[Inode], None] | None) -> LayerTree:
     with open(out_path, "w+b") as out, ImageDataArea(out) as area:
-        normaliser = LayerNormaliser(sink=area, layer=layer, bottom=options.bottom, lower=lower,
-                                     build_time=options.build_time)
-        root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
-                          on_tree=on_tree)
+        tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
+                          progress=progress, on_tree=on_tree)
         try:
-            write_image(root, area, build_time=options.build_time,
-                        uuid=layer_uuid(hashed.digest()).bytes)
+            write_image(tree.root, area, build_time=options.build_time,
+                        uuid=layer_uuid(tree.source_digest).bytes)
         except ConverterError:
             raise
         except (ValueError, OverflowError) as exc:
             raise ConverterError(f"writing EROFS image for layer {layer}: {exc}") from exc
-    return root
+    return tree
 
 
-def _build_mkfs(hashed: HashingReader, out_path: Path, *, options: LayerOptions,
-                lower: LowerView | None, media_type: str | None, layer: str,
-                workdir: Path | None, display_name: str, on_tree: Callable[[Inode], None] | None) -> Inode:
+def _build_mkfs(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
+                media_type: str | None, layer: str, workdir: Path | None, display_name: str,
+                progress: Callable[[int], None] | None, on_tree: Callable[[Inode], None] | None) -> LayerTree:
     spool_dir = workdir if workdir is not None else Path(tempfile.gettempdir())
     with SpoolSink(spool_dir) as spool:
-        normaliser = LayerNormaliser(sink=spool, layer=layer, bottom=options.bottom, lower=lower,
-                                     build_time=options.build_time)
-        root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
-                          on_tree=on_tree)
-        build_with_mkfs(root, spool, out_path, fmt=options.fmt, build_time=options.build_time,
-                        uuid=layer_uuid(hashed.digest()), bottom=options.bottom, display_name=display_name)
-    return root
+        tree = read_layer(src, sink=spool, options=options, lower=lower, media_type=media_type, layer=layer,
+                          progress=progress, on_tree=on_tree)
+        build_with_mkfs(tree.root, spool, out_path, fmt=options.fmt, build_time=options.build_time,
+                        uuid=layer_uuid(tree.source_digest), bottom=options.bottom, display_name=display_name)
+    return tree

@@ -10,7 +10,7 @@ tree into an image. Only metadata stays in memory: contents live in the sink.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -170,3 +170,16 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 ORIGIN_XATTR = "trusted.overlay.origin"
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
+
+
+def lookup(root: Inode, parts: Iterable[bytes]) -> Inode | None:
+    """The node reached from ``root`` by the path components ``parts``, or None."""
+    node = root
+    for comp in parts:
+        if node.children is None:
+            return None
+        child = node.children.get(comp)
+        if child is None:
+            return None
+        node = child
+    return node

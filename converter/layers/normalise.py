@@ -84,6 +84,7 @@ from converter.layers.model import (
     LowerView,
     NodeKind,
     TarEntry,
+    lookup,
 )
 
 DEFAULT_DIR_MODE = 0o755
@@ -380,15 +381,7 @@ class LayerNormaliser:
     # -- hard links -----------------------------------------------------------------------
 
     def _lookup(self, parts: tuple[bytes, ...] | list[bytes]) -> Inode | None:
-        node = self._root
-        for comp in parts:
-            if node.children is None:
-                return None
-            child = node.children.get(comp)
-            if child is None:
-                return None
-            node = child
-        return node
+        return lookup(self._root, parts)
 
     def _link(self, entry: TarEntry) -> Inode:
         try:

@@ -70,11 +70,8 @@ import structlog
 from converter.erofs.format import EROFS_MAGIC, SUPERBLOCK, SUPERBLOCK_OFFSET, Superblock
 from converter.erofs.tools import erofs_utils
 from converter.errors import ConverterError, ErofsFormatError, NotFound, RegistryError
-from converter.layerconv import LayerOptions, LayerResult, layer_uuid
-from converter.layers.compression import HashingReader, open_layer_stream
+from converter.layerconv import LayerOptions, LayerResult, layer_uuid, read_layer
 from converter.layers.model import DirMeta, FileData, Inode, LowerView, NodeKind
-from converter.layers.normalise import LayerNormaliser
-from converter.layers.tarstream import TarReader
 from converter.mirror.jobs import Repository
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Descriptor, Manifest, canonical_json, parse_image_manifest, parse_manifest
@@ -96,7 +93,6 @@ EMPTY_CONFIG = b"{}"  # image-spec's empty descriptor content (manifest.md, "gui
 EMPTY_DESCRIPTOR = Descriptor(media_type=MediaType.OCI_EMPTY, digest=Digest.from_bytes(EMPTY_CONFIG),
                               size=len(EMPTY_CONFIG))
 LOCAL_FILE_VERSION = 1
-_CHUNK = 1 << 20
 _HEAD_BYTES = SUPERBLOCK_OFFSET + SUPERBLOCK.size
 
 
@@ -513,38 +509,14 @@ class _MetadataLower:
         return self._inner.open_file(path)
 
 
-class _Counted:
-    """Reports the running count of bytes read, for the graph's progress events."""
-
-    def __init__(self, raw: BinaryIO, callback: Callable[[int], None] | None) -> None:
-        self._raw = raw
-        self._callback = callback
-        self._count = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        data = self._raw.read(size)
-        self._count += len(data)
-        if self._callback is not None:
-            self._callback(self._count)
-        return data
-
-
 def read_tree(src: BinaryIO, *, options: LayerOptions, lower: LowerView | None, media_type: str | None,
               layer: str, progress: Callable[[int], None] | None = None) -> tuple[Inode, str, int]:
-    """A layer's normalised tree, metadata only, with the digest and size of the bytes read."""
-    hashed = HashingReader(_Counted(src, progress))
-    stream = open_layer_stream(hashed, media_type=media_type, layer=layer)
-    normaliser = LayerNormaliser(sink=DiscardSink(), layer=layer, bottom=options.bottom,
-                                 lower=_MetadataLower(lower) if lower is not None else None,
-                                 build_time=options.build_time)
-    for entry, data in TarReader(stream, layer=layer):
-        normaliser.add(entry, data)
-    # To the very end, as the builders do: the gzip trailer is checked, the digest covers all.
-    while stream.read(_CHUNK):
-        pass
-    while hashed.read(_CHUNK):
-        pass
-    return normaliser.finish(), hashed.digest(), hashed.bytes_read
+    """A layer's normalised tree, metadata only, with the digest and size of the bytes read
+    (read under the same limits as a build: a cache hit must not let a hostile layer through)."""
+    tree = read_layer(src, sink=DiscardSink(), options=options,
+                      lower=_MetadataLower(lower) if lower is not None else None,
+                      media_type=media_type, layer=layer, progress=progress)
+    return tree.root, tree.source_digest, tree.source_size
 
 
 def mkfs_version() -> str:

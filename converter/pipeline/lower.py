@@ -25,10 +25,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from converter.layers.compression import open_layer_stream
+from converter.formats import Format
+from converter.layerconv import LayerOptions, read_layer
 from converter.layers.model import OPAQUE_XATTR, DataSink, DirMeta, FileData, Inode, LowerView, NodeKind
-from converter.layers.normalise import LayerNormaliser, dir_meta_of
-from converter.layers.tarstream import TarReader
+from converter.layers.model import lookup as model_lookup
+from converter.layers.normalise import dir_meta_of
 
 # Contents of regular file ``path`` (whose node is given) in lower layer ``k`` of the stack.
 FileOpener = Callable[[int, bytes, Inode], FileData]
@@ -132,22 +133,12 @@ def normalise_layer(src: BinaryIO, *, sink: DataSink, media_type: str | None, la
     unlimited): the pre-pass reads a layer before its build does, so it must refuse a hostile
     layer just as early, before the tree of a million-entry tar fills memory.
     """
-    stream = open_layer_stream(src, media_type=media_type, layer=layer, max_expanded=max_expanded)
-    normaliser = LayerNormaliser(sink=sink, layer=layer, bottom=bottom, lower=lower, build_time=build_time)
-    for entry, data in TarReader(stream, layer=layer, max_entries=max_entries):
-        normaliser.add(entry, data)
-    return normaliser.finish()
+    options = LayerOptions(fmt=Format(), bottom=bottom, build_time=build_time, max_expanded=max_expanded,
+                           max_entries=max_entries)
+    return read_layer(src, sink=sink, options=options, lower=lower, media_type=media_type, layer=layer).root
 
 
 def lookup(root: Inode, path: bytes) -> Inode | None:
     """The node at ``path`` inside one tree, or None."""
-    node = root
-    for comp in (c for c in path.split(b"/") if c):
-        if node.children is None:
-            return None
-        child = node.children.get(comp)
-        if child is None:
-            return None
-        node = child
-    return node
+    return model_lookup(root, (c for c in path.split(b"/") if c))
 
