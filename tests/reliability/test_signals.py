@@ -25,8 +25,8 @@ import sys, time
 from converter import cli
 
 def hang(argv):
-    print("ready", flush=True)
-    try:
+    try:  # "ready" inside the try: a signal sent right after it must reach the cleanup
+        print("ready", flush=True)
         time.sleep(60)
     finally:
         print("cleaning up", flush=True)
