@@ -9,7 +9,10 @@ and idempotency (the second run skips everything). Steps:
    ``sample/base:0.9`` and ``sample/base:1.0`` (the same layer blobs: a shared base);
 3. write a temporary job file from ``pipelines/local-sample.yaml`` with ``localhost:5000``
    replaced by the registry's host;
-4. run the job twice with ``convert mirror`` and print both JSON reports.
+4. run the job twice with ``convert mirror`` and print both JSON reports;
+5. run the same job into a fresh destination as three concurrent shard processes
+   (``--shard I/3``), as a Kubernetes Indexed Job would: each image is converted by exactly one
+   shard, and every layer comes from the registry-backed cache the first run filled.
 
 ``run_mirror_demo`` returns 0 when the first run converted everything (reusing cached layers)
 and the second skipped everything. ``push_layout_image`` is also used by the tests.
@@ -18,6 +21,8 @@ and the second skipped everything. ``push_layout_image`` is also used by the tes
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,12 +94,41 @@ def run_mirror_demo() -> int:
                 return status
             summaries.append(_summary(report))
         first, second = summaries
+        shards = _run_shards(job, work)
+        converted = sum(int(str(sh["converted"])) for sh in shards)
+        reused = sum(int(str(sh["layers_reused"])) for sh in shards)
+        built = sum(int(str(sh["layers_converted"])) for sh in shards)
         ok = (first["failed"] == 0 and first["converted"] == first["images"] and int(str(first["layers_reused"])) > 0
-              and second["skipped"] == second["images"] and second["converted"] == 0)
+              and second["skipped"] == second["images"] and second["converted"] == 0
+              and converted == first["images"] and all(sh["failed"] == 0 for sh in shards))
         print(f"mirror demo: first run converted {first['converted']} images ({first['layers_converted']} layers "
               f"built, {first['layers_reused']} from the cache); second run skipped {second['skipped']} of "
-              f"{second['images']}" + ("" if ok else " -- NOT what was expected"))
+              f"{second['images']} in {second['seconds']}s; 3 shards converted {converted} images into a fresh "
+              f"destination ({built} layers built, {reused} from the cache)"
+              + ("" if ok else " -- NOT what was expected"))
         return 0 if ok else 1
+
+
+def _run_shards(job: Path, work: Path) -> list[dict[str, object]]:
+    """The job into ``…/mirror-sharded/…`` as three concurrent ``--shard I/3`` processes."""
+    sharded = work / "local-sample-sharded.yaml"
+    sharded.write_text(job.read_text().replace("/mirror/{", "/mirror-sharded/{"))
+    print(f"\nmirror demo: run 3: three concurrent processes: convert mirror {sharded.name} --shard I/3")
+    procs = []
+    for i in range(3):
+        report = work / f"report-shard-{i}.json"
+        cmd = [sys.executable, "-m", "converter.cli", "mirror", str(sharded), "--shard", f"{i}/3",
+               "--report", str(report), "--log-format", "json", "-q"]
+        procs.append((subprocess.Popen(cmd), report))
+    summaries = []
+    for i, (proc, report) in enumerate(procs):
+        proc.wait()
+        summary = _summary(report)
+        print(f"  shard {i}/3: exit {proc.returncode}, converted {summary['converted']}, skipped "
+              f"{summary['skipped']}, layers built {summary['layers_converted']}, from the cache "
+              f"{summary['layers_reused']}, {summary['seconds']}s")
+        summaries.append(summary)
+    return summaries
 
 
 if __name__ == "__main__":
