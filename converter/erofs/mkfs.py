@@ -49,6 +49,7 @@ import uuid as uuid_mod
 from pathlib import Path
 from typing import IO
 
+from converter.cancel import current_scope
 from converter.erofs import format as fmt
 from converter.erofs.tools import ErofsUtils, erofs_utils
 from converter.errors import ErofsFormatError, MkfsError
@@ -350,17 +351,21 @@ def build_with_mkfs(root: Inode, spool: SpoolSink, out_path: Path | str, *, fmt:
     reader.start()
     feed_error: Exception | None = None
     broken_pipe = False
+    scope = current_scope()  # set in a pipeline worker: cancelling the graph kills mkfs at once
     try:
-        try:
-            emit_tar(root, spool, stdin)
-        except BrokenPipeError:
-            broken_pipe = True  # mkfs exited early: its status and message explain why
-        except Exception as exc:  # a tree mkfs cannot take, or the spool failed
-            feed_error = exc
-            proc.kill()
-        with contextlib.suppress(OSError):
-            stdin.close()
-        returncode = proc.wait()
+        with scope.blocking(proc.kill, what) if scope is not None else contextlib.nullcontext():
+            try:
+                emit_tar(root, spool, stdin)
+            except BrokenPipeError:
+                broken_pipe = True  # mkfs exited early: its status and message explain why
+            except Exception as exc:  # a tree mkfs cannot take, or the spool failed
+                feed_error = exc
+                proc.kill()
+            with contextlib.suppress(OSError):
+                stdin.close()
+            returncode = proc.wait()
+        if scope is not None:
+            scope.check(what)  # killed by a cancel: say so rather than "mkfs.erofs failed"
     finally:
         if proc.returncode is None:  # interrupted (KeyboardInterrupt, ...): never leave mkfs behind
             proc.kill()

@@ -63,6 +63,7 @@ from typing import Any, BinaryIO, Protocol
 
 import structlog
 
+from converter.cancel import CancelScope
 from converter.errors import ConverterError, DigestMismatch, ImageError
 from converter.formats import Format
 from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions, LayerResult
@@ -79,7 +80,6 @@ from converter.pipeline.lower import (
 )
 from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
 from converter.reference import Digest
-from converter.registry.retry import CancelScope
 from converter.transports.base import ImageSink, ImageSource
 
 _CHUNK = 1 << 20

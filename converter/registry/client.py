@@ -39,6 +39,7 @@ import httpx
 import structlog
 
 from converter import __version__
+from converter.cancel import current_scope
 from converter.errors import (
     AuthError,
     DigestMismatch,
@@ -60,7 +61,6 @@ from converter.registry.retry import (
     RetryPolicy,
     TemporaryRegistryError,
     check_cancelled,
-    current_scope,
     is_transient,
     parse_retry_after,
     retry_after_of,
@@ -888,14 +888,14 @@ class _CancellableStream(httpcore.NetworkStream):
             return operation()
         sock = self._inner.get_extra_info("socket")
         try:
-            with scope.blocking(lambda: _shutdown(sock), "registry connection"):
+            with scope.blocking(lambda: _shutdown(sock), "registry connection", RequestCancelled):
                 result = operation()
         except Exception as exc:
             if scope.cancelled and not isinstance(exc, RequestCancelled):
                 raise RequestCancelled("registry connection: cancelled") from exc
             raise
         # A socket shut down mid-read reads as a clean EOF: do not hand that to httpcore as data.
-        scope.check("registry connection")
+        scope.check("registry connection", RequestCancelled)
         return result
 
 

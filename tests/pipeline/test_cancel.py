@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from converter.cancel import CancelScope
 from converter.errors import NotFound
 from converter.formats import Format
 from converter.oci.mediatypes import MediaType
@@ -27,7 +28,7 @@ from converter.oci.model import Descriptor
 from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
-from converter.registry.retry import CancelScope, RequestCancelled, RetryPolicy, interruptible_sleep
+from converter.registry.retry import RequestCancelled, RetryPolicy, interruptible_sleep
 from converter.transports import RegistrySource
 
 from .fakes import FakeEngine, MemorySink
