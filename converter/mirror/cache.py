@@ -59,11 +59,10 @@ import json
 import os
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -81,6 +80,7 @@ from converter.pipeline.lower import DiscardSink, EmptyData, StackedLower
 from converter.reference import Digest, Reference
 from converter.registry.client import RegistryClient
 from converter.transports.base import ImageSink, ImageSource
+from converter.transports.registry import retry_blob_unknown
 
 log = structlog.get_logger()
 
@@ -419,32 +419,6 @@ def _read_up_to(reader: BinaryIO, count: int) -> bytes:
     return b"".join(parts)
 
 
-# --- registry race workaround -------------------------------------------------------------------
-
-T = TypeVar("T")
-# distribution's filesystem storage driver rewrites a blob's link file in place (truncate, then
-# write) whenever the same blob is committed or mounted into a repository again, so a manifest
-# PUT verifying its blobs at that moment reads an empty link and answers MANIFEST_BLOB_UNKNOWN
-# for a blob that is there. Workers pushing the same layers at once (shards, parallel images)
-# hit it; the link is whole again within milliseconds.
-BLOB_UNKNOWN_RETRY_DELAYS = (0.2, 1.0)
-
-
-def retry_blob_unknown(put: Callable[[], T], *, what: str, delays: Sequence[float] = BLOB_UNKNOWN_RETRY_DELAYS,
-                       sleep: Callable[[float], None] = time.sleep) -> T:
-    """``put()`` (a manifest PUT), tried again after each of ``delays`` while the registry answers
-    MANIFEST_BLOB_UNKNOWN; any other error, or the last one, propagates."""
-    for delay in (*delays, None):
-        try:
-            return put()
-        except RegistryError as exc:
-            if delay is None or "MANIFEST_BLOB_UNKNOWN" not in exc.code:
-                raise
-            log.info("registry_manifest_blob_unknown_retry", what=what, delay=delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
-
-
 # --- per-image statistics ---------------------------------------------------------------------
 
 
@@ -660,5 +634,4 @@ __all__ = [
     "mkfs_version",
     "next_chain",
     "read_tree",
-    "retry_blob_unknown",
 ]

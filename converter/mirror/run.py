@@ -16,8 +16,9 @@ and the result is one ``MirrorReport`` that serialises to the JSON report::
 ``dest_bytes`` the size of the EROFS layers pushed. ``pending`` only appears in dry runs.
 ``layers_reused`` counts layers served by the layer cache instead of being rebuilt.
 
-Images go to their destination through a ``MirrorSink``, which keeps parallel images from
-pushing the same blob into one repository at once (see its docstring for the registry race).
+Images go to their destination through ``RegistrySink``s that share one ``BlobLocks``, which
+keeps parallel images from pushing the same blob into one repository at once (see
+``converter.transports.registry`` for the registry race).
 """
 
 from __future__ import annotations
@@ -42,16 +43,14 @@ from converter.mirror.cache import (
     LayerStats,
     LocalCacheFile,
     layer_chains,
-    retry_blob_unknown,
 )
 from converter.mirror.jobs import Job, Repository
 from converter.mirror.plan import Plan, PlannedImage, Shard, Status, make_plan
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.graph import ConvertLayerFn
-from converter.reference import Digest, Reference
 from converter.registry.client import RegistryClient
 from converter.transports import RegistrySink, RegistrySource
-from converter.transports.base import BlobOrigin
+from converter.transports.registry import BlobLocks
 
 log = structlog.get_logger()
 
@@ -169,51 +168,6 @@ def plan_report(plan: Plan, *, seconds: float = 0.0) -> MirrorReport:
 # --- converting -----------------------------------------------------------------------------------
 
 
-class BlobLocks:
-    """One lock per (registry, repository, digest), shared by every image of a run."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str, Digest], threading.Lock] = {}
-
-    def __call__(self, registry: str, repository: str, digest: Digest) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((registry, repository, digest), threading.Lock())
-
-
-class MirrorSink:
-    """The ImageSink of one image in a run: a ``RegistrySink`` that never pushes or mounts a blob
-    into a repository while another image of the run does the same, and retries a manifest PUT
-    the registry answers with MANIFEST_BLOB_UNKNOWN (see ``cache.retry_blob_unknown``: parallel
-    images often share blobs, and distribution's filesystem driver briefly loses a blob's link
-    when it is committed twice)."""
-
-    def __init__(self, client: RegistryClient, ref: Reference, locks: BlobLocks) -> None:
-        self._sink = RegistrySink(client, ref)
-        self._ref = ref
-        self._locks = locks
-
-    @property
-    def name(self) -> str:
-        return self._sink.name
-
-    def has_blob(self, digest: Digest) -> bool:
-        return self._sink.has_blob(digest)
-
-    def mount_blob(self, digest: Digest, origin: BlobOrigin) -> bool:
-        with self._locks(self._ref.registry, self._ref.repository, digest):
-            return self._sink.has_blob(digest) or self._sink.mount_blob(digest, origin)
-
-    def push_blob(self, path: Path, digest: Digest, size: int) -> None:
-        with self._locks(self._ref.registry, self._ref.repository, digest):
-            if not self._sink.has_blob(digest):  # another image may have pushed it meanwhile
-                self._sink.push_blob(path, digest, size)
-
-    def put_manifest(self, data: bytes, media_type: str, tag: str | None = None) -> Digest:
-        return retry_blob_unknown(lambda: self._sink.put_manifest(data, media_type, tag),
-                                  what=f"pushing manifest {self._ref.name}:{tag or Digest.from_bytes(data)}")
-
-
 class _Runner:
     """One run of a plan: the shared client, layer caches and options."""
 
@@ -235,7 +189,7 @@ class _Runner:
                 found = self._caches[repo] = LayerCache(self.client, repo, local=self._local)
             return found
 
-    def layer_converter(self, image: PlannedImage, source: RegistrySource, sink: MirrorSink, stats: LayerStats,
+    def layer_converter(self, image: PlannedImage, source: RegistrySource, sink: RegistrySink, stats: LayerStats,
                         bound: Any) -> ConvertLayerFn:
         """The cache in front of the layer engine when the image has a usable cache repository."""
         assert image.item is not None
@@ -265,7 +219,7 @@ class _Runner:
         bound = log.bind(source=image.source, dest=image.dest)
         src_ref = item.source.with_digest(image.source_digest)
         source = RegistrySource(self.client, src_ref)
-        sink = MirrorSink(self.client, item.dest, self.blob_locks)
+        sink = RegistrySink(self.client, item.dest, self.blob_locks)
         options = ConvertOptions(fmt=settings.fmt, profile=settings.profile, platforms=settings.platforms,
                                  merge_index=settings.merge_index, jobs=self.options.layer_jobs,
                                  builder=self.options.builder, workdir=self.options.workdir,
@@ -402,10 +356,8 @@ __all__ = [
     "FAILED",
     "PENDING",
     "SKIPPED",
-    "BlobLocks",
     "ImageReport",
     "MirrorReport",
-    "MirrorSink",
     "RunOptions",
     "format_report",
     "human_bytes",

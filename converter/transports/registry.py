@@ -5,21 +5,66 @@ error mapping all live in ``converter.registry``; this module only binds the cli
 ``registry/repository`` and adapts the call shapes to the transport Protocols. Cross-repo
 mounts are offered only within one registry (the distribution API cannot mount across
 registries).
+
+One registry quirk is handled here because every writer meets it: distribution's filesystem
+storage driver rewrites a blob's link file in place (truncate, then write) whenever the same
+blob is committed or mounted into a repository again, so a manifest PUT verifying its blobs at
+that moment reads an empty link and answers MANIFEST_BLOB_UNKNOWN for a blob that is there.
+A sink therefore pushes or mounts one digest at a time per repository (``BlobLocks``, shared by
+all sinks of a mirror run) and retries such a manifest PUT briefly (``retry_blob_unknown``).
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-from converter.errors import ImageError
+import structlog
+
+from converter.errors import ImageError, RegistryError
 from converter.oci.model import MAX_MANIFEST_SIZE
 from converter.reference import Digest, Reference
 from converter.transports.base import BlobOrigin
 
 if TYPE_CHECKING:
     from converter.registry.client import RegistryClient
+
+
+log = structlog.get_logger()
+T = TypeVar("T")
+BLOB_UNKNOWN_RETRY_DELAYS = (0.2, 1.0)  # the link file is whole again within milliseconds
+
+
+def retry_blob_unknown(put: Callable[[], T], *, what: str, delays: Sequence[float] = BLOB_UNKNOWN_RETRY_DELAYS,
+                       sleep: Callable[[float], None] = time.sleep) -> T:
+    """``put()`` (a manifest PUT), tried again after each of ``delays`` while the registry answers
+    MANIFEST_BLOB_UNKNOWN; any other error, or the last one, propagates."""
+    for delay in (*delays, None):
+        try:
+            return put()
+        except RegistryError as exc:
+            if delay is None or "MANIFEST_BLOB_UNKNOWN" not in exc.code:
+                raise
+            log.info("registry_manifest_blob_unknown_retry", what=what, delay=delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class BlobLocks:
+    """One lock per (registry, repository, digest); share one instance between sinks that may
+    push the same blobs at once (the images of a mirror run)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str, Digest], threading.Lock] = {}
+
+    def __call__(self, registry: str, repository: str, digest: Digest) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((registry, repository, digest), threading.Lock())
 
 
 class _Repo:
@@ -55,7 +100,15 @@ class RegistrySource(_Repo):
 
 
 class RegistrySink(_Repo):
-    """Writes blobs and manifests into one registry repository."""
+    """Writes blobs and manifests into one registry repository (see the module docstring for
+    the per-digest locks and the MANIFEST_BLOB_UNKNOWN retry)."""
+
+    def __init__(self, client: RegistryClient, ref: Reference, locks: BlobLocks | None = None) -> None:
+        super().__init__(client, ref)
+        self._locks = locks if locks is not None else BlobLocks()
+
+    def _lock(self, digest: Digest) -> threading.Lock:
+        return self._locks(self.ref.registry, self.ref.repository, digest)
 
     def has_blob(self, digest: Digest) -> bool:
         return self.client.blob_exists(self.ref.registry, self.ref.repository, digest) is not None
@@ -65,11 +118,16 @@ class RegistrySink(_Repo):
             return False
         if origin.repository == self.ref.repository:
             return self.has_blob(digest)
-        return self.client.mount_blob(self.ref.registry, self.ref.repository, digest, origin.repository)
+        with self._lock(digest):
+            return self.has_blob(digest) or self.client.mount_blob(self.ref.registry, self.ref.repository, digest,
+                                                                   origin.repository)
 
     def push_blob(self, path: Path, digest: Digest, size: int) -> None:
-        self.client.push_blob(self.ref.registry, self.ref.repository, digest, size, path)
+        with self._lock(digest):  # a concurrent pusher of the same blob may have finished meanwhile
+            self.client.push_blob(self.ref.registry, self.ref.repository, digest, size, path)
 
     def put_manifest(self, data: bytes, media_type: str, tag: str | None = None) -> Digest:
         reference = tag if tag is not None else str(Digest.from_bytes(data))
-        return self.client.put_manifest(self.ref.registry, self.ref.repository, reference, data, media_type)
+        return retry_blob_unknown(
+            lambda: self.client.put_manifest(self.ref.registry, self.ref.repository, reference, data, media_type),
+            what=f"pushing manifest {self.ref.name}:{reference}")

@@ -15,14 +15,14 @@ import pytest
 
 from converter.erofs.tools import erofs_utils
 from converter.errors import RegistryError, ToolError
-from converter.mirror.cache import retry_blob_unknown
 from converter.mirror.demo import run_mirror_demo
 from converter.mirror.jobs import Job, parse_job
 from converter.mirror.plan import shard_of, source_key
-from converter.mirror.run import BlobLocks, MirrorReport, MirrorSink, RunOptions, format_report, run_job
+from converter.mirror.run import MirrorReport, RunOptions, format_report, run_job
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
 from converter.sample import sample_layers
+from converter.transports.registry import BlobLocks, RegistrySink, retry_blob_unknown
 from tests.mirror.helpers import CountingEngine, other_top_layer, push_image, push_shared_base_images
 from tests.registry.helpers import Recorder
 
@@ -225,7 +225,7 @@ def test_mirror_sink_pushes_a_shared_blob_once(prefix: str, tmp_path: Path) -> N
     locks = BlobLocks()
     with RegistryClient(transport=recorder) as client:
         ref = parse_reference(f"{prefix}/shared:1")
-        sinks = [MirrorSink(client, ref, locks) for _ in range(6)]
+        sinks = [RegistrySink(client, ref, locks) for _ in range(6)]
         threads = [threading.Thread(target=s.push_blob, args=(blob, digest, blob.stat().st_size)) for s in sinks]
         for t in threads:
             t.start()
