@@ -198,6 +198,8 @@ class LayerNormaliser:
         self._implicit: dict[int, Inode] = {id(self._root): self._root}
         self._opaque: dict[int, Inode] = {}  # directories with a .wh..wh..opq marker
         self._markers: dict[int, Inode] = {}  # whiteouts made from .wh.NAME entries
+        self._generation = 0  # bumped whenever an existing child is replaced
+        self._dir_cache: tuple[tuple[bytes, ...], Inode, int] | None = None  # (parts, dir, generation)
         self._deleted: dict[int, tuple[Inode, set[bytes]]] = {}  # names deleted below a dir
         self._pending: dict[int, tuple[Inode, _PendingLink]] = {}  # forward hard links
         self._copies: dict[tuple[bytes, ...], Inode] = {}  # materialised lower files
@@ -217,7 +219,7 @@ class LayerNormaliser:
             parts = split_path(entry.name)
         except _PathError as exc:
             raise self._error(str(exc), entry) from None
-        for i, comp in enumerate(parts):
+        for i, comp in enumerate(parts if WHITEOUT_PREFIX in entry.name else ()):
             if comp.startswith(AUFS_PREFIX) and not (i == len(parts) - 1 and comp == OPAQUE_MARKER):
                 return  # AUFS internals (.wh..wh.plnk, .wh..wh.aufs, ...) and their contents
             if i < len(parts) - 1 and comp.startswith(WHITEOUT_PREFIX):
@@ -291,6 +293,7 @@ class LayerNormaliser:
         else:
             node = self._new_node(entry, data)
         if existing is not None:
+            self._generation += 1  # a replaced node may be a directory on a cached path
             self._markers.pop(id(existing), None)
             if node.kind is NodeKind.DIR:
                 # A non-directory written here first had deleted whatever was below: opaque.
@@ -307,6 +310,17 @@ class LayerNormaliser:
             slot[1].add(name)
 
     def _ensure_dir(self, parts: list[bytes], entry: TarEntry) -> Inode:
+        # Archives list siblings together, so the parent of this entry is usually the parent of
+        # the last one: remember it until some node is replaced (``_generation``).
+        key = tuple(parts)
+        cached = self._dir_cache
+        if cached is not None and cached[0] == key and cached[2] == self._generation:
+            return cached[1]
+        node = self._walk_dirs(parts, entry)
+        self._dir_cache = (key, node, self._generation)
+        return node
+
+    def _walk_dirs(self, parts: list[bytes], entry: TarEntry) -> Inode:
         node = self._root
         for i, comp in enumerate(parts):
             assert node.children is not None
