@@ -21,23 +21,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import BinaryIO
 
 from converter import __version__
-from converter.errors import ConverterError, UsageError
+from converter.errors import ConverterError
+from converter.usage import UsageParser
 
 SUBCOMMANDS = ("layer", "ls", "cat", "mirror")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of exiting, so main() renders every error alike."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def _layer_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convert layer", description="Convert one tar layer (tar, tar+gzip, tar+zstd) to EROFS.")
+    p = UsageParser(prog="convert layer", description="Convert one tar layer (tar, tar+gzip, tar+zstd) to EROFS.")
     p.add_argument("input", help="layer file, or - for stdin")
     p.add_argument("-o", "--output", required=True, help="the EROFS image to write")
     p.add_argument("--to", default="erofs", help="erofs (raw) or erofs+ALGO[,level=N]; ALGO: "
@@ -82,7 +76,7 @@ def _limit(value: int | None, default: int) -> int | None:
 
 
 def _ls_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convert ls", description="List an EROFS image like `tar tv`.")
+    p = UsageParser(prog="convert ls", description="List an EROFS image like `tar tv`.")
     p.add_argument("image")
     p.add_argument("path", nargs="?", default="/")
     p.add_argument("-x", "--xattrs", action="store_true", help="show extended attributes")
@@ -90,7 +84,7 @@ def _ls_parser() -> argparse.ArgumentParser:
 
 
 def _cat_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convert cat", description="Write a file of an EROFS image to stdout.")
+    p = UsageParser(prog="convert cat", description="Write a file of an EROFS image to stdout.")
     p.add_argument("image")
     p.add_argument("path")
     return p
@@ -115,7 +109,7 @@ def _seconds(text: str) -> float:
 
 
 def _image_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="convert",
         description="Convert a container image's layers to EROFS and push the result. "
         "Also: convert layer|ls|cat|mirror (see convert SUBCOMMAND --help).",

@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 
@@ -35,19 +35,13 @@ from converter.mirror.plan import make_plan, parse_shard
 from converter.mirror.run import RunOptions, format_report, plan_report, run_plan
 from converter.registry.client import RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
+from converter.usage import UsageParser
 
 PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma- or space-separated hosts, as docker/compose.yaml sets it
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse raising UsageError (exit status 2, printed by converter.cli.main) instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convert mirror", description="Convert the images of a mirroring job file to EROFS "
+    p = UsageParser(prog="convert mirror", description="Convert the images of a mirroring job file to EROFS "
                 "and push them; images already converted with the same options are skipped.")
     p.add_argument("job", help="the job file (YAML; see converter/mirror/jobs.py or pipelines/)")
     p.add_argument("--jobs", type=int, default=2, metavar="N", help="images converted at once (default 2)")
