@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,16 @@ from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
 from converter.transports import open_sink, open_source
 
-PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma-separated registries, for containers/compose
+PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma- or space-separated hosts, as docker/compose.yaml sets it
 
 
-def plain_http_hosts(flags: Sequence[str]) -> list[str]:
-    """``--plain-http`` values plus those in $CONVERT_PLAIN_HTTP."""
-    env = [h.strip() for h in os.environ.get(PLAIN_HTTP_ENV, "").split(",") if h.strip()]
-    return [*flags, *env]
+def plain_http_hosts(flags: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """Hosts from ``--plain-http`` (each may list several, comma- or space-separated) and
+    ``$CONVERT_PLAIN_HTTP`` of ``env`` (default: the process environment)."""
+    hosts: list[str] = []
+    for text in (*flags, (os.environ if env is None else env).get(PLAIN_HTTP_ENV, "")):
+        hosts.extend(h for h in re.split(r"[\s,]+", text) if h)
+    return hosts
 
 
 def client_timeout(seconds: float | None) -> httpx.Timeout:

@@ -28,7 +28,7 @@ import os
 import secrets
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -55,9 +55,10 @@ UUID_NAMESPACE = uuid.NAMESPACE_URL
 _CHUNK = 1 << 20
 
 
-def default_build_time() -> int:
-    """SOURCE_DATE_EPOCH if set (reproducible-builds convention), else 0."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+def default_build_time(env: Mapping[str, str] | None = None) -> int:
+    """SOURCE_DATE_EPOCH of ``env`` (default: the process environment) if set, else 0 (the
+    reproducible-builds convention)."""
+    value = (os.environ if env is None else env).get("SOURCE_DATE_EPOCH", "").strip()
     if not value:
         return 0
     try:

@@ -16,12 +16,12 @@ Kubernetes: ``--shard $(JOB_COMPLETION_INDEX)/N`` (the kubelet expands ``$(VAR)`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,15 @@ import structlog
 
 from converter import __version__
 from converter.errors import ConverterError, InvalidReference, UsageError
+from converter.imagecli import PLAIN_HTTP_ENV, plain_http_hosts
+from converter.layerconv import default_build_time
 from converter.log import configure
 from converter.mirror.jobs import load_job, parse_repository
-from converter.mirror.plan import make_plan, parse_shard
-from converter.mirror.run import RunOptions, format_report, plan_report, run_plan
+from converter.mirror.plan import Status, make_plan, parse_shard
+from converter.mirror.run import ImageReport, RunOptions, format_report, plan_report, run_plan
 from converter.registry.client import RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
 from converter.usage import UsageParser
-
-PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma- or space-separated hosts, as docker/compose.yaml sets it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,14 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also the pipeline's per-layer lines")
     p.add_argument("--version", action="version", version=f"erofs-converter {__version__}")
     return p
-
-
-def plain_http_hosts(flags: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    """Hosts from ``--plain-http`` (each may list several, comma-separated) and ``$CONVERT_PLAIN_HTTP``."""
-    hosts: list[str] = []
-    for text in (*flags, env.get(PLAIN_HTTP_ENV, "")):
-        hosts.extend(h for h in re.split(r"[\s,]+", text) if h)
-    return hosts
 
 
 def _engine_log(verbose: bool) -> Any:
@@ -117,7 +109,7 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     options = RunOptions(
         jobs=args.jobs, layer_jobs=args.layer_jobs, builder=args.builder,
         workdir=Path(args.workdir) if args.workdir else None,
-        build_time=_build_time(environ),
+        build_time=default_build_time(environ),
         local_cache=Path(args.local_cache) if args.local_cache else None,
     )
     client = RegistryClient(credentials=DockerConfigCredentials(env=environ),
@@ -130,22 +122,34 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
             # The plan is the dry run's result (stdout), unless stdout carries the JSON report.
             print(format_report(report), file=sys.stderr if args.report == "-" else sys.stdout)
         else:
-            report = run_plan(plan, client=client, options=options, engine_log=_engine_log(args.verbose))
+            todo = sum(1 for image in plan.images if image.status is Status.CONVERT)
+            bars = sys.stderr.isatty() and not args.quiet and args.log_format != "json"
+            with _overall_progress(todo if bars else 0) as on_image:
+                report = run_plan(plan, client=client, options=options, engine_log=_engine_log(args.verbose),
+                                  on_image=on_image)
             print(format_report(report), file=sys.stderr)
     if args.report:
         _write_report(args.report, report.to_json())
     return 1 if report.failed else 0
 
 
-def _build_time(env: Mapping[str, str]) -> int:
-    """SOURCE_DATE_EPOCH from ``env`` (the reproducible-builds convention, as ``convert layer``), else 0."""
-    value = env.get("SOURCE_DATE_EPOCH", "").strip()
-    if not value:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"reading SOURCE_DATE_EPOCH: not an integer: {value!r}") from None
+@contextlib.contextmanager
+def _overall_progress(total: int) -> Iterator[Callable[[ImageReport], None] | None]:
+    """On a TTY: one rich bar of images finished out of ``total`` (0: no bar)."""
+    if total <= 0:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as progress:
+        task = progress.add_task("images", total=total)
+
+        def advance(report: ImageReport) -> None:
+            progress.update(task, advance=1, description=f"images (last: {report.status} {report.source})")
+
+        yield advance
 
 
 __all__ = ["PLAIN_HTTP_ENV", "build_parser", "plain_http_hosts", "run_mirror"]

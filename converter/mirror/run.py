@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,11 +259,13 @@ class _Runner:
 
 
 def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOptions(),
-             convert_layer: ConvertLayerFn = default_convert_layer, engine_log: Any = None) -> MirrorReport:
+             convert_layer: ConvertLayerFn = default_convert_layer, engine_log: Any = None,
+             on_image: Callable[[ImageReport], None] | None = None) -> MirrorReport:
     """Convert the plan's CONVERT images (``options.jobs`` at once); report every image of the plan.
 
     ``convert_layer`` is the layer engine (a seam for tests); ``engine_log`` the logger handed to
-    ``convert_image`` (the CLI passes a quieter one so each image gives one line). On Ctrl-C no
+    ``convert_image`` (the CLI passes a quieter one so each image gives one line); ``on_image``
+    is called with each converted (or failed) image's report as it finishes (overall progress). On Ctrl-C no
     new image starts; images already converting run to their end (``convert_image`` has no
     cancel hook), then KeyboardInterrupt propagates.
     """
@@ -279,8 +281,12 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
             else:
                 reports[n] = _not_converted(image, dry_run=False)
                 _log_not_converted(reports[n])
-        for n, future in futures.items():
-            reports[n] = future.result()
+        index_of = {future: n for n, future in futures.items()}
+        for future in as_completed(futures.values()):
+            n = index_of[future]
+            reports[n] = finished = future.result()
+            if on_image is not None:
+                on_image(finished)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -304,14 +310,15 @@ def _log_not_converted(report: ImageReport | None) -> None:
 
 def run_job(job: Job, *, client: RegistryClient, options: RunOptions = RunOptions(), shard: Shard | None = None,
             dry_run: bool = False, convert_layer: ConvertLayerFn = default_convert_layer,
-            engine_log: Any = None) -> MirrorReport:
+            engine_log: Any = None, on_image: Callable[[ImageReport], None] | None = None) -> MirrorReport:
     """Plan ``job`` (this ``shard`` of it) and run the plan, or only report it with ``dry_run``."""
     started = time.monotonic()
     plan = make_plan(job, client, shard=shard, estimate=dry_run, page_size=options.page_size,
                      workers=max(4, options.jobs), tool_version=options.tool_version)
     if dry_run:
         return plan_report(plan, seconds=time.monotonic() - started)
-    return run_plan(plan, client=client, options=options, convert_layer=convert_layer, engine_log=engine_log)
+    return run_plan(plan, client=client, options=options, convert_layer=convert_layer, engine_log=engine_log,
+                    on_image=on_image)
 
 
 # --- text output ----------------------------------------------------------------------------------

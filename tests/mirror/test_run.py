@@ -97,8 +97,12 @@ images:
   - source: {prefix}/missing:1
   - source: {prefix}/ok:1
 """, filename="job.yaml")
-    report = run_job(job, client=client, options=RunOptions(jobs=2, workdir=tmp_path / "work"))
+    finished: list[str] = []
+    report = run_job(job, client=client, options=RunOptions(jobs=2, workdir=tmp_path / "work"),
+                     on_image=lambda image: finished.append(f"{image.status} {image.source}"))
     assert [i.status for i in report.images] == ["failed", "failed", "converted"]
+    # progress callbacks for the images that went through the pipeline (missing:1 failed at planning)
+    assert sorted(finished) == [f"converted {prefix}/ok:1", f"failed {prefix}/bad:1"]
     assert "diff_ids has 1 entries but the manifest has 2 layers" in (report.images[0].error or "")
     assert "404" in (report.images[1].error or "")
     assert report.failed and report.summary["failed"] == 2
