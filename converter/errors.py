@@ -92,12 +92,14 @@ class RegistryError(ConverterError):
         method: str = "",
         url: str = "",
         temporary: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         self.status = status
         self.code = code
         self.method = method
         self.url = url
         self.temporary = temporary
+        self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After), if any
         super().__init__(message)
 
 

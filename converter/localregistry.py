@@ -30,6 +30,16 @@ def free_port() -> int:
         return port
 
 
+def stop_process(process: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaped."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass(frozen=True, slots=True)
 class RunningRegistry:
     """A started registry: ``host`` is "127.0.0.1:PORT"."""
@@ -82,11 +92,6 @@ def local_registry(*, auth_yaml: str = "", timeout: float = 20.0, expect_status:
             time.sleep(0.05)
         yield RunningRegistry(host=f"127.0.0.1:{port}", root=root, process=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)

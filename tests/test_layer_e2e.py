@@ -75,6 +75,16 @@ def expected_layer(tar: Path, workdir: Path, *, bottom: bool) -> tuple[dict[str,
     return snap, implicit
 
 
+def assert_matches_gnu_tar(img: Path, tar: Path, work: Path, *, bottom: bool) -> None:
+    """fsck.erofs passes and the kernel's mount of ``img`` equals GNU tar's extraction of ``tar``."""
+    fsck(img)
+    work.mkdir()
+    expected, _ = expected_layer(tar, work, bottom=bottom)
+    with mounted(img) as mnt:
+        actual = snapshot(mnt)
+    assert diff(expected, actual) == [], f"{img.name} differs from {tar.name}"
+
+
 def sample_tar_files(tmp_path: Path) -> list[Path]:
     paths = []
     for i, data in enumerate(sample_layers()):
@@ -90,13 +100,7 @@ def test_each_sample_layer_matches_gnu_tar(tmp_path: Path, build: list[str]) -> 
     for i, tar in enumerate(sample_tar_files(tmp_path)):
         bottom = i == 0
         img = convert(tar, tmp_path / f"l{i}.erofs", *build, *(["--bottom"] if bottom else []))
-        fsck(img)
-        work = tmp_path / f"x{i}"
-        work.mkdir()
-        expected, _ = expected_layer(tar, work, bottom=bottom)
-        with mounted(img) as mnt:
-            actual = snapshot(mnt)
-        assert diff(expected, actual) == [], f"layer {i} ({build})"
+        assert_matches_gnu_tar(img, tar, tmp_path / f"x{i}", bottom=bottom)
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -135,7 +139,7 @@ def test_builds_are_byte_identical(tmp_path: Path, build: list[str]) -> None:
     tar = sample_tar_files(tmp_path)[1]
     a = convert(tar, tmp_path / "a.erofs", *build)
     b = convert(tar, tmp_path / "b.erofs", *build)
-    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    assert _sha(a) == _sha(b)
 
 
 @pytest.mark.slow
@@ -145,13 +149,7 @@ def test_debian_rootfs_layer(tmp_path: Path) -> None:
     tar = debian_rootfs_tar()
     gz = gzip_file(tar)
     img = convert(gz, tmp_path / "debian.erofs", "--bottom")
-    fsck(img)
-    work = tmp_path / "x"
-    work.mkdir()
-    expected, _ = expected_layer(tar, work, bottom=True)
-    with mounted(img) as mnt:
-        actual = snapshot(mnt)
-    assert diff(expected, actual) == []
+    assert_matches_gnu_tar(img, tar, tmp_path / "x", bottom=True)
     again = convert(gz, tmp_path / "again.erofs", "--bottom")
     assert _sha(img) == _sha(again)
 
@@ -161,13 +159,7 @@ def test_debian_rootfs_layer_lz4(tmp_path: Path) -> None:
     require_mount()
     tar = debian_rootfs_tar()
     img = convert(tar, tmp_path / "debian-lz4.erofs", "--bottom", "--to", "erofs+lz4")
-    fsck(img)
-    work = tmp_path / "x"
-    work.mkdir()
-    expected, _ = expected_layer(tar, work, bottom=True)
-    with mounted(img) as mnt:
-        actual = snapshot(mnt)
-    assert diff(expected, actual) == []
+    assert_matches_gnu_tar(img, tar, tmp_path / "x", bottom=True)
 
 
 def _sha(p: Path) -> str:

@@ -42,22 +42,13 @@ TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 class TemporaryRegistryError(RegistryError):
     """A transient registry failure (a status from TRANSIENT_STATUSES or a dropped connection).
 
-    ``retry_after`` is the server's requested delay in seconds, if it sent one. Callers should
-    catch RegistryError; this subclass only carries the delay to the retry loop.
+    Callers should catch RegistryError; this subclass only marks the failure as temporary.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        code: str = "",
-        method: str = "",
-        url: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, status=status, code=code, method=method, url=url, temporary=True)
-        self.retry_after = retry_after
+    def __init__(self, message: str, *, status: int | None = None, code: str = "", method: str = "",
+                 url: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, status=status, code=code, method=method, url=url, temporary=True,
+                         retry_after=retry_after)
 
 
 class RequestCancelled(RegistryError):
@@ -123,7 +114,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def retry_after_of(exc: BaseException) -> float | None:
     """The delay the server asked for with this failure, if any."""
-    return exc.retry_after if isinstance(exc, TemporaryRegistryError) else None
+    return exc.retry_after if isinstance(exc, RegistryError) else None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -28,6 +28,7 @@ from converter.formats import Format, parse_format
 from converter.layers.model import OPAQUE_XATTR, ORIGIN_XATTR, EntryKind, Inode, NodeKind, TarEntry
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.spool import SpoolSink
+from tests.support.data import BytesData
 from tests.support.kernel import fsck, mounted, overlay, require_mount
 
 T0 = 1_700_000_000
@@ -37,18 +38,6 @@ FORMATS = ["erofs", "erofs+lz4", "erofs+lz4hc,level=9", "erofs+zstd,level=3", "e
            "erofs+lzma,level=3"]
 RNG_BLOB = hashlib.shake_256(b"seed").digest(150_000)  # incompressible
 TEXT_BLOB = b"".join(b"line %d of a compressible file\n" % i for i in range(4000))
-
-
-class BytesData:
-    def __init__(self, data: bytes) -> None:
-        self._f = io.BytesIO(data)
-
-    def read(self, n: int = -1) -> bytes:
-        return self._f.read(n)
-
-    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
-        while chunk := self._f.read(size):
-            yield chunk
 
 
 Item = tuple[TarEntry, bytes | None]

@@ -15,25 +15,13 @@ from converter.erofs.mkfs import build_with_mkfs
 from converter.formats import parse_format
 from converter.layers.model import Inode, NodeKind
 from converter.layers.spool import SpoolSink
-
-
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def read(self, n: int = -1) -> bytes:
-        out, self._data = (self._data, b"") if n < 0 else (self._data[:n], self._data[n:])
-        return out
-
-    def chunks(self, size: int = 1 << 20):  # type: ignore[no-untyped-def]
-        while chunk := self.read(size):
-            yield chunk
+from tests.support.data import BytesData
 
 
 def test_cancel_kills_mkfs_promptly(tmp_path: Path) -> None:
     data = os.urandom(48 << 20)  # lzma needs many seconds for this
     spool = SpoolSink(tmp_path)
-    ref = spool.add(_Bytes(data), len(data))
+    ref = spool.add(BytesData(data), len(data))
     root = Inode(NodeKind.DIR, 0o755, children={b"big": Inode(NodeKind.REG, 0o644, size=len(data), data=ref)})
     scope = CancelScope()
     outcome: list[BaseException | None] = []

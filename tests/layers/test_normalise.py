@@ -6,7 +6,6 @@ import io
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,23 +24,10 @@ from converter.layers.model import (
 )
 from converter.layers.normalise import LayerNormaliser, MergedDirs, split_path
 from converter.layers.spool import SpoolRef, SpoolSink
+from tests.support.data import BytesData
 
 T0 = 1_700_000_000
 BUILD = 1_600_000_000
-
-
-class BytesData:
-    """A FileData over bytes, like the tar reader hands out."""
-
-    def __init__(self, data: bytes) -> None:
-        self._f = io.BytesIO(data)
-
-    def read(self, n: int = -1) -> bytes:
-        return self._f.read(n)
-
-    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
-        while chunk := self._f.read(size):
-            yield chunk
 
 
 def ent(name: str | bytes, kind: EntryKind = EntryKind.REG, *, mode: int = 0o644, uid: int = 0, gid: int = 0,

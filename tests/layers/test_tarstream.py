@@ -20,87 +20,9 @@ from hypothesis import strategies as st
 from converter.errors import LayerError
 from converter.layers.model import EntryKind, TarEntry
 from converter.layers.tarstream import TarReader, _Malformed, parse_pax_records
-
-T0 = 1_700_000_000
-END = bytes(1024)
-
+from tests.support.tarcraft import END, T0, base256, header, member, octal, pad, pax_record
 
 # --- archive construction helpers ------------------------------------------------------------
-
-
-def octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
-
-
-def base256(value: int, width: int) -> bytes:
-    """GNU base-256: 0x80 then big-endian for positives, two's complement for negatives."""
-    if value >= 0:
-        return b"\x80" + value.to_bytes(width - 1, "big")
-    return (value % (1 << (8 * width))).to_bytes(width, "big")
-
-
-def header(
-    name: bytes,
-    *,
-    typeflag: bytes = b"0",
-    size: int = 0,
-    mode: int = 0o644,
-    uid: int = 0,
-    gid: int = 0,
-    mtime: int = T0,
-    linkname: bytes = b"",
-    magic: bytes = b"ustar\x0000",
-    prefix: bytes = b"",
-    devmajor: int = 0,
-    devminor: int = 0,
-    fields: dict[int, bytes] | None = None,
-    checksum: str = "unsigned",
-) -> bytes:
-    """One 512-byte header; ``fields`` overwrite raw bytes at offsets after the defaults."""
-    block = bytearray(512)
-
-    def put(offset: int, data: bytes) -> None:
-        block[offset : offset + len(data)] = data
-
-    put(0, name)
-    put(100, octal(mode, 8))
-    put(108, octal(uid, 8))
-    put(116, octal(gid, 8))
-    put(124, octal(size, 12))
-    put(136, octal(mtime, 12))
-    put(156, typeflag)
-    put(157, linkname)
-    put(257, magic)
-    if magic.startswith(b"ustar"):
-        put(329, octal(devmajor, 8))
-        put(337, octal(devminor, 8))
-        put(345, prefix)
-    for offset, data in (fields or {}).items():
-        put(offset, data)
-    block[148:156] = b" " * 8
-    # Old tars summed the bytes as signed chars; readers must accept both sums.
-    signed = checksum == "signed"
-    total = sum(b - 256 if signed and b > 127 else b for b in block)
-    if checksum == "bad":
-        total += 1
-    block[148:156] = b"%06o\0 " % (total & 0o777777)
-    return bytes(block)
-
-
-def pad(data: bytes) -> bytes:
-    return data + bytes(-len(data) % 512)
-
-
-def member(name: bytes, data: bytes = b"", **kw: object) -> bytes:
-    return header(name, size=len(data), **kw) + pad(data)  # type: ignore[arg-type]
-
-
-def pax_record(key: bytes, value: bytes) -> bytes:
-    body = b" " + key + b"=" + value + b"\n"
-    length = len(body) + 1
-    while len(str(length)) + len(body) != length:
-        length = len(str(length)) + len(body)
-    return str(length).encode() + body
 
 
 def pax(*records: tuple[bytes, bytes], typeflag: bytes = b"x") -> bytes:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from converter.erofs.reader import ErofsImage
 from converter.erofs.tools import erofs_utils
-from tests.reliability.tarcraft import (
+from tests.support.tarcraft import (
     END,
     archive,
     base256,

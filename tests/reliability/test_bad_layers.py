@@ -22,8 +22,8 @@ from converter.formats import parse_format
 from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions
 from tests.reliability import catalogue
 from tests.reliability.bad_inputs import CATALOGUE, LZ4, RAW, BadInput, Image, by_name
-from tests.reliability.tarcraft import archive, gz, member
 from tests.support.kernel import fsck, mounted
+from tests.support.tarcraft import archive, gz, member
 
 pytestmark = pytest.mark.timeout(120)
 

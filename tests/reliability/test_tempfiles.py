@@ -33,7 +33,7 @@ from converter.layerconv import LayerOptions, convert_layer
 from converter.localregistry import RunningRegistry, local_registry
 from tests.reliability.imageenv import Probe, Sample, skopeo_copy, write_sample
 from tests.reliability.proxy import Action, Fault, FaultProxy
-from tests.reliability.tarcraft import archive, gz, member
+from tests.support.tarcraft import archive, gz, member
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]

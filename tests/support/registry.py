@@ -22,7 +22,6 @@ import ipaddress
 import json
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -40,19 +39,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from converter.localregistry import free_port, stop_process
+
 PROGRAM = "docker-registry"
 TOKEN_SERVICE = "erofs-test-registry"
 TOKEN_ISSUER = "erofs-test-issuer"
 # distribution accepts a token up to 60 s after its "exp" (and before its "nbf"): its Leeway.
 REGISTRY_TOKEN_LEEWAY = 60
 _START_TIMEOUT = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _b64url(data: bytes) -> str:
@@ -404,7 +398,7 @@ def run_registry(root: Path, kind: str = "open") -> Iterator[RegistryServer]:
     try:
         failure = ""
         for _ in range(3):  # the free port may be taken between probing and binding
-            port = _free_port()
+            port = free_port()
             config = root / "config.yml"
             config.write_text(_config_yaml(root, port, auth_yaml, tls))
             server = RegistryServer(f"127.0.0.1:{port}", kind, root, username, password, identity_token, issuer,
@@ -416,25 +410,16 @@ def run_registry(root: Path, kind: str = "open") -> Iterator[RegistryServer]:
             if reason is None:
                 break
             failure = reason
-            _stop(process)
+            stop_process(process)
             process = None
         else:
             pytest.skip(f"cannot start {PROGRAM} ({kind}): {failure}")
         yield server
     finally:
         if process is not None:
-            _stop(process)
+            stop_process(process)
         if issuer is not None:
             issuer.stop()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -40,11 +40,19 @@ def header(
     gid: int = 0,
     mtime: int = T0,
     linkname: bytes = b"",
+    magic: bytes = b"ustar\x0000",
+    prefix: bytes = b"",
     devmajor: int = 0,
     devminor: int = 0,
     fields: dict[int, bytes] | None = None,
+    checksum: str = "unsigned",
 ) -> bytes:
-    """One ustar header block; ``fields`` overwrite raw bytes at the given offsets."""
+    """One header block; ``fields`` overwrite raw bytes at the given offsets after the defaults.
+
+    ``magic`` other than ustar makes an old v7 header (no device or prefix fields);
+    ``checksum`` is "unsigned", "signed" (old tars summed signed chars; readers must accept
+    both) or "bad".
+    """
     block = bytearray(BLOCK)
 
     def put(offset: int, data: bytes) -> None:
@@ -58,13 +66,19 @@ def header(
     put(136, octal(mtime, 12))
     put(156, typeflag)
     put(157, linkname[:100])
-    put(257, b"ustar\x0000")
-    put(329, octal(devmajor, 8))
-    put(337, octal(devminor, 8))
+    put(257, magic)
+    if magic.startswith(b"ustar"):
+        put(329, octal(devmajor, 8))
+        put(337, octal(devminor, 8))
+        put(345, prefix[:155])
     for offset, data in (fields or {}).items():
         put(offset, data)
     block[148:156] = b" " * 8
-    block[148:156] = b"%06o\0 " % sum(block)
+    signed = checksum == "signed"
+    total = sum(b - 256 if signed and b > 127 else b for b in block)
+    if checksum == "bad":
+        total += 1
+    block[148:156] = b"%06o\0 " % (total & 0o777777)
     return bytes(block)
 
 
