@@ -131,6 +131,9 @@ def test_three_shard_processes_convert_each_image_once(client: RegistryClient, p
     single = run_job(shared_job(prefix, "single", lz4, sources=sources), client=client,
                      options=RunOptions(jobs=3, workdir=tmp_path / "work"))
     assert single.summary["converted"] == 9, format_report(single)
+    # within one process each distinct layer is built once (L0, L1, and the two top layers of app
+    # and mid); every other layer of the 9 images comes from the cache
+    assert (single.summary["layers_converted"], single.summary["layers_reused"]) == (4, 20), format_report(single)
 
     job_file = tmp_path / "sharded.yaml"
     lines = ["defaults:", f"  to: {lz4}", f'  dest: "{prefix}/sharded/{{repository}}:{{tag}}-{{format}}"',
@@ -159,8 +162,11 @@ def test_three_shard_processes_convert_each_image_once(client: RegistryClient, p
         for image in doc["images"]:
             repo = image["source"].rsplit("/", 1)[1].split(":")[0]
             assert image["layers_converted"] + image["layers_reused"] == LAYERS[repo]
-        # within one process the shared base is built once: at least 4 of the shard's 8 layers reused
-        assert doc["summary"]["layers_reused"] >= 4
+    # Shards share layers through the registry cache (hits are counted in their reports). How many
+    # each shard reuses depends on timing: three processes race to store the same entries, and
+    # distribution briefly loses a blob's link when it is committed twice, which sends a lookup to
+    # the fallback (rebuild) path. The exact in-process count is checked on the single run above.
+    assert sum(doc["summary"]["layers_reused"] for doc in reports) >= 4, json.dumps(reports, indent=1)
     sharded = {i["source"]: i["dest_digest"] for r in reports for i in r["images"]}
     assert sharded == by_source(single)  # identical to the single-process run
 
