@@ -29,7 +29,7 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/mypy
 
 demo: $(STAMP) ## the main job: convert an embedded sample image through a local registry
-	$(BIN)/python -m converter.demo
+	$(BIN)/python -m converter.testing.demo
 
 bench: $(STAMP) ## benchmark against gzip|mkfs.erofs (not part of make test)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
@@ -38,7 +38,7 @@ mirror: $(STAMP) ## run a mirroring job: make mirror JOB=pipelines/x.yaml
 	$(BIN)/convert mirror $(JOB)
 
 mirror-demo: $(STAMP) ## mirror the embedded sample image into a local registry
-	$(BIN)/python -m converter.demo --mirror
+	$(BIN)/python -m converter.testing.demo --mirror --job pipelines/local-sample.yaml
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -98,9 +98,9 @@ def ours_image_argv(tools: Tools, src_ref: str, dest_ref: str, fmt: str, host: s
 
 
 def image_command_status(tools: Tools) -> tuple[bool, str]:
-    """Whether ``convert SOURCE --dest DEST`` exists yet (converter.imagecli and a working --help)."""
-    if importlib.util.find_spec("converter.imagecli") is None:
-        return False, "converter/imagecli.py does not exist yet"
+    """Whether ``convert SOURCE --dest DEST`` exists yet (converter.cli.image and a working --help)."""
+    if importlib.util.find_spec("converter.cli.image") is None:
+        return False, "converter/cli/image.py does not exist yet"
     try:
         res = subprocess.run([str(tools.convert), "--help"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

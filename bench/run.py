@@ -234,7 +234,7 @@ def _check_pushed(sample: Sample, ref: str, expect_layers: int) -> None:
 
 def run_image(tools: Tools, image: inputs.BenchImage, rounds: int, *, jobs: int = 0) -> Results:
     """(a)/(b) against (c): registry → registry, both formats, a fresh registry per round."""
-    from converter.localregistry import local_registry
+    from converter.testing.localregistry import local_registry
 
     cases = [Case("image", "bench-image", fmt, image.tar_bytes) for fmt in FORMATS]
     available, why = image_command_status(tools)

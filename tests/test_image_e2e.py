@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from converter.cli import main
-from converter.sample import sample_layers, write_oci_layout
+from converter.testing.sample import sample_layers, write_oci_layout
 from tests.support.compare import diff, snapshot
 from tests.support.kernel import fsck, overlay, require_mount
 from tests.support.registry import RegistryServer

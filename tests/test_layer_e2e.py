@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from converter.cli import main
-from converter.formats import parse_format
-from converter.layerconv import LayerOptions, convert_layer
+from converter.convert.layer import LayerOptions, convert_layer
+from converter.erofs.target import parse_format
 from converter.layers.normalise import MergedDirs
-from converter.sample import sample_layers, write_oci_layout
+from converter.testing.sample import sample_layers, write_oci_layout
 from tests.support.compare import Entry, diff, snapshot
 from tests.support.fixtures import debian_rootfs_tar, gzip_file
 from tests.support.kernel import fsck, mounted, overlay, require_mount

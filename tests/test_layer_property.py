@@ -16,9 +16,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from converter.convert.layer import LayerOptions, convert_layer
 from converter.erofs.reader import ErofsImage
-from converter.formats import Format
-from converter.layerconv import LayerOptions, convert_layer
+from converter.erofs.target import TargetFormat
 from tests.support.kernel import fsck
 
 NAMES = st.text(alphabet="abcXY-._09é", min_size=1, max_size=12).filter(
@@ -109,7 +109,7 @@ def check(fmt: str, specs: list[Spec], *, builder: str = "python", run_fsck: boo
     data = make_tar(fmt, specs)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "l.erofs"
-        convert_layer(io.BytesIO(data), out, options=LayerOptions(fmt=Format(), builder=builder, bottom=True),
+        convert_layer(io.BytesIO(data), out, options=LayerOptions(fmt=TargetFormat(), builder=builder, bottom=True),
                       layer="random.tar", workdir=Path(tmp))
         if run_fsck:
             fsck(out)

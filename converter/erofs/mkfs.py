@@ -51,9 +51,9 @@ from typing import IO
 
 from converter.cancel import current_scope
 from converter.erofs import format as fmt
+from converter.erofs.target import TargetFormat
 from converter.erofs.tools import ErofsUtils, erofs_utils
 from converter.errors import ErofsFormatError, MkfsError
-from converter.formats import Format
 from converter.layers.model import OPAQUE_MARKER, OPAQUE_XATTR, ORIGIN_XATTR, WHITEOUT_PREFIX, Inode, NodeKind
 from converter.layers.spool import SpoolSink
 
@@ -311,7 +311,7 @@ def needs_extended_inodes(root: Inode, build_time: int) -> bool:
     return False
 
 
-def mkfs_command(mkfs: Path | str, out_path: Path | str, *, fmt: Format, build_time: int,
+def mkfs_command(mkfs: Path | str, out_path: Path | str, *, fmt: TargetFormat, build_time: int,
                  uuid: uuid_mod.UUID, bottom: bool, force_extended: bool = False) -> list[str]:
     """The mkfs.erofs command line (the tar comes on stdin)."""
     cmd = [str(mkfs), "--tar=f", "--aufs", "-b4096", f"-T{build_time}", "--mkfs-time", f"-U{uuid}",
@@ -324,7 +324,7 @@ def mkfs_command(mkfs: Path | str, out_path: Path | str, *, fmt: Format, build_t
     return cmd
 
 
-def build_with_mkfs(root: Inode, spool: SpoolSink, out_path: Path | str, *, fmt: Format, build_time: int,
+def build_with_mkfs(root: Inode, spool: SpoolSink, out_path: Path | str, *, fmt: TargetFormat, build_time: int,
                     uuid: uuid_mod.UUID, bottom: bool, display_name: str = "") -> None:
     """Build ``out_path`` from the tree with mkfs.erofs; ``MkfsError`` with its stderr on failure.
 

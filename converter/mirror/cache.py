@@ -29,7 +29,7 @@ it is not used: the entry must be ours and carry exactly our key; the blob must 
 the destination, else a cross-repository mount from the cache repository, which fails when
 the blob is gone) with the entry's size; its EROFS superblock (read from the first bytes of
 the blob) must carry the volume UUID derived from *this* source layer's digest
-(``converter.layerconv.layer_uuid``), which catches an entry pointing at another layer's
+(``converter.convert.layer.layer_uuid``), which catches an entry pointing at another layer's
 blob. Any failure is logged and the layer is converted as if there were no entry; the new
 result then overwrites the bad entry. Registry errors talking to the cache are misses too.
 
@@ -66,10 +66,10 @@ from typing import Any, BinaryIO
 
 import structlog
 
+from converter.convert.layer import LayerOptions, LayerResult, layer_uuid, read_layer
 from converter.erofs.format import EROFS_MAGIC, SUPERBLOCK, SUPERBLOCK_OFFSET, Superblock
 from converter.erofs.tools import erofs_utils
 from converter.errors import ConverterError, ErofsFormatError, NotFound, RegistryError
-from converter.layerconv import LayerOptions, LayerResult, layer_uuid, read_layer
 from converter.layers.model import DirMeta, FileData, Inode, LowerView, NodeKind
 from converter.mirror.jobs import Repository
 from converter.oci.mediatypes import MediaType, Profile

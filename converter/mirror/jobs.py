@@ -53,8 +53,8 @@ from typing import Any
 
 import yaml
 
+from converter.erofs.target import TargetFormat, parse_format
 from converter.errors import ConverterError, InvalidFormat, InvalidReference, JobConfigError
-from converter.formats import Format, parse_format
 from converter.oci.mediatypes import Profile
 from converter.oci.model import Platform
 from converter.reference import Reference, parse_reference
@@ -224,7 +224,7 @@ class DestTemplate:
     def fields(self) -> frozenset[str]:
         return frozenset(m.group(1) for m in _FIELD_RE.finditer(self.text) if m.group(1) is not None)
 
-    def expand(self, source: Reference, fmt: Format) -> str:
+    def expand(self, source: Reference, fmt: TargetFormat) -> str:
         """The template with every placeholder filled (not yet parsed as a reference)."""
         values = {
             "registry": source.registry,
@@ -242,7 +242,7 @@ class DestTemplate:
 
         return _FIELD_RE.sub(fill, self.text)
 
-    def render(self, source: Reference, fmt: Format) -> Reference:
+    def render(self, source: Reference, fmt: TargetFormat) -> Reference:
         """The destination for ``source`` in ``fmt``; a JobFileError at ``dest``'s line if invalid."""
         if source.tag is None and "tag" in self.fields:
             raise self.where.error(f"{{tag}} is used but the source {source} has no tag")
@@ -293,7 +293,7 @@ def expand_env(text: str, env: Mapping[str, str], where: Where) -> str:
 class Settings:
     """How one image is converted and where it goes (defaults merged with the image's overrides)."""
 
-    fmt: Format
+    fmt: TargetFormat
     profile: Profile
     platforms: tuple[Platform, ...]
     merge_index: bool
@@ -418,7 +418,7 @@ def _list(node: yaml.Node, where: Where) -> list[tuple[yaml.Node, Where]]:
 class _Partial:
     """Settings as given in one place (defaults or an image); None where not given."""
 
-    fmt: Format | None = None
+    fmt: TargetFormat | None = None
     profile: Profile | None = None
     platforms: tuple[Platform, ...] | None = None
     merge_index: bool | None = None
@@ -477,7 +477,7 @@ def _merge(defaults: _Partial, own: _Partial, where: Where) -> Settings:
         raise where.error("no dest: give dest here or under defaults, e.g. "
                           "\"registry.example/mirror/{repository}:{tag}-{format}\"")
     return Settings(
-        fmt=own.fmt or defaults.fmt or Format(),
+        fmt=own.fmt or defaults.fmt or TargetFormat(),
         profile=own.profile or defaults.profile or Profile.SPEC,
         platforms=own.platforms if own.platforms is not None else (defaults.platforms or ()),
         merge_index=own.merge_index if own.merge_index is not None else bool(defaults.merge_index),

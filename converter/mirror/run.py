@@ -34,8 +34,8 @@ from typing import Any
 import structlog
 
 from converter import __version__
+from converter.convert.layer import convert_layer as default_convert_layer
 from converter.errors import ConverterError
-from converter.layerconv import convert_layer as default_convert_layer
 from converter.mirror.cache import (
     CachingConverter,
     CountingConverter,

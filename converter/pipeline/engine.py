@@ -32,9 +32,9 @@ from typing import Any
 
 import structlog
 
+from converter.convert.layer import LayerOptions
+from converter.convert.layer import convert_layer as default_convert_layer
 from converter.errors import ConverterError, ImageError
-from converter.layerconv import LayerOptions
-from converter.layerconv import convert_layer as default_convert_layer
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import (
     MAX_CONFIG_SIZE,

@@ -64,9 +64,9 @@ from typing import Any, BinaryIO, Protocol
 import structlog
 
 from converter.cancel import CancelScope
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions, LayerResult
+from converter.erofs.target import TargetFormat
 from converter.errors import ConverterError, DigestMismatch, ImageError
-from converter.formats import Format
-from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions, LayerResult
 from converter.layers.model import FileData, Inode, LowerView, NodeKind
 from converter.layers.spool import SpoolSink
 from converter.oci.model import Descriptor
@@ -106,7 +106,7 @@ class LayerFailed(ConverterError):
 
 
 class ConvertLayerFn(Protocol):
-    """The signature of ``converter.layerconv.convert_layer`` (the pipeline's main seam)."""
+    """The signature of ``converter.convert.layer.convert_layer`` (the pipeline's main seam)."""
 
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions,
                  lower: LowerView | None = None, media_type: str | None = None, layer: str = "",
@@ -231,7 +231,7 @@ class GraphSettings:
     sink: ImageSink
     image: str
     platform: str
-    fmt: Format
+    fmt: TargetFormat
     builder: str
     build_time: int
     jobs: int

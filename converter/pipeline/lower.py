@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from converter.formats import Format
-from converter.layerconv import LayerOptions, read_layer
+from converter.convert.layer import LayerOptions, read_layer
+from converter.erofs.target import TargetFormat
 from converter.layers.model import OPAQUE_XATTR, DataSink, DirMeta, FileData, Inode, LowerView, NodeKind
 from converter.layers.model import lookup as model_lookup
 from converter.layers.normalise import dir_meta_of
@@ -133,7 +133,7 @@ def normalise_layer(src: BinaryIO, *, sink: DataSink, media_type: str | None, la
     unlimited): the pre-pass reads a layer before its build does, so it must refuse a hostile
     layer just as early, before the tree of a million-entry tar fills memory.
     """
-    options = LayerOptions(fmt=Format(), bottom=bottom, build_time=build_time, max_expanded=max_expanded,
+    options = LayerOptions(fmt=TargetFormat(), bottom=bottom, build_time=build_time, max_expanded=max_expanded,
                            max_entries=max_entries)
     return read_layer(src, sink=sink, options=options, lower=lower, media_type=media_type, layer=layer).root
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converter import __version__
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
+from converter.erofs.target import TargetFormat
 from converter.errors import UsageError
-from converter.formats import Format
-from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Platform
 from converter.reference import Digest, OciLayoutRef, Reference
@@ -41,7 +41,7 @@ class ConvertOptions:
     layer`` (same defaults; None: unlimited): layers come from registries we do not control.
     """
 
-    fmt: Format = field(default_factory=Format)
+    fmt: TargetFormat = field(default_factory=TargetFormat)
     profile: Profile = Profile.SPEC
     platforms: tuple[Platform, ...] = ()
     merge_index: bool = False
@@ -106,7 +106,7 @@ class ConvertResult:
     dropped: tuple[tuple[Digest, str], ...] = ()
 
 
-def default_destination(src_ref: Location, fmt: Format) -> Location:
+def default_destination(src_ref: Location, fmt: TargetFormat) -> Location:
     """Same repository (or layout directory), tag ``<tag>-<fmt.tag_suffix>``."""
     tag = src_ref.tag
     if tag is None:

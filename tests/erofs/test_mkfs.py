@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from converter.erofs.mkfs import build_with_mkfs, emit_tar, mkfs_command, mkfs_tools
+from converter.erofs.target import TargetFormat, parse_format
 from converter.erofs.tools import erofs_utils
 from converter.errors import MkfsError, ToolError
-from converter.formats import Format, parse_format
 from converter.layers.model import OPAQUE_XATTR, ORIGIN_XATTR, EntryKind, Inode, NodeKind, TarEntry
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.spool import SpoolSink
@@ -455,7 +455,7 @@ def test_tree_errors_become_mkfs_errors(tmp_path: Path) -> None:
 def test_command_line_and_version_check() -> None:
     tools = mkfs_tools()
     assert tools.version >= (1, 9, 3)
-    cmd = mkfs_command("mkfs.erofs", "o.img", fmt=Format("lz4hc", 12), build_time=7, uuid=UUID, bottom=True)
+    cmd = mkfs_command("mkfs.erofs", "o.img", fmt=TargetFormat("lz4hc", 12), build_time=7, uuid=UUID, bottom=True)
     assert cmd == ["mkfs.erofs", "--tar=f", "--aufs", "-b4096", "-T7", "--mkfs-time", f"-U{UUID}", "--quiet",
                    "-zlz4hc,level=12", "--ovlfs-strip=1", "o.img"]
     with pytest.raises(ToolError, match=r"needs mkfs\.erofs >= 99\.0, but .* is 1\.9"):

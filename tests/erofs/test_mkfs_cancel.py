@@ -12,7 +12,7 @@ import pytest
 
 from converter.cancel import CancelScope, OperationCancelled
 from converter.erofs.mkfs import build_with_mkfs
-from converter.formats import parse_format
+from converter.erofs.target import parse_format
 from converter.layers.model import Inode, NodeKind
 from converter.layers.spool import SpoolSink
 from tests.support.data import BytesData

@@ -10,12 +10,12 @@ from typing import BinaryIO
 
 import httpx
 
-from converter.layerconv import LayerOptions, LayerResult, convert_layer
+from converter.convert.layer import LayerOptions, LayerResult, convert_layer
 from converter.layers.model import Inode, LowerView
-from converter.mirror.demo import push_layout_image
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
-from converter.sample import Item, layer_tar, sample_layers, write_oci_layout
+from converter.testing.mirror_demo import push_layout_image
+from converter.testing.sample import Item, layer_tar, sample_layers, write_oci_layout
 
 
 class CountingEngine:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from converter import __version__
-from converter.formats import Format, parse_format
-from converter.layerconv import LayerOptions
+from converter.convert.layer import LayerOptions
+from converter.erofs.target import TargetFormat, parse_format
 from converter.mirror.cache import (
     ANN_CACHE_DIFF_ID,
     ANN_CACHE_KEY,
@@ -34,7 +34,7 @@ from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Descriptor, Index, Manifest, Platform, descriptor_for
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
-from converter.sample import sample_layers
+from converter.testing.sample import sample_layers
 from converter.transports import RegistrySource
 from tests.mirror.helpers import CountingEngine, other_top_layer, push_image, push_shared_base_images
 from tests.pipeline.fakes import MemorySource
@@ -57,13 +57,14 @@ def only(report: MirrorReport) -> dict[str, object]:
     return image.to_json()
 
 
-def base_keys(client: RegistryClient, ref: str, fmt: Format | None = None) -> list[CacheKey]:
+def base_keys(client: RegistryClient, ref: str, fmt: TargetFormat | None = None) -> list[CacheKey]:
     """The cache keys of the layers of image ``ref`` (raw erofs, python builder, epoch 0)."""
     source = RegistrySource(client, parse_reference(ref))
     chains = layer_chains(source, image=ref)
     data, _, _ = source.get_manifest()
     layers = [entry["digest"] for entry in json.loads(data)["layers"]]
-    keys = [cache_key(layer, LayerOptions(fmt=fmt or Format(), bottom=i == 0), chains=chains, profile=Profile.SPEC,
+    keys = [cache_key(layer, LayerOptions(fmt=fmt or TargetFormat(), bottom=i == 0), chains=chains,
+                      profile=Profile.SPEC,
                       tool_version=__version__) for i, layer in enumerate(layers)]
     assert all(k is not None for k in keys)
     return [k for k in keys if k is not None]
@@ -327,14 +328,14 @@ def _fields(key: CacheKey) -> dict[str, object]:
 def test_cache_key_needs_a_known_unambiguous_layer() -> None:
     a, b = str(Digest.from_bytes(b"a")), str(Digest.from_bytes(b"b"))
     chains: dict[str, str | None] = {a: "", b: None}
-    options = LayerOptions(fmt=Format(), bottom=True)
+    options = LayerOptions(fmt=TargetFormat(), bottom=True)
     key = cache_key(a, options, chains=chains, profile=Profile.SPEC, tool_version="1")
     assert key is not None and key.lower == "" and key.erofs_utils == ""
     assert cache_key(b, options, chains=chains, profile=Profile.SPEC, tool_version="1") is None
     assert cache_key(str(Digest.from_bytes(b"c")), options, chains=chains, profile=Profile.SPEC,
                      tool_version="1") is None
     # bottom flag and chain disagree: not cached
-    assert cache_key(a, LayerOptions(fmt=Format()), chains=chains, profile=Profile.SPEC, tool_version="1") is None
+    assert cache_key(a, LayerOptions(fmt=TargetFormat()), chains=chains, profile=Profile.SPEC, tool_version="1") is None
     mkfs = cache_key(a, LayerOptions(fmt=parse_format("erofs+lz4"), bottom=True), chains=chains,
                      profile=Profile.SPEC, tool_version="1", mkfs_version=lambda: "1.9.4")
     assert mkfs is not None and (mkfs.builder, mkfs.erofs_utils) == ("mkfs", "1.9.4")

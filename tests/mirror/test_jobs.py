@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from converter.erofs.target import TargetFormat, parse_format
 from converter.errors import JobConfigError, UsageError
-from converter.formats import Format, parse_format
 from converter.mirror.jobs import (
     DestTemplate,
     JobFileError,
@@ -49,7 +49,7 @@ def test_minimal_example() -> None:
     assert app.settings.profile is Profile.SPEC and app.settings.platforms == ()
     assert app.settings.merge_index is False and app.settings.cache_repo is None
     assert str(app.settings.dest.render(app.ref, app.settings.fmt)) == "registry.example/mirror/org/app:1.4-erofs-lz4"
-    assert debian.settings.fmt == Format()
+    assert debian.settings.fmt == TargetFormat()
     assert debian.ref is not None
     assert (str(debian.settings.dest.render(debian.ref, debian.settings.fmt))
             == "registry.example/mirror/library/debian:bookworm-erofs")
@@ -81,7 +81,7 @@ def test_literal_braces_and_dollars() -> None:
     assert expand_env("a$$b${X}c", {"X": "1"}, where) == "a$b1c"
     template = DestTemplate("m.example/{{x}}/{repository}:{tag}}}", where)
     assert template.fields == {"repository", "tag"}
-    assert template.expand(parse_reference("a.example/app:1"), Format()) == "m.example/{x}/app:1}"
+    assert template.expand(parse_reference("a.example/app:1"), TargetFormat()) == "m.example/{x}/app:1}"
 
 
 def test_env_references() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from converter.mirror.cli import build_parser
+from converter.cli.mirror import build_parser
 from converter.mirror.jobs import parse_job
 from converter.mirror.plan import parse_shard
 

@@ -26,7 +26,7 @@ from converter.mirror.run import RunOptions, run_job
 from converter.oci.mediatypes import MediaType
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
-from converter.sample import Item, layer_tar, sample_layers
+from converter.testing.sample import Item, layer_tar, sample_layers
 from tests.mirror.helpers import PaginatingTransport, push_image
 from tests.registry.helpers import Recorder
 

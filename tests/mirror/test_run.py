@@ -15,13 +15,13 @@ import pytest
 
 from converter.erofs.tools import erofs_utils
 from converter.errors import RegistryError, ToolError
-from converter.mirror.demo import run_mirror_demo
 from converter.mirror.jobs import Job, parse_job
 from converter.mirror.plan import shard_of, source_key
 from converter.mirror.run import MirrorReport, RunOptions, format_report, run_job
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
-from converter.sample import sample_layers
+from converter.testing.mirror_demo import run_mirror_demo
+from converter.testing.sample import sample_layers
 from converter.transports.registry import BlobLocks, RegistrySink, retry_blob_unknown
 from tests.mirror.helpers import CountingEngine, other_top_layer, push_image, push_shared_base_images
 from tests.registry.helpers import Recorder
@@ -201,7 +201,7 @@ images:
 
 
 def test_mirror_demo() -> None:
-    assert run_mirror_demo() == 0
+    assert run_mirror_demo(Path(__file__).resolve().parents[2] / "pipelines" / "local-sample.yaml") == 0
 
 
 # --- the registry race the mirror guards against --------------------------------------------

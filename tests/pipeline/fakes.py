@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from converter.convert.layer import LayerOptions, LayerResult
 from converter.errors import ImageError
-from converter.layerconv import LayerOptions, LayerResult
 from converter.layers.model import DataSink, Inode, LowerView, NodeKind
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import Descriptor, Index, Manifest, Platform, canonical_json

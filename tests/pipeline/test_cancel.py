@@ -14,15 +14,15 @@ import _thread
 import http.server
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import structlog
 
 from converter.cancel import CancelScope
+from converter.erofs.target import TargetFormat
 from converter.errors import NotFound
-from converter.formats import Format
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import Descriptor
 from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph
@@ -119,11 +119,6 @@ class StallServer:
         self._server.server_close()
 
 
-@pytest.fixture
-def client() -> Iterator[RegistryClient]:
-    with RegistryClient() as c:  # default timeouts (60 s) and retry policy
-        yield c
-
 
 def cancel_while_stalled(server: StallServer, work: Callable[[], object]) -> tuple[float, BaseException | None]:
     """Run ``work`` in a thread inside a scope, cancel it once the server stalls; (seconds, error)."""
@@ -209,7 +204,7 @@ def graph_over(server: StallServer, client: RegistryClient, layers: list[Descrip
     engine = FakeEngine()
     source = RegistrySource(client, parse_reference(f"{server.host}/r:1"))
     settings = GraphSettings(source=source, sink=MemorySink(), image="example.com/app:1", platform="linux/amd64",
-                             fmt=Format(), builder="python", build_time=0, jobs=2, run_ahead=0, prepass=False,
+                             fmt=TargetFormat(), builder="python", build_time=0, jobs=2, run_ahead=0, prepass=False,
                              convert=engine.convert, normalise=engine.normalise, progress=None,
                              log=structlog.get_logger())
     return LayerGraph(settings, layers, workdir=tmp_path / "g")

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from converter.erofs.target import TargetFormat, parse_format
 from converter.errors import AuthError, ImageError, UnsupportedMediaType, UsageError
-from converter.formats import Format, parse_format
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Platform, canonical_json
 from converter.oci.rewrite import ANN_SOURCE_DIGEST, ANN_SOURCE_REF, Provenance
@@ -290,9 +290,9 @@ def test_default_destination(src: str, fmt: str, dest: str) -> None:
 
 def test_default_destination_needs_a_tag() -> None:
     with pytest.raises(UsageError, match="a digest-only source needs --dest"):
-        default_destination(parse_reference("ghcr.io/a/b@sha256:" + "a" * 64), Format())
+        default_destination(parse_reference("ghcr.io/a/b@sha256:" + "a" * 64), TargetFormat())
     with pytest.raises(UsageError, match="an oci: source without a tag needs --dest"):
-        default_destination(OciLayoutRef(Path("/x")), Format())
+        default_destination(OciLayoutRef(Path("/x")), TargetFormat())
     with pytest.raises(UsageError, match="longer than 128"):
         default_destination(parse_reference("ghcr.io/a/b:" + "t" * 120), parse_format("erofs+lz4hc,level=9"))
 

@@ -17,8 +17,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from converter.erofs.target import TargetFormat
 from converter.errors import DigestMismatch, ImageError, LayerError
-from converter.formats import Format
 from converter.oci.model import Descriptor
 from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph, fetch_blob
 from converter.pipeline.progress import ProgressEvent, Stage
@@ -35,7 +35,7 @@ def make_layers(source: MemorySource, n: int, size: int = 1000) -> list[Descript
 
 def settings(source: MemorySource, sink: MemorySink, engine: FakeEngine, **over: Any) -> GraphSettings:
     kw: dict[str, Any] = dict(source=source, sink=sink, image="example.com/app:1", platform="linux/amd64",
-                              fmt=Format(), builder="python", build_time=0, jobs=3, run_ahead=0, prepass=None,
+                              fmt=TargetFormat(), builder="python", build_time=0, jobs=3, run_ahead=0, prepass=None,
                               convert=engine.convert, normalise=engine.normalise, progress=None,
                               log=structlog.get_logger())
     kw.update(over)

@@ -1,5 +1,5 @@
 """A real conversion: a two-layer tar+gzip image in an oci: layout → EROFS image in another layout,
-through the real layer engine (converter.layerconv.convert_layer), read back with our EROFS reader
+through the real layer engine (converter.convert.layer.convert_layer), read back with our EROFS reader
 and inspected by skopeo."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from converter.erofs.reader import ErofsImage
+from converter.erofs.target import parse_format
 from converter.erofs.tools import erofs_utils
 from converter.errors import ToolError
-from converter.formats import parse_format
 from converter.oci.mediatypes import MediaType
 from converter.pipeline import ConvertOptions, ConvertResult, convert_image
 from converter.reference import Digest, OciLayoutRef
-from converter.sample import Item, layer_tar, sample_layers, write_oci_layout
+from converter.testing.sample import Item, layer_tar, sample_layers, write_oci_layout
 from converter.transports import LayoutSink, LayoutSource
 
 

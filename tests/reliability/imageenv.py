@@ -3,7 +3,7 @@ direct (proxy-free) inspection of what a registry holds, and retries that do not
 
 Tests set attempts and the read timeout with the image CLI's own flags (``--retries``,
 ``--timeout``). Only the backoff sleeps (up to 10 s, and Retry-After waits) are not a flag:
-``fast_sleeps`` wraps ``converter.imagecli.make_client`` so that the policy built from the
+``fast_sleeps`` wraps ``converter.cli.image.make_client`` so that the policy built from the
 flags records its sleeps instead of sleeping, and records what the flags produced.
 """
 
@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from converter import imagecli
+from converter.cli import image as imagecli
 from converter.registry.client import DEFAULT_RETRY, RegistryClient
 from converter.registry.retry import RetryPolicy
-from converter.sample import SampleLayout, sample_layers, write_oci_layout
+from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
 
 ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from converter.cli import main
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions
 from converter.erofs.reader import ErofsImage
-from converter.formats import parse_format
-from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions
+from converter.erofs.target import parse_format
 from tests.reliability import catalogue
 from tests.reliability.bad_inputs import CATALOGUE, LZ4, RAW, BadInput, Image, by_name
 from tests.support.kernel import fsck, mounted

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from converter.cli import main
-from converter.localregistry import RunningRegistry, local_registry
+from converter.testing.localregistry import RunningRegistry, local_registry
 from tests.reliability.imageenv import FastRetry, Probe, Sample, fast_sleeps, skopeo_copy, write_sample
 from tests.reliability.proxy import Action, Fault, FaultProxy
 

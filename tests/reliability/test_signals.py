@@ -1,7 +1,7 @@
 """Signals to the CLI: the first SIGINT or SIGTERM interrupts (cleanup runs, exit 130, one line);
 a second one kills the process at once, even while that cleanup hangs.
 
-The command is a stand-in registered in ``converter.cli.COMMANDS`` inside a child process, so
+The command is a stand-in registered in ``converter.cli.main.COMMANDS`` inside a child process, so
 ``main`` installs its real handlers, and its cleanup can hang on purpose: an image
 conversion's cleanup is normally too quick (tests/reliability/test_tempfiles.py) to send a
 second signal into.
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 HANGING_CLEANUP = """
 import sys, time
-from converter import cli
+from converter.cli import main as cli
 
 def hang(argv):
     try:  # "ready" inside the try: a signal sent right after it must reach the cleanup

@@ -28,9 +28,9 @@ from typing import BinaryIO, cast
 
 import pytest
 
-from converter.formats import parse_format
-from converter.layerconv import LayerOptions, convert_layer
-from converter.localregistry import RunningRegistry, local_registry
+from converter.convert.layer import LayerOptions, convert_layer
+from converter.erofs.target import parse_format
+from converter.testing.localregistry import RunningRegistry, local_registry
 from tests.reliability.imageenv import Probe, Sample, skopeo_copy, write_sample
 from tests.reliability.proxy import Action, Fault, FaultProxy
 from tests.support.tarcraft import archive, gz, member

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from converter.localregistry import free_port, stop_process
+from converter.testing.localregistry import free_port, stop_process
 
 PROGRAM = "docker-registry"
 TOKEN_SERVICE = "erofs-test-registry"

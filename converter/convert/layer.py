@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from converter.erofs.mkfs import build_with_mkfs
+from converter.erofs.target import TargetFormat
 from converter.erofs.writer import ImageDataArea, write_image
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
-from converter.formats import Format
 from converter.layers.compression import HashingReader, open_layer_stream
 from converter.layers.model import DataSink, EntryKind, Inode, LowerView
 from converter.layers.normalise import LayerNormaliser
@@ -77,7 +77,7 @@ class LayerOptions:
     """How to build a layer: format (raw or erofs+ALGO), builder, bottom-layer stripping, epoch,
     and the limits that stop a hostile layer (``None``: unlimited; see the module docstring)."""
 
-    fmt: Format
+    fmt: TargetFormat
     builder: str = "python"  # "python" (raw only) or "mkfs"
     bottom: bool = False
     build_time: int = 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,10 @@ from converter.oci.mediatypes import MediaType
 from converter.pipeline import ConvertOptions, convert_image
 from converter.reference import Digest, OciLayoutRef, parse_reference
 from converter.registry.client import RegistryClient
-from converter.sample import sample_layers, write_oci_layout
+from converter.testing.sample import sample_layers, write_oci_layout
 from converter.transports import LayoutSource, RegistrySink, RegistrySource
 from converter.transports.base import BlobOrigin
 from tests.support.registry import RegistryServer
-
-
-@pytest.fixture
-def client() -> Iterator[RegistryClient]:
-    with RegistryClient() as c:
-        yield c
 
 
 def copy_image(source: LayoutSource, sink: RegistrySink, tag: str, tmp: Path) -> Digest:

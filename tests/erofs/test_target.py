@@ -9,24 +9,24 @@ from pathlib import Path
 
 import pytest
 
+from converter.erofs.target import LEVELS, TargetFormat, parse_format
 from converter.erofs.tools import erofs_utils
 from converter.errors import InvalidFormat, UsageError
-from converter.formats import LEVELS, Format, parse_format
 
 
 @pytest.mark.parametrize(("text", "fmt", "suffix", "args"), [
-    ("erofs", Format(None, None), "erofs", []),
-    ("erofs+lz4", Format("lz4", None), "erofs-lz4", ["-zlz4"]),
-    ("erofs+lz4hc", Format("lz4hc", None), "erofs-lz4hc", ["-zlz4hc"]),
-    ("erofs+lz4hc,level=12", Format("lz4hc", 12), "erofs-lz4hc-level-12", ["-zlz4hc,level=12"]),
-    ("erofs+zstd,level=1", Format("zstd", 1), "erofs-zstd-level-1", ["-zzstd,level=1"]),
-    ("erofs+zstd,level=22", Format("zstd", 22), "erofs-zstd-level-22", ["-zzstd,level=22"]),
-    ("erofs+deflate,level=9", Format("deflate", 9), "erofs-deflate-level-9", ["-zdeflate,level=9"]),
-    ("erofs+lzma", Format("lzma", None), "erofs-lzma", ["-zlzma"]),
-    ("erofs+lzma,level=0", Format("lzma", 0), "erofs-lzma-level-0", ["-zlzma,level=0"]),
-    ("erofs+lzma,level=109", Format("lzma", 109), "erofs-lzma-level-109", ["-zlzma,level=109"]),
+    ("erofs", TargetFormat(None, None), "erofs", []),
+    ("erofs+lz4", TargetFormat("lz4", None), "erofs-lz4", ["-zlz4"]),
+    ("erofs+lz4hc", TargetFormat("lz4hc", None), "erofs-lz4hc", ["-zlz4hc"]),
+    ("erofs+lz4hc,level=12", TargetFormat("lz4hc", 12), "erofs-lz4hc-level-12", ["-zlz4hc,level=12"]),
+    ("erofs+zstd,level=1", TargetFormat("zstd", 1), "erofs-zstd-level-1", ["-zzstd,level=1"]),
+    ("erofs+zstd,level=22", TargetFormat("zstd", 22), "erofs-zstd-level-22", ["-zzstd,level=22"]),
+    ("erofs+deflate,level=9", TargetFormat("deflate", 9), "erofs-deflate-level-9", ["-zdeflate,level=9"]),
+    ("erofs+lzma", TargetFormat("lzma", None), "erofs-lzma", ["-zlzma"]),
+    ("erofs+lzma,level=0", TargetFormat("lzma", 0), "erofs-lzma-level-0", ["-zlzma,level=0"]),
+    ("erofs+lzma,level=109", TargetFormat("lzma", 109), "erofs-lzma-level-109", ["-zlzma,level=109"]),
 ])
-def test_valid_formats(text: str, fmt: Format, suffix: str, args: list[str]) -> None:
+def test_valid_formats(text: str, fmt: TargetFormat, suffix: str, args: list[str]) -> None:
     got = parse_format(text)
     assert got == fmt
     assert str(got) == text
@@ -78,11 +78,11 @@ def test_invalid_formats(text: str, words: str) -> None:
 
 def test_format_constructor_validates() -> None:
     with pytest.raises(InvalidFormat):
-        Format("brotli")
+        TargetFormat("brotli")
     with pytest.raises(InvalidFormat):
-        Format(None, 3)
-    assert Format("zstd", 3) == parse_format("erofs+zstd,level=3")
-    assert hash(Format("zstd", 3)) == hash(parse_format("erofs+zstd,level=3"))
+        TargetFormat(None, 3)
+    assert TargetFormat("zstd", 3) == parse_format("erofs+zstd,level=3")
+    assert hash(TargetFormat("zstd", 3)) == hash(parse_format("erofs+zstd,level=3"))
 
 
 def _boundaries() -> list[tuple[str, int, bool]]:

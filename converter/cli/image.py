@@ -20,9 +20,9 @@ import httpx
 import structlog
 
 from converter import log as logsetup
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
+from converter.erofs.target import parse_format
 from converter.errors import UsageError
-from converter.formats import parse_format
-from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.oci.mediatypes import parse_profile
 from converter.oci.model import Platform
 from converter.pipeline import ConvertOptions, convert_image

@@ -44,7 +44,7 @@ def _describe(ranges: tuple[range, ...]) -> str:
 
 
 @dataclass(frozen=True)
-class Format:
+class TargetFormat:
     """A parsed ``--to`` value: ``algorithm`` None means an uncompressed EROFS image."""
 
     algorithm: str | None = None
@@ -94,11 +94,11 @@ class Format:
         return [f"-z{self.algorithm},level={self.level}"]
 
 
-def parse_format(text: str) -> Format:
+def parse_format(text: str) -> TargetFormat:
     """Parse a ``--to`` value strictly; every mistake is an ``InvalidFormat`` saying what to write."""
     usage = (f"write erofs, or erofs+ALGORITHM[,level=N] with ALGORITHM one of {', '.join(ALGORITHMS)}")
     if text == BASE:
-        return Format()
+        return TargetFormat()
     head, plus, rest = text.partition("+")
     if head != BASE:
         raise InvalidFormat(f"unknown format {text!r}: {usage}")
@@ -125,6 +125,6 @@ def parse_format(text: str) -> Format:
             raise InvalidFormat(f"format {text!r}: level {value!r} is not a non-negative whole number")
         level = int(value)
     try:
-        return Format(algorithm, level)
+        return TargetFormat(algorithm, level)
     except InvalidFormat as exc:
         raise InvalidFormat(f"format {text!r}: {exc}") from None

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from converter import __version__
+from converter.cli.args import UsageParser
 from converter.errors import ConverterError
-from converter.usage import UsageParser
 
 SUBCOMMANDS = ("layer", "ls", "cat", "mirror")
 
@@ -159,14 +159,14 @@ def _input(path: str) -> Iterator[BinaryIO]:
 
 def cmd_layer(argv: Sequence[str]) -> int:
     args = _layer_parser().parse_args(argv)
-    from converter.formats import parse_format
-    from converter.layerconv import (
+    from converter.convert.layer import (
         DEFAULT_MAX_ENTRIES,
         DEFAULT_MAX_EXPANDED,
         LayerOptions,
         convert_layer,
         default_build_time,
     )
+    from converter.erofs.target import parse_format
 
     fmt = parse_format(args.to)
     options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time(),
@@ -252,13 +252,13 @@ def cmd_cat(argv: Sequence[str]) -> int:
 
 def cmd_image(argv: Sequence[str]) -> int:
     args = _image_parser().parse_args(argv)
-    from converter.imagecli import run_image_conversion
+    from converter.cli.image import run_image_conversion
 
     return run_image_conversion(args)
 
 
 def cmd_mirror(argv: Sequence[str]) -> int:
-    from converter.mirror.cli import run_mirror
+    from converter.cli.mirror import run_mirror
 
     result: int = run_mirror(argv)
     return result

@@ -4,7 +4,7 @@ Why: it shows a mirror job end to end on any machine with Debian's docker-regist
 network — tag filters, the layer cache (the second image's layers are mounted, not rebuilt)
 and idempotency (the second run skips everything). Steps:
 
-1. start docker-registry on a free loopback port (``converter.localregistry``);
+1. start docker-registry on a free loopback port (``converter.testing.localregistry``);
 2. push the sample image as ``sample/app:1.0`` and an image of its first two layers as
    ``sample/base:0.9`` and ``sample/base:1.0`` (the same layer blobs: a shared base);
 3. write a temporary job file from ``pipelines/local-sample.yaml`` with ``localhost:5000``
@@ -27,16 +27,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from converter.localregistry import local_registry
 from converter.log import configure
-from converter.mirror.cli import run_mirror
 from converter.oci.model import parse_image_manifest
 from converter.reference import Digest, OciLayoutRef, Reference, parse_reference
 from converter.registry.client import RegistryClient
-from converter.sample import sample_layers, write_oci_layout
+from converter.testing.localregistry import local_registry
+from converter.testing.sample import sample_layers, write_oci_layout
 from converter.transports import LayoutSource, RegistrySink
 
-PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "local-sample.yaml"
 PLACEHOLDER_HOST = "localhost:5000"
 
 
@@ -70,10 +68,10 @@ def _summary(path: Path) -> dict[str, object]:
     return summary
 
 
-def run_mirror_demo() -> int:
+def run_mirror_demo(pipeline: Path) -> int:
     """Run the demo (see the module docstring); 0 if both runs did what they should."""
-    if not PIPELINE.is_file():
-        print(f"mirror demo: {PIPELINE} is missing (run the demo from a checkout of the repository)")
+    if not pipeline.is_file():
+        print(f"mirror demo: {pipeline} is missing (run the demo from a checkout of the repository)")
         return 1
     configure(fmt="auto", verbosity=0)
     with tempfile.TemporaryDirectory(prefix="mirror-demo-") as tmp, local_registry() as registry:
@@ -82,12 +80,13 @@ def run_mirror_demo() -> int:
         with RegistryClient() as client:
             push_sample_images(client, registry.host, work)
         job = work / "local-sample.yaml"
-        job.write_text(PIPELINE.read_text().replace(PLACEHOLDER_HOST, registry.host))
+        job.write_text(pipeline.read_text().replace(PLACEHOLDER_HOST, registry.host))
         summaries = []
         for run in (1, 2):
             report = work / f"report-{run}.json"
-            print(f"\nmirror demo: run {run}: convert mirror {PIPELINE.name} --report {report.name}")
-            status = run_mirror([str(job), "--jobs", "2", "--report", str(report)])
+            print(f"\nmirror demo: run {run}: convert mirror {pipeline.name} --report {report.name}")
+            status = subprocess.run([sys.executable, "-m", "converter.cli", "mirror", str(job), "--jobs", "2",
+                                     "--report", str(report)], check=False).returncode
             print(report.read_text())
             if status != 0:
                 print(f"mirror demo: run {run} failed (exit status {status})")
@@ -132,4 +131,4 @@ def _run_shards(job: Path, work: Path) -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_mirror_demo())
+    raise SystemExit(run_mirror_demo(Path(sys.argv[1] if len(sys.argv) > 1 else "pipelines/local-sample.yaml")))

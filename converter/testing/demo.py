@@ -1,6 +1,6 @@
 """`make demo`: the main job end to end on an embedded sample image and a local registry.
 
-Builds the sample image (converter.sample: deletions, an opaque directory, file<->directory
+Builds the sample image (converter.testing.sample: deletions, an opaque directory, file<->directory
 changes, hard links, symlinks, xattrs, a setuid file), starts Debian's docker-registry on a free
 loopback port, pushes the sample as tar+gzip with our registry client, converts it to ``erofs``
 and ``erofs+lz4`` with the real command line, and shows what came out: the manifest, the sizes
@@ -22,13 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from converter import log as logsetup
-from converter.cli import main as cli_main
 from converter.errors import ConverterError
-from converter.localregistry import local_registry
 from converter.oci.model import Manifest, parse_manifest
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
-from converter.sample import sample_layers, write_oci_layout
+from converter.testing.localregistry import local_registry
+from converter.testing.sample import sample_layers, write_oci_layout
 
 REPO = "sample/app"
 TAG = "1.0"
@@ -53,23 +52,12 @@ def push_layout(layout: Path, client: RegistryClient, host: str) -> str:
 
 
 def convert(args: list[str]) -> str:
-    """Run the real CLI; return the line it printed (REF@sha256:...)."""
-    r, w = os.pipe()
-    saved = os.dup(1)
-    sys.stdout.flush()
-    os.dup2(w, 1)
-    try:
-        rc = cli_main(args)
-        sys.stdout.flush()
-    finally:
-        os.dup2(saved, 1)
-        os.close(w)
-        os.close(saved)
-    with os.fdopen(r) as f:
-        out = f.read().strip()
-    if rc != 0:
-        raise ConverterError(f"convert {' '.join(args)} failed with exit status {rc}")
-    return out
+    """Run the real command line as a user would; return the line it printed (REF@sha256:...)."""
+    proc = subprocess.run([sys.executable, "-m", "converter.cli", *args], stdout=subprocess.PIPE, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise ConverterError(f"convert {' '.join(args)} failed with exit status {proc.returncode}")
+    return proc.stdout.strip()
 
 
 def show_image(client: RegistryClient, ref_line: str, workdir: Path) -> list[Path]:
@@ -161,15 +149,17 @@ def run_demo() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m converter.demo")
+    parser = argparse.ArgumentParser(prog="python -m converter.testing.demo")
     parser.add_argument("--mirror", action="store_true", help="run the mirroring demo instead")
+    parser.add_argument("--job", type=Path, default=Path("pipelines/local-sample.yaml"),
+                        help="the mirroring demo's job file (default: pipelines/local-sample.yaml)")
     args = parser.parse_args(argv)
     logsetup.configure(fmt="console", verbosity=-1)  # the demo prints its own story; warnings only
     try:
         if args.mirror:
-            from converter.mirror.demo import run_mirror_demo
+            from converter.testing.mirror_demo import run_mirror_demo
 
-            result: int = run_mirror_demo()
+            result: int = run_mirror_demo(args.job)
             return result
         return run_demo()
     except ConverterError as exc:

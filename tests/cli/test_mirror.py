@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from converter.cli import main
+from converter.cli.mirror import plain_http_hosts, run_mirror
 from converter.errors import UsageError
-from converter.mirror.cli import plain_http_hosts, run_mirror
 from converter.mirror.jobs import JobFileError
 from converter.registry.client import RegistryClient
-from converter.sample import sample_layers
+from converter.testing.sample import sample_layers
 from tests.mirror.helpers import push_image
 
 

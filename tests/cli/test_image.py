@@ -16,14 +16,14 @@ import httpx
 import pytest
 import structlog
 
-from converter import imagecli
+from converter.cli import image as imagecli
 from converter.cli import main
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.errors import UsageError
-from converter.layerconv import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.pipeline import ConvertOptions
 from converter.registry.client import DEFAULT_TIMEOUT, RegistryClient
 from converter.registry.retry import RetryPolicy
-from converter.sample import SampleLayout, sample_layers, write_oci_layout
+from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
 
 
 @pytest.fixture(autouse=True)

@@ -28,16 +28,16 @@ from typing import Any
 import structlog
 
 from converter import __version__
+from converter.cli.args import UsageParser
+from converter.cli.image import PLAIN_HTTP_ENV, plain_http_hosts
+from converter.convert.layer import default_build_time
 from converter.errors import ConverterError, InvalidReference, UsageError
-from converter.imagecli import PLAIN_HTTP_ENV, plain_http_hosts
-from converter.layerconv import default_build_time
 from converter.log import configure
 from converter.mirror.jobs import load_job, parse_repository
 from converter.mirror.plan import Status, make_plan, parse_shard
 from converter.mirror.run import ImageReport, RunOptions, format_report, plan_report, run_plan
 from converter.registry.client import RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
-from converter.usage import UsageParser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from converter.errors import ImageError
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import Descriptor, Manifest, canonical_json
 from converter.reference import Digest, OciLayoutRef, parse_location
-from converter.sample import gzip_bytes, sample_layers
+from converter.testing.sample import gzip_bytes, sample_layers
 from converter.transports import TRANSPORTS, LayoutSink, LayoutSource, open_sink, open_source, transport_name
 from converter.transports.base import BlobOrigin, ImageSink, ImageSource
 from converter.transports.layout import REF_NAME

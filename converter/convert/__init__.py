@@ -1,0 +1,1 @@
+"""Turning one source layer (tar, tar+gzip, tar+zstd) into one EROFS image."""

@@ -1,0 +1,1 @@
+"""Test and demo helpers: the sample image, a local registry, the demos. The product never imports this."""
