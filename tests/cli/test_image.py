@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import structlog
 
 from converter.cli import image as imagecli
 from converter.cli import main
@@ -24,17 +23,6 @@ from converter.pipeline import ConvertOptions
 from converter.registry.client import DEFAULT_TIMEOUT, RegistryClient
 from converter.registry.retry import RetryPolicy
 from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """``main`` configures structlog for the process (-q drops debug events); put the session's
-    configuration back so later tests still capture them."""
-    saved = structlog.get_config()
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,46 @@
+"""Output bytes are pinned: any change to what a conversion produces must be deliberate.
+
+The sample image's conversions must give exactly the digests in tests/data/golden/digests.json,
+and the raw writer must reproduce the committed layer images byte for byte; our reader and
+fsck.erofs read those images. A deliberate change: ``python -m tests.support.golden --update``
+(see its docstring: the mirror cache key must change with the output).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from converter.erofs.reader import ErofsImage
+from tests.support import golden
+from tests.support.kernel import fsck
+
+HINT = "output bytes changed; if deliberate run `python -m tests.support.golden --update` and review"
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, object]]]:
+    work = tmp_path_factory.mktemp("golden")
+    return work, golden.convert_sample(work)
+
+
+@pytest.mark.parametrize("name", list(golden.CONVERSIONS))
+def test_conversion_digests_are_pinned(converted: tuple[Path, dict[str, dict[str, object]]], name: str) -> None:
+    pinned = json.loads(golden.DIGESTS.read_text())
+    assert converted[1][name] == pinned[name], HINT
+
+
+@pytest.mark.parametrize("index", golden.IMAGE_LAYERS)
+def test_committed_layer_images_are_reproduced(converted: tuple[Path, dict[str, dict[str, object]]],
+                                               index: int, tmp_path: Path) -> None:
+    work, digests = converted
+    committed = gzip.decompress(golden.layer_image_path(index).read_bytes())
+    assert golden.layer_images(work, digests)[index] == committed, HINT
+    path = tmp_path / "layer.erofs"
+    path.write_bytes(committed)
+    fsck(path)
+    with ErofsImage.open(str(path)) as image:
+        assert sum(1 for _ in image.walk()) > 1
