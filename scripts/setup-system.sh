@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tool and its tests need on a Debian machine: system packages and a
 # current erofs-utils (built from Debian's newer source package into a cached prefix, because
-# bookworm's 1.5 lacks --tar, zstd and reproducible xattr order; see shared ENVIRONMENT.md).
+# bookworm's 1.5 lacks --tar, zstd and reproducible xattr order; see docs/deviations.md).
 # Idempotent: a second run only checks.
 set -euo pipefail
 

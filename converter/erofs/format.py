@@ -1,6 +1,6 @@
 """EROFS on-disk format: constants, struct layouts and pack/unpack helpers (no I/O, no policy).
 
-Everything here follows /work/shared/spec/erofs-format.md; comments cite its sections (§).
+Comments cite the sections (§) of docs/erofs-format.md, our notes on the kernel's fs/erofs/erofs_fs.h.
 All integers are little-endian. The writer (``writer.py``/``layout.py``) and the verifying
 reader (``reader.py``) share these definitions so both sides agree on every byte.
 """

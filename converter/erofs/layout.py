@@ -1,7 +1,7 @@
 """Plans an uncompressed EROFS image from an Inode tree: NIDs, layouts and block addresses, no I/O.
 
 This is the first of the writer's two passes (the second, ``writer.py``, serialises the plan).
-The plan follows the data-first layout of spec §3: regular-file blocks already sit in blocks
+The plan follows the data-first layout of docs/erofs-format.md §3: regular-file blocks already sit in blocks
 1..D-1 (written by ``ImageDataArea`` while the tar streamed), the metadata area starts at block
 D with ``meta_blkaddr = D - 1`` so the root inode gets NID ``blksz/32`` (128, never 0), and any
 blocks that depend on the metadata (directory blocks, long symlinks, files whose tail could not

@@ -2,7 +2,7 @@
 
 Why: mkfs.erofs is the only route to EROFS images with internal compression (lz4, lz4hc,
 zstd, deflate, lzma), and ``--builder mkfs`` lets users pick it for raw images too. Its
-``--tar=f --aufs`` reader has silent bugs (see /work/shared/ENVIRONMENT.md), so it is never
+``--tar=f --aufs`` reader has silent bugs (docs/deviations.md, "mkfs.erofs --tar"), so it is never
 given a source layer: ``emit_tar`` writes a canonical PAX tar of the tree that
 ``converter.layers.normalise`` already built, shaped so that none of those bugs can trigger:
 
@@ -294,7 +294,7 @@ def needs_extended_inodes(root: Inode, build_time: int) -> bool:
     """True if some inode's mtime is the build-time second with a non-zero fraction.
 
     mkfs.erofs (1.9.4 too) picks a compact inode when an mtime's *seconds* equal the build
-    time and silently drops the nanoseconds (spec erofs-format.md §4.6). Such trees are built
+    time and silently drops the nanoseconds (docs/erofs-format.md §4.6). Such trees are built
     with every inode extended, which keeps every time exact.
     """
     seen: set[int] = set()

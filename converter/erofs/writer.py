@@ -1,4 +1,4 @@
-"""Pure-Python writer of uncompressed EROFS images, streaming and data-first (spec §3, §11).
+"""Pure-Python writer of uncompressed EROFS images, streaming and data-first (docs/erofs-format.md §3, §11).
 
 Usage::
 

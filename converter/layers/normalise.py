@@ -50,7 +50,7 @@ order, then ``finish``):
   order would have deleted the lower directory first).
 * **bottom=True** (the lowest layer): whiteouts, opaque markers and origin xattrs are all
   dropped, including 0:0 character devices that the archive itself contains (in the lowest
-  layer a whiteout hides nothing and must not appear, spec §10).
+  layer a whiteout hides nothing and must not appear, spec §3.6).
 * **Source xattrs named ``trusted.overlay.*``** would steer overlayfs (a layer could fake
   opaque directories or redirects). They are escaped to ``trusted.overlay.overlay.*``, the
   form overlayfs (Linux 6.7+) itself uses for escaped xattrs and shows to users under the

@@ -7,7 +7,7 @@ seeks, and holds only metadata in memory: a regular file's contents are handed o
 :class:`FileData` stream that must be consumed before the next member.
 
 Formats understood (see POSIX.1-2017 ``pax``, the GNU tar manual "Basic Tar Format" and
-"Storing Sparse Files", and erofs-format.md §9 for what mkfs.erofs does with the same input):
+"Storing Sparse Files", and docs/deviations.md for what mkfs.erofs does with the same input):
 
 * v7, ustar and GNU headers; signed or unsigned header checksums; octal or GNU base-256
   numeric fields (negative base-256 only makes sense for mtime);

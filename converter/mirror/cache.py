@@ -298,7 +298,7 @@ class LayerCache:
             diff_id = Digest.parse(diff_id_text)
         except ConverterError:
             raise CacheEntryInvalid(f"malformed DiffID {diff_id_text!r}") from None
-        # A raw EROFS blob's DiffID is its own digest (also with internal compression, spec §8).
+        # A raw EROFS blob's DiffID is its own digest (also with internal compression, spec §5.2).
         if diff_id != blob.digest:
             raise CacheEntryInvalid(f"DiffID {diff_id.short} does not match the blob {blob.digest.short}")
         return CacheEntry(digest=blob.digest, size=blob.size, diff_id=diff_id)

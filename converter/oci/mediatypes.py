@@ -1,12 +1,12 @@
 """Every media type the converter reads or writes, as one StrEnum with predicates.
 
 Why an enum: string literals scattered through the code are how weaker tools end up treating
-``application/vnd.erofs`` as tar (see STYLE.md §4, "stringly-typed data"). Predicates live here,
+``application/vnd.erofs`` as tar (media types are an enum, never strings). Predicates live here,
 next to the names, as in go-containerregistry's ``types.MediaType``. Values that come off the
 wire and are not in this enum stay plain ``str`` (see ``parse_media_type``) so unknown
 entries can be carried through an index unchanged.
 
-EROFS layer types come in three *profiles* (spec ``erofs-oci-layers.md`` §2 and A-1):
+EROFS layer types come in three *profiles* (docs/oci-layers.md §2 and D-1):
 
 * ``spec``: the draft EROFS image-layer spec, ``application/vnd.erofs[+zstd]``.
 * ``containerd-2.1``: ``application/vnd.oci.image.layer.v1.erofs`` (containerd 2.1's differ).
@@ -96,7 +96,7 @@ class MediaType(enum.StrEnum):
 
     @property
     def is_foreign(self) -> bool:
-        """Non-distributable/foreign: the blob may live only at ``urls`` (spec A-14)."""
+        """Non-distributable/foreign: the blob may live only at ``urls`` (docs/oci-layers.md D-14)."""
         return self in _FOREIGN
 
     @property
@@ -161,7 +161,7 @@ def known(value: str) -> MediaType | None:
 
 
 class Profile(enum.StrEnum):
-    """Which family of EROFS layer media types to emit (spec A-1); see the module docstring."""
+    """Which family of EROFS layer media types to emit (docs/oci-layers.md D-1); see the module docstring."""
 
     SPEC = "spec"
     CONTAINERD_21 = "containerd-2.1"

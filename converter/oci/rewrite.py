@@ -1,25 +1,25 @@
 """Pure rewrite rules: source config/manifest/index plus new EROFS layers → what we push.
 
 No I/O and no logging here: every function takes bytes or models and returns bytes or models,
-so each rule of ``erofs-oci-layers.md`` §1 and §9 is a table-driven unit test. Decisions the
+so each rule of docs/oci-layers.md §1 is a table-driven unit test. Decisions the
 caller should log (index entries dropped) are returned as data (``IndexPlan.dropped``).
 
 The rules, with their spec sections:
 
 * config (§5.1, §5.2, §5.4, §9): ``os.features`` gains ``"erofs"`` once; ``rootfs.type`` is
   ``"layers"``; ``rootfs.diff_ids`` are the new layers' DiffIDs — for a raw blob its own
-  digest, also with EROFS-internal compression (§8, A-2: never apko's "twin" digest); every
+  digest, also with EROFS-internal compression (spec §5.2, docs/oci-layers.md D-2: never apko's "twin" digest); every
   other key, ``history`` included, is kept in its original order.
 * manifest (§4, §9): always ``application/vnd.oci.image.manifest.v1+json`` (Docker schema 2
   inputs too); layer media type from the profile; with profile ``spec``,
-  ``org.erofs.role=overlay-lower`` on every layer but the last (§2.4, A-3); provenance
+  ``org.erofs.role=overlay-lower`` on every layer but the last (§2.4, D-3); provenance
   annotations under ``io.github.erofs-converter.*`` and no timestamps, so a rerun gives the
   same digest and a mirror job can tell what an image was made from.
-* index (§6, A-13): entries carry ``erofs`` in ``platform.os.features``; without merging only
+* index (§6, D-13): entries carry ``erofs`` in ``platform.os.features``; without merging only
   the EROFS manifests remain; with ``merge`` the source entries stay and each EROFS manifest
   follows its platform's tar manifest. Attestations and unknown entries are dropped unless
   merging.
-* foreign / non-distributable layers are refused (A-14).
+* foreign / non-distributable layers are refused (D-14).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class NewLayer:
 
 
 def check_source_layers(manifest: Manifest, *, image: str) -> None:
-    """Refuse layers we cannot convert: foreign/non-distributable (A-14), non-tar, already EROFS."""
+    """Refuse layers we cannot convert: foreign/non-distributable (D-14), non-tar, already EROFS."""
     for i, layer in enumerate(manifest.layers):
         mt = layer.known_type
         where = f"converting {image}: layer {i} ({layer.digest})"
@@ -194,7 +194,7 @@ def layer_descriptors(layers: Sequence[NewLayer], *, profile: Profile) -> tuple[
             if i != last:
                 annotations[ROLE_ANNOTATION] = ROLE_OVERLAY_LOWER
             if layer.zstd:
-                # §8.1-7: every +zstd layer carries its DiffID (A-5).
+                # §8.1-7: every +zstd layer carries its DiffID (docs/oci-layers.md D-5).
                 annotations[UNCOMPRESSED_DIGEST_ANNOTATION] = str(layer.diff_id)
         out.append(Descriptor(media_type=profile.layer_media_type(zstd=layer.zstd), digest=layer.digest,
                               size=layer.size, annotations=annotations))

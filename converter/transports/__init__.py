@@ -1,6 +1,6 @@
 """Image locations as sources and sinks: an explicit table from transport name to factories.
 
-No import-time self-registration (STYLE.md §4): ``TRANSPORTS`` lists every transport, and
+No import-time self-registration: ``TRANSPORTS`` lists every transport, and
 ``open_source``/``open_sink`` pick one from the parsed location (``parse_location``). The
 registry client is passed in, never created here, so callers own its lifetime and tests can
 hand in a client over ``httpx.MockTransport``.

@@ -1,4 +1,4 @@
-"""Best-fit placement of inodes (with xattrs and inline tails) into metadata blocks (spec §3, §5.2, §15).
+"""Best-fit placement of inodes (with xattrs and inline tails) into metadata blocks (erofs-format.md §3, §5.2, §15).
 
 The allocator alone (against a brute-force model), the planner (fewer blocks than the old
 sequential layout, dirent order with "." and ".." merged in), and whole images: every item

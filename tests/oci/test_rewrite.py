@@ -1,4 +1,4 @@
-"""The pure rewrite rules: config, manifest, index (spec erofs-oci-layers.md §1, §9, A-1..A-14)."""
+"""The pure rewrite rules: config, manifest, index (docs/oci-layers.md §1 and D-1..D-14)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_rootfs_type_is_forced_and_extra_rootfs_keys_kept() -> None:
 
 
 def test_raw_diff_id_is_the_blob_digest_even_with_internal_compression() -> None:
-    # erofs+lz4hc is still a raw application/vnd.erofs blob: DiffID = descriptor digest (§8, A-2).
+    # erofs+lz4hc is still a raw application/vnd.erofs blob: DiffID = descriptor digest (spec §5.2, D-2).
     layer = NewLayer(dg(21), 10)
     assert layer.diff_id == dg(21)
     with pytest.raises(ValueError, match="raw layer's DiffID is its digest"):

@@ -104,7 +104,7 @@ def test_cross_layer_hard_link(tmp_path: Path) -> None:
 
 def test_internally_compressed_format(two_layer: Path, tmp_path: Path) -> None:
     # erofs+lz4 goes through mkfs.erofs; the blob is still raw application/vnd.erofs and its DiffID
-    # is its own digest (spec §8, A-2), never the digest of an uncompressed twin.
+    # is its own digest (spec §5.2, docs/oci-layers.md D-2), never the digest of an uncompressed twin.
     try:
         tools = erofs_utils()
     except ToolError as exc:
