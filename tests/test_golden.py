@@ -9,11 +9,11 @@ fsck.erofs read those images. A deliberate change: ``python -m tests.support.gol
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 import pytest
 
+from converter import __version__
 from converter.erofs.reader import ErofsImage
 from tests.support import golden
 from tests.support.kernel import fsck
@@ -29,8 +29,13 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 @pytest.mark.parametrize("name", list(golden.CONVERSIONS))
 def test_conversion_digests_are_pinned(converted: tuple[Path, dict[str, dict[str, object]]], name: str) -> None:
-    pinned = json.loads(golden.DIGESTS.read_text())
-    assert converted[1][name] == pinned[name], HINT
+    assert converted[1][name] == golden.pinned()[name], HINT
+
+
+def test_pinned_under_this_version() -> None:
+    """The digests were recorded by this version: the version keys the mirror cache and the
+    provenance, so output bytes may only change together with it (see tests/support/golden.py)."""
+    assert golden.pinned()["tool_version"] == __version__, "run `python -m tests.support.golden --update`"
 
 
 @pytest.mark.parametrize("index", golden.IMAGE_LAYERS)

@@ -1,8 +1,10 @@
 """The golden outputs: pinned digests of the sample image's conversions and small committed images.
 
 ``python -m tests.support.golden --update`` rewrites tests/data/golden/ from the current code.
-Run it only for a deliberate change of output bytes, review the diff, and make sure the mirror
-layer cache key changes with it (converter/mirror/cache.py: the tool version is part of the key).
+Run it only for a deliberate change of output bytes and review the diff. It refuses to record new
+digests under the same ``converter.__version__``: the version keys the mirror layer cache and goes
+into the provenance annotations, so a changed output under an old version would let a mirror
+reuse stale layers or skip images as already converted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from converter import __version__
 from converter.testing.sample import sample_layers, write_oci_layout
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
@@ -64,18 +67,31 @@ def layer_images(workdir: Path, digests: dict[str, dict[str, object]]) -> dict[i
     return {i: _blob(workdir / "dst", layers[i]) for i in IMAGE_LAYERS}
 
 
-def update() -> None:
+def pinned() -> dict[str, object]:
+    """What tests/data/golden/digests.json holds: ``tool_version`` and one entry per conversion."""
+    data: dict[str, object] = json.loads(DIGESTS.read_text())
+    return data
+
+
+def update() -> int:
     GOLDEN.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         digests = convert_sample(Path(tmp))
+        old = pinned() if DIGESTS.exists() else {}
+        changed = {name for name, value in digests.items() if old.get(name) != value}
+        if changed and old.get("tool_version") == __version__:
+            print(f"output bytes changed ({', '.join(sorted(changed))}) under the same version {__version__}: "
+                  "bump converter.__version__ first (it keys the mirror cache and the provenance)", file=sys.stderr)
+            return 1
         for index, data in layer_images(Path(tmp), digests).items():
             layer_image_path(index).write_bytes(gzip.compress(data, mtime=0))
-    DIGESTS.write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
+    DIGESTS.write_text(json.dumps({"tool_version": __version__, **digests}, indent=2, sort_keys=True) + "\n")
     print(f"wrote {DIGESTS} and {len(IMAGE_LAYERS)} layer images")
+    return 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m tests.support.golden")
     parser.add_argument("--update", action="store_true", help="rewrite tests/data/golden from the current code")
     if parser.parse_args().update:
-        update()
+        sys.exit(update())
