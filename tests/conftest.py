@@ -22,6 +22,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 from tests.support.registry import registry_basic, registry_open, registry_tls, registry_token  # noqa: E402
 
 __all__ = ["registry_basic", "registry_open", "registry_tls", "registry_token"]
-from tests.support.shared_fixtures import _restore_structlog, client, prefix, python_sigint  # noqa: E402
+from tests.support.shared_fixtures import _pristine_structlog, _restore_structlog, client, prefix, python_sigint  # noqa: E402
 
-__all__ += ["_restore_structlog", "client", "prefix", "python_sigint"]
+__all__ += ["_pristine_structlog", "_restore_structlog", "client", "prefix", "python_sigint"]

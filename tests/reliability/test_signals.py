@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 HANGING_CLEANUP = """
 import sys, time
-from converter.cli import main as cli
+import importlib
+cli = importlib.import_module("converter.cli.main")
 
 def hang(argv):
     try:  # "ready" inside the try: a signal sent right after it must reach the cleanup

@@ -26,14 +26,21 @@ def prefix(registry_open: RegistryServer) -> str:
     return f"{registry_open.host}/t{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def _pristine_structlog() -> dict[str, object]:
+    """structlog's configuration before any test ran the CLI (which configures it for the process)."""
+    return dict(structlog.get_config())
+
+
 @pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """The CLI configures structlog for the process; put the test session's config back."""
-    saved = structlog.get_config()
+def _restore_structlog(_pristine_structlog: dict[str, object]) -> Iterator[None]:
+    """Every test starts and ends with the pristine structlog configuration: a module-scoped
+    fixture that ran the CLI must not decide what a later test's ``capture_logs`` sees."""
+    structlog.configure(**_pristine_structlog)  # type: ignore[arg-type]
     try:
         yield
     finally:
-        structlog.configure(**saved)
+        structlog.configure(**_pristine_structlog)  # type: ignore[arg-type]
 
 
 @pytest.fixture
