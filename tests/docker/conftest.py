@@ -1,0 +1,62 @@
+"""Session fixtures of the container tests: a private dockerd, the local base image, the tool's image."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.docker.engine import BuiltImage, Engine, build_image, cache_root, import_base, pip_secrets, private_dockerd
+
+TOOL_TAG = "erofs-converter:test"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    """dockerd of Debian's docker.io with a data root kept in the cache (images, build cache)."""
+    with private_dockerd(cache_root() / "docker" / "engine") as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine: Engine) -> str:
+    """Debian bookworm minbase + python3 (debootstrap, cached), imported into the engine."""
+    return import_base(docker_engine)
+
+
+@pytest.fixture(scope="session")
+def build_marker() -> str:
+    return f"build-secret-marker-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def tool_image(docker_engine: Engine, base_image: str, build_marker: str,
+               tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """docker/Dockerfile built on the local base with the host's pip index and CA as build secrets."""
+    work = tmp_path_factory.mktemp("image-build")
+    secrets = pip_secrets(work / "secrets", build_marker)
+    built = build_image(docker_engine, tag=TOOL_TAG, base=base_image, secrets=secrets, log=work / "build.log")
+    print(f"\ndocker build of {TOOL_TAG}: {built.seconds:.1f} s (log {built.log})")
+    return built
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the image's non-root user can read when it is bind-mounted (0755, files 0644)."""
+    path = Path(tempfile.mkdtemp(prefix="erofs-ctr-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def readable_by_all(path: Path) -> Path:
+    """Make every file below ``path`` readable and every directory enterable by anyone."""
+    for p in [path, *path.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return path
