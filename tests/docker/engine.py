@@ -122,7 +122,7 @@ def private_dockerd(data_root: Path) -> Iterator[Engine]:
             process = subprocess.Popen(
                 [DOCKERD, "--data-root", str(data_root), "--exec-root", str(engine.exec_root),
                  "--pidfile", str(pidfile), "-H", engine.host, "--bridge=none", "--iptables=false",
-                 "--ip6tables=false", "--ip-masq=false", "--userland-proxy=false"],
+                 "--ip6tables=false"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
