@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.engine import BuiltImage, Engine, build_image, cache_root, import_base, pip_secrets, private_dockerd
+from tests.docker.engine import BuiltImage, Engine, cache_root, import_base, make_image, pip_conf, private_dockerd
 
 TOOL_TAG = "erofs-converter:test"
 
@@ -36,10 +36,10 @@ def build_marker() -> str:
 @pytest.fixture(scope="session")
 def tool_image(docker_engine: Engine, base_image: str, build_marker: str,
                tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    """docker/Dockerfile built on the local base with the host's pip index and CA as build secrets."""
+    """``make image`` on the local base, with the host's pip index and CA as build secrets."""
     work = tmp_path_factory.mktemp("image-build")
-    secrets = pip_secrets(work / "secrets", build_marker)
-    built = build_image(docker_engine, tag=TOOL_TAG, base=base_image, secrets=secrets, log=work / "build.log")
+    conf = pip_conf(work / "secrets", build_marker)
+    built = make_image(docker_engine, tag=TOOL_TAG, base=base_image, conf=conf, log=work / "build.log")
     print(f"\ndocker build of {TOOL_TAG}: {built.seconds:.1f} s (log {built.log})")
     return built
 

@@ -214,18 +214,12 @@ def import_base(engine: Engine) -> str:
 
 
 @dataclass(frozen=True)
-class PipSecrets:
-    """What ``docker build`` gets for pip: a pip.conf and a CA bundle, as BuildKit secrets."""
+class PipConf:
+    """A pip.conf for the image build (a BuildKit secret): this machine's package index, if it is
+    not pip's default, and a marker line that must never show up in the image."""
 
-    pip_conf: Path
-    pip_ca: Path | None
-    marker: str  # a line of pip_conf that must never show up in the image
-
-    def args(self) -> list[str]:
-        out = ["--secret", f"id=pip_conf,src={self.pip_conf}"]
-        if self.pip_ca is not None:
-            out += ["--secret", f"id=pip_ca,src={self.pip_ca}"]
-        return out
+    path: Path
+    marker: str
 
 
 def host_pip_settings() -> dict[str, str]:
@@ -240,19 +234,15 @@ def host_pip_settings() -> dict[str, str]:
     return settings
 
 
-def pip_secrets(directory: Path, marker: str) -> PipSecrets:
-    """How this machine's pip reaches the package index, for a build container: the index URL
-    (if it is not pip's default, and not a local ``file:`` one) and the CA bundle pip trusts."""
-    settings = host_pip_settings()
+def pip_conf(directory: Path, marker: str) -> PipConf:
     lines = ["[global]", f"# {marker}"]
-    index = settings.get("index-url", "")
-    if index.startswith(("http://", "https://")):
+    index = host_pip_settings().get("index-url", "")
+    if index.startswith(("http://", "https://")):  # file: indexes don't exist inside the build
         lines.append(f"index-url = {index}")
     directory.mkdir(parents=True, exist_ok=True)
-    conf = directory / "pip.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    ca = settings.get("cert") or os.environ.get("PIP_CERT")
-    return PipSecrets(pip_conf=conf, pip_ca=Path(ca) if ca and Path(ca).is_file() else None, marker=marker)
+    path = directory / "pip.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return PipConf(path=path, marker=marker)
 
 
 @dataclass(frozen=True)
@@ -262,17 +252,17 @@ class BuiltImage:
     log: Path
 
 
-def build_image(engine: Engine, *, tag: str, base: str, secrets: PipSecrets, log: Path,
-                dockerfile: Path = REPO / "docker" / "Dockerfile", context: Path = REPO) -> BuiltImage:
-    """``docker build --network host`` of the tool's image on ``base``; the full log goes to ``log``."""
-    args = ["build", "--network", "host", "--progress", "plain", "-f", str(dockerfile),
-            "--build-arg", f"BASE_IMAGE={base}", *secrets.args(), "-t", tag, str(context)]
+def make_image(engine: Engine, *, tag: str, base: str, conf: PipConf, log: Path) -> BuiltImage:
+    """``make image`` (docker build of docker/Dockerfile) on ``base`` with ``--network host``; the
+    Makefile passes this machine's pip CA bundle as a secret. The full log goes to ``log``."""
+    args = ["make", "-s", "-C", str(REPO), "image", f"DOCKER={DOCKER}", f"IMAGE={tag}", f"BASE_IMAGE={base}",
+            f"PIP_CONF={conf.path}", "DOCKER_BUILD_ARGS=--network host --progress plain"]
     start = time.monotonic()
-    proc = subprocess.run(["nice", DOCKER, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.run(["nice", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           env=engine.env(), timeout=1800, check=False)
     seconds = time.monotonic() - start
     log.write_bytes(proc.stdout)
     if proc.returncode != 0:
-        raise EngineError(f"docker build -t {tag} failed ({proc.returncode}); log {log}:\n"
+        raise EngineError(f"make image IMAGE={tag} failed ({proc.returncode}); log {log}:\n"
                           f"{proc.stdout.decode(errors='replace')[-5000:]}")
     return BuiltImage(ref=tag, seconds=seconds, log=log)
