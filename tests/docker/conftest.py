@@ -54,9 +54,3 @@ def shared_dir() -> Iterator[Path]:
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
-
-def readable_by_all(path: Path) -> Path:
-    """Make every file below ``path`` readable and every directory enterable by anyone."""
-    for p in [path, *path.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return path

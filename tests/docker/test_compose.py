@@ -20,7 +20,7 @@ from converter.testing.localregistry import free_port
 from converter.testing.mirror_demo import push_layout_image
 from converter.testing.sample import sample_layers, write_oci_layout
 from tests.docker.engine import REPO, BuiltImage, Engine, EngineError, sid_tool
-from tests.docker.test_convert_in_container import host_convert
+from tests.docker.helpers import host_convert
 
 COMPOSE_PLUGIN = sid_tool("docker-compose", "usr/libexec/docker/cli-plugins/docker-compose")
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,19 +13,9 @@ from converter.registry.client import RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
 from converter.testing.mirror_demo import PLACEHOLDER_HOST, push_layout_image, push_sample_images
 from converter.testing.sample import sample_layers, write_oci_layout
-from tests.docker.conftest import readable_by_all
 from tests.docker.engine import REPO, BuiltImage, Engine
+from tests.docker.helpers import host_convert, readable_by_all
 from tests.support.registry import RegistryServer
-
-
-def host_convert(*args: str) -> str:
-    """The tool on this machine, as a user runs it; returns the REF@DIGEST line it prints."""
-    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([sys.executable, "-m", "converter.cli", *args, "-q"], capture_output=True, text=True,
-                          env=env, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
 
 
 @pytest.fixture(scope="module")
