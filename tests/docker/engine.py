@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -111,8 +112,10 @@ def private_dockerd(data_root: Path) -> Iterator[Engine]:
     data_root.mkdir(parents=True, exist_ok=True)
     lock = open(data_root.parent / f"{data_root.name}.lock", "w")  # noqa: SIM115 (held for the whole session)
     fcntl.flock(lock, fcntl.LOCK_EX)
+    owner = data_root.parent / f"{data_root.name}.owner"
+    _reap_orphan(owner, data_root)
     # Short paths: the socket and containerd's sockets below the exec root must fit sun_path.
-    run_dir = Path(tempfile.mkdtemp(prefix="erofs-dockerd-", dir="/tmp"))
+    run_dir = Path(tempfile.mkdtemp(prefix="erofs-dockerd-", dir="/tmp"))  # _reap_orphan relies on the name
     engine = Engine(socket=run_dir / "docker.sock", data_root=data_root, exec_root=run_dir / "exec",
                     log=run_dir / "dockerd.log")
     pidfile = run_dir / "dockerd.pid"
@@ -124,6 +127,7 @@ def private_dockerd(data_root: Path) -> Iterator[Engine]:
                  "--pidfile", str(pidfile), "-H", engine.host, "--bridge=none", "--iptables=false",
                  "--ip6tables=false"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        owner.write_text(json.dumps({"pid": process.pid, "run_dir": str(run_dir)}))
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
             if process.poll() is not None:
@@ -150,14 +154,46 @@ def private_dockerd(data_root: Path) -> Iterator[Engine]:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait(timeout=30)
-            for pid in _pids_using(run_dir):  # a shim that outlived dockerd
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            _unmount_under(run_dir, data_root)
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _clean_run_dir(run_dir, data_root)
+            owner.unlink(missing_ok=True)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
+
+
+def _clean_run_dir(run_dir: Path, data_root: Path) -> None:
+    """After dockerd: kill shims that outlived it, unmount what it left, remove its run-time state."""
+    for pid in _pids_using(run_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _unmount_under(run_dir, data_root)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _reap_orphan(owner: Path, data_root: Path) -> None:
+    """Stop a dockerd that an earlier session started on ``data_root`` and could not stop (that
+    session was killed), so the two never share a data root."""
+    try:
+        recorded = json.loads(owner.read_text())
+        pid, run_dir = int(recorded["pid"]), Path(recorded["run_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        cmdline = []
+    if cmdline and cmdline[0] == DOCKERD.encode() and str(data_root).encode() in cmdline:
+        for sig, wait in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 30.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + wait
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not Path(f"/proc/{pid}").exists():
+                break
+    if run_dir.parent == Path("/tmp") and run_dir.name.startswith("erofs-dockerd-"):
+        _clean_run_dir(run_dir, data_root)
+    owner.unlink(missing_ok=True)
 
 
 def _tail(path: Path, lines: int = 40) -> str:

@@ -1,9 +1,11 @@
-"""docker/compose.yaml with Docker Compose v2 (Debian sid's docker-compose): its registry service
-builds from Debian's docker-registry package, and `docker compose run convert` converts through it."""
+"""docker/compose.yaml with Docker Compose v2 (Debian sid's docker-compose): both services build
+here (the registry from Debian's docker-registry package), and `docker compose run convert`
+converts through the compose registry."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from converter.registry.client import RegistryClient
 from converter.testing.localregistry import free_port
 from converter.testing.mirror_demo import push_layout_image
 from converter.testing.sample import sample_layers, write_oci_layout
-from tests.docker.engine import REPO, BuiltImage, Engine, EngineError, sid_tool
+from tests.docker.engine import REPO, BuiltImage, Engine, EngineError, host_pip_settings, sid_tool
 from tests.docker.helpers import host_convert
 
 COMPOSE_PLUGIN = sid_tool("docker-compose", "usr/libexec/docker/cli-plugins/docker-compose")
@@ -57,12 +59,15 @@ def project(docker_engine: Engine, base_image: str, tool_image: BuiltImage,
         f"    ports: !override\n      - \"127.0.0.1:{port}:5000\"\n"
         "  convert:\n"
         "    build:\n      network: host\n")
+    ca = host_pip_settings().get("cert") or os.environ.get("PIP_CERT", "")
     env = docker_engine.env(
         COMPOSE_PROJECT_NAME=f"erofs-test-{uuid.uuid4().hex[:8]}", REGISTRY_BASE_IMAGE=base_image,
-        BASE_IMAGE=base_image, EROFS_CONVERTER_IMAGE=tool_image.ref, REGISTRY_IMAGE="erofs-converter-registry:test")
+        BASE_IMAGE=base_image, EROFS_CONVERTER_IMAGE="erofs-converter-compose:test",
+        REGISTRY_IMAGE="erofs-converter-registry:test", **({"PIP_CA": ca} if ca else {}))
     proj = Project(docker_engine, (REPO / "docker" / "compose.yaml", override), env, port)
     try:
-        proj.compose("build", "registry")
+        # both services: the tool's build mostly hits the cache `make image` (tool_image) filled
+        proj.compose("build")
         proj.compose("up", "-d", "registry")
         deadline = time.monotonic() + 60
         while True:
