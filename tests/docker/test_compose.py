@@ -24,6 +24,9 @@ from converter.testing.sample import sample_layers, write_oci_layout
 from tests.docker.engine import REPO, BuiltImage, Engine, EngineError, host_pip_settings, sid_tool
 from tests.docker.helpers import host_convert
 
+# The first test of a session waits for the base image (debootstrap) and a cold image build.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
 COMPOSE_PLUGIN = sid_tool("docker-compose", "usr/libexec/docker/cli-plugins/docker-compose")
 
 

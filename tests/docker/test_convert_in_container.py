@@ -17,6 +17,9 @@ from tests.docker.engine import REPO, BuiltImage, Engine
 from tests.docker.helpers import host_convert, readable_by_all
 from tests.support.registry import RegistryServer
 
+# The first test of a session waits for the base image (debootstrap) and a cold image build.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
 
 @pytest.fixture(scope="module")
 def source(registry_open: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> str:

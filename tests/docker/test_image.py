@@ -6,8 +6,13 @@ import json
 import re
 import subprocess
 
+import pytest
+
 from converter.erofs.tools import MIN_VERSION, parse_version
 from tests.docker.engine import DOCKER, BuiltImage, Engine
+
+# The first test of a session waits for the base image (debootstrap) and a cold image build.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_help_works(docker_engine: Engine, tool_image: BuiltImage) -> None:
