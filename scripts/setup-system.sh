@@ -2,10 +2,10 @@
 # Installs what the tool and its tests need on a Debian machine: system packages and a
 # current erofs-utils (built from Debian's newer source package into a cached prefix, because
 # bookworm's 1.5 lacks --tar, zstd and reproducible xattr order; see docs/deviations.md).
+# Idempotent: a second run only checks.
 # Also: a Docker engine (bookworm's docker.io; the tests run a private dockerd) and two client
 # binaries from Debian sid, unpacked with dpkg -x into the cache (not installed): kubectl
 # (kubectl, split out of kubernetes-client) and docker compose v2 (docker-compose).
-# Idempotent: a second run only checks.
 set -euo pipefail
 
 PKGS=(docker-registry skopeo umoci debootstrap pigz jq apache2-utils cryptsetup-bin
