@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+, := ,
 
-.PHONY: help setup test lint demo bench mirror mirror-demo clean
+.PHONY: help setup test lint demo bench mirror mirror-demo image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +40,20 @@ mirror: $(STAMP) ## run a mirroring job: make mirror JOB=pipelines/x.yaml
 
 mirror-demo: $(STAMP) ## mirror the embedded sample image into a local registry
 	$(BIN)/python -m converter.testing.demo --mirror --job pipelines/local-sample.yaml
+
+# The tool's container image (docker/Dockerfile, docs/container.md). pip in the build gets this
+# machine's CA bundle (PIP_CA; default: pip's `cert` setting) and a pip.conf (PIP_CONF) as build
+# secrets, which stay out of the image. Extra `docker build` arguments: DOCKER_BUILD_ARGS; the
+# client: DOCKER (BuildKit is needed: Docker >= 23, or 20.10 with DOCKER_BUILDKIT=1 as here).
+IMAGE ?= erofs-converter
+BASE_IMAGE ?= python:3.11-slim-bookworm
+DOCKER ?= docker
+PIP_CA ?= $(or $(PIP_CERT),$(shell $(firstword $(wildcard $(BIN)/python) $(PY)) -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.cert='\(.*\)'$$/\1/p" | tail -n1))
+PIP_CONF ?=
+image: ## build the container image: make image [IMAGE=name:tag BASE_IMAGE=… PIP_CA=pem PIP_CONF=file]
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  $(if $(PIP_CA),--secret id=pip_ca$(,)src=$(PIP_CA)) $(if $(PIP_CONF),--secret id=pip_conf$(,)src=$(PIP_CONF)) \
+	  $(DOCKER_BUILD_ARGS) -t $(IMAGE) .
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
