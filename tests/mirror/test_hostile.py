@@ -1,0 +1,72 @@
+"""Mirror jobs against a hostile registry (a real one behind ``HostileRegistry``, which lies on
+demand): one bad answer fails one image, never the job, and the report is always written."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from converter.cli import main
+from converter.mirror.jobs import parse_job
+from converter.mirror.plan import Status, make_plan
+from converter.registry.client import RegistryClient
+from converter.testing.sample import sample_layers
+from tests.mirror.helpers import push_image
+from tests.support.hostile import HostileRegistry, Reply
+from tests.support.registry import RegistryServer
+
+
+@pytest.fixture
+def hostile(registry_open: RegistryServer) -> Iterator[HostileRegistry]:
+    with HostileRegistry(registry_open.host) as server:
+        yield server
+
+
+def test_invalid_listed_tags_fail_no_healthy_image(hostile: HostileRegistry, client: RegistryClient, prefix: str,
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    push_image(client, tmp_path / "images", sample_layers()[:1], [f"{prefix}/app:1", f"{prefix}/app:2"])
+    namespace = prefix.split("/", 1)[1]
+    repo = f"{namespace}/app"
+    long_tag = "a" * 128  # a valid tag, but "{tag}-{format}" makes the destination's tag too long
+    hostile.answer(rf"^GET /v2/{repo}/tags/list", Reply.json(
+        {"name": repo, "tags": ["1", "not valid!", "2", "\x1b]0;pwned\x07", "", long_tag]}))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""\
+defaults:
+  dest: "{prefix}/out/app:{{tag}}-{{format}}"
+images:
+  - source: {hostile.host}/{repo}
+    tags: {{include: ["*"]}}
+""")
+    report = tmp_path / "report.json"
+    assert main(["mirror", str(job), "--report", str(report), "--workdir", str(tmp_path / "w")]) == 1
+    images = {i["source"].rsplit(":", 1)[1]: i for i in json.loads(report.read_text())["images"]}
+    assert {t: i["status"] for t, i in images.items()} == {"1": "converted", "2": "converted", long_tag: "failed"}
+    assert "is not a valid reference" in images[long_tag]["error"]
+    err = capsys.readouterr().err
+    warnings = [json.loads(line) for line in err.splitlines() if "mirror_invalid_tags_skipped" in line]
+    assert len(warnings) == 1 and warnings[0]["count"] == 3
+    assert "\x1b" not in err and "\x07" not in err
+
+
+def test_a_listed_tag_taking_a_named_destination_fails_alone(hostile: HostileRegistry, client: RegistryClient,
+                                                             prefix: str, tmp_path: Path) -> None:
+    push_image(client, tmp_path / "images", sample_layers()[:1], [f"{prefix}/app:1", f"{prefix}/other:2"])
+    repo = f"{prefix.split('/', 1)[1]}/app"
+    hostile.answer(rf"^GET /v2/{repo}/tags/list", Reply.json({"name": repo, "tags": ["1", "2"]}))
+    job = parse_job(textwrap.dedent(f"""\
+        defaults: {{dest: "{prefix}/out/x:{{tag}}"}}
+        images:
+          - source: {hostile.host}/{repo}
+            tags: {{include: ["*"]}}
+          - source: {prefix}/other:2
+        """), filename="job.yaml")
+    plan = make_plan(job, client)
+    got = {p.source.replace(hostile.host, "H").replace(prefix, "P"): p for p in plan.images}
+    assert {s: p.status for s, p in got.items()} == {
+        f"H/{repo}:1": Status.CONVERT, f"H/{repo}:2": Status.FAILED, "P/other:2": Status.CONVERT}
+    assert got[f"H/{repo}:2"].error.endswith(f"is also the destination of {prefix}/other:2 (images[1])")
