@@ -278,7 +278,7 @@ def _estimate(client: RegistryClient, source: Reference, doc: Manifest | Index,
     if isinstance(doc, Manifest):
         return sum(layer.size for layer in doc.layers)
     total = 0
-    for digest in selected:
+    for digest in dict.fromkeys(selected):  # an index may list one manifest many times
         data, media_type, _ = client.get_manifest(source.registry, source.repository, digest)
         manifest = parse_image_manifest(data, str(media_type), digest=digest, what=f"manifest {source.name}@{digest}")
         total += sum(layer.size for layer in manifest.layers)
@@ -323,9 +323,11 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
     if merged != settings.merge_index:
         return None, f"merge_index changed to {str(settings.merge_index).lower()}"
     converted: set[Digest] = set()
+    checked: set[Digest] = set()
     for entry in doc.manifests:
-        if not is_erofs_entry(entry):
+        if not is_erofs_entry(entry) or entry.digest in checked:
             continue
+        checked.add(entry.digest)
         child_data, child_type, _ = client.get_manifest(dest.registry, dest.repository, entry.digest)
         child = parse_manifest(child_data, str(child_type), digest=entry.digest, what=f"{what}@{entry.digest}")
         child_prov = Provenance.from_annotations(child.annotations)
