@@ -32,6 +32,7 @@ from converter.cli.args import UsageParser
 from converter.cli.image import PLAIN_HTTP_ENV, plain_http_hosts
 from converter.convert.layer import default_build_time
 from converter.errors import ConverterError, InvalidReference, UsageError
+from converter.files import write_atomic
 from converter.log import configure
 from converter.mirror.jobs import load_job, parse_repository
 from converter.mirror.plan import Status, make_plan, parse_shard
@@ -83,12 +84,9 @@ def _write_report(target: str, document: dict[str, Any]) -> None:
         sys.stdout.flush()
         return
     path = Path(target)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, text.encode("utf-8"), prefix=f".{path.name}.tmp-")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConverterError(f"writing report {target}: {exc.strerror or exc}") from exc
 
 

@@ -4,6 +4,8 @@ demand): one bad answer fails one image, never the job, and the report is always
 from __future__ import annotations
 
 import json
+import os
+import stat
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +72,21 @@ def test_a_listed_tag_taking_a_named_destination_fails_alone(hostile: HostileReg
     assert {s: p.status for s, p in got.items()} == {
         f"H/{repo}:1": Status.CONVERT, f"H/{repo}:2": Status.FAILED, "P/other:2": Status.CONVERT}
     assert got[f"H/{repo}:2"].error.endswith(f"is also the destination of {prefix}/other:2 (images[1])")
+
+
+def test_report_is_never_written_through_a_planted_path(client: RegistryClient, prefix: str, tmp_path: Path) -> None:
+    push_image(client, tmp_path / "images", sample_layers()[:1], [f"{prefix}/app:1"])
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    report = tmp_path / "report.json"
+    (tmp_path / f".report.json.tmp-{os.getpid()}").symlink_to(victim)  # the name the report used to go through
+    job = tmp_path / "job.yaml"
+    job.write_text(f'defaults: {{dest: "{prefix}/out/app:{{tag}}"}}\nimages:\n  - source: {prefix}/app:1\n')
+    old = os.umask(0o027)
+    try:
+        assert main(["mirror", str(job), "--dry-run", "-q", "--report", str(report)]) == 0
+    finally:
+        os.umask(old)
+    assert victim.read_text() == "precious\n"
+    assert json.loads(report.read_text())["summary"]["pending"] == 1
+    assert stat.S_ISREG(report.lstat().st_mode) and stat.S_IMODE(report.stat().st_mode) == 0o640
