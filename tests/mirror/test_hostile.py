@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from converter.cli import main
-from converter.mirror.jobs import parse_job
+from converter.mirror.jobs import JobFileError, job_environment, parse_job
 from converter.mirror.plan import Status, make_plan
 from converter.registry.client import RegistryClient
 from converter.testing.sample import sample_layers
@@ -90,3 +90,59 @@ def test_report_is_never_written_through_a_planted_path(client: RegistryClient, 
     assert victim.read_text() == "precious\n"
     assert json.loads(report.read_text())["summary"]["pending"] == 1
     assert stat.S_ISREG(report.lstat().st_mode) and stat.S_IMODE(report.stat().st_mode) == 0o640
+
+
+# --- environment variables in job files ---------------------------------------------------------------
+
+SECRET = "tok3n-s3cr3t-value"
+
+
+def test_job_environment_is_an_allow_list() -> None:
+    environ = {"SECRET_TOKEN": SECRET, "CONVERT_JOB_REGISTRY": "r.example", "HOME": "/root", "ALLOWED": "a"}
+    assert job_environment(environ, ["ALLOWED", "NOT_SET"]) == {"CONVERT_JOB_REGISTRY": "r.example", "ALLOWED": "a"}
+    with pytest.raises(JobFileError) as err:
+        parse_job('images:\n  - {source: "r.example/x:${SECRET_TOKEN}", dest: "m.example/x:1"}\n',
+                  filename="job.yaml", env=job_environment(environ))
+    assert "allow it with --env SECRET_TOKEN" in str(err.value) and SECRET not in str(err.value)
+
+
+def test_a_job_file_reads_no_variable_it_was_not_given(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", SECRET)
+    job = tmp_path / "job.yaml"
+    job.write_text(f'defaults: {{dest: "{prefix}/out/app:{{tag}}"}}\n'
+                   f'images:\n  - source: "{prefix}/app:${{SECRET_TOKEN}}"\n')
+    assert main(["mirror", str(job), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"convert: {job}:3: images[0].source: environment variable SECRET_TOKEN is not set or "
+                           "not given to job files")
+
+
+def test_expanded_values_are_never_shown(client: RegistryClient, prefix: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    push_image(client, tmp_path / "images", sample_layers()[:1], [f"{prefix}/app:{SECRET}"])
+    capsys.readouterr()  # the push's own log lines
+    monkeypatch.setenv("SECRET_TOKEN", SECRET)
+    monkeypatch.setenv("CONVERT_JOB_NS", prefix)
+    job = tmp_path / "job.yaml"
+    job.write_text("""\
+defaults: {dest: "${CONVERT_JOB_NS}/out/{repository}:{tag}-{format}"}
+images:
+  - source: "${CONVERT_JOB_NS}/app:${SECRET_TOKEN}"
+  - source: "${CONVERT_JOB_NS}/missing:${SECRET_TOKEN}"
+""")
+    report = tmp_path / "report.json"
+    args = ["mirror", str(job), "--env", "SECRET_TOKEN", "--report", str(report), "--workdir", str(tmp_path / "w")]
+    assert main([*args, "-v"]) == 1  # the missing image fails, the other converts
+    assert main([*args, "--dry-run"]) == 1
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err + report.read_text()
+    assert SECRET not in shown and prefix not in shown
+    images = json.loads(report.read_text())["images"]
+    assert [i["source"] for i in images] == ["${CONVERT_JOB_NS}/app:${SECRET_TOKEN}",
+                                             "${CONVERT_JOB_NS}/missing:${SECRET_TOKEN}"]
+    assert [i["status"] for i in images] == ["skipped", "failed"]
+    assert "${CONVERT_JOB_NS}/missing:${SECRET_TOKEN}" in images[1]["error"]
+    assert "mirror_image_converted" in captured.err and "${SECRET_TOKEN}" in captured.err
