@@ -99,6 +99,11 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     args = build_parser().parse_args(list(argv))
     if args.jobs < 1 or args.layer_jobs < 0:
         raise UsageError("convert mirror: --jobs must be at least 1 and --layer-jobs at least 0")
+    for name in args.env:
+        if not name.isidentifier() or not name.isascii():
+            shown = ascii(name.split("=", 1)[0]) + ("=..." if "=" in name else "")  # never echo a value
+            raise UsageError(f"convert mirror: --env {shown}: give the name of an environment variable "
+                             "(its value comes from the environment)")
     job = load_job(args.job, env=job_environment(environ, args.env))
     configure(fmt=args.log_format or "auto", verbosity=-1 if args.quiet else (1 if args.verbose else 0),
               redact=job.redact if job.expanded else None)

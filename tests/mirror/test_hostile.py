@@ -112,6 +112,9 @@ def test_a_job_file_reads_no_variable_it_was_not_given(prefix: str, tmp_path: Pa
     job = tmp_path / "job.yaml"
     job.write_text(f'defaults: {{dest: "{prefix}/out/app:{{tag}}"}}\n'
                    f'images:\n  - source: "{prefix}/app:${{SECRET_TOKEN}}"\n')
+    assert main(["mirror", str(job), "--dry-run", "--env", f"SECRET_TOKEN={SECRET}"]) == 2
+    assert capsys.readouterr().err.strip() == ("convert: convert mirror: --env 'SECRET_TOKEN'=...: give the name of "
+                                               "an environment variable (its value comes from the environment)")
     assert main(["mirror", str(job), "--dry-run"]) == 2
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
