@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from converter.cli import main
+from converter.mirror import plan as plan_module
 from converter.mirror.jobs import JobFileError, job_environment, parse_job
 from converter.mirror.plan import Status, make_plan
 from converter.registry.client import RegistryClient
@@ -149,3 +150,21 @@ images:
     assert [i["status"] for i in images] == ["skipped", "failed"]
     assert "${CONVERT_JOB_NS}/missing:${SECRET_TOKEN}" in images[1]["error"]
     assert "mirror_image_converted" in captured.err and "${SECRET_TOKEN}" in captured.err
+
+
+def test_a_crash_while_planning_one_image_fails_only_that_image(client: RegistryClient, prefix: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    push_image(client, tmp_path / "images", sample_layers()[:1], [f"{prefix}/app:1", f"{prefix}/app:2"])
+    real = plan_module.parse_manifest
+
+    def buggy(data: bytes, media_type: str, **kwargs: object) -> object:  # a bug, for one image only
+        if str(kwargs.get("what", "")).endswith("app:2"):
+            raise KeyError("bug")
+        return real(data, media_type, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_module, "parse_manifest", buggy)
+    job = parse_job(f'defaults: {{dest: "{prefix}/out/app:{{tag}}"}}\nimages:\n  - source: {prefix}/app:1\n'
+                    f'  - source: {prefix}/app:2\n', filename="job.yaml")
+    first, second = make_plan(job, client).images
+    assert first.status is Status.CONVERT
+    assert second.status is Status.FAILED and second.error == f"planning {prefix}/app:2: KeyError: 'bug'"
