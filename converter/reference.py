@@ -170,6 +170,11 @@ def _split_domain(name: str) -> tuple[str, str]:
     return registry, repository
 
 
+def is_valid_tag(text: str) -> bool:
+    """Whether ``text`` is a tag by the distribution grammar (what a registry may send is not)."""
+    return _TAG_RE.fullmatch(text) is not None
+
+
 def parse_reference(text: str) -> Reference:
     """Parse a Docker-style image reference; raise InvalidReference with the reason if it is bad."""
     if not text or text != text.strip():

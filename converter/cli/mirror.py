@@ -1,7 +1,7 @@
 """``convert mirror JOB.yaml``: flags, logging, output; the work is in ``plan`` and ``run``.
 
     convert mirror JOB.yaml [--jobs N] [--shard I/N] [--dry-run] [--report FILE]
-                            [--cache-repo REPO] [--local-cache FILE] [--plain-http HOST] ...
+                            [--env NAME] [--cache-repo REPO] [--local-cache FILE] [--plain-http HOST] ...
 
 Output: ``--dry-run`` prints the plan on stdout (what would be converted, what is already
 done, the bytes to pull). A run logs one line per image (structlog, on stderr) and ends with
@@ -32,8 +32,9 @@ from converter.cli.args import UsageParser
 from converter.cli.image import PLAIN_HTTP_ENV, plain_http_hosts
 from converter.convert.layer import default_build_time
 from converter.errors import ConverterError, InvalidReference, UsageError
+from converter.files import write_atomic
 from converter.log import configure
-from converter.mirror.jobs import load_job, parse_repository
+from converter.mirror.jobs import JOB_ENV_PREFIX, job_environment, load_job, parse_repository
 from converter.mirror.plan import Status, make_plan, parse_shard
 from converter.mirror.run import ImageReport, RunOptions, format_report, plan_report, run_plan
 from converter.registry.client import RegistryClient
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "$JOB_COMPLETION_INDEX")
     p.add_argument("--dry-run", action="store_true", help="print the plan, convert nothing")
     p.add_argument("--report", metavar="FILE", help="write the JSON report here (- for stdout)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME",
+                   help=f"let the job file read ${{NAME}} from the environment (repeatable); {JOB_ENV_PREFIX}* "
+                   "variables always may, no other")
     p.add_argument("--cache-repo", metavar="REPO", help="the shared layer cache repository (overrides the "
                    "job's cache_repo); 'none' turns the cache off")
     p.add_argument("--local-cache", metavar="FILE", help="a JSON file remembering layer cache entries "
@@ -83,12 +87,9 @@ def _write_report(target: str, document: dict[str, Any]) -> None:
         sys.stdout.flush()
         return
     path = Path(target)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, text.encode("utf-8"), prefix=f".{path.name}.tmp-")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConverterError(f"writing report {target}: {exc.strerror or exc}") from exc
 
 
@@ -98,8 +99,14 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     args = build_parser().parse_args(list(argv))
     if args.jobs < 1 or args.layer_jobs < 0:
         raise UsageError("convert mirror: --jobs must be at least 1 and --layer-jobs at least 0")
-    configure(fmt=args.log_format or "auto", verbosity=-1 if args.quiet else (1 if args.verbose else 0))
-    job = load_job(args.job, env=environ)
+    for name in args.env:
+        if not name.isidentifier() or not name.isascii():
+            shown = ascii(name.split("=", 1)[0]) + ("=..." if "=" in name else "")  # never echo a value
+            raise UsageError(f"convert mirror: --env {shown}: give the name of an environment variable "
+                             "(its value comes from the environment)")
+    job = load_job(args.job, env=job_environment(environ, args.env))
+    configure(fmt=args.log_format or "auto", verbosity=-1 if args.quiet else (1 if args.verbose else 0),
+              redact=job.redact if job.expanded else None)
     if args.cache_repo is not None:
         try:
             job = job.with_cache_repo(None if args.cache_repo == "none" else parse_repository(args.cache_repo))
@@ -114,27 +121,48 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     )
     client = RegistryClient(credentials=DockerConfigCredentials(env=environ),
                             plain_http=plain_http_hosts(args.plain_http, environ), ca_bundle=args.ca_bundle)
-    with client:
+    with client, _hiding_values(job.redact):
         plan = make_plan(job, client, shard=shard, estimate=args.dry_run, workers=max(4, options.jobs),
                          tool_version=options.tool_version)
         if args.dry_run:
             report = plan_report(plan)
             # The plan is the dry run's result (stdout), unless stdout carries the JSON report.
-            print(format_report(report), file=sys.stderr if args.report == "-" else sys.stdout)
+            print(job.redact(format_report(report)), file=sys.stderr if args.report == "-" else sys.stdout)
         else:
             todo = sum(1 for image in plan.images if image.status is Status.CONVERT)
             bars = sys.stderr.isatty() and not args.quiet and args.log_format != "json"
-            with _overall_progress(todo if bars else 0) as on_image:
+            with _overall_progress(todo if bars else 0, job.redact) as on_image:
                 report = run_plan(plan, client=client, options=options, engine_log=_engine_log(args.verbose),
                                   on_image=on_image)
-            print(format_report(report), file=sys.stderr)
+            print(job.redact(format_report(report)), file=sys.stderr)
     if args.report:
-        _write_report(args.report, report.to_json())
+        _write_report(args.report, _redact_json(report.to_json(), job.redact))
     return 1 if report.failed else 0
 
 
 @contextlib.contextmanager
-def _overall_progress(total: int) -> Iterator[Callable[[ImageReport], None] | None]:
+def _hiding_values(redact: Callable[[str], str]) -> Iterator[None]:
+    """Errors leave with expanded job-file variables shown as ``${NAME}`` (main prints ``str(exc)``)."""
+    try:
+        yield
+    except ConverterError as exc:
+        exc.args = (redact(str(exc)),)
+        raise
+
+
+def _redact_json(value: Any, redact: Callable[[str], str]) -> Any:
+    """A JSON document with ``redact`` applied to every string in it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redact_json(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_json(v, redact) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def _overall_progress(total: int, redact: Callable[[str], str]) -> Iterator[Callable[[ImageReport], None] | None]:
     """On a TTY: one rich bar of images finished out of ``total`` (0: no bar)."""
     if total <= 0:
         yield None
@@ -147,7 +175,7 @@ def _overall_progress(total: int) -> Iterator[Callable[[ImageReport], None] | No
         task = progress.add_task("images", total=total)
 
         def advance(report: ImageReport) -> None:
-            progress.update(task, advance=1, description=f"images (last: {report.status} {report.source})")
+            progress.update(task, advance=1, description=redact(f"images (last: {report.status} {report.source})"))
 
         yield advance
 

@@ -24,10 +24,12 @@ the format with its options, the profile, the builder, the build time (SOURCE_DA
 the tool version and the mkfs.erofs version (when mkfs.erofs builds). A layer that appears
 on different chains within one image is not cached at all.
 
-**A hit** is only used after checks, so the cache can never make an image wrong — at worst
-it is not used: the entry must be ours and carry exactly our key; the blob must exist (HEAD in
-the destination, else a cross-repository mount from the cache repository, which fails when
-the blob is gone) with the entry's size; its EROFS superblock (read from the first bytes of
+**A hit** is only used after checks, so a stale or mixed-up entry can never make an image
+wrong — at worst it is not used. (The checks compare public data: they are no defence against
+someone who can push to the cache repository, which must be as trusted as the destination;
+see docs/security.md.) The entry must be ours and carry exactly our key; the blob must exist
+(HEAD in the destination, else a cross-repository mount from the cache repository, which
+fails when the blob is gone) with the entry's size; its EROFS superblock (read from the first bytes of
 the blob) must carry the volume UUID derived from *this* source layer's digest
 (``converter.convert.layer.layer_uuid``), which catches an entry pointing at another layer's
 blob. Any failure is logged and the layer is converted as if there were no entry; the new

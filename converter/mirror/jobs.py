@@ -29,8 +29,12 @@ Schema (every key of ``defaults`` may also be given on one image, overriding the
 reference (``docker.io/library/debian:bookworm`` → ``docker.io``, ``library/debian``,
 ``bookworm``), ``{format}`` is the format made tag-safe (``erofs+zstd,level=3`` →
 ``erofs-zstd-level-3``); ``{{`` and ``}}`` are literal braces. ``source``, ``dest`` and
-``cache_repo`` may refer to environment variables as ``${NAME}`` (``$$`` is a literal ``$``);
-an unset variable is an error. Credentials never go in a job file: they come from the Docker
+``cache_repo`` may refer to environment variables as ``${NAME}`` (``$$`` is a literal ``$``),
+but only to those the job was given (``job_environment``: names allowed on the command line
+with ``--env NAME``, and every ``CONVERT_JOB_*`` variable), so a job file cannot read the
+environment at large; a variable not given is an error. Expanded values are never shown: the
+``Job`` knows them (``Job.redact``) and every message, log line and report shows ``${NAME}``
+instead (see docs/security.md). Credentials never go in a job file: they come from the Docker
 config (``DOCKER_CONFIG``, ``~/.docker/config.json``) or a credential helper.
 
 Tag patterns: a glob (``*``, ``?``, ``[...]``) matches the whole tag, case-sensitively; a
@@ -46,8 +50,8 @@ import difflib
 import fnmatch
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,7 @@ from converter.oci.model import Platform
 from converter.reference import Reference, parse_reference
 
 JOB_VERSION = 1
+JOB_ENV_PREFIX = "CONVERT_JOB_"  # environment variables every job file may read
 PLACEHOLDERS = ("registry", "repository", "tag", "format")
 SETTING_KEYS = ("to", "profile", "platforms", "merge_index", "dest", "cache_repo")
 _TOP_KEYS = ("version", "defaults", "images")
@@ -270,14 +275,24 @@ def _check_template(text: str, where: Where) -> DestTemplate:
     return DestTemplate(text, where)
 
 
+def job_environment(environ: Mapping[str, str], allow: Iterable[str] = ()) -> dict[str, str]:
+    """The variables a job file may read from ``environ``: those named in ``allow`` and those
+    starting with ``JOB_ENV_PREFIX``."""
+    allowed = set(allow)
+    return {k: v for k, v in environ.items() if k in allowed or k.startswith(JOB_ENV_PREFIX)}
+
+
 def expand_env(text: str, env: Mapping[str, str], where: Where) -> str:
-    """``${NAME}`` → its value (unset is an error), ``$$`` → ``$``; any other ``$`` is an error."""
+    """``${NAME}`` → its value (absent is an error), ``$$`` → ``$``; any other ``$`` is an error.
+    ``env`` holds only what the job may read (``job_environment``)."""
 
     def sub(match: re.Match[str]) -> str:
         name, dollar, other = match.groups()
         if name is not None:
             if name not in env:
-                raise where.error(f"environment variable {name} is not set (referenced as ${{{name}}})")
+                raise where.error(f"environment variable {name} is not set or not given to job files "
+                                  f"(referenced as ${{{name}}}; allow it with --env {name}, or name it "
+                                  f"{JOB_ENV_PREFIX}...)")
             return env[name]
         if dollar is not None:
             return "$"
@@ -319,14 +334,47 @@ class ImageEntry:
         return f"{self.where.field} {self.source_text}"
 
 
+def redact_values(text: str, expanded: Iterable[tuple[str, str]]) -> str:
+    """``text`` with every expanded value (longest first) shown as its ``${NAME}``."""
+    for name, value in sorted(expanded, key=lambda nv: -len(nv[1])):
+        if value:
+            text = text.replace(value, f"${{{name}}}")
+    return text
+
+
+class _Recording(Mapping[str, str]):
+    """The job's environment, remembering which variables were expanded (to redact them)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.used: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        value = self._env[name]
+        self.used[name] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A validated job file."""
+    """A validated job file. ``expanded``: the (name, value) of each environment variable the
+    file referred to; ``redact`` hides those values in anything shown to people."""
 
     path: str
     images: tuple[ImageEntry, ...]
     defaults_line: int = 0
     version: int = JOB_VERSION
+    expanded: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every expanded environment value replaced by ``${NAME}``."""
+        return redact_values(text, self.expanded) if self.expanded else text
 
     def with_cache_repo(self, repo: Repository | None) -> Job:
         """The job with every image's ``cache_repo`` replaced (``--cache-repo`` on the command line)."""
@@ -554,8 +602,20 @@ def _image(index: int, node: yaml.Node, where: Where, defaults: _Partial, env: M
 
 
 def parse_job(text: str, *, filename: str = "<job>", env: Mapping[str, str] | None = None) -> Job:
-    """Validate a job file's text; ``env`` supplies ``${NAME}`` references (default: none)."""
-    variables = env if env is not None else {}
+    """Validate a job file's text; ``env`` supplies ``${NAME}`` references (default: none; the
+    CLI passes ``job_environment``). An error's message shows no expanded value."""
+    variables = _Recording(env if env is not None else {})
+    try:
+        job = _parse_job(text, filename, variables)
+    except JobFileError as exc:
+        if not variables.used:
+            raise
+        raise JobFileError(redact_values(exc.detail, variables.used.items()), file=exc.file, line=exc.line,
+                           field=exc.field) from None
+    return replace(job, expanded=tuple(sorted(variables.used.items())))
+
+
+def _parse_job(text: str, filename: str, variables: Mapping[str, str]) -> Job:
     top = Where(filename, 1, "")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -602,6 +662,7 @@ def load_job(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = No
 
 
 __all__ = [
+    "JOB_ENV_PREFIX",
     "JOB_VERSION",
     "PLACEHOLDERS",
     "DestTemplate",
@@ -614,10 +675,12 @@ __all__ = [
     "TagPattern",
     "Where",
     "expand_env",
+    "job_environment",
     "load_job",
     "parse_job",
     "parse_repository",
     "parse_tag_pattern",
+    "redact_values",
     "sort_tags",
     "tag_sort_key",
 ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -39,7 +39,7 @@ from converter.errors import ConverterError, NotFound, UsageError
 from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
 from converter.oci.model import Index, Manifest, parse_image_manifest, parse_manifest
 from converter.oci.rewrite import Provenance, is_erofs_entry, plan_index
-from converter.reference import Digest, Reference
+from converter.reference import Digest, Reference, is_valid_tag
 from converter.registry.client import RegistryClient
 
 log = structlog.get_logger()
@@ -163,11 +163,33 @@ def _listing_failure(entry: ImageEntry, exc: ConverterError) -> PlannedImage:
                         status=Status.FAILED, reason="listing tags failed", error=str(exc))
 
 
+def _valid_tags(entry: ImageEntry, tags: Iterable[str]) -> Iterator[str]:
+    """The tags of a listing that the tag grammar allows; the others (a registry may send anything)
+    are skipped with one warning per entry, naming a few of them (escaped)."""
+    invalid: list[str] = []
+    for tag in tags:
+        if is_valid_tag(tag):
+            yield tag
+        else:
+            invalid.append(tag)
+    if invalid:
+        log.warning("mirror_invalid_tags_skipped", entry=entry.label, count=len(invalid),
+                    examples=[ascii(t[:80]) for t in invalid[:3]])
+
+
+def _planning_failure(entry: ImageEntry, source: Reference, exc: ConverterError) -> PlannedImage:
+    """A listed tag that cannot become a work item (e.g. its destination is not a valid reference)."""
+    return PlannedImage(entry=entry, source=str(source), dest=entry.settings.dest.text, status=Status.FAILED,
+                        reason="planning failed", error=str(exc))
+
+
 def expand_job(job: Job, client: RegistryClient, *, page_size: int | None = None,
                ) -> tuple[list[WorkItem], list[PlannedImage]]:
-    """Every work item of the job (tags listed and filtered), and entries whose listing failed.
+    """Every work item of the job (tags listed and filtered), and the images that failed already:
+    entries whose listing failed, listed tags without a valid destination, and listed tags
+    whose destination another image already has.
 
-    Raises JobFileError when two items share a destination.
+    Raises JobFileError when two images named in the job file share a destination.
     """
     listings: dict[Repository, list[str] | ConverterError] = {}
     items: list[WorkItem] = []
@@ -188,27 +210,55 @@ def expand_job(job: Job, client: RegistryClient, *, page_size: int | None = None
             if isinstance(listing, ConverterError):
                 failures.append(_listing_failure(entry, listing))
                 continue
-            chosen = entry.tags.select(listing)
+            chosen = entry.tags.select(_valid_tags(entry, listing))
             log.info("mirror_tags_selected", entry=entry.label, listed=len(listing), selected=len(chosen),
                      tags=chosen)
             sources = [entry.repository.with_tag(tag) for tag in chosen]
         for source in sources:
-            items.append(WorkItem(entry=entry, source=source, dest=entry.settings.dest.render(source,
-                                                                                            entry.settings.fmt)))
-    _check_collisions(items)
-    return items, failures
+            try:
+                dest = entry.settings.dest.render(source, entry.settings.fmt)
+            except ConverterError as exc:
+                if entry.ref is not None:
+                    raise  # the job file's own mistake (checked when it was read)
+                failures.append(_planning_failure(entry, source, exc))
+                continue
+            items.append(WorkItem(entry=entry, source=source, dest=dest))
+    items, collided = _check_collisions(items)
+    return items, failures + collided
 
 
-def _check_collisions(items: Sequence[WorkItem]) -> None:
-    seen: dict[str, WorkItem] = {}
+def _check_collisions(items: Sequence[WorkItem]) -> tuple[list[WorkItem], list[PlannedImage]]:
+    """Items with a destination of their own, and the listed ones that lost theirs to another.
+
+    Two images named in the job file with one destination are the job's error (JobFileError);
+    when a listed tag collides, the image named in the job file (else the first) keeps the
+    destination and the others fail: a registry's tag list must not stop the whole job.
+    """
+    groups: dict[str, list[WorkItem]] = {}
     for item in items:
-        key = f"{item.dest.name}:{item.dest.tag}"
-        first = seen.setdefault(key, item)
-        if first is not item:
+        groups.setdefault(f"{item.dest.name}:{item.dest.tag}", []).append(item)
+    losers: set[int] = set()
+    failed: list[PlannedImage] = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        named = [i for i in group if i.entry.ref is not None]
+        if len(named) > 1:
+            first, item = named[0], named[1]
             raise item.settings.dest.where.error(
                 f"{item.dest} is the destination of both {first.source} ({first.entry.where.field}, line "
                 f"{first.entry.where.line}) and {item.source} ({item.entry.where.field}); make dest tell them "
                 "apart (e.g. with {tag} or {format})")
+        keeper = named[0] if named else group[0]
+        for item in group:
+            if item is not keeper:
+                losers.add(id(item))
+                failed.append(PlannedImage(
+                    entry=item.entry, source=str(item.source), dest=str(item.dest), status=Status.FAILED,
+                    reason="planning failed",
+                    error=f"planning {item.source}: {item.dest} is also the destination of {keeper.source} "
+                          f"({keeper.entry.where.field})"))
+    return [i for i in items if id(i) not in losers], failed
 
 
 # --- resolving --------------------------------------------------------------------------------
@@ -228,7 +278,7 @@ def _estimate(client: RegistryClient, source: Reference, doc: Manifest | Index,
     if isinstance(doc, Manifest):
         return sum(layer.size for layer in doc.layers)
     total = 0
-    for digest in selected:
+    for digest in dict.fromkeys(selected):  # an index may list one manifest many times
         data, media_type, _ = client.get_manifest(source.registry, source.repository, digest)
         manifest = parse_image_manifest(data, str(media_type), digest=digest, what=f"manifest {source.name}@{digest}")
         total += sum(layer.size for layer in manifest.layers)
@@ -273,9 +323,11 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
     if merged != settings.merge_index:
         return None, f"merge_index changed to {str(settings.merge_index).lower()}"
     converted: set[Digest] = set()
+    checked: set[Digest] = set()
     for entry in doc.manifests:
-        if not is_erofs_entry(entry):
+        if not is_erofs_entry(entry) or entry.digest in checked:
             continue
+        checked.add(entry.digest)
         child_data, child_type, _ = client.get_manifest(dest.registry, dest.repository, entry.digest)
         child = parse_manifest(child_data, str(child_type), digest=entry.digest, what=f"{what}@{entry.digest}")
         child_prov = Provenance.from_annotations(child.annotations)
@@ -306,6 +358,10 @@ def resolve_item(item: WorkItem, client: RegistryClient, *, estimate: bool = Fal
         size = _estimate(client, item.source, doc, selected) if estimate and existing is None else None
     except ConverterError as exc:
         return replace(base, source_digest=source_digest, reason="planning failed", error=str(exc))
+    except Exception as exc:  # a bug must not take the other images down; it is logged in full
+        log.exception("mirror_image_planning_crashed", source=str(item.source))
+        return replace(base, source_digest=source_digest, reason="planning failed",
+                       error=f"planning {item.source}: {type(exc).__name__}: {exc}")
     if existing is not None:
         return replace(base, status=Status.SKIP, source_digest=source_digest, dest_digest=existing,
                         reason="already converted")
@@ -324,7 +380,7 @@ def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, e
     total = len(items) + len(failures)
     if shard is not None:
         items = [i for i in items if shard.owns(i.key)]
-        failures = [f for f in failures if shard.owns(str(f.entry.repository))]
+        failures = [f for f in failures if shard.owns(f.source)]  # the key: a repository or a source
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="plan") as pool:
         resolved = list(pool.map(lambda i: resolve_item(i, client, estimate=estimate,
                                                          tool_version=tool_version), items))

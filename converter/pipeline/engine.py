@@ -114,6 +114,12 @@ class _Run:
         self.image = str(src_ref)
         self._cancel = threading.Event()
         self._blob_seq = 0
+        # Each digest is visited once per run: a hostile index can list one child many times at
+        # every level (fan-out ** depth visits otherwise). ``_manifests`` keeps the source
+        # manifests already fetched for conversion, so --merge-index does not fetch them again.
+        self._copied: set[Digest] = set()
+        self._copied_blobs: set[Digest] = set()
+        self._manifests: dict[Digest, tuple[bytes, str]] = {}
 
     def provenance(self, digest: Digest) -> Provenance:
         return Provenance(source_ref=self.image, source_digest=digest, fmt=str(self.options.fmt),
@@ -198,7 +204,10 @@ class _Run:
                 path.unlink(missing_ok=True)
 
     def ensure_blob(self, desc: Descriptor) -> None:
-        """Make an unchanged source blob available in the sink: exists, mount, else copy."""
+        """Make an unchanged source blob available in the sink: exists, mount, else copy (once per run)."""
+        if desc.digest in self._copied_blobs:
+            return
+        self._copied_blobs.add(desc.digest)
         if self.sink.has_blob(desc.digest):
             return
         origin = self.source.origin
@@ -218,11 +227,23 @@ class _Run:
             path.unlink(missing_ok=True)
         self.log.debug("blob_copied", digest=str(desc.digest), size=desc.size)
 
+    def source_manifest(self, digest: Digest) -> tuple[bytes, str]:
+        """A source manifest by digest: fetched once per run."""
+        known = self._manifests.get(digest)
+        if known is not None:
+            return known
+        data, media_type, _ = self.source.get_manifest(digest)
+        return data, media_type
+
     def ensure_manifest(self, desc: Descriptor, depth: int = 0) -> None:
-        """Copy a source manifest (or nested index) and everything it references into the sink."""
+        """Copy a source manifest (or nested index) and everything it references into the sink,
+        each digest once per run (however often indexes list it)."""
         if depth > 4:
             raise ImageError(f"copying {self.image}: indexes nested more than 4 deep")
-        data, media_type, _ = self.source.get_manifest(desc.digest)
+        if desc.digest in self._copied:
+            return
+        self._copied.add(desc.digest)
+        data, media_type = self.source_manifest(desc.digest)
         doc = parse_manifest(data, str(desc.media_type) or media_type, digest=desc.digest,
                              what=f"manifest {self.image}@{desc.digest}")
         if isinstance(doc, Index):
@@ -248,9 +269,9 @@ class _Run:
                       profile=self.options.profile.value)
         if isinstance(doc, Index):
             return self.run_index(doc, digest, tag)
-        return self.run_manifest(doc, digest, len(data), media_type, tag)
+        return self.run_manifest(doc, digest, data, media_type, tag)
 
-    def run_manifest(self, manifest: Manifest, digest: Digest, size: int, media_type: str, tag: str
+    def run_manifest(self, manifest: Manifest, digest: Digest, source_data: bytes, media_type: str, tag: str
                      ) -> ConvertResult:
         config_platform = None
         if self.options.platforms:
@@ -266,8 +287,9 @@ class _Run:
             return self.finish(pushed, MediaType.OCI_MANIFEST, len(data), tag, digest, (result,))
         # --merge-index on a single manifest: an index holding the source, then the EROFS one.
         self.put_manifest(data, MediaType.OCI_MANIFEST, None)
-        source_desc = Descriptor(media_type=str(manifest.media_type), digest=digest, size=size,
+        source_desc = Descriptor(media_type=str(manifest.media_type), digest=digest, size=len(source_data),
                                  platform=result.platform)
+        self._manifests[digest] = (source_data, media_type)
         self.ensure_manifest(source_desc)
         entry = ConvertedEntry(source=source_desc, manifest=erofs_entry(data, platform=result.platform))
         index = build_index(None, [entry], merge=True, provenance=self.provenance(digest))
@@ -281,14 +303,19 @@ class _Run:
                           platform=str(desc.platform) if desc.platform else None, reason=reason)
         results: list[PlatformResult] = []
         entries: list[ConvertedEntry] = []
+        done: dict[Digest, bytes] = {}  # an index listing one manifest twice gets it converted once
         for desc in plan.convert:
-            data, _, mdigest = self.source.get_manifest(desc.digest)
-            manifest = parse_image_manifest(data, str(desc.media_type), digest=desc.digest,
-                                            what=f"manifest {self.image}@{desc.digest}")
             assert desc.platform is not None  # plan_index converts only entries with a platform
-            result, new = self.convert_platform(manifest, mdigest, desc.platform)
-            self.put_manifest(new, MediaType.OCI_MANIFEST, None)
-            results.append(result)
+            new = done.get(desc.digest)
+            if new is None:
+                data, mt, mdigest = self.source.get_manifest(desc.digest)
+                self._manifests[desc.digest] = (data, mt)
+                manifest = parse_image_manifest(data, str(desc.media_type), digest=desc.digest,
+                                                what=f"manifest {self.image}@{desc.digest}")
+                result, new = self.convert_platform(manifest, mdigest, desc.platform)
+                self.put_manifest(new, MediaType.OCI_MANIFEST, None)
+                results.append(result)
+                done[desc.digest] = new
             entries.append(ConvertedEntry(source=desc, manifest=erofs_entry(new, platform=desc.platform)))
         if self.options.merge_index:
             dropped = {str(d.digest) for d, _ in plan.dropped}

@@ -5,10 +5,13 @@ Layout (image-spec ``image-layout.md``): ``DIR/oci-layout`` holds the version,
 ``org.opencontainers.image.ref.name`` annotation (what skopeo and umoci call the tag).
 
 Writes are atomic-ish, so a crash never leaves a half-written blob under its final name or
-an ``index.json`` naming missing content: every file is written to a temporary name in the
-same directory and renamed into place; blobs come first and ``index.json`` last. Blob files
-are hard-linked from the pipeline's workdir when possible (same filesystem), copied
-otherwise. Concurrent writers in one process are serialised by a lock; several processes
+an ``index.json`` naming missing content: every file is written to a fresh temporary name in
+the same directory (created exclusively, never through an existing path) and renamed into
+place with the mode the umask gives new files; blobs come first and ``index.json`` last. Blob
+files are hard-linked from the pipeline's workdir when possible (same filesystem), copied
+otherwise. Reads treat the directory as untrusted: only regular files are read, and JSON
+files (``index.json``, ``oci-layout``, manifests) no further than the registry's size caps.
+Concurrent writers in one process are serialised by a lock; several processes
 writing one layout at once are not supported (neither skopeo nor umoci support it either).
 """
 
@@ -19,13 +22,14 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from converter.errors import ConverterError, ImageError
+from converter.files import create_temp, link_temp, new_file_mode, open_regular, read_regular, set_mode, write_atomic
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import (
     MAX_MANIFEST_SIZE,
@@ -102,6 +106,14 @@ def _sniff_media_type(data: bytes) -> str:
     return ""
 
 
+def _is_regular(path: Path) -> bool:
+    """Whether ``path`` itself (not a symlink's target) is a regular file."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 class _Layout:
     """Shared path handling of a layout directory."""
 
@@ -119,19 +131,19 @@ class _Layout:
     def read_index(self) -> Index:
         path = self.root / INDEX_FILE
         try:
-            data = path.read_bytes()
+            data = read_regular(path, limit=MAX_MANIFEST_SIZE, what=f"{self.name}/{INDEX_FILE}")
         except FileNotFoundError:
             if not (self.root / LAYOUT_FILE).exists():
                 raise ImageError(f"reading {self.name}: not an OCI image layout (no {LAYOUT_FILE})") from None
             raise ImageError(f"reading {self.name}: no {INDEX_FILE}") from None
         except OSError as exc:
-            raise ConverterError(f"reading {path}: {exc.strerror}") from exc
+            raise ConverterError(f"reading {self.name}/{INDEX_FILE}: {exc.strerror or exc}") from exc
         return parse_index(data, MediaType.OCI_INDEX, what=f"{self.name}/{INDEX_FILE}")
 
     def read_blob(self, digest: Digest, *, max_size: int) -> bytes:
         path = self.blob_path(digest)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, what=f"blob {digest} from {self.name}") as f:
                 data = f.read(max_size + 1)
         except FileNotFoundError:
             raise ImageError(f"reading blob {digest} from {self.name}: missing") from None
@@ -185,7 +197,7 @@ class LayoutSource(_Layout):
     def open_blob(self, digest: Digest, *, size: int | None = None) -> Iterator[BinaryIO]:
         path = self.blob_path(digest)
         try:
-            raw = open(path, "rb")  # noqa: SIM115 - closed by the reader below
+            raw = open_regular(path, what=f"blob {digest} from {self.name}")  # closed by the reader below
         except FileNotFoundError:
             raise ImageError(f"reading blob {digest} from {self.name}: missing") from None
         except OSError as exc:
@@ -211,27 +223,20 @@ class LayoutSink(_Layout):
             if not layout.exists():
                 self._write_atomic(layout, canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
             else:
-                load_json_object(layout.read_bytes(), what=f"{self.name}/{LAYOUT_FILE}", limit=1 << 16)
+                what = f"{self.name}/{LAYOUT_FILE}"
+                load_json_object(read_regular(layout, limit=1 << 16, what=what), what=what, limit=1 << 16)
             if not (self.root / INDEX_FILE).exists():
                 empty = Index(media_type=MediaType.OCI_INDEX, manifests=())
                 self._write_atomic(self.root / INDEX_FILE, empty.to_bytes())
         except OSError as exc:
             raise ConverterError(f"creating OCI layout {self.root}: {exc.strerror}") from exc
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> None:
+        write_atomic(path, data, prefix=".tmp-")
 
     def has_blob(self, digest: Digest) -> bool:
-        return self.blob_path(digest).is_file()
+        return _is_regular(self.blob_path(digest))
 
     def mount_blob(self, digest: Digest, origin: BlobOrigin) -> bool:
         return False  # a directory cannot mount from a registry
@@ -244,36 +249,47 @@ class LayoutSink(_Layout):
                 raise ImageError(f"pushing blob {digest} to {self.name}: {path} has {actual} bytes, "
                                  f"expected {size}")
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.is_file() and final.stat().st_size == size:
+            if _is_regular(final) and final.stat().st_size == size:
                 return
-            tmp = final.parent / f".tmp-{digest.hex}-{os.getpid()}-{threading.get_ident()}"
+            # Temporary names are fresh and created exclusively: a path planted in blobs/ (a
+            # symlink, say) is never written through, chmod'ed, or renamed into place.
+            tmp: Path | None = None
             try:
                 try:
-                    os.link(path, tmp)  # the pipeline already hashed this file while writing it
+                    tmp = link_temp(path, final.parent, ".tmp-")  # the pipeline hashed it already
                 except OSError:
-                    self._copy_verified(path, tmp, digest)
-                os.chmod(tmp, 0o644)
+                    tmp = self._copy_verified(path, final.parent, digest)
+                set_mode(tmp, new_file_mode())
                 os.replace(tmp, final)
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+                if tmp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
         except OSError as exc:
-            raise ConverterError(f"pushing blob {digest} to {self.name}: {exc.strerror}") from exc
+            raise ConverterError(f"pushing blob {digest} to {self.name}: {exc.strerror or exc}") from exc
 
-    def _copy_verified(self, src: Path, dst: Path, digest: Digest) -> None:
+    def _copy_verified(self, src: Path, directory: Path, digest: Digest) -> Path:
+        """A verified copy of ``src`` under a fresh temporary name in ``directory``."""
         h = digest.hasher()
-        with open(src, "rb") as fin, open(dst, "wb") as fout:
-            while chunk := fin.read(_CHUNK):
-                h.update(chunk)
-                fout.write(chunk)
-        if h.hexdigest() != digest.hex:
-            raise ImageError(f"pushing blob {digest} to {self.name}: {src} does not match its digest")
+        fd, tmp = create_temp(directory, ".tmp-")
+        try:
+            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                while chunk := fin.read(_CHUNK):
+                    h.update(chunk)
+                    fout.write(chunk)
+            if h.hexdigest() != digest.hex:
+                raise ImageError(f"pushing blob {digest} to {self.name}: {src} does not match its digest")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return tmp
 
     def put_manifest(self, data: bytes, media_type: str, tag: str | None = None) -> Digest:
         digest = Digest.from_bytes(data)
         try:
             final = self.blob_path(digest)
-            if not final.is_file():
+            if not _is_regular(final):
                 self._write_atomic(final, data)
             if tag is not None:
                 with self._lock:
