@@ -116,7 +116,7 @@ class _Run:
         self._blob_seq = 0
 
     def provenance(self, digest: Digest) -> Provenance:
-        return Provenance(source_ref=self.image, source_digest=digest, fmt=str(self.options.fmt),
+        return Provenance(source_digest=digest, fmt=str(self.options.fmt),
                           profile=self.options.profile, version=self.options.tool_version)
 
     # -- one platform -------------------------------------------------------------------------
