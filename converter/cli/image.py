@@ -149,6 +149,7 @@ def run_image_conversion(args: argparse.Namespace) -> int:
         profile=parse_profile(args.media_type_profile),
         platforms=parse_platforms(args.platform),
         merge_index=args.merge_index,
+        referrer=args.referrer,
         jobs=args.jobs,
         builder=args.builder,
         workdir=Path(args.workdir) if args.workdir else None,

@@ -203,9 +203,11 @@ def layer_descriptors(layers: Sequence[NewLayer], *, profile: Profile) -> tuple[
 
 
 def build_manifest(source: Manifest, *, config: bytes, layers: Sequence[NewLayer], profile: Profile,
-                   provenance: Provenance) -> Manifest:
+                   provenance: Provenance, subject: Descriptor | None = None) -> Manifest:
     """The EROFS manifest: OCI media types, new config and layers, source annotations kept
-    (except ours, which are replaced), no ``subject`` (the source's subject is not ours)."""
+    (except ours, which are replaced). ``subject`` is the source manifest's descriptor when the
+    conversion is published as its referrer (``converter.oci.referrers``); the source's own
+    subject is never copied (it is not ours)."""
     annotations = {k: v for k, v in source.annotations.items() if not k.startswith(ANNOTATION_PREFIX)}
     annotations.update(provenance.annotations())
     return Manifest(
@@ -213,6 +215,7 @@ def build_manifest(source: Manifest, *, config: bytes, layers: Sequence[NewLayer
         config=descriptor_for(config, MediaType.OCI_CONFIG),
         layers=layer_descriptors(layers, profile=profile),
         annotations=annotations,
+        subject=subject,
     )
 
 
@@ -306,13 +309,14 @@ def erofs_entry(manifest: bytes, *, platform: Platform) -> Descriptor:
 
 
 def build_index(source: Index | None, converted: Sequence[ConvertedEntry], *, plan: IndexPlan | None = None,
-                merge: bool = False, provenance: Provenance) -> Index:
+                merge: bool = False, provenance: Provenance, subject: Descriptor | None = None) -> Index:
     """The new index.
 
     Without ``merge``: the EROFS entries, in source order. With ``merge``: the source entries
     (minus ``plan.dropped``), each converted platform's EROFS entry right after its tar entry
     (§6: tar first, so clients that take the first match still get tar). ``source`` None means
     the source was a single manifest (then ``merge`` lists it first, then the EROFS one).
+    ``subject``: the source index's (or manifest's) descriptor, as for ``build_manifest``.
     """
     if not converted:
         raise ImageError("building index: no converted manifests")
@@ -337,7 +341,8 @@ def build_index(source: Index | None, converted: Sequence[ConvertedEntry], *, pl
         if after:
             raise ImageError("building index: converted manifests missing from the source index: "
                              + ", ".join(after))
-    return Index(media_type=MediaType.OCI_INDEX, manifests=tuple(entries), annotations=annotations)
+    return Index(media_type=MediaType.OCI_INDEX, manifests=tuple(entries), annotations=annotations,
+                 subject=subject)
 
 
 __all__ = [

@@ -39,6 +39,8 @@ class ConvertOptions:
     ``SOURCE_DATE_EPOCH``; libraries never read the environment). ``max_expanded`` and
     ``max_entries`` bound what one layer may cost, as ``LayerOptions`` does for ``convert
     layer`` (same defaults; None: unlimited): layers come from registries we do not control.
+    ``referrer`` makes the source manifest the ``subject`` of what is pushed and lists the
+    conversion among the source's referrers (OCI 1.1); off, the output has no ``subject``.
     """
 
     fmt: TargetFormat = field(default_factory=TargetFormat)
@@ -54,6 +56,7 @@ class ConvertOptions:
     tool_version: str = __version__
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
+    referrer: bool = True
 
     def resolved_jobs(self) -> int:
         if self.jobs < 0:
