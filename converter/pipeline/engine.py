@@ -65,12 +65,11 @@ from converter.pipeline.options import (
     ConvertOptions,
     ConvertResult,
     LayerOutcome,
-    Location,
     PlatformResult,
     destination_tag,
 )
 from converter.pipeline.progress import ProgressCallback
-from converter.reference import Digest
+from converter.reference import Digest, Location
 from converter.transports.base import ImageSink, ImageSource, ReferrerSink
 
 

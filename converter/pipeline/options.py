@@ -16,9 +16,8 @@ from converter.erofs.target import TargetFormat
 from converter.errors import UsageError
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Platform
-from converter.reference import Digest, OciLayoutRef, Reference
+from converter.reference import ArchiveKind, ArchiveRef, DaemonRef, Digest, Location, OciLayoutRef, Reference
 
-Location = Reference | OciLayoutRef
 _MAX_TAG = 128
 
 
@@ -111,6 +110,8 @@ class ConvertResult:
 
 def default_destination(src_ref: Location, fmt: TargetFormat) -> Location:
     """Same repository (or layout directory), tag ``<tag>-<fmt.tag_suffix>``."""
+    if isinstance(src_ref, ArchiveRef | DaemonRef):
+        raise UsageError(f"a {str(src_ref).split(':', 1)[0]}: source needs --dest")
     tag = src_ref.tag
     if tag is None:
         what = "a digest-only source" if isinstance(src_ref, Reference) else "an oci: source without a tag"
@@ -132,6 +133,11 @@ def destination_tag(dest_ref: Location) -> str:
     """
     if isinstance(dest_ref, OciLayoutRef):
         return dest_ref.tag or "latest"
+    if isinstance(dest_ref, ArchiveRef) and dest_ref.kind is ArchiveKind.OCI:
+        return dest_ref.ref or "latest"
+    if isinstance(dest_ref, ArchiveRef | DaemonRef):
+        raise UsageError(f"destination {dest_ref}: Docker cannot load or run EROFS layers, so "
+                         "docker-archive: and docker-daemon: are sources only (use oci:, oci-archive: or a registry)")
     if dest_ref.digest is not None or dest_ref.tag is None:
         raise UsageError(f"destination {dest_ref}: give a tag, not a digest (the result's digest is "
                          "only known after converting)")
