@@ -18,6 +18,7 @@ component get the ``library/`` namespace; a reference with neither tag nor diges
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 from dataclasses import dataclass, replace
@@ -154,6 +155,47 @@ class OciLayoutRef:
         return f"oci:{self.path}" + (f":{self.tag}" if self.tag else "")
 
 
+class ArchiveKind(enum.Enum):
+    """The two tar formats of a whole image (containers-transports(5) names)."""
+
+    DOCKER = "docker-archive"  # `docker save` output: manifest.json, configs, layer tars
+    OCI = "oci-archive"  # a tar of an OCI image layout
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRef:
+    """An image in a tar archive; ``ref`` picks one image (a RepoTags name for docker-archive,
+    a ``org.opencontainers.image.ref.name`` for oci-archive), None: the only one."""
+
+    kind: ArchiveKind
+    path: Path
+    ref: str | None = None
+
+    @property
+    def tag(self) -> str | None:
+        return None  # no default destination next to an archive: --dest is required
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.path}" + (f":{self.ref}" if self.ref else "")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonRef:
+    """An image in the local Docker engine, named as ``docker`` names it (``name:tag``, an ID)."""
+
+    name: str
+
+    @property
+    def tag(self) -> str | None:
+        return None
+
+    def __str__(self) -> str:
+        return f"docker-daemon:{self.name}"
+
+
+Location = Reference | OciLayoutRef | ArchiveRef | DaemonRef
+
+
 def _split_domain(name: str) -> tuple[str, str]:
     """Split ``name`` into (registry, repository) with Docker's normalisation."""
     first, sep, rest = name.partition("/")
@@ -210,8 +252,22 @@ def parse_reference(text: str) -> Reference:
     return Reference(registry, repository, tag, digest)
 
 
-def parse_location(text: str) -> Reference | OciLayoutRef:
-    """Parse where an image lives: ``oci:DIR[:TAG]``, ``docker://REF`` or a plain reference."""
+def parse_location(text: str) -> Location:
+    """Parse where an image lives: ``oci:DIR[:TAG]``, ``docker-archive:PATH[:REF]``,
+    ``oci-archive:PATH[:REF]``, ``docker-daemon:REF``, ``docker://REF`` or a plain reference.
+
+    As in containers-transports(5), an archive's PATH ends at its first colon."""
+    for kind in ArchiveKind:
+        if text.startswith(kind.value + ":"):
+            path_text, _, ref = text[len(kind.value) + 1 :].partition(":")
+            if not path_text:
+                raise InvalidReference(f"parsing location {text!r}: no path after '{kind.value}:'")
+            return ArchiveRef(kind, Path(path_text), ref or None)
+    if text.startswith("docker-daemon:"):
+        name = text[len("docker-daemon:") :]
+        if not name:
+            raise InvalidReference(f"parsing location {text!r}: no image after 'docker-daemon:'")
+        return DaemonRef(name)
     if text.startswith("oci:"):
         body = text[len("oci:") :]
         # DIR may itself contain colons; only a trailing ":TAG" that is a valid tag is split off.

@@ -40,6 +40,36 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$created_policy" = 1 ] && as_root rm -f "$policy"
 fi
 
+# oras and crane (OCI clients the tests read our images back with): Debian sid binaries,
+# unpacked with dpkg -x into $CACHE_ROOT/sid-tools/<package>/ (never installed), fetched with a
+# private apt configuration so the system's sources stay untouched.
+SID_TOOLS="$CACHE_ROOT/sid-tools"
+SID_CLIENTS=(oras crane)
+sid_missing=()
+for p in "${SID_CLIENTS[@]}"; do [ -e "$SID_TOOLS/$p/.done" ] || sid_missing+=("$p"); done
+if [ ${#sid_missing[@]} -gt 0 ]; then
+  echo "setup: fetching ${sid_missing[*]} from Debian sid into $SID_TOOLS" >&2
+  sidw=$(mktemp -d)
+  mkdir -p "$sidw/lists/partial" "$sidw/archives/partial"
+  : > "$sidw/status"
+  echo "deb http://deb.debian.org/debian sid main" > "$sidw/sources.list"
+  sidopts=(-o "Dir::Etc::SourceList=$sidw/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+           -o "Dir::State::Lists=$sidw/lists" -o "Dir::State::status=$sidw/status"
+           -o "Dir::Cache::Archives=$sidw/archives" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
+           -o "Acquire::Check-Valid-Until=false" -o "APT::Sandbox::User=root")
+  apt-get "${sidopts[@]}" update -qq >/dev/null
+  for p in "${sid_missing[@]}"; do
+    (cd "$sidw" && apt-get "${sidopts[@]}" download -qq "$p" >/dev/null)
+    deb=$(find "$sidw" -maxdepth 1 -name "${p}_*.deb" | head -n1)
+    [ -n "$deb" ] || { echo "setup: could not download $p from sid" >&2; exit 1; }
+    rm -rf "${SID_TOOLS:?}/$p"
+    mkdir -p "$SID_TOOLS/$p"
+    dpkg -x "$deb" "$SID_TOOLS/$p"
+    basename "$deb" > "$SID_TOOLS/$p/.done"
+  done
+  rm -rf "$sidw"
+fi
+
 version_ok() {  # $1: mkfs.erofs path
   local v
   v=$("$1" -V 2>/dev/null | head -n1 | sed -n 's/.*mkfs\.erofs[^0-9]*\([0-9][0-9.]*\).*/\1/p')

@@ -25,3 +25,6 @@ __all__ = ["registry_basic", "registry_open", "registry_tls", "registry_token"]
 from tests.support.shared_fixtures import _pristine_structlog, _restore_structlog, client, prefix, python_sigint  # noqa: E402
 
 __all__ += ["_pristine_structlog", "_restore_structlog", "client", "prefix", "python_sigint"]
+from tests.support.dockerd import dockerd  # noqa: E402  (a private Docker engine, session-scoped)
+
+__all__ += ["dockerd"]

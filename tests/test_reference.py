@@ -134,3 +134,16 @@ def test_parse_location_rejects() -> None:
     with pytest.raises(InvalidReference):
         parse_location("docker://UPPER")
     assert str(OciLayoutRef(Path("/x"), "t")) == "oci:/x:t"
+
+
+def test_archive_and_daemon_locations() -> None:
+    from converter.reference import ArchiveKind, ArchiveRef, DaemonRef
+
+    assert parse_location("docker-archive:/a/b.tar") == ArchiveRef(ArchiveKind.DOCKER, Path("/a/b.tar"), None)
+    assert parse_location("docker-archive:b.tar:x/y:1") == ArchiveRef(ArchiveKind.DOCKER, Path("b.tar"), "x/y:1")
+    assert parse_location("oci-archive:/o.tar:v1") == ArchiveRef(ArchiveKind.OCI, Path("/o.tar"), "v1")
+    assert parse_location("docker-daemon:busybox:1") == DaemonRef("busybox:1")
+    assert str(parse_location("oci-archive:/o.tar:v1")) == "oci-archive:/o.tar:v1"
+    for bad in ("docker-archive:", "oci-archive::x", "docker-daemon:"):
+        with pytest.raises(InvalidReference):
+            parse_location(bad)

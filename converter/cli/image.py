@@ -12,7 +12,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from converter.oci.model import Platform
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.options import default_destination
 from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
-from converter.reference import OciLayoutRef, Reference, parse_location
+from converter.reference import Location, OciLayoutRef, Reference, parse_location
 from converter.registry.client import DEFAULT_RETRY, DEFAULT_TIMEOUT, RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
@@ -89,8 +89,17 @@ def parse_platforms(values: Sequence[str]) -> tuple[Platform, ...]:
     return tuple(out)
 
 
-def _display(loc: Reference | OciLayoutRef) -> str:
-    return f"oci:{loc.path}" + (f":{loc.tag}" if loc.tag else "") if isinstance(loc, OciLayoutRef) else str(loc)
+def _close_later(stack: ExitStack, transport: object) -> None:
+    """Transports holding temporary files (docker-daemon:, oci-archive: sinks) have ``close``."""
+    close = getattr(transport, "close", None)
+    if callable(close):
+        stack.callback(close)
+
+
+def _display(loc: Location) -> str:
+    if isinstance(loc, OciLayoutRef):
+        return f"oci:{loc.path}" + (f":{loc.tag}" if loc.tag else "")
+    return str(loc)
 
 
 class _Bars:
@@ -149,6 +158,7 @@ def run_image_conversion(args: argparse.Namespace) -> int:
         profile=parse_profile(args.media_type_profile),
         platforms=parse_platforms(args.platform),
         merge_index=args.merge_index,
+        referrer=args.referrer,
         jobs=args.jobs,
         builder=args.builder,
         workdir=Path(args.workdir) if args.workdir else None,
@@ -160,9 +170,11 @@ def run_image_conversion(args: argparse.Namespace) -> int:
     retry = RetryPolicy(attempts=args.retries) if args.retries is not None else None
     client = (make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle, retry=retry, timeout=args.timeout)
               if needs_client else None)
-    with client if client is not None else nullcontext():
+    with client if client is not None else nullcontext(), ExitStack() as stack:
         source = open_source(src, client=client)
+        _close_later(stack, source)
         sink = open_sink(dest, client=client)
+        _close_later(stack, sink)
         show_bars = sys.stderr.isatty() and not args.quiet and (args.log_format in (None, "console"))
         with _progress(show_bars) as progress:
             result = convert_image(source, src, sink, dest, options=options, progress=progress,

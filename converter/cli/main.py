@@ -120,6 +120,8 @@ def _image_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", action="append", default=[], help="OS/ARCH[/VARIANT]; repeatable")
     p.add_argument("--media-type-profile", default="spec", choices=("spec", "containerd-2.1", "containerd-2.3"))
     p.add_argument("--merge-index", action="store_true", help="keep the source manifests in the new index")
+    p.add_argument("--no-referrer", dest="referrer", action="store_false",
+                   help="do not make the source the converted image's OCI 1.1 subject (referrer)")
     p.add_argument("--plain-http", action="append", default=[], metavar="REGISTRY",
                    help="allow plain HTTP to this registry (loopback registries always may)")
     p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")

@@ -19,7 +19,8 @@ Steps, all read-only against the registries:
 3. **Resolve** (only this shard's items, a few at a time): GET the source manifest (its digest
    is what will be converted), then GET the destination tag. The image is skipped when the
    destination's provenance annotations (``converter.oci.rewrite.Provenance``) name the same
-   source digest, format, profile and tool version, and — for an index — each EROFS platform
+   source digest — and its OCI 1.1 ``subject``, when it has one, names it too — format,
+   profile and tool version, and — for an index — each EROFS platform
    manifest's provenance names one of the source manifests these options select, all of them,
    and the index is merged exactly when ``merge_index`` asks for it.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -44,6 +46,7 @@ from converter.registry.client import RegistryClient
 
 log = structlog.get_logger()
 
+REFERRERS_TAG = re.compile(r"sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128}")
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in the pods of an Indexed Job
 
 
@@ -210,7 +213,8 @@ def expand_job(job: Job, client: RegistryClient, *, page_size: int | None = None
             if isinstance(listing, ConverterError):
                 failures.append(_listing_failure(entry, listing))
                 continue
-            chosen = entry.tags.select(_valid_tags(entry, listing))
+            # Referrers fallback tags (sha256-<hex>, distribution spec) hold lists, not images.
+            chosen = entry.tags.select([t for t in _valid_tags(entry, listing) if not REFERRERS_TAG.fullmatch(t)])
             log.info("mirror_tags_selected", entry=entry.label, listed=len(listing), selected=len(chosen),
                      tags=chosen)
             sources = [entry.repository.with_tag(tag) for tag in chosen]
@@ -296,6 +300,14 @@ def _same_options(prov: Provenance, settings: Settings, tool_version: str) -> st
     return ""
 
 
+def _source_of(doc: Manifest | Index, prov: Provenance) -> Digest | None:
+    """The source a conversion names: its ``subject`` and source-digest annotation must agree
+    (None when they do not: not a conversion we can trust)."""
+    if doc.subject is not None and doc.subject.digest != prov.source_digest:
+        return None
+    return prov.source_digest
+
+
 def existing_conversion(client: RegistryClient, dest: Reference, *, source_digest: Digest,
                         selected: Sequence[Digest], source_is_index: bool, settings: Settings,
                         tool_version: str = __version__) -> tuple[Digest | None, str]:
@@ -309,6 +321,8 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
     prov = Provenance.from_annotations(doc.annotations)
     if prov is None:
         return None, "the destination was not made by erofs-converter"
+    if _source_of(doc, prov) is None:
+        return None, "the destination's subject and source-digest annotation disagree"
     if prov.source_digest != source_digest:
         return None, f"the source changed (converted {prov.source_digest.short}, now {source_digest.short})"
     differs = _same_options(prov, settings, tool_version)
@@ -331,7 +345,7 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
         child_data, child_type, _ = client.get_manifest(dest.registry, dest.repository, entry.digest)
         child = parse_manifest(child_data, str(child_type), digest=entry.digest, what=f"{what}@{entry.digest}")
         child_prov = Provenance.from_annotations(child.annotations)
-        if child_prov is None:
+        if child_prov is None or _source_of(child, child_prov) is None:
             return None, f"platform manifest {entry.digest.short} has no provenance"
         differs = _same_options(child_prov, settings, tool_version)
         if differs:

@@ -14,7 +14,9 @@ The rules, with their spec sections:
   inputs too); layer media type from the profile; with profile ``spec``,
   ``org.erofs.role=overlay-lower`` on every layer but the last (§2.4, D-3); provenance
   annotations under ``io.github.erofs-converter.*`` and no timestamps, so a rerun gives the
-  same digest and a mirror job can tell what an image was made from.
+  same digest and a mirror job can tell what an image was made from. Nothing about *where*
+  the source was read from (registry host, proxy, tag or digest spelling, layout path) is
+  hashed: the output is a function of the source content and the options alone.
 * index (§6, D-13): entries carry ``erofs`` in ``platform.os.features``; without merging only
   the EROFS manifests remain; with ``merge`` the source entries stay and each EROFS manifest
   follows its platform's tar manifest. Attestations and unknown entries are dropped unless
@@ -48,7 +50,6 @@ ROLE_OVERLAY_LOWER = "overlay-lower"
 UNCOMPRESSED_DIGEST_ANNOTATION = "org.erofs.uncompressed-digest"
 
 ANNOTATION_PREFIX = "io.github.erofs-converter."
-ANN_SOURCE_REF = ANNOTATION_PREFIX + "source.ref"
 ANN_SOURCE_DIGEST = ANNOTATION_PREFIX + "source.digest"
 ANN_FORMAT = ANNOTATION_PREFIX + "format"
 ANN_PROFILE = ANNOTATION_PREFIX + "profile"
@@ -61,9 +62,11 @@ ATTESTATION_MANIFEST = "attestation-manifest"
 
 @dataclass(frozen=True, slots=True)
 class Provenance:
-    """What an EROFS image was made from; written as manifest/index annotations."""
+    """What an EROFS image was made from; written as manifest/index annotations.
 
-    source_ref: str
+    Content only: the source digest, never its location or reference spelling (those are
+    logged and reported, not hashed), so every route to the same source gives one digest."""
+
     source_digest: Digest
     fmt: str
     profile: Profile
@@ -71,7 +74,6 @@ class Provenance:
 
     def annotations(self) -> dict[str, str]:
         return {
-            ANN_SOURCE_REF: self.source_ref,
             ANN_SOURCE_DIGEST: str(self.source_digest),
             ANN_FORMAT: self.fmt,
             ANN_PROFILE: self.profile.value,
@@ -83,7 +85,6 @@ class Provenance:
         """The provenance recorded by an earlier run, or None if absent or unreadable."""
         try:
             return cls(
-                source_ref=annotations[ANN_SOURCE_REF],
                 source_digest=Digest.parse(annotations[ANN_SOURCE_DIGEST]),
                 fmt=annotations[ANN_FORMAT],
                 profile=Profile(annotations[ANN_PROFILE]),
@@ -202,9 +203,11 @@ def layer_descriptors(layers: Sequence[NewLayer], *, profile: Profile) -> tuple[
 
 
 def build_manifest(source: Manifest, *, config: bytes, layers: Sequence[NewLayer], profile: Profile,
-                   provenance: Provenance) -> Manifest:
+                   provenance: Provenance, subject: Descriptor | None = None) -> Manifest:
     """The EROFS manifest: OCI media types, new config and layers, source annotations kept
-    (except ours, which are replaced), no ``subject`` (the source's subject is not ours)."""
+    (except ours, which are replaced). ``subject`` is the source manifest's descriptor when the
+    conversion is published as its referrer (``converter.oci.referrers``); the source's own
+    subject is never copied (it is not ours)."""
     annotations = {k: v for k, v in source.annotations.items() if not k.startswith(ANNOTATION_PREFIX)}
     annotations.update(provenance.annotations())
     return Manifest(
@@ -212,6 +215,7 @@ def build_manifest(source: Manifest, *, config: bytes, layers: Sequence[NewLayer
         config=descriptor_for(config, MediaType.OCI_CONFIG),
         layers=layer_descriptors(layers, profile=profile),
         annotations=annotations,
+        subject=subject,
     )
 
 
@@ -305,13 +309,14 @@ def erofs_entry(manifest: bytes, *, platform: Platform) -> Descriptor:
 
 
 def build_index(source: Index | None, converted: Sequence[ConvertedEntry], *, plan: IndexPlan | None = None,
-                merge: bool = False, provenance: Provenance) -> Index:
+                merge: bool = False, provenance: Provenance, subject: Descriptor | None = None) -> Index:
     """The new index.
 
     Without ``merge``: the EROFS entries, in source order. With ``merge``: the source entries
     (minus ``plan.dropped``), each converted platform's EROFS entry right after its tar entry
     (§6: tar first, so clients that take the first match still get tar). ``source`` None means
     the source was a single manifest (then ``merge`` lists it first, then the EROFS one).
+    ``subject``: the source index's (or manifest's) descriptor, as for ``build_manifest``.
     """
     if not converted:
         raise ImageError("building index: no converted manifests")
@@ -336,7 +341,8 @@ def build_index(source: Index | None, converted: Sequence[ConvertedEntry], *, pl
         if after:
             raise ImageError("building index: converted manifests missing from the source index: "
                              + ", ".join(after))
-    return Index(media_type=MediaType.OCI_INDEX, manifests=tuple(entries), annotations=annotations)
+    return Index(media_type=MediaType.OCI_INDEX, manifests=tuple(entries), annotations=annotations,
+                 subject=subject)
 
 
 __all__ = [
@@ -344,7 +350,6 @@ __all__ = [
     "ANN_FORMAT",
     "ANN_PROFILE",
     "ANN_SOURCE_DIGEST",
-    "ANN_SOURCE_REF",
     "ANN_VERSION",
     "EROFS_FEATURE",
     "ROLE_ANNOTATION",

@@ -46,6 +46,7 @@ from converter.oci.model import (
     parse_image_manifest,
     parse_manifest,
 )
+from converter.oci.referrers import subject_descriptor
 from converter.oci.rewrite import (
     ConvertedEntry,
     IndexPlan,
@@ -64,13 +65,12 @@ from converter.pipeline.options import (
     ConvertOptions,
     ConvertResult,
     LayerOutcome,
-    Location,
     PlatformResult,
     destination_tag,
 )
 from converter.pipeline.progress import ProgressCallback
-from converter.reference import Digest
-from converter.transports.base import ImageSink, ImageSource
+from converter.reference import Digest, Location
+from converter.transports.base import ImageSink, ImageSource, ReferrerSink
 
 
 class PushFailed(ConverterError):
@@ -122,13 +122,17 @@ class _Run:
         self._manifests: dict[Digest, tuple[bytes, str]] = {}
 
     def provenance(self, digest: Digest) -> Provenance:
-        return Provenance(source_ref=self.image, source_digest=digest, fmt=str(self.options.fmt),
+        return Provenance(source_digest=digest, fmt=str(self.options.fmt),
                           profile=self.options.profile, version=self.options.tool_version)
 
     # -- one platform -------------------------------------------------------------------------
 
+    def subject(self, media_type: str, digest: Digest, size: int) -> Descriptor | None:
+        """The source as the ``subject`` of what we push, unless ``options.referrer`` is off."""
+        return subject_descriptor(media_type, digest, size) if self.options.referrer else None
+
     def convert_platform(self, manifest: Manifest, digest: Digest, platform: Platform | None,
-                         ) -> tuple[PlatformResult, bytes]:
+                         subject: Descriptor | None) -> tuple[PlatformResult, bytes]:
         """Convert one image manifest; blobs and config are pushed, the manifest is returned."""
         what = f"{self.image}@{digest}"
         check_source_layers(manifest, image=what)
@@ -155,7 +159,8 @@ class _Run:
         new_config = rewrite_config(config_bytes, descriptor=manifest.config, layers=layers,
                                     source_layers=len(manifest.layers), image=what)
         new_manifest = build_manifest(manifest, config=new_config, layers=layers,
-                                      profile=self.options.profile, provenance=self.provenance(digest))
+                                      profile=self.options.profile, provenance=self.provenance(digest),
+                                      subject=subject)
         self.push_bytes(new_config, new_manifest.config.digest)
         data = new_manifest.to_bytes()
         media_type = self.options.profile.layer_media_type()
@@ -185,10 +190,15 @@ class _Run:
         except ConverterError as exc:
             raise PushFailed(f"converting {self.image}: {exc}", image=self.image, cause=exc) from exc
 
-    def put_manifest(self, data: bytes, media_type: str, tag: str | None) -> Digest:
-        """``sink.put_manifest``, with a failure naming the source image."""
+    def put_manifest(self, data: bytes, media_type: str, tag: str | None, subject: Descriptor | None = None
+                     ) -> Digest:
+        """``sink.put_manifest``, with a failure naming the source image; a manifest with a
+        ``subject`` is then listed among the subject's referrers where the sink must do that."""
         with self._pushing():
-            return self.sink.put_manifest(data, media_type, tag)
+            pushed = self.sink.put_manifest(data, media_type, tag)
+            if subject is not None and isinstance(self.sink, ReferrerSink):
+                self.sink.index_referrer(subject, data, media_type)
+            return pushed
 
     def push_bytes(self, data: bytes, digest: Digest) -> None:
         """Push a small blob we made (a config) unless the sink has it."""
@@ -268,7 +278,7 @@ class _Run:
                       dest=str(self.dest_ref), format=str(self.options.fmt),
                       profile=self.options.profile.value)
         if isinstance(doc, Index):
-            return self.run_index(doc, digest, tag)
+            return self.run_index(doc, digest, len(data), tag)
         return self.run_manifest(doc, digest, data, media_type, tag)
 
     def run_manifest(self, manifest: Manifest, digest: Digest, source_data: bytes, media_type: str, tag: str
@@ -281,21 +291,22 @@ class _Run:
             if not any(config_platform.matches(p) for p in self.options.platforms):
                 wanted = ", ".join(str(p) for p in self.options.platforms)
                 raise ImageError(f"converting {self.image}: the image is {config_platform}, not {wanted}")
-        result, data = self.convert_platform(manifest, digest, config_platform)
+        subject = self.subject(str(manifest.media_type), digest, len(source_data))
+        result, data = self.convert_platform(manifest, digest, config_platform, subject)
         if not self.options.merge_index:
-            pushed = self.put_manifest(data, MediaType.OCI_MANIFEST, tag)
+            pushed = self.put_manifest(data, MediaType.OCI_MANIFEST, tag, subject)
             return self.finish(pushed, MediaType.OCI_MANIFEST, len(data), tag, digest, (result,))
         # --merge-index on a single manifest: an index holding the source, then the EROFS one.
-        self.put_manifest(data, MediaType.OCI_MANIFEST, None)
+        self.put_manifest(data, MediaType.OCI_MANIFEST, None, subject)
         source_desc = Descriptor(media_type=str(manifest.media_type), digest=digest, size=len(source_data),
                                  platform=result.platform)
         self._manifests[digest] = (source_data, media_type)
         self.ensure_manifest(source_desc)
         entry = ConvertedEntry(source=source_desc, manifest=erofs_entry(data, platform=result.platform))
-        index = build_index(None, [entry], merge=True, provenance=self.provenance(digest))
+        index = build_index(None, [entry], merge=True, provenance=self.provenance(digest), subject=subject)
         return self.push_index(index, tag, digest, (result,), IndexPlan(convert=(source_desc,)))
 
-    def run_index(self, index: Index, digest: Digest, tag: str) -> ConvertResult:
+    def run_index(self, index: Index, digest: Digest, size: int, tag: str) -> ConvertResult:
         plan = plan_index(index, platforms=self.options.platforms, merge=self.options.merge_index,
                           image=self.image)
         for desc, reason in plan.dropped:
@@ -312,8 +323,9 @@ class _Run:
                 self._manifests[desc.digest] = (data, mt)
                 manifest = parse_image_manifest(data, str(desc.media_type), digest=desc.digest,
                                                 what=f"manifest {self.image}@{desc.digest}")
-                result, new = self.convert_platform(manifest, mdigest, desc.platform)
-                self.put_manifest(new, MediaType.OCI_MANIFEST, None)
+                subject = self.subject(str(manifest.media_type), mdigest, len(data))
+                result, new = self.convert_platform(manifest, mdigest, desc.platform, subject)
+                self.put_manifest(new, MediaType.OCI_MANIFEST, None, subject)
                 results.append(result)
                 done[desc.digest] = new
             entries.append(ConvertedEntry(source=desc, manifest=erofs_entry(new, platform=desc.platform)))
@@ -322,14 +334,15 @@ class _Run:
             for desc in index.manifests:
                 if str(desc.digest) not in dropped:
                     self.ensure_manifest(desc)
+        subject = self.subject(str(index.media_type), digest, size)
         new_index = build_index(index, entries, plan=plan, merge=self.options.merge_index,
-                                provenance=self.provenance(digest))
+                                provenance=self.provenance(digest), subject=subject)
         return self.push_index(new_index, tag, digest, tuple(results), plan)
 
     def push_index(self, index: Index, tag: str, source_digest: Digest, results: tuple[PlatformResult, ...],
                    plan: IndexPlan) -> ConvertResult:
         data = index.to_bytes()
-        pushed = self.put_manifest(data, MediaType.OCI_INDEX, tag)
+        pushed = self.put_manifest(data, MediaType.OCI_INDEX, tag, index.subject)
         return self.finish(pushed, MediaType.OCI_INDEX, len(data), tag, source_digest, results,
                            tuple((d.digest, reason) for d, reason in plan.dropped))
 

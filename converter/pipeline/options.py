@@ -16,9 +16,8 @@ from converter.erofs.target import TargetFormat
 from converter.errors import UsageError
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Platform
-from converter.reference import Digest, OciLayoutRef, Reference
+from converter.reference import ArchiveKind, ArchiveRef, DaemonRef, Digest, Location, OciLayoutRef, Reference
 
-Location = Reference | OciLayoutRef
 _MAX_TAG = 128
 
 
@@ -39,6 +38,8 @@ class ConvertOptions:
     ``SOURCE_DATE_EPOCH``; libraries never read the environment). ``max_expanded`` and
     ``max_entries`` bound what one layer may cost, as ``LayerOptions`` does for ``convert
     layer`` (same defaults; None: unlimited): layers come from registries we do not control.
+    ``referrer`` makes the source manifest the ``subject`` of what is pushed and lists the
+    conversion among the source's referrers (OCI 1.1); off, the output has no ``subject``.
     """
 
     fmt: TargetFormat = field(default_factory=TargetFormat)
@@ -54,6 +55,7 @@ class ConvertOptions:
     tool_version: str = __version__
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
+    referrer: bool = True
 
     def resolved_jobs(self) -> int:
         if self.jobs < 0:
@@ -108,6 +110,8 @@ class ConvertResult:
 
 def default_destination(src_ref: Location, fmt: TargetFormat) -> Location:
     """Same repository (or layout directory), tag ``<tag>-<fmt.tag_suffix>``."""
+    if isinstance(src_ref, ArchiveRef | DaemonRef):
+        raise UsageError(f"a {str(src_ref).split(':', 1)[0]}: source needs --dest")
     tag = src_ref.tag
     if tag is None:
         what = "a digest-only source" if isinstance(src_ref, Reference) else "an oci: source without a tag"
@@ -129,6 +133,11 @@ def destination_tag(dest_ref: Location) -> str:
     """
     if isinstance(dest_ref, OciLayoutRef):
         return dest_ref.tag or "latest"
+    if isinstance(dest_ref, ArchiveRef) and dest_ref.kind is ArchiveKind.OCI:
+        return dest_ref.ref or "latest"
+    if isinstance(dest_ref, ArchiveRef | DaemonRef):
+        raise UsageError(f"destination {dest_ref}: Docker cannot load or run EROFS layers, so "
+                         "docker-archive: and docker-daemon: are sources only (use oci:, oci-archive: or a registry)")
     if dest_ref.digest is not None or dest_ref.tag is None:
         raise UsageError(f"destination {dest_ref}: give a tag, not a digest (the result's digest is "
                          "only known after converting)")

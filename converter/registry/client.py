@@ -406,6 +406,20 @@ class RegistryClient:
             url = self._next_page(call, response)
         return tags
 
+    def get_referrers(self, registry: str, repository: str, digest: Digest) -> bytes | None:
+        """The referrers API (distribution spec 1.1, ``GET /v2/<name>/referrers/<digest>``): the
+        index of manifests whose ``subject`` is ``digest``, or None when the registry answers 404,
+        which the spec defines as "the referrers API is not supported" (use the tag schema)."""
+        host = api_host(registry)
+        _reference(registry, repository, digest)
+        call = _Call(
+            f"listing referrers of {host}/{repository}@{digest}", host, frozenset({pull_scope(repository)}),
+            "GET", self._url(host, f"/v2/{repository}/referrers/{digest}"),
+            headers={"Accept": MediaType.OCI_INDEX.value}, follow_redirects=True, allow=frozenset({404}),
+        )
+        response, body = self._fetch(call, limit=MAX_MANIFEST_SIZE)
+        return None if response.status_code == 404 else body
+
     # --- uploads -------------------------------------------------------------------------------
 
     def _head_blob(self, what: str, host: str, repository: str, digest: Digest, scopes: Scopes,

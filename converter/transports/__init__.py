@@ -12,16 +12,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from converter.errors import ConverterError
-from converter.reference import OciLayoutRef, Reference
+from converter.errors import ConverterError, UsageError
+from converter.reference import ArchiveKind, ArchiveRef, DaemonRef, Location, OciLayoutRef, Reference
+from converter.transports.archive import DockerArchiveSource, OciArchiveSink, OciArchiveSource
 from converter.transports.base import BlobOrigin, ImageSink, ImageSource
 from converter.transports.layout import LayoutSink, LayoutSource
 from converter.transports.registry import RegistrySink, RegistrySource
 
 if TYPE_CHECKING:
     from converter.registry.client import RegistryClient
-
-Location = Reference | OciLayoutRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +58,52 @@ def _layout_sink(location: Location, client: RegistryClient | None) -> ImageSink
     return LayoutSink(location)
 
 
+def _docker_archive_source(location: Location, client: RegistryClient | None) -> ImageSource:
+    assert isinstance(location, ArchiveRef)
+    return DockerArchiveSource(location)
+
+
+def _oci_archive_source(location: Location, client: RegistryClient | None) -> ImageSource:
+    assert isinstance(location, ArchiveRef)
+    return OciArchiveSource(location)
+
+
+def _oci_archive_sink(location: Location, client: RegistryClient | None) -> ImageSink:
+    assert isinstance(location, ArchiveRef)
+    return OciArchiveSink(location)
+
+
+def _daemon_source(location: Location, client: RegistryClient | None) -> ImageSource:
+    from converter.transports.daemon import DockerDaemonSource  # loads python-on-whales only when used
+
+    assert isinstance(location, DaemonRef)
+    return DockerDaemonSource(location)
+
+
+def _no_sink(location: Location, client: RegistryClient | None) -> ImageSink:
+    raise UsageError(f"destination {location}: Docker cannot load or run EROFS layers, so docker-archive: "
+                     "and docker-daemon: are sources only (use oci:, oci-archive: or a registry)")
+
+
 TRANSPORTS: Mapping[str, Transport] = {
     "docker": Transport("docker", _registry_source, _registry_sink),
     "oci": Transport("oci", _layout_source, _layout_sink),
+    "docker-archive": Transport("docker-archive", _docker_archive_source, _no_sink),
+    "oci-archive": Transport("oci-archive", _oci_archive_source, _oci_archive_sink),
+    "docker-daemon": Transport("docker-daemon", _daemon_source, _no_sink),
 }
 
 
 def transport_name(location: Location) -> str:
     """The ``TRANSPORTS`` key for a parsed location."""
-    return "oci" if isinstance(location, OciLayoutRef) else "docker"
+    if isinstance(location, OciLayoutRef):
+        return "oci"
+    if isinstance(location, ArchiveRef):
+        return location.kind.value
+    if isinstance(location, DaemonRef):
+        return "docker-daemon"
+    assert isinstance(location, Reference)
+    return "docker"
 
 
 def open_source(location: Location, *, client: RegistryClient | None = None) -> ImageSource:
@@ -82,12 +118,16 @@ def open_sink(location: Location, *, client: RegistryClient | None = None) -> Im
 
 __all__ = [
     "TRANSPORTS",
+    "ArchiveKind",
     "BlobOrigin",
+    "DockerArchiveSource",
     "ImageSink",
     "ImageSource",
     "LayoutSink",
     "LayoutSource",
     "Location",
+    "OciArchiveSink",
+    "OciArchiveSource",
     "RegistrySink",
     "RegistrySource",
     "Transport",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from converter.oci.model import Descriptor
 from converter.reference import Digest
 
 
@@ -84,4 +85,14 @@ class ImageSink(Protocol):
 
     def put_manifest(self, data: bytes, media_type: str, tag: str | None = None) -> Digest:
         """Store a manifest or index; under ``tag`` if given, else by digest only. Its digest."""
+        ...
+
+
+@runtime_checkable
+class ReferrerSink(Protocol):
+    """A sink where a manifest with a ``subject`` must also be added to the subject's referrers
+    list by the client (a registry without the referrers API: the fallback tag)."""
+
+    def index_referrer(self, subject: Descriptor, data: bytes, media_type: str) -> None:
+        """List the pushed manifest ``data`` among ``subject``'s referrers."""
         ...

@@ -114,6 +114,26 @@ def _is_regular(path: Path) -> bool:
         return False
 
 
+def pick_entry(index: Index, tag: str | None, *, name: str, hint: str = "oci:DIR:TAG") -> Descriptor:
+    """The entry of a layout's ``index.json`` tagged ``tag`` (None: the only entry)."""
+    if tag is None:
+        if len(index.manifests) != 1:
+            tags = sorted(m.annotations.get(REF_NAME, "") for m in index.manifests)
+            raise ImageError(f"reading {name}: {len(index.manifests)} images in the layout, "
+                             f"name one with {hint} (tags: {', '.join(t for t in tags if t)})")
+        return index.manifests[0]
+    found = [m for m in index.manifests if m.annotations.get(REF_NAME) == tag]
+    if not found:
+        raise ImageError(f"reading {name}: no image tagged {tag!r}")
+    if len(found) > 1:
+        raise ImageError(f"reading {name}: {len(found)} images tagged {tag!r}")
+    return found[0]
+
+
+def sniff_media_type(data: bytes) -> str:
+    return _sniff_media_type(data)
+
+
 class _Layout:
     """Shared path handling of a layout directory."""
 
@@ -169,19 +189,7 @@ class LayoutSource(_Layout):
         return None
 
     def _entry(self, tag: str | None) -> Descriptor:
-        index = self.read_index()
-        if tag is None:
-            if len(index.manifests) != 1:
-                tags = sorted(m.annotations.get(REF_NAME, "") for m in index.manifests)
-                raise ImageError(f"reading {self.name}: {len(index.manifests)} images in the layout, "
-                                 f"name one with oci:DIR:TAG (tags: {', '.join(t for t in tags if t)})")
-            return index.manifests[0]
-        found = [m for m in index.manifests if m.annotations.get(REF_NAME) == tag]
-        if not found:
-            raise ImageError(f"reading {self.name}: no image tagged {tag!r}")
-        if len(found) > 1:
-            raise ImageError(f"reading {self.name}: {len(found)} images tagged {tag!r}")
-        return found[0]
+        return pick_entry(self.read_index(), tag, name=self.name)
 
     def get_manifest(self, reference: str | Digest | None = None) -> tuple[bytes, str, Digest]:
         if reference is None:

@@ -26,9 +26,12 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 import structlog
 
 from converter.errors import ImageError, RegistryError
-from converter.oci.model import MAX_MANIFEST_SIZE
+from converter.oci.mediatypes import MediaType
+from converter.oci.model import MAX_MANIFEST_SIZE, Descriptor
+from converter.oci.referrers import referrer_entry
 from converter.reference import Digest, Reference
 from converter.transports.base import BlobOrigin
+from converter.transports.referrers import add_referrer
 
 if TYPE_CHECKING:
     from converter.registry.client import RegistryClient
@@ -131,3 +134,13 @@ class RegistrySink(_Repo):
         return retry_blob_unknown(
             lambda: self.client.put_manifest(self.ref.registry, self.ref.repository, reference, data, media_type),
             what=f"pushing manifest {self.ref.name}:{reference}")
+
+    def index_referrer(self, subject: Descriptor, data: bytes, media_type: str) -> None:
+        def put(tag: str, index: bytes) -> None:
+            # A racing writer pushing the same converted manifest rewrites its link file.
+            self.put_manifest(index, MediaType.OCI_INDEX.value, tag)
+
+        kept = add_referrer(self.client, self.ref.registry, self.ref.repository, subject.digest,
+                            referrer_entry(data, media_type), locks=self._locks, put=put)
+        log.debug("referrer_listed", subject=str(subject.digest), referrer=str(Digest.from_bytes(data)),
+                  by=kept.value, repository=self.ref.name)

@@ -322,3 +322,36 @@ def test_index_idempotency_checks_each_platform_manifest(client: RegistryClient,
                         MediaType.OCI_INDEX.value)
     tampered = single(client, source, dest, amd64)
     assert tampered.status is Status.CONVERT and "has no provenance" in tampered.reason
+
+
+def test_conversion_names_its_source_as_subject_and_plan_checks_it(
+        client: RegistryClient, prefix: str, converted: tuple[str, Digest]) -> None:
+    """The skip needs the subject and the source-digest annotation to agree."""
+    source, digest = converted
+    data, _, _ = client.get_manifest(parse_reference(f"{prefix}/out:1@{digest}"))
+    doc = json.loads(data)
+    src_digest = client.get_manifest(parse_reference(source)).digest
+    assert doc["subject"]["digest"] == str(src_digest)
+    doc["subject"]["digest"] = "sha256:" + "1" * 64  # a conversion claiming another subject
+    forged = json.dumps(doc).encode()
+    out = parse_reference(f"{prefix}/out:1")
+    client.put_manifest(out.registry, out.repository, "1", forged, MediaType.OCI_MANIFEST.value)
+    planned = single(client, source, f"{prefix}/out:1")
+    assert planned.status is Status.CONVERT
+    assert planned.reason == "the destination's subject and source-digest annotation disagree"
+
+
+def test_referrers_fallback_tags_are_not_mirrored(client: RegistryClient, prefix: str, tmp_path: Path) -> None:
+    digest = push_image(client, tmp_path, [tiny_layer()], [f"{prefix}/refd:1.0"])
+    index = json.dumps({"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX.value, "manifests": []}).encode()
+    ref = parse_reference(f"{prefix}/refd:1.0")
+    client.put_manifest(ref.registry, ref.repository, f"sha256-{digest.hex}", index, MediaType.OCI_INDEX.value)
+    assert f"sha256-{digest.hex}" in client.list_tags(ref.registry, ref.repository)
+    plan = make_plan(make_job(f"""
+        defaults:
+          dest: "{prefix}/refd-out/{{repository}}:{{tag}}-{{format}}"
+        images:
+          - source: {prefix}/refd
+            tags: {{include: ["*"]}}
+        """), client)
+    assert [p.source.rsplit(":", 1)[1] for p in plan.images] == ["1.0"]

@@ -14,8 +14,8 @@ from converter.oci.rewrite import (
     ANN_FORMAT,
     ANN_PROFILE,
     ANN_SOURCE_DIGEST,
-    ANN_SOURCE_REF,
     ANN_VERSION,
+    ANNOTATION_PREFIX,
     ROLE_ANNOTATION,
     ConvertedEntry,
     NewLayer,
@@ -34,7 +34,7 @@ def dg(n: int) -> Digest:
     return Digest("sha256", f"{n:064x}")
 
 
-PROV = Provenance(source_ref="example.com/app:1", source_digest=dg(99), fmt="erofs+lz4hc,level=9",
+PROV = Provenance(source_digest=dg(99), fmt="erofs+lz4hc,level=9",
                   profile=Profile.SPEC, version="0.1.0")
 NEW = [NewLayer(dg(11), 1000), NewLayer(dg(12), 2000), NewLayer(dg(13), 3000)]
 
@@ -183,13 +183,12 @@ def test_zstd_layers_carry_uncompressed_digest_in_spec_profile() -> None:
 
 def test_manifest_annotations_provenance_and_no_subject() -> None:
     src = source_manifest(annotations={"org.opencontainers.image.source": "https://x",
-                                       ANN_SOURCE_REF: "stale"},
+                                       ANNOTATION_PREFIX + "source.ref": "stale"},
                           subject=Descriptor(MediaType.OCI_MANIFEST, dg(70), 1))
     m = build_manifest(src, config=b"{}", layers=NEW, profile=Profile.SPEC, provenance=PROV)
     assert m.subject is None
     assert m.annotations == {
         "org.opencontainers.image.source": "https://x",
-        ANN_SOURCE_REF: "example.com/app:1",
         ANN_SOURCE_DIGEST: str(dg(99)),
         ANN_FORMAT: "erofs+lz4hc,level=9",
         ANN_PROFILE: "spec",

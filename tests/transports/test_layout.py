@@ -124,9 +124,12 @@ def test_not_a_layout(tmp_path: Path) -> None:
 
 
 def test_transport_table() -> None:
-    assert set(TRANSPORTS) == {"docker", "oci"}
+    assert set(TRANSPORTS) == {"docker", "oci", "docker-archive", "oci-archive", "docker-daemon"}
     assert transport_name(parse_location("oci:/x:y")) == "oci"
     assert transport_name(parse_location("ghcr.io/a/b:1")) == "docker"
+    assert transport_name(parse_location("docker-archive:/x.tar:a/b:1")) == "docker-archive"
+    assert transport_name(parse_location("oci-archive:/x.tar")) == "oci-archive"
+    assert transport_name(parse_location("docker-daemon:a/b:1")) == "docker-daemon"
 
 
 def test_open_by_location(tmp_path: Path) -> None:
