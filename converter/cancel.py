@@ -15,12 +15,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Iterator
 
-from converter.errors import ConverterError
-
-
-class OperationCancelled(ConverterError):
-    """An operation stopped because the ``CancelScope`` it ran in was cancelled."""
-
+from converter.errors import Cancelled
 
 CancelError = Callable[[str], BaseException]
 
@@ -64,7 +59,7 @@ class CancelScope:
 
     @contextlib.contextmanager
     def blocking(self, abort: Callable[[], None], what: str = "",
-                 error: CancelError = OperationCancelled) -> Iterator[None]:
+                 error: CancelError = Cancelled) -> Iterator[None]:
         """Register ``abort`` (which must not block) while the block runs; ``error`` at once if
         the scope is cancelled already."""
         key = object()
@@ -82,7 +77,7 @@ class CancelScope:
         """Sleep up to ``seconds``; True (early) if the scope is or gets cancelled."""
         return self._event.wait(seconds)
 
-    def check(self, what: str = "", error: CancelError = OperationCancelled) -> None:
+    def check(self, what: str = "", error: CancelError = Cancelled) -> None:
         """Raise ``error`` if the scope is cancelled."""
         if self._event.is_set():
             raise error(_cancelled_message(what))

@@ -19,17 +19,18 @@ def configure(*, fmt: str = "auto", verbosity: int = 0) -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     level = LEVELS.get(max(-1, min(1, verbosity)), logging.INFO)
-    renderer: structlog.types.Processor
+    renderers: list[structlog.types.Processor]
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer(sort_keys=True)
+        # A logged exception (``log.exception``) carries its traceback as the "exception" field.
+        renderers = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(sort_keys=True)]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderers = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

@@ -11,6 +11,8 @@ from typing import NoReturn
 
 from converter.errors import UsageError
 
+INTERNAL_ERROR = 70  # exit status for a bug (EX_SOFTWARE in sysexits.h); its traceback is printed
+
 
 class UsageParser(argparse.ArgumentParser):
     """argparse raising UsageError; the message names the subcommand, main() adds "convert: "."""

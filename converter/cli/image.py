@@ -84,7 +84,7 @@ def parse_platforms(values: Sequence[str]) -> tuple[Platform, ...]:
     for v in values:
         try:
             out.append(Platform.parse(v))
-        except Exception as exc:  # the model raises its own error type; make it a usage error
+        except UsageError as exc:
             raise UsageError(f"--platform {v!r}: expected OS/ARCH[/VARIANT]") from exc
     return tuple(out)
 

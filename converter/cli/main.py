@@ -6,7 +6,8 @@
     convert cat IMAGE.erofs PATH                      print a file of an EROFS image
     convert mirror JOB.yaml ...                       run a mirroring job
 
-Exit status: 0 success, 1 failure, 2 usage. Errors are one line on stderr.
+Exit status: 0 success, 1 failure, 2 usage, 70 internal error (a bug: its traceback is printed),
+130 interrupted. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import signal
 import stat
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from converter import __version__
-from converter.cli.args import UsageParser
+from converter.cli.args import INTERNAL_ERROR, UsageParser
 from converter.errors import ConverterError
 
 SUBCOMMANDS = ("layer", "ls", "cat", "mirror")
@@ -309,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convert: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: reported as one, never disguised as a user error
+        print(f"convert: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 Output: ``--dry-run`` prints the plan on stdout (what would be converted, what is already
 done, the bytes to pull). A run logs one line per image (structlog, on stderr) and ends with
 a summary table on stderr. ``--report FILE`` writes the JSON report (``-``: stdout). Exit
-status: 0 when every image was converted or skipped, 1 when any failed, 2 for usage and job
+status: 0 when every image was converted or skipped, 1 when any failed, 70 when a bug failed
+any (its traceback is logged), 2 for usage and job
 file errors (raised as ``UsageError`` for ``converter.cli.main`` to print).
 
 Kubernetes: ``--shard $(JOB_COMPLETION_INDEX)/N`` (the kubelet expands ``$(VAR)``), or
@@ -28,7 +29,7 @@ from typing import Any
 import structlog
 
 from converter import __version__
-from converter.cli.args import UsageParser
+from converter.cli.args import INTERNAL_ERROR, UsageParser
 from converter.cli.image import PLAIN_HTTP_ENV, plain_http_hosts
 from converter.convert.layer import default_build_time
 from converter.errors import ConverterError, InvalidReference, UsageError
@@ -130,6 +131,8 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
             print(format_report(report), file=sys.stderr)
     if args.report:
         _write_report(args.report, report.to_json())
+    if report.internal_error:
+        return INTERNAL_ERROR
     return 1 if report.failed else 0
 
 

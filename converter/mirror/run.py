@@ -23,6 +23,7 @@ keeps parallel images from pushing the same blob into one repository at once (se
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -94,6 +95,7 @@ class ImageReport:
     dest_bytes: int = 0
     layers_mounted: int = 0
     cache_fallbacks: int = 0
+    internal: bool = False  # failed by a bug (an exception that is no ConverterError/OSError)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +125,11 @@ class MirrorReport:
     @property
     def failed(self) -> bool:
         return self.count(FAILED) > 0
+
+    @property
+    def internal_error(self) -> bool:
+        """True if a bug (not a user, image or registry problem) failed any image."""
+        return any(i.internal for i in self.images)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -232,9 +239,14 @@ class _Runner:
                                    log=self.engine_log)
         except ConverterError as exc:
             return self._failed(base, stats, started, str(exc), bound)
-        except Exception as exc:  # a bug must not take the other images down; it is logged in full
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return self._failed(base, stats, started, f"converting {image.source}: {where}{exc.strerror or exc}",
+                                bound)
+        except Exception as exc:  # a bug: the other images go on, the run reports it as one (exit 70)
             bound.exception("mirror_image_crashed")
-            return self._failed(base, stats, started, f"{type(exc).__name__}: {exc}", bound)
+            failed = self._failed(base, stats, started, f"internal error: {type(exc).__name__}: {exc}", bound)
+            return dataclasses.replace(failed, internal=True)
         counts = stats.as_dict()
         layers = [layer for platform in result.platforms for layer in platform.layers]
         report = ImageReport(

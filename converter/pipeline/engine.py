@@ -34,7 +34,7 @@ import structlog
 
 from converter.convert.layer import LayerOptions
 from converter.convert.layer import convert_layer as default_convert_layer
-from converter.errors import ConverterError, ImageError
+from converter.errors import ConverterError, ImageError, PushFailed
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import (
     MAX_CONFIG_SIZE,
@@ -71,16 +71,6 @@ from converter.pipeline.options import (
 from converter.pipeline.progress import ProgressCallback
 from converter.reference import Digest
 from converter.transports.base import ImageSink, ImageSource
-
-
-class PushFailed(ConverterError):
-    """Pushing a converted image's manifest, index or config failed; the message names the
-    source image, then the sink's error (which names the destination)."""
-
-    def __init__(self, message: str, *, image: str, cause: ConverterError) -> None:
-        super().__init__(message)
-        self.image = image
-        self.exit_status = cause.exit_status
 
 
 @contextlib.contextmanager

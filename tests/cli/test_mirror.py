@@ -102,3 +102,21 @@ def test_plain_http_hosts() -> None:
     assert plain_http_hosts(["a:5000", "b:1,c:2"], {"CONVERT_PLAIN_HTTP": "registry:5000 d:3"}) == [
         "a:5000", "b:1", "c:2", "registry:5000", "d:3"]
     assert plain_http_hosts([], {}) == []
+
+
+def test_a_bug_fails_the_image_as_an_internal_error(prefix: str, one_image: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import converter.convert.layer as layer_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(layer_module, "_parse_into", broken)
+    job = write_job(tmp_path / "job.yaml", prefix, one_image)
+    report = tmp_path / "r.json"
+    assert run_mirror([str(job), "--report", str(report), "--workdir", str(tmp_path / "w")]) == 70
+    [image] = json.loads(report.read_text())["images"]
+    assert image["status"] == "failed" and image["error"] == "internal error: TypeError: a bug"
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in broken" in err  # logged in full
