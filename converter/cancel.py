@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 
 from converter.errors import Cancelled
@@ -32,10 +33,22 @@ class CancelScope:
     descriptor reused).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, parent: CancelScope | None = None) -> None:
+        """``parent``: cancelling that scope cancels this one too (a mirror run's scope over the
+        scope of each image's layer graph)."""
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._aborts: dict[object, Callable[[], None]] = {}
+        self._children: weakref.WeakSet[CancelScope] = weakref.WeakSet()
+        if parent is not None:
+            parent._adopt(self)
+
+    def _adopt(self, child: CancelScope) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._children.add(child)
+                return
+        child.cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -47,6 +60,9 @@ class CancelScope:
             self._event.set()
             for abort in self._aborts.values():
                 abort()
+            children = list(self._children)
+        for child in children:
+            child.cancel()
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[CancelScope]:

@@ -12,6 +12,7 @@ from typing import NoReturn
 from converter.errors import UsageError
 
 INTERNAL_ERROR = 70  # exit status for a bug (EX_SOFTWARE in sysexits.h); its traceback is printed
+INTERRUPTED_EXIT = 130  # SIGINT/SIGTERM, as a shell reports 128 + SIGINT
 
 
 class UsageParser(argparse.ArgumentParser):

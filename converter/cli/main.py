@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from converter import __version__
-from converter.cli.args import INTERNAL_ERROR, UsageParser
+from converter.cli.args import INTERNAL_ERROR, INTERRUPTED_EXIT, UsageParser
 from converter.errors import ConverterError
 
 SUBCOMMANDS = ("layer", "ls", "cat", "mirror")
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("convert: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
     except Exception as exc:  # a bug: reported as one, never disguised as a user error
         print(f"convert: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exception(exc, file=sys.stderr)

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from converter import __version__
-from converter.cli.args import INTERNAL_ERROR, UsageParser
+from converter.cli.args import INTERNAL_ERROR, INTERRUPTED_EXIT, UsageParser
 from converter.cli.image import PLAIN_HTTP_ENV, plain_http_hosts
 from converter.convert.layer import default_build_time
 from converter.errors import ConverterError, InvalidReference, UsageError
@@ -131,6 +131,9 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
             print(format_report(report), file=sys.stderr)
     if args.report:
         _write_report(args.report, report.to_json())
+    if report.interrupted:
+        print("convert: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
     if report.internal_error:
         return INTERNAL_ERROR
     return 1 if report.failed else 0

@@ -6,10 +6,10 @@ at most ``jobs`` images convert at once, every image gives one progress line, th
 cache is shared by all images of the process (one ``LayerCache`` per cache repository),
 and the result is one ``MirrorReport`` that serialises to the JSON report::
 
-    {"images": [{"source", "dest", "status": "converted"|"skipped"|"failed"|"pending",
+    {"images": [{"source", "dest", "status": "converted"|"skipped"|"failed"|"pending"|"interrupted",
                  "source_digest", "dest_digest", "layers_converted", "layers_reused",
                  "bytes", "seconds", "error", ...}],
-     "summary": {"images", "converted", "skipped", "failed", "pending", "layers_converted",
+     "summary": {"images", "converted", "skipped", "failed", "pending", "interrupted", "layers_converted",
                  "layers_reused", "cache_fallbacks", "bytes", "dest_bytes", "seconds", ...}}
 
 ``bytes`` are source layer bytes pulled (for ``pending``, the dry run's estimate);
@@ -27,7 +27,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,9 @@ from typing import Any
 import structlog
 
 from converter import __version__
+from converter.cancel import CancelScope
 from converter.convert.layer import convert_layer as default_convert_layer
-from converter.errors import ConverterError
+from converter.errors import Cancelled, ConverterError
 from converter.mirror.cache import (
     CachingConverter,
     CountingConverter,
@@ -55,10 +56,13 @@ from converter.transports.registry import BlobLocks
 
 log = structlog.get_logger()
 
+_POLL = 0.25  # seconds between checks for a signal while images convert
+
 CONVERTED = "converted"
 SKIPPED = "skipped"
 FAILED = "failed"
 PENDING = "pending"  # dry runs: would be converted
+INTERRUPTED = "interrupted"  # the run was stopped (SIGTERM, Ctrl-C) before this image was done
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,7 @@ class MirrorReport:
     images: tuple[ImageReport, ...]
     seconds: float = 0.0
     total_images: int = 0  # in every shard
+    interrupted: bool = False  # stopped by SIGTERM/SIGINT; unfinished images are INTERRUPTED
 
     def count(self, status: str) -> int:
         return sum(1 for i in self.images if i.status == status)
@@ -137,7 +142,7 @@ class MirrorReport:
             "job": self.job, "shard": self.shard, "dry_run": self.dry_run,
             "images": len(self.images), "images_all_shards": self.total_images,
             "converted": self.count(CONVERTED), "skipped": self.count(SKIPPED), "failed": self.count(FAILED),
-            "pending": self.count(PENDING),
+            "pending": self.count(PENDING), "interrupted": self.count(INTERRUPTED),
             "layers_converted": sum(i.layers_converted for i in self.images),
             "layers_reused": sum(i.layers_reused for i in self.images),
             "layers_mounted": sum(i.layers_mounted for i in self.images),
@@ -180,6 +185,9 @@ class _Runner:
 
     def __init__(self, client: RegistryClient, options: RunOptions, convert_layer: ConvertLayerFn,
                  engine_log: Any) -> None:
+        # Every image converts inside this scope: cancelling it (on SIGTERM/SIGINT) aborts their
+        # transfers, mkfs.erofs runs and layer graphs, and refuses any further push or tag.
+        self.scope = CancelScope()
         self.client = client
         self.options = options
         self.convert_layer = convert_layer
@@ -234,19 +242,19 @@ class _Runner:
         base = ImageReport(source=image.source, dest=image.dest, status=FAILED,
                            source_digest=str(image.source_digest), reason=image.reason)
         try:
-            convert_fn = self.layer_converter(image, source, sink, stats, bound)
-            result = convert_image(source, src_ref, sink, item.dest, options=options, convert_layer=convert_fn,
-                                   log=self.engine_log)
-        except ConverterError as exc:
-            return self._failed(base, stats, started, str(exc), bound)
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            return self._failed(base, stats, started, f"converting {image.source}: {where}{exc.strerror or exc}",
-                                bound)
-        except Exception as exc:  # a bug: the other images go on, the run reports it as one (exit 70)
-            bound.exception("mirror_image_crashed")
-            failed = self._failed(base, stats, started, f"internal error: {type(exc).__name__}: {exc}", bound)
-            return dataclasses.replace(failed, internal=True)
+            if self.scope.cancelled:
+                raise Cancelled(f"converting {image.source}: cancelled")
+            with self.scope.entered():
+                convert_fn = self.layer_converter(image, source, sink, stats, bound)
+                result = convert_image(source, src_ref, sink, item.dest, options=options,
+                                       convert_layer=convert_fn, log=self.engine_log)
+        except Exception as exc:
+            if not self.scope.cancelled:
+                return self._crashed(exc, base, stats, started, bound, image)
+            bound.warning("mirror_image_interrupted", error=str(exc))
+            failed = self._failed(base, stats, started, "interrupted before the image was tagged", bound,
+                                  log_it=False)
+            return dataclasses.replace(failed, status=INTERRUPTED)
         counts = stats.as_dict()
         layers = [layer for platform in result.platforms for layer in platform.layers]
         report = ImageReport(
@@ -260,10 +268,26 @@ class _Runner:
                    layers_reused=report.layers_reused, bytes=report.bytes, seconds=round(report.seconds, 2))
         return report
 
+    def _crashed(self, exc: Exception, base: ImageReport, stats: LayerStats, started: float, bound: Any,
+                 image: PlannedImage) -> ImageReport:
+        """The report of an image whose conversion raised ``exc`` (the run was not interrupted)."""
+        if isinstance(exc, ConverterError):
+            return self._failed(base, stats, started, str(exc), bound)
+        if isinstance(exc, OSError):
+            where = f"{exc.filename}: " if exc.filename else ""
+            return self._failed(base, stats, started, f"converting {image.source}: {where}{exc.strerror or exc}",
+                                bound)
+        # A bug: the other images go on, the run reports it as one (exit 70) with its traceback.
+        bound.error("mirror_image_crashed", exc_info=exc)
+        failed = self._failed(base, stats, started, f"internal error: {type(exc).__name__}: {exc}", bound)
+        return dataclasses.replace(failed, internal=True)
+
     @staticmethod
-    def _failed(base: ImageReport, stats: LayerStats, started: float, error: str, bound: Any) -> ImageReport:
+    def _failed(base: ImageReport, stats: LayerStats, started: float, error: str, bound: Any, *,
+                log_it: bool = True) -> ImageReport:
         counts = stats.as_dict()
-        bound.error("mirror_image_failed", error=error)
+        if log_it:
+            bound.error("mirror_image_failed", error=error)
         return ImageReport(source=base.source, dest=base.dest, status=FAILED, source_digest=base.source_digest,
                            layers_converted=counts["built"], layers_reused=counts["reused"],
                            seconds=time.monotonic() - started, error=error, reason=base.reason,
@@ -277,15 +301,19 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
 
     ``convert_layer`` is the layer engine (a seam for tests); ``engine_log`` the logger handed to
     ``convert_image`` (the CLI passes a quieter one so each image gives one line); ``on_image``
-    is called with each converted (or failed) image's report as it finishes (overall progress). On Ctrl-C no
-    new image starts; images already converting run to their end (``convert_image`` has no
-    cancel hook), then KeyboardInterrupt propagates.
+    is called with each converted (or failed) image's report as it finishes (overall progress).
+
+    On KeyboardInterrupt (Ctrl-C, or SIGTERM as the CLI maps it) no new image starts, the images
+    converting are stopped at once (their transfers and mkfs.erofs runs aborted, nothing more
+    pushed or tagged), and the report comes back with ``interrupted`` set and every unfinished
+    image ``INTERRUPTED``.
     """
     started = time.monotonic()
     runner = _Runner(client, options, convert_layer, engine_log)
     reports: list[ImageReport | None] = [None] * len(plan.images)
     futures: dict[int, Future[ImageReport]] = {}
     pool = ThreadPoolExecutor(max(1, options.jobs), thread_name_prefix="mirror")
+    interrupted = False
     try:
         for n, image in enumerate(plan.images):
             if image.status is Status.CONVERT:
@@ -294,11 +322,26 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
                 reports[n] = _not_converted(image, dry_run=False)
                 _log_not_converted(reports[n])
         index_of = {future: n for n, future in futures.items()}
-        for future in as_completed(futures.values()):
-            n = index_of[future]
-            reports[n] = finished = future.result()
-            if on_image is not None:
-                on_image(finished)
+        running = set(futures.values())
+        while running:
+            # Wake up regularly: a signal handler only runs when the main thread does, and a
+            # wait without timeout would hold off SIGTERM until an image finishes.
+            finished_now, running = wait(running, timeout=_POLL, return_when=FIRST_COMPLETED)
+            for future in sorted(finished_now, key=index_of.__getitem__):
+                n = index_of[future]
+                reports[n] = finished = future.result()
+                if on_image is not None:
+                    on_image(finished)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("mirror_interrupted", reason="signal: stopping the images in progress, starting no more")
+        runner.scope.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        # (A future cancelled by the shutdown never counts as done for ``wait``: leave it out.)
+        wait([future for future in futures.values() if not future.cancelled()])
+        for n, future in futures.items():
+            if reports[n] is None:
+                reports[n] = future.result() if not future.cancelled() else _interrupted(plan.images[n])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -306,9 +349,17 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
         pool.shutdown(wait=True)
     done = tuple(r for r in reports if r is not None)
     report = MirrorReport(job=plan.job.path, shard=str(plan.shard) if plan.shard else None, dry_run=False,
-                          images=done, seconds=time.monotonic() - started, total_images=plan.total)
+                          images=done, seconds=time.monotonic() - started, total_images=plan.total,
+                          interrupted=interrupted)
     log.info("mirror_done", **{k: v for k, v in report.summary.items() if k not in ("job", "dry_run")})
     return report
+
+
+def _interrupted(image: PlannedImage) -> ImageReport:
+    """The report of an image the run never started because it was interrupted."""
+    return ImageReport(source=image.source, dest=image.dest, status=INTERRUPTED,
+                       source_digest=str(image.source_digest) if image.source_digest else None,
+                       error="interrupted before the image was started", reason=image.reason)
 
 
 def _log_not_converted(report: ImageReport | None) -> None:
@@ -365,6 +416,7 @@ def format_report(report: MirrorReport) -> str:
     kind = "dry run" if report.dry_run else "mirror"
     totals = (f"{kind} {report.job}{where}: {s['converted']} converted, {s['skipped']} skipped, "
               f"{s['failed']} failed" + (f", {s['pending']} to convert" if report.dry_run else "")
+              + (f", {s['interrupted']} interrupted" if report.interrupted else "")
               + f"; layers {s['layers_converted']} converted, {s['layers_reused']} reused from the cache; "
               f"{human_bytes(s['bytes'])}{' to pull' if report.dry_run else ' pulled'} in {s['seconds']:.1f}s")
     return "\n".join([*_table(rows), totals])
@@ -373,6 +425,7 @@ def format_report(report: MirrorReport) -> str:
 __all__ = [
     "CONVERTED",
     "FAILED",
+    "INTERRUPTED",
     "PENDING",
     "SKIPPED",
     "ImageReport",

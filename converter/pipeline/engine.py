@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from converter.cancel import current_scope
 from converter.convert.layer import LayerOptions
 from converter.convert.layer import convert_layer as default_convert_layer
 from converter.errors import ConverterError, ImageError, PushFailed
@@ -170,7 +171,11 @@ class _Run:
             raise PushFailed(f"converting {self.image}: {exc}", image=self.image, cause=exc) from exc
 
     def put_manifest(self, data: bytes, media_type: str, tag: str | None) -> Digest:
-        """``sink.put_manifest``, with a failure naming the source image."""
+        """``sink.put_manifest``, with a failure naming the source image. Nothing is pushed once
+        the calling thread's ``CancelScope`` is cancelled (a mirror run that got SIGTERM)."""
+        scope = current_scope()
+        if scope is not None:
+            scope.check(f"converting {self.image}: pushing to {self.dest_ref}")
         with self._pushing():
             return self.sink.put_manifest(data, media_type, tag)
 

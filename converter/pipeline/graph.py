@@ -64,7 +64,7 @@ from typing import Any, BinaryIO, Protocol
 
 import structlog
 
-from converter.cancel import CancelScope
+from converter.cancel import CancelScope, current_scope
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions, LayerResult
 from converter.erofs.target import TargetFormat
 from converter.errors import Cancelled, ConverterError, DigestMismatch, ImageError, LayerFailed
@@ -256,7 +256,8 @@ class LayerGraph:
         self.prepass = auto if settings.prepass is None else settings.prepass
         self.cancel = threading.Event()
         # Every worker task runs in this scope; cancelling it ends their blocked registry I/O.
-        self._scope = CancelScope()
+        # A child of the calling thread's scope (a mirror run's), which can so stop this graph too.
+        self._scope = CancelScope(parent=current_scope())
         self.log = settings.log
         self._events: queue.SimpleQueue[tuple[str, int, Future[Any]]] = queue.SimpleQueue()
         # coordinator state
@@ -317,9 +318,13 @@ class LayerGraph:
     # -- coordinator ------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        # The scope of the calling thread (a mirror run's), if any: cancelling it stops the graph.
+        outer = current_scope()
         finished = 0
         self._pump()
         while finished < self.n:
+            if outer is not None and outer.cancelled:
+                raise Cancelled(f"converting {self.s.image}: cancelled")
             try:
                 kind, i, fut = self._events.get(timeout=_POLL)
             except queue.Empty:
