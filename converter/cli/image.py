@@ -20,6 +20,7 @@ import httpx
 import structlog
 
 from converter import log as logsetup
+from converter.cli.args import limit, verbosity
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.erofs.target import parse_format
 from converter.errors import UsageError
@@ -71,14 +72,6 @@ def make_client(*, plain_http: Sequence[str] = (), ca_bundle: str | None = None,
                           timeout=timeouts)
 
 
-def layer_limit(value: int | None, default: int) -> int | None:
-    """A ``--max-expanded``/``--max-entries`` value as a limit: absent (None) is the default, 0 is
-    None (no limit); the same rule as ``convert layer``'s flags."""
-    if value is None:
-        return default
-    return value or None
-
-
 def parse_platforms(values: Sequence[str]) -> tuple[Platform, ...]:
     out = []
     for v in values:
@@ -87,6 +80,29 @@ def parse_platforms(values: Sequence[str]) -> tuple[Platform, ...]:
         except UsageError as exc:
             raise UsageError(f"--platform {v!r}: expected OS/ARCH[/VARIANT]") from exc
     return tuple(out)
+
+
+def parse_destination(text: str) -> Reference | OciLayoutRef:
+    """``--dest``: a registry destination needs its tag spelled out (as in mirror jobs), since
+    Docker's grammar would quietly make ``REPO`` mean ``REPO:latest``; ``oci:DIR`` means tag
+    ``latest`` (an OCI layout's default name)."""
+    dest = parse_location(text)
+    if isinstance(dest, Reference) and dest.digest is None:
+        body = text.removeprefix("docker://")
+        if body.rfind(":") <= body.rfind("/"):
+            raise UsageError(f"--dest {text}: give a tag (--dest {text}:TAG); without --dest the result "
+                             "goes to the source repository under <tag>-<format>")
+    return dest
+
+
+def same_image(src: Reference | OciLayoutRef, dest: Reference | OciLayoutRef) -> bool:
+    """Whether writing ``dest`` would overwrite the tag ``src`` was read from."""
+    if isinstance(src, Reference) and isinstance(dest, Reference):
+        return src.name == dest.name and src.tag is not None and src.tag == dest.tag
+    if isinstance(src, OciLayoutRef) and isinstance(dest, OciLayoutRef):
+        return (src.path.resolve() == dest.path.resolve()
+                and (src.tag or "latest") == (dest.tag or "latest"))
+    return False
 
 
 def _display(loc: Reference | OciLayoutRef) -> str:
@@ -137,24 +153,24 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
 
 def run_image_conversion(args: argparse.Namespace) -> int:
     """Convert one image per the parsed flags; prints ``REF@sha256:…`` on success."""
-    verbosity = -1 if args.quiet else (1 if args.verbose else 0)
-    logsetup.configure(fmt=args.log_format or "auto", verbosity=verbosity)
+    logsetup.configure(fmt=args.log_format or "auto", verbosity=verbosity(args))
     fmt = parse_format(args.to)
     src = parse_location(args.source)
-    dest = parse_location(args.dest) if args.dest else default_destination(src, fmt)
-    if args.jobs < 0:
-        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    dest = parse_destination(args.dest) if args.dest else default_destination(src, fmt)
+    if same_image(src, dest) and not args.force:
+        raise UsageError(f"--dest {_display(dest)} is the source: converting would replace the source image "
+                         "under its tag (give --force to do it anyway)")
     options = ConvertOptions(
         fmt=fmt,
         profile=parse_profile(args.media_type_profile),
         platforms=parse_platforms(args.platform),
         merge_index=args.merge_index,
-        jobs=args.jobs,
+        jobs=args.layer_jobs,
         builder=args.builder,
         workdir=Path(args.workdir) if args.workdir else None,
         build_time=default_build_time(),
-        max_expanded=layer_limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
-        max_entries=layer_limit(args.max_entries, DEFAULT_MAX_ENTRIES),
+        max_expanded=limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
+        max_entries=limit(args.max_entries, DEFAULT_MAX_ENTRIES),
     )
     needs_client = isinstance(src, Reference) or isinstance(dest, Reference)
     retry = RetryPolicy(attempts=args.retries) if args.retries is not None else None

@@ -1,6 +1,6 @@
 """``convert mirror JOB.yaml``: flags, logging, output; the work is in ``plan`` and ``run``.
 
-    convert mirror JOB.yaml [--jobs N] [--shard I/N] [--dry-run] [--report FILE]
+    convert mirror JOB.yaml [--image-jobs N] [--shard I/N] [--dry-run] [--report FILE]
                             [--cache-repo REPO] [--local-cache FILE] [--plain-http HOST] ...
 
 Output: ``--dry-run`` prints the plan on stdout (what would be converted, what is already
@@ -29,43 +29,79 @@ from typing import Any
 import structlog
 
 from converter import __version__
-from converter.cli.args import INTERNAL_ERROR, INTERRUPTED_EXIT, UsageParser
-from converter.cli.image import PLAIN_HTTP_ENV, plain_http_hosts
-from converter.convert.layer import default_build_time
+from converter.cli.args import (
+    INTERNAL_ERROR,
+    UsageParser,
+    add_builder_flag,
+    add_limit_flags,
+    add_output_flags,
+    add_registry_flags,
+    jobs,
+    limit,
+    verbosity,
+)
+from converter.cli.image import PLAIN_HTTP_ENV, client_timeout, plain_http_hosts
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.errors import ConverterError, InvalidReference, UsageError
 from converter.log import configure
 from converter.mirror.jobs import load_job, parse_repository
 from converter.mirror.plan import Status, make_plan, parse_shard
 from converter.mirror.run import ImageReport, RunOptions, format_report, plan_report, run_plan
-from converter.registry.client import RegistryClient
+from converter.registry.client import DEFAULT_RETRY, RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
+from converter.registry.retry import RetryPolicy
+
+JOB_SCHEMA = """\
+job file (YAML):
+  version: 1                      # optional
+  defaults:                       # apply to every image unless the image overrides them
+    to: erofs+lz4                 # the format, as for convert --to
+    dest: "registry.example/mirror/{repository}:{tag}-{format}"   # also {registry}; required
+    profile: spec                 # or containerd-2.1, containerd-2.3
+    platforms: [linux/amd64]      # default: every platform
+    merge_index: false
+    cache_repo: registry.example/mirror/layer-cache                # shared layer cache (optional)
+  images:
+    - source: ghcr.io/org/app:1.4
+    - source: docker.io/library/python              # a repository: tags filtered
+      tags: {include: ["3.12*", "/^3\\.13/"], exclude: ["*-slim"], newest: 3}
+${VAR} in source, dest and cache_repo comes from the environment; credentials never go in the
+file (they come from the Docker config). Examples: pipelines/*.yaml.
+
+examples:
+  convert mirror pipelines/base-images.yaml --dry-run --report plan.json
+  convert mirror job.yaml --image-jobs 4 --shard /8 --report report.json
+
+exit status: 0 every image converted or skipped, 1 some failed, 2 usage or job file error,
+70 internal error (a bug), 130 interrupted (the report is still written)"""
+
+
+DEFAULT_IMAGE_JOBS = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = UsageParser(prog="convert mirror", description="Convert the images of a mirroring job file to EROFS "
-                "and push them; images already converted with the same options are skipped.")
-    p.add_argument("job", help="the job file (YAML; see converter/mirror/jobs.py or pipelines/)")
-    p.add_argument("--jobs", type=int, default=2, metavar="N", help="images converted at once (default 2)")
-    p.add_argument("--layer-jobs", type=int, default=0, metavar="N",
-                   help="layers converted at once per image (default: by CPU count)")
+                    "and push them; images already converted with the same options are skipped.",
+                    epilog=JOB_SCHEMA)
+    p.add_argument("job", help="the job file (YAML; schema below)")
+    p.add_argument("--image-jobs", "--jobs", dest="image_jobs", type=jobs, default=0, metavar="N",
+                   help=f"images converted at once (0 = default: {DEFAULT_IMAGE_JOBS})")
+    p.add_argument("--layer-jobs", type=jobs, default=0, metavar="N",
+                   help="layers converted at once per image (0 = default: by CPU count)")
     p.add_argument("--shard", metavar="I/N", help="convert only shard I of N (0-based); /N reads I from "
                    "$JOB_COMPLETION_INDEX")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, convert nothing")
+    p.add_argument("--dry-run", action="store_true", help="plan only: print what would be done, convert "
+                   "nothing (with --report, the plan as JSON)")
     p.add_argument("--report", metavar="FILE", help="write the JSON report here (- for stdout)")
     p.add_argument("--cache-repo", metavar="REPO", help="the shared layer cache repository (overrides the "
                    "job's cache_repo); 'none' turns the cache off")
     p.add_argument("--local-cache", metavar="FILE", help="a JSON file remembering layer cache entries "
                    "on this machine")
-    p.add_argument("--plain-http", action="append", default=[], metavar="HOST",
-                   help=f"allow plain HTTP to this registry (repeatable; also ${PLAIN_HTTP_ENV}); loopback "
-                   "registries always may")
-    p.add_argument("--ca-bundle", metavar="PEM", help="CA certificates to trust besides the system's")
-    p.add_argument("--builder", choices=("python", "mkfs"), default="python",
-                   help="raw erofs: our writer (default) or mkfs.erofs")
+    add_registry_flags(p, plain_http_env=PLAIN_HTTP_ENV)
+    add_builder_flag(p)
+    add_limit_flags(p)
     p.add_argument("--workdir", metavar="DIR", help="temporary files go here (default: the temp dir)")
-    p.add_argument("--log-format", choices=("console", "json"), default=None)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
-    p.add_argument("-v", "--verbose", action="store_true", help="also the pipeline's per-layer lines")
+    add_output_flags(p)
     p.add_argument("--version", action="version", version=f"erofs-converter {__version__}")
     return p
 
@@ -97,9 +133,7 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     """The ``convert mirror`` command; ``env`` defaults to the process environment."""
     environ = dict(os.environ if env is None else env)
     args = build_parser().parse_args(list(argv))
-    if args.jobs < 1 or args.layer_jobs < 0:
-        raise UsageError("convert mirror: --jobs must be at least 1 and --layer-jobs at least 0")
-    configure(fmt=args.log_format or "auto", verbosity=-1 if args.quiet else (1 if args.verbose else 0))
+    configure(fmt=args.log_format or "auto", verbosity=verbosity(args))
     job = load_job(args.job, env=environ)
     if args.cache_repo is not None:
         try:
@@ -108,32 +142,38 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
             raise UsageError(f"--cache-repo: {exc}") from None
     shard = parse_shard(args.shard, env=environ) if args.shard else None
     options = RunOptions(
-        jobs=args.jobs, layer_jobs=args.layer_jobs, builder=args.builder,
+        jobs=args.image_jobs or DEFAULT_IMAGE_JOBS, layer_jobs=args.layer_jobs, builder=args.builder,
+        max_expanded=limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
+        max_entries=limit(args.max_entries, DEFAULT_MAX_ENTRIES),
         workdir=Path(args.workdir) if args.workdir else None,
         build_time=default_build_time(environ),
         local_cache=Path(args.local_cache) if args.local_cache else None,
     )
     client = RegistryClient(credentials=DockerConfigCredentials(env=environ),
-                            plain_http=plain_http_hosts(args.plain_http, environ), ca_bundle=args.ca_bundle)
+                            plain_http=plain_http_hosts(args.plain_http, environ), ca_bundle=args.ca_bundle,
+                            retry=RetryPolicy(attempts=args.retries) if args.retries is not None else DEFAULT_RETRY,
+                            timeout=client_timeout(args.timeout))
     with client:
         plan = make_plan(job, client, shard=shard, estimate=args.dry_run, workers=max(4, options.jobs),
                          tool_version=options.tool_version)
         if args.dry_run:
             report = plan_report(plan)
-            # The plan is the dry run's result (stdout), unless stdout carries the JSON report.
-            print(format_report(report), file=sys.stderr if args.report == "-" else sys.stdout)
+            structlog.get_logger().info("mirror_planned", **{k: v for k, v in report.summary.items()
+                                                             if k not in ("job", "dry_run")})
         else:
             todo = sum(1 for image in plan.images if image.status is Status.CONVERT)
             bars = sys.stderr.isatty() and not args.quiet and args.log_format != "json"
             with _overall_progress(todo if bars else 0) as on_image:
                 report = run_plan(plan, client=client, options=options, engine_log=_engine_log(args.verbose),
                                   on_image=on_image)
-            print(format_report(report), file=sys.stderr)
+    # The table goes to stderr for a run and a dry run alike (stdout is for --report -); with
+    # JSON logs every stderr line is JSON, and the log lines and --report carry the same facts.
+    if args.log_format != "json":
+        print(format_report(report), file=sys.stderr)
     if args.report:
         _write_report(args.report, report.to_json())
     if report.interrupted:
-        print("convert: interrupted", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        raise KeyboardInterrupt  # the report is written; main() says so and exits 130
     if report.internal_error:
         return INTERNAL_ERROR
     return 1 if report.failed else 0

@@ -36,6 +36,7 @@ import structlog
 
 from converter import __version__
 from converter.cancel import CancelScope
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.convert.layer import convert_layer as default_convert_layer
 from converter.errors import Cancelled, ConverterError
 from converter.mirror.cache import (
@@ -79,6 +80,8 @@ class RunOptions:
     local_cache: Path | None = None
     page_size: int | None = None
     tool_version: str = __version__
+    max_expanded: int | None = DEFAULT_MAX_EXPANDED  # the layer limits (None: unlimited)
+    max_entries: int | None = DEFAULT_MAX_ENTRIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +241,8 @@ class _Runner:
         options = ConvertOptions(fmt=settings.fmt, profile=settings.profile, platforms=settings.platforms,
                                  merge_index=settings.merge_index, jobs=self.options.layer_jobs,
                                  builder=self.options.builder, workdir=self.options.workdir,
-                                 build_time=self.options.build_time, tool_version=self.options.tool_version)
+                                 build_time=self.options.build_time, tool_version=self.options.tool_version,
+                                 max_expanded=self.options.max_expanded, max_entries=self.options.max_entries)
         base = ImageReport(source=image.source, dest=image.dest, status=FAILED,
                            source_digest=str(image.source_digest), reason=image.reason)
         try:

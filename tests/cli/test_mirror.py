@@ -31,10 +31,13 @@ def one_image(client: RegistryClient, prefix: str, tmp_path: Path) -> str:
 
 def test_dry_run_prints_the_plan(prefix: str, one_image: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The plan's table goes where a run's table goes: stderr (stdout only carries --report -)."""
     job = write_job(tmp_path / "job.yaml", prefix, one_image)
     assert run_mirror([str(job), "--dry-run", "-q"]) == 0
-    out = capsys.readouterr().out
-    assert "pending" in out and one_image in out and "1 to convert" in out and "to pull" in out
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err
+    assert "pending" in err and one_image in err and "1 to convert" in err and "to pull" in err
 
 
 def test_run_then_rerun_with_report(prefix: str, one_image: str, tmp_path: Path,
@@ -62,7 +65,7 @@ def test_failed_image_exits_1(prefix: str, one_image: str, tmp_path: Path, capsy
     assert run_mirror([str(job), "--report", str(report), "--dry-run"]) == 1
     statuses = [i["status"] for i in json.loads(report.read_text())["images"]]
     assert statuses == ["pending", "failed"]
-    assert "failed" in capsys.readouterr().out
+    assert "failed" in capsys.readouterr().err
 
 
 def test_cache_repo_flag_overrides_the_job(prefix: str, one_image: str, tmp_path: Path) -> None:
@@ -79,8 +82,9 @@ def test_cache_repo_flag_overrides_the_job(prefix: str, one_image: str, tmp_path
 
 def test_usage_errors(tmp_path: Path, prefix: str) -> None:
     job = write_job(tmp_path / "job.yaml", prefix, "a.example/x:1")
-    with pytest.raises(UsageError, match="--jobs"):
-        run_mirror([str(job), "--jobs", "0"])
+    for flag in ("--image-jobs", "--jobs", "--layer-jobs"):  # 0 is the default, as in convert
+        with pytest.raises(UsageError, match=f"argument .*{flag}.*: not a number of jobs"):
+            run_mirror([str(job), flag, "-1"])
     with pytest.raises(UsageError, match="JOB_COMPLETION_INDEX is not set"):
         run_mirror([str(job), "--shard", "/3"], env={})
     with pytest.raises(UsageError, match="unrecognized arguments"):

@@ -143,7 +143,8 @@ def test_mirror_stops_at_once_on_a_signal(sig: signal.Signals, client: RegistryC
     err = stderr.read_text()
     assert proc.returncode == 130, err
     assert elapsed < 10, elapsed  # a build of these layers alone takes far longer
-    assert err.splitlines()[-1].endswith("interrupted"), err
+    lines = [json.loads(line) for line in err.splitlines()]  # --log-format json: every line, the end too
+    assert lines[-1]["event"] == "interrupted" and lines[-1]["exit_status"] == 130, err
     assert not _mkfs_processes(str(workdir))  # the running builds were killed, not left behind
     document = json.loads(report.read_text())
     statuses = [image["status"] for image in document["images"]]
