@@ -155,7 +155,7 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
                             timeout=client_timeout(args.timeout))
     with client:
         plan = make_plan(job, client, shard=shard, estimate=args.dry_run, workers=max(4, options.jobs),
-                         tool_version=options.tool_version)
+                         recipe=options.recipe)
         if args.dry_run:
             report = plan_report(plan)
             structlog.get_logger().info("mirror_planned", **{k: v for k, v in report.summary.items()

@@ -38,7 +38,7 @@ from converter import __version__
 from converter.errors import ConverterError, NotFound, UsageError
 from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
 from converter.oci.model import Index, Manifest, parse_image_manifest, parse_manifest
-from converter.oci.rewrite import Provenance, is_erofs_entry, plan_index
+from converter.oci.rewrite import Provenance, is_erofs_entry, plan_index, platform_selection
 from converter.reference import Digest, Reference
 from converter.registry.client import RegistryClient
 
@@ -235,21 +235,29 @@ def _estimate(client: RegistryClient, source: Reference, doc: Manifest | Index,
     return total
 
 
-def _same_options(prov: Provenance, settings: Settings, tool_version: str) -> str:
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """What decides a conversion's bytes besides the job's settings: the run's options."""
+
+    tool_version: str = __version__
+    builder: str = "python"
+    build_time: int = 0
+
+
+def _same_options(prov: Provenance, settings: Settings, recipe: Recipe) -> str:
     """Why an existing conversion's provenance differs from what we would make ("" if it does not)."""
-    if prov.fmt != str(settings.fmt):
-        return f"made as {prov.fmt}, want {settings.fmt}"
-    if prov.profile is not settings.profile:
-        return f"made with profile {prov.profile.value}, want {settings.profile.value}"
-    if prov.version != tool_version:
-        return f"made by erofs-converter {prov.version}, this is {tool_version}"
-    return ""
+    want = Provenance(source_ref=prov.source_ref, source_digest=prov.source_digest, fmt=str(settings.fmt),
+                      profile=settings.profile, version=recipe.tool_version,
+                      platforms=platform_selection(settings.platforms), builder=recipe.builder,
+                      build_time=recipe.build_time)
+    return want.differs(prov)
 
 
 def existing_conversion(client: RegistryClient, dest: Reference, *, source_digest: Digest,
                         selected: Sequence[Digest], source_is_index: bool, settings: Settings,
-                        tool_version: str = __version__) -> tuple[Digest | None, str]:
+                        tool_version: str = __version__, recipe: Recipe | None = None) -> tuple[Digest | None, str]:
     """(digest of the destination, "") if it holds this very conversion, else (None, why not)."""
+    recipe = recipe or Recipe(tool_version=tool_version)
     try:
         data, media_type, digest = client.get_manifest(dest)
     except NotFound:
@@ -261,7 +269,7 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
         return None, "the destination was not made by erofs-converter"
     if prov.source_digest != source_digest:
         return None, f"the source changed (converted {prov.source_digest.short}, now {source_digest.short})"
-    differs = _same_options(prov, settings, tool_version)
+    differs = _same_options(prov, settings, recipe)
     if differs:
         return None, differs
     want_index = source_is_index or settings.merge_index
@@ -281,7 +289,7 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
         child_prov = Provenance.from_annotations(child.annotations)
         if child_prov is None:
             return None, f"platform manifest {entry.digest.short} has no provenance"
-        differs = _same_options(child_prov, settings, tool_version)
+        differs = _same_options(child_prov, settings, recipe)
         if differs:
             return None, f"platform manifest {entry.digest.short} {differs}"
         converted.add(child_prov.source_digest)
@@ -291,7 +299,7 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
 
 
 def resolve_item(item: WorkItem, client: RegistryClient, *, estimate: bool = False,
-                 tool_version: str = __version__) -> PlannedImage:
+                 tool_version: str = __version__, recipe: Recipe | None = None) -> PlannedImage:
     """The verdict for one work item; registry and image errors make it FAILED, not raise."""
     base = PlannedImage(entry=item.entry, source=str(item.source), dest=str(item.dest), status=Status.FAILED,
                         item=item)
@@ -302,7 +310,8 @@ def resolve_item(item: WorkItem, client: RegistryClient, *, estimate: bool = Fal
         selected = _selected_manifests(doc, source_digest, item.settings, str(item.source))
         existing, reason = existing_conversion(
             client, item.dest, source_digest=source_digest, selected=selected,
-            source_is_index=isinstance(doc, Index), settings=item.settings, tool_version=tool_version)
+            source_is_index=isinstance(doc, Index), settings=item.settings,
+            recipe=recipe or Recipe(tool_version=tool_version))
         size = _estimate(client, item.source, doc, selected) if estimate and existing is None else None
     except ConverterError as exc:
         return replace(base, source_digest=source_digest, reason="planning failed", error=str(exc))
@@ -314,6 +323,7 @@ def resolve_item(item: WorkItem, client: RegistryClient, *, estimate: bool = Fal
 
 def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, estimate: bool = False,
               page_size: int | None = None, workers: int = 4, tool_version: str = __version__,
+              recipe: Recipe | None = None,
               on_resolved: Callable[[PlannedImage], None] | None = None) -> Plan:
     """Expand, shard and resolve ``job``; see the module docstring.
 
@@ -327,7 +337,8 @@ def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, e
         failures = [f for f in failures if shard.owns(str(f.entry.repository))]
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="plan") as pool:
         resolved = list(pool.map(lambda i: resolve_item(i, client, estimate=estimate,
-                                                         tool_version=tool_version), items))
+                                                         recipe=recipe or Recipe(tool_version=tool_version)),
+                                 items))
     images = sorted([*resolved, *failures], key=lambda p: p.entry.index)
     for image in images:
         log.debug("mirror_image_planned", source=image.source, dest=image.dest, status=image.status.value,

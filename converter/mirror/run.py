@@ -48,7 +48,7 @@ from converter.mirror.cache import (
     layer_chains,
 )
 from converter.mirror.jobs import Job, Repository
-from converter.mirror.plan import Plan, PlannedImage, Shard, Status, make_plan
+from converter.mirror.plan import Plan, PlannedImage, Recipe, Shard, Status, make_plan
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.graph import ConvertLayerFn
 from converter.registry.client import RegistryClient
@@ -82,6 +82,11 @@ class RunOptions:
     tool_version: str = __version__
     max_expanded: int | None = DEFAULT_MAX_EXPANDED  # the layer limits (None: unlimited)
     max_entries: int | None = DEFAULT_MAX_ENTRIES
+
+    @property
+    def recipe(self) -> Recipe:
+        """What of these options is in a conversion's provenance (decides whether to skip)."""
+        return Recipe(tool_version=self.tool_version, builder=self.builder, build_time=self.build_time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +386,7 @@ def run_job(job: Job, *, client: RegistryClient, options: RunOptions = RunOption
     """Plan ``job`` (this ``shard`` of it) and run the plan, or only report it with ``dry_run``."""
     started = time.monotonic()
     plan = make_plan(job, client, shard=shard, estimate=dry_run, page_size=options.page_size,
-                     workers=max(4, options.jobs), tool_version=options.tool_version)
+                     workers=max(4, options.jobs), recipe=options.recipe)
     if dry_run:
         return plan_report(plan, seconds=time.monotonic() - started)
     return run_plan(plan, client=client, options=options, convert_layer=convert_layer, engine_log=engine_log,

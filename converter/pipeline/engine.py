@@ -57,6 +57,7 @@ from converter.oci.rewrite import (
     check_source_layers,
     erofs_entry,
     plan_index,
+    platform_selection,
     rewrite_config,
 )
 from converter.pipeline.graph import ConvertLayerFn, GraphSettings, LayerGraph, create_private, fetch_blob
@@ -108,7 +109,9 @@ class _Run:
 
     def provenance(self, digest: Digest) -> Provenance:
         return Provenance(source_ref=self.image, source_digest=digest, fmt=str(self.options.fmt),
-                          profile=self.options.profile, version=self.options.tool_version)
+                          profile=self.options.profile, version=self.options.tool_version,
+                          platforms=platform_selection(self.options.platforms), builder=self.options.builder,
+                          build_time=self.options.build_time)
 
     # -- one platform -------------------------------------------------------------------------
 

@@ -124,3 +124,12 @@ def test_a_bug_fails_the_image_as_an_internal_error(prefix: str, one_image: str,
     assert image["status"] == "failed" and image["error"] == "internal error: TypeError: a bug"
     err = capsys.readouterr().err
     assert "Traceback" in err and "in broken" in err  # logged in full
+
+
+def test_mirror_layer_limits_reach_the_conversion(prefix: str, one_image: str, tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job.yaml", prefix, one_image)
+    report = tmp_path / "r.json"
+    assert run_mirror([str(job), "--report", str(report), "--max-entries", "1", "--retries", "1",
+                       "--timeout", "30"]) == 1
+    [image] = json.loads(report.read_text())["images"]
+    assert image["status"] == "failed" and "too many entries: the limit is 1" in image["error"]

@@ -194,6 +194,9 @@ def test_manifest_annotations_provenance_and_no_subject() -> None:
         ANN_FORMAT: "erofs+lz4hc,level=9",
         ANN_PROFILE: "spec",
         ANN_VERSION: "0.1.0",
+        "io.github.erofs-converter.platforms": "all",
+        "io.github.erofs-converter.builder": "python",
+        "io.github.erofs-converter.build-time": "0",
     }
     assert Provenance.from_annotations(m.annotations) == PROV
     # reproducible: no timestamps, same bytes every time
