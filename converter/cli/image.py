@@ -23,17 +23,19 @@ from converter import log as logsetup
 from converter.cli.args import limit, verbosity
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.erofs.target import parse_format
-from converter.errors import UsageError
+from converter.errors import AuthError, ImageError, NotFound, RegistryError, UsageError
+from converter.mirror.plan import Recipe, existing_conversion, selected_manifests
 from converter.oci.mediatypes import parse_profile
-from converter.oci.model import Platform
+from converter.oci.model import Index, Platform, parse_manifest
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.options import default_destination
 from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
-from converter.reference import OciLayoutRef, Reference, parse_location
+from converter.reference import Digest, OciLayoutRef, Reference, parse_location
 from converter.registry.client import DEFAULT_RETRY, DEFAULT_TIMEOUT, RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
 from converter.transports import open_sink, open_source
+from converter.transports.base import ImageSource
 
 PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma- or space-separated hosts, as docker/compose.yaml sets it
 
@@ -103,6 +105,40 @@ def same_image(src: Reference | OciLayoutRef, dest: Reference | OciLayoutRef) ->
         return (src.path.resolve() == dest.path.resolve()
                 and (src.tag or "latest") == (dest.tag or "latest"))
     return False
+
+
+def already_converted(source: ImageSource, src: Reference | OciLayoutRef, dest: Reference | OciLayoutRef,
+                      options: ConvertOptions, client: RegistryClient | None) -> Digest | None:
+    """The destination's digest if it already holds this very conversion of the source (same
+    source digest and provenance, the same platforms; see ``converter.mirror.plan``), else None.
+    A destination that cannot be read (not there yet, no access) is simply not converted yet."""
+    data, media_type, digest = source.get_manifest()
+    doc = parse_manifest(data, media_type, digest=digest, what=f"manifest {_display(src)}")
+    selected = selected_manifests(doc, digest, options, _display(src))
+    recipe = Recipe(tool_version=options.tool_version, builder=options.builder, build_time=options.build_time)
+    try:
+        existing, reason = existing_conversion(open_source(dest, client=client), source_digest=digest,
+                                               selected=selected, source_is_index=isinstance(doc, Index),
+                                               wanted=options, recipe=recipe)
+    except (NotFound, ImageError) as exc:
+        existing, reason = None, str(exc)
+    structlog.get_logger().debug("destination_checked", converted=existing is not None, reason=reason)
+    return existing
+
+
+# A digest no repository holds: asking to mount it opens an upload session (push access needed),
+# which is cancelled at once, as go-containerregistry's remote.CheckPushPermission does.
+_PROBE = Digest.from_bytes(b"erofs-converter: may we push here?")
+
+
+def check_push_access(client: RegistryClient, dest: Reference) -> None:
+    """Fail now, before anything is pulled, if ``dest`` is unreachable or refuses us a push."""
+    try:
+        client.mount_blob(dest.registry, dest.repository, _PROBE, dest.repository)
+    except RegistryError as exc:
+        kind = AuthError if isinstance(exc, AuthError) else RegistryError
+        raise kind(f"checking push access to {dest.name} before converting: {exc}", status=exc.status,
+                   code=exc.code, method=exc.method, url=exc.url) from exc
 
 
 def _display(loc: Reference | OciLayoutRef) -> str:
@@ -178,6 +214,16 @@ def run_image_conversion(args: argparse.Namespace) -> int:
               if needs_client else None)
     with client if client is not None else nullcontext():
         source = open_source(src, client=client)
+        if not args.force:
+            done = already_converted(source, src, dest, options, client)
+            if done is not None:
+                structlog.get_logger().info("already_converted", dest=_display(dest), digest=str(done),
+                                            hint="--force converts again")
+                print(f"{_display(dest)}@{done}")
+                return 0
+        if isinstance(dest, Reference):
+            assert client is not None
+            check_push_access(client, dest)
         sink = open_sink(dest, client=client)
         show_bars = sys.stderr.isatty() and not args.quiet and (args.log_format in (None, "console"))
         with _progress(show_bars) as progress:

@@ -31,16 +31,21 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
 from converter import __version__
+from converter.erofs.target import TargetFormat
 from converter.errors import ConverterError, NotFound, UsageError
 from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
-from converter.oci.model import Index, Manifest, parse_image_manifest, parse_manifest
+from converter.oci.mediatypes import Profile
+from converter.oci.model import Index, Manifest, Platform, parse_image_manifest, parse_manifest
 from converter.oci.rewrite import Provenance, is_erofs_entry, plan_index, platform_selection
 from converter.reference import Digest, Reference
 from converter.registry.client import RegistryClient
+from converter.transports.base import ImageSource
+from converter.transports.registry import RegistrySource
 
 log = structlog.get_logger()
 
@@ -214,12 +219,25 @@ def _check_collisions(items: Sequence[WorkItem]) -> None:
 # --- resolving --------------------------------------------------------------------------------
 
 
-def _selected_manifests(doc: Manifest | Index, digest: Digest, settings: Settings, image: str,
-                        ) -> tuple[Digest, ...]:
-    """The source manifests a conversion with ``settings`` converts (one for a single manifest)."""
+class Wanted(Protocol):
+    """The options of a request that a conversion's provenance and shape must match (a job's
+    ``Settings`` or the CLI's ``ConvertOptions``)."""
+
+    @property
+    def fmt(self) -> TargetFormat: ...
+    @property
+    def profile(self) -> Profile: ...
+    @property
+    def platforms(self) -> tuple[Platform, ...]: ...
+    @property
+    def merge_index(self) -> bool: ...
+
+
+def selected_manifests(doc: Manifest | Index, digest: Digest, wanted: Wanted, image: str) -> tuple[Digest, ...]:
+    """The source manifests a conversion as ``wanted`` converts (one for a single manifest)."""
     if isinstance(doc, Manifest):
         return (digest,)
-    plan = plan_index(doc, platforms=settings.platforms, merge=settings.merge_index, image=image)
+    plan = plan_index(doc, platforms=wanted.platforms, merge=wanted.merge_index, image=image)
     return tuple(d.digest for d in plan.convert)
 
 
@@ -244,52 +262,51 @@ class Recipe:
     build_time: int = 0
 
 
-def _same_options(prov: Provenance, settings: Settings, recipe: Recipe) -> str:
+def _same_options(prov: Provenance, wanted: Wanted, recipe: Recipe) -> str:
     """Why an existing conversion's provenance differs from what we would make ("" if it does not)."""
-    want = Provenance(source_ref=prov.source_ref, source_digest=prov.source_digest, fmt=str(settings.fmt),
-                      profile=settings.profile, version=recipe.tool_version,
-                      platforms=platform_selection(settings.platforms), builder=recipe.builder,
+    want = Provenance(source_ref=prov.source_ref, source_digest=prov.source_digest, fmt=str(wanted.fmt),
+                      profile=wanted.profile, version=recipe.tool_version,
+                      platforms=platform_selection(wanted.platforms), builder=recipe.builder,
                       build_time=recipe.build_time)
     return want.differs(prov)
 
 
-def existing_conversion(client: RegistryClient, dest: Reference, *, source_digest: Digest,
-                        selected: Sequence[Digest], source_is_index: bool, settings: Settings,
-                        tool_version: str = __version__, recipe: Recipe | None = None) -> tuple[Digest | None, str]:
-    """(digest of the destination, "") if it holds this very conversion, else (None, why not)."""
-    recipe = recipe or Recipe(tool_version=tool_version)
+def existing_conversion(dest: ImageSource, *, source_digest: Digest, selected: Sequence[Digest],
+                        source_is_index: bool, wanted: Wanted, recipe: Recipe) -> tuple[Digest | None, str]:
+    """(digest of the destination, "") if ``dest`` (read as a source) holds this very conversion,
+    else (None, why not)."""
     try:
-        data, media_type, digest = client.get_manifest(dest)
+        data, media_type, digest = dest.get_manifest()
     except NotFound:
         return None, "not converted yet"
-    what = f"manifest {dest}"
+    what = f"manifest {dest.name}"
     doc = parse_manifest(data, str(media_type), digest=digest, what=what)
     prov = Provenance.from_annotations(doc.annotations)
     if prov is None:
         return None, "the destination was not made by erofs-converter"
     if prov.source_digest != source_digest:
         return None, f"the source changed (converted {prov.source_digest.short}, now {source_digest.short})"
-    differs = _same_options(prov, settings, recipe)
+    differs = _same_options(prov, wanted, recipe)
     if differs:
         return None, differs
-    want_index = source_is_index or settings.merge_index
+    want_index = source_is_index or wanted.merge_index
     if isinstance(doc, Manifest):
         return (digest, "") if not want_index else (None, "an index is wanted, the destination is a manifest")
     if not want_index:
         return None, "a manifest is wanted, the destination is an index"
     merged = any(not is_erofs_entry(entry) for entry in doc.manifests)
-    if merged != settings.merge_index:
-        return None, f"merge_index changed to {str(settings.merge_index).lower()}"
+    if merged != wanted.merge_index:
+        return None, f"merge_index changed to {str(wanted.merge_index).lower()}"
     converted: set[Digest] = set()
     for entry in doc.manifests:
         if not is_erofs_entry(entry):
             continue
-        child_data, child_type, _ = client.get_manifest(dest.registry, dest.repository, entry.digest)
+        child_data, child_type, _ = dest.get_manifest(entry.digest)
         child = parse_manifest(child_data, str(child_type), digest=entry.digest, what=f"{what}@{entry.digest}")
         child_prov = Provenance.from_annotations(child.annotations)
         if child_prov is None:
             return None, f"platform manifest {entry.digest.short} has no provenance"
-        differs = _same_options(child_prov, settings, recipe)
+        differs = _same_options(child_prov, wanted, recipe)
         if differs:
             return None, f"platform manifest {entry.digest.short} {differs}"
         converted.add(child_prov.source_digest)
@@ -307,10 +324,10 @@ def resolve_item(item: WorkItem, client: RegistryClient, *, estimate: bool = Fal
     try:
         data, media_type, source_digest = client.get_manifest(item.source)
         doc = parse_manifest(data, str(media_type), digest=source_digest, what=f"manifest {item.source}")
-        selected = _selected_manifests(doc, source_digest, item.settings, str(item.source))
+        selected = selected_manifests(doc, source_digest, item.settings, str(item.source))
         existing, reason = existing_conversion(
-            client, item.dest, source_digest=source_digest, selected=selected,
-            source_is_index=isinstance(doc, Index), settings=item.settings,
+            RegistrySource(client, item.dest), source_digest=source_digest, selected=selected,
+            source_is_index=isinstance(doc, Index), wanted=item.settings,
             recipe=recipe or Recipe(tool_version=tool_version))
         size = _estimate(client, item.source, doc, selected) if estimate and existing is None else None
     except ConverterError as exc:
@@ -360,6 +377,7 @@ __all__ = [
     "make_plan",
     "parse_shard",
     "resolve_item",
+    "selected_manifests",
     "shard_of",
     "source_key",
 ]
