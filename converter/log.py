@@ -14,10 +14,16 @@ import structlog
 LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
 
 
+def resolved_format(fmt: str) -> str:
+    """console or json: ``auto`` is console on a TTY, json otherwise."""
+    if fmt == "auto":
+        return "console" if sys.stderr.isatty() else "json"
+    return fmt
+
+
 def configure(*, fmt: str = "auto", verbosity: int = 0) -> None:
     """Route structlog to stderr; ``fmt`` is console, json or auto (console on a TTY)."""
-    if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
+    fmt = resolved_format(fmt)
     level = LEVELS.get(max(-1, min(1, verbosity)), logging.INFO)
     renderers: list[structlog.types.Processor]
     if fmt == "json":

@@ -10,17 +10,17 @@ import argparse
 import os
 import re
 import sys
-import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import httpx
 import structlog
 
 from converter import log as logsetup
 from converter.cli.args import limit, verbosity
+from converter.cli.progress import LayerBars, summary_line
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.erofs.target import parse_format
 from converter.errors import AuthError, ImageError, NotFound, RegistryError, UsageError
@@ -29,7 +29,7 @@ from converter.oci.mediatypes import parse_profile
 from converter.oci.model import Index, Platform, parse_manifest
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.options import default_destination
-from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
+from converter.pipeline.progress import ProgressCallback
 from converter.reference import Digest, OciLayoutRef, Reference, parse_location
 from converter.registry.client import DEFAULT_RETRY, DEFAULT_TIMEOUT, RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
@@ -145,45 +145,12 @@ def _display(loc: Reference | OciLayoutRef) -> str:
     return f"oci:{loc.path}" + (f":{loc.tag}" if loc.tag else "") if isinstance(loc, OciLayoutRef) else str(loc)
 
 
-class _Bars:
-    """rich progress bars: one row per layer and stage (pull, convert, push)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                  TransferSpeedColumn(), console=Console(stderr=True), transient=False)
-        self._tasks: dict[tuple[str, int, Stage], Any] = {}
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> _Bars:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(None, None, None)
-
-    def __call__(self, ev: ProgressEvent) -> None:
-        key = (ev.platform, ev.index, ev.stage)
-        with self._lock:
-            task = self._tasks.get(key)
-            if task is None:
-                label = f"{ev.platform} layer {ev.index} {ev.layer.hex[:12]} {ev.stage.value:<7}"
-                task = self._progress.add_task(label, total=ev.total)
-                self._tasks[key] = task
-            completed = ev.total if ev.done and ev.total else ev.completed
-            self._progress.update(task, completed=completed, total=ev.total)
-            if ev.note:
-                self._progress.update(task, description=f"{self._progress.tasks[task].description} ({ev.note})")
-
-
 @contextmanager
 def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
     if not enabled:
         yield None
         return
-    with _Bars() as bars:
+    with LayerBars() as bars:
         yield bars
 
 
@@ -226,8 +193,14 @@ def run_image_conversion(args: argparse.Namespace) -> int:
             check_push_access(client, dest)
         sink = open_sink(dest, client=client)
         show_bars = sys.stderr.isatty() and not args.quiet and (args.log_format in (None, "console"))
+        started = time.monotonic()
         with _progress(show_bars) as progress:
             result = convert_image(source, src, sink, dest, options=options, progress=progress,
                                    log=structlog.get_logger())
+    summary = summary_line(result, time.monotonic() - started)
+    if logsetup.resolved_format(args.log_format or "auto") == "json":
+        structlog.get_logger().info("conversion_summary", summary=summary)
+    elif not args.quiet:
+        print(summary, file=sys.stderr)
     print(f"{_display(dest)}@{result.digest}")
     return 0
