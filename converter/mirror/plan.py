@@ -37,11 +37,19 @@ import structlog
 
 from converter import __version__
 from converter.erofs.target import TargetFormat
-from converter.errors import ConverterError, NotFound, UsageError
+from converter.errors import ConverterError, ImageError, NotFound, UsageError
 from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
 from converter.oci.mediatypes import Profile
-from converter.oci.model import Index, Manifest, Platform, parse_image_manifest, parse_manifest
-from converter.oci.rewrite import Provenance, is_erofs_entry, plan_index, platform_selection
+from converter.oci.model import (
+    MAX_CONFIG_SIZE,
+    Index,
+    Manifest,
+    Platform,
+    parse_config,
+    parse_image_manifest,
+    parse_manifest,
+)
+from converter.oci.rewrite import Provenance, check_source_layers, is_erofs_entry, plan_index, platform_selection
 from converter.reference import Digest, Reference
 from converter.registry.client import RegistryClient
 from converter.transports.base import ImageSource
@@ -143,6 +151,7 @@ class PlannedImage:
     source_digest: Digest | None = None
     dest_digest: Digest | None = None  # the existing conversion, when skipped
     estimated_bytes: int | None = None  # source layer bytes to pull (dry runs)
+    estimated_layers: tuple[tuple[Digest, int], ...] = ()  # those layers (digest, size): shared ones count once
     reason: str = ""
     error: str = ""
 
@@ -241,16 +250,31 @@ def selected_manifests(doc: Manifest | Index, digest: Digest, wanted: Wanted, im
     return tuple(d.digest for d in plan.convert)
 
 
-def _estimate(client: RegistryClient, source: Reference, doc: Manifest | Index,
-              selected: Sequence[Digest]) -> int:
+def _estimate(client: RegistryClient, source: Reference, doc: Manifest | Index, selected: Sequence[Digest],
+              wanted: Wanted) -> tuple[tuple[Digest, int], ...]:
+    """The source layers a conversion would pull; raises what the conversion would certainly
+    fail with (a layer already EROFS or not convertible, a single image of another platform)."""
+    manifests: list[tuple[Manifest, str]] = []
     if isinstance(doc, Manifest):
-        return sum(layer.size for layer in doc.layers)
-    total = 0
-    for digest in selected:
-        data, media_type, _ = client.get_manifest(source.registry, source.repository, digest)
-        manifest = parse_image_manifest(data, str(media_type), digest=digest, what=f"manifest {source.name}@{digest}")
-        total += sum(layer.size for layer in manifest.layers)
-    return total
+        manifests.append((doc, str(source)))
+        if wanted.platforms:
+            raw = client.get_blob_bytes(source.registry, source.repository, doc.config.digest,
+                                        max_size=MAX_CONFIG_SIZE)
+            platform = parse_config(raw, descriptor=doc.config, what=f"config of {source}").platform
+            if not any(platform.matches(p) for p in wanted.platforms):
+                want = ", ".join(str(p) for p in wanted.platforms)
+                raise ImageError(f"converting {source}: the image is {platform}, not {want}")
+    else:
+        for digest in selected:
+            data, media_type, _ = client.get_manifest(source.registry, source.repository, digest)
+            what = f"manifest {source.name}@{digest}"
+            manifests.append((parse_image_manifest(data, str(media_type), digest=digest, what=what),
+                              f"{source.name}@{digest}"))
+    layers: list[tuple[Digest, int]] = []
+    for manifest, image in manifests:
+        check_source_layers(manifest, image=image)
+        layers.extend((layer.digest, layer.size) for layer in manifest.layers)
+    return tuple(layers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,13 +353,15 @@ def resolve_item(item: WorkItem, client: RegistryClient, *, estimate: bool = Fal
             RegistrySource(client, item.dest), source_digest=source_digest, selected=selected,
             source_is_index=isinstance(doc, Index), wanted=item.settings,
             recipe=recipe or Recipe(tool_version=tool_version))
-        size = _estimate(client, item.source, doc, selected) if estimate and existing is None else None
+        layers = _estimate(client, item.source, doc, selected, item.settings) if estimate and existing is None else ()
     except ConverterError as exc:
         return replace(base, source_digest=source_digest, reason="planning failed", error=str(exc))
+    size = sum(n for _, n in layers) if estimate else None
     if existing is not None:
         return replace(base, status=Status.SKIP, source_digest=source_digest, dest_digest=existing,
                         reason="already converted")
-    return replace(base, status=Status.CONVERT, source_digest=source_digest, estimated_bytes=size, reason=reason)
+    return replace(base, status=Status.CONVERT, source_digest=source_digest, estimated_bytes=size,
+                   estimated_layers=layers, reason=reason)
 
 
 def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, estimate: bool = False,

@@ -131,6 +131,7 @@ class MirrorReport:
     seconds: float = 0.0
     total_images: int = 0  # in every shard
     interrupted: bool = False  # stopped by SIGTERM/SIGINT; unfinished images are INTERRUPTED
+    pull_bytes: int | None = None  # dry runs: the bytes to pull, a layer shared by images counted once
 
     def count(self, status: str) -> int:
         return sum(1 for i in self.images if i.status == status)
@@ -155,7 +156,7 @@ class MirrorReport:
             "layers_reused": sum(i.layers_reused for i in self.images),
             "layers_mounted": sum(i.layers_mounted for i in self.images),
             "cache_fallbacks": sum(i.cache_fallbacks for i in self.images),
-            "bytes": sum(i.bytes for i in self.images),
+            "bytes": self.pull_bytes if self.pull_bytes is not None else sum(i.bytes for i in self.images),
             "dest_bytes": sum(i.dest_bytes for i in self.images),
             "seconds": round(self.seconds, 3),
         }
@@ -180,9 +181,10 @@ def _not_converted(image: PlannedImage, *, dry_run: bool) -> ImageReport:
 
 def plan_report(plan: Plan, *, seconds: float = 0.0) -> MirrorReport:
     """The dry-run report of a plan: ``pending`` for what a run would convert."""
+    unique = {digest: size for image in plan.images for digest, size in image.estimated_layers}
     return MirrorReport(job=plan.job.path, shard=str(plan.shard) if plan.shard else None, dry_run=True,
                         images=tuple(_not_converted(i, dry_run=True) for i in plan.images), seconds=seconds,
-                        total_images=plan.total)
+                        total_images=plan.total, pull_bytes=sum(unique.values()))
 
 
 # --- converting -----------------------------------------------------------------------------------

@@ -305,7 +305,9 @@ def plan_index(index: Index, *, platforms: Sequence[Platform] = (), merge: bool 
             skipped.append((desc, reason))
     if not convert:
         wanted = ", ".join(str(p) for p in platforms) or "any platform"
-        raise ImageError(f"converting {image}: no image manifest for {wanted} in the index")
+        present = sorted({str(d.platform) for d, why in skipped if why.endswith(" not selected")})
+        has = f"; it has {', '.join(present)}" if present else ""
+        raise ImageError(f"converting {image}: no image manifest for {wanted} in the index{has}")
     if merge:
         converted_platforms = [d.platform for d in convert]
         for desc, _reason in skipped:

@@ -11,9 +11,10 @@ from converter.cli import main
 from converter.cli.mirror import plain_http_hosts, run_mirror
 from converter.errors import UsageError
 from converter.mirror.jobs import JobFileError
+from converter.reference import parse_reference
 from converter.registry.client import RegistryClient
 from converter.testing.sample import sample_layers
-from tests.mirror.helpers import push_image
+from tests.mirror.helpers import push_image, push_shared_base_images
 
 
 def write_job(path: Path, prefix: str, *sources: str, cache: str = "null") -> Path:
@@ -133,3 +134,36 @@ def test_mirror_layer_limits_reach_the_conversion(prefix: str, one_image: str, t
                        "--timeout", "30"]) == 1
     [image] = json.loads(report.read_text())["images"]
     assert image["status"] == "failed" and "too many entries: the limit is 1" in image["error"]
+
+
+def test_dry_run_plan_predicts_failures_and_counts_shared_layers_once(
+        client: RegistryClient, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """#13 item 11: what would certainly fail is marked failed, not pending; the bytes to pull
+    count a layer shared by several images once; --report gives the plan as JSON."""
+    digests = push_shared_base_images(client, tmp_path / "images", prefix)
+    assert len(digests) == 3
+    # an image that is EROFS already: a conversion of app:1.0
+    job = write_job(tmp_path / "first.yaml", prefix, f"{prefix}/app:1.0")
+    assert run_mirror([str(job), "--workdir", str(tmp_path / "w")]) == 0
+    converted = f"{prefix}/out/{prefix.split('/', 1)[1]}/app:1.0-erofs"
+    lines = ["defaults:", f'  dest: "{prefix}/out2/{{repository}}:{{tag}}-{{format}}"', "images:",
+             f"  - source: {prefix}/app:1.0", f"  - source: {prefix}/base:1.0", f"  - source: {prefix}/mid:1.0",
+             f"  - source: {prefix}/app:1.0", "    dest: " + f'"{prefix}/other/app:s390x"',
+             "    platforms: [linux/s390x]",
+             f"  - source: {converted}"]
+    plan_job = tmp_path / "job.yaml"
+    plan_job.write_text("\n".join(lines) + "\n")
+    report = tmp_path / "plan.json"
+    capsys.readouterr()
+    assert run_mirror([str(plan_job), "--dry-run", "--report", str(report)]) == 1
+    document = json.loads(report.read_text())
+    statuses = [image["status"] for image in document["images"]]
+    assert statuses == ["pending", "pending", "pending", "failed", "failed"], document
+    errors = [image["error"] for image in document["images"]]
+    assert "the image is linux/amd64, not linux/s390x" in errors[3]
+    assert "already an EROFS layer" in errors[4]
+    per_image = sum(image["bytes"] for image in document["images"][:3])
+    manifests = {name: json.loads(client.get_manifest(parse_reference(f"{prefix}/{name}:1.0")).data)
+                 for name in ("app", "base", "mid")}
+    unique = {layer["digest"]: layer["size"] for m in manifests.values() for layer in m["layers"]}
+    assert document["summary"]["bytes"] == sum(unique.values()) < per_image
