@@ -302,7 +302,7 @@ def existing_conversion(dest: ImageSource, *, source_digest: Digest, selected: S
     try:
         data, media_type, digest = dest.get_manifest()
     except NotFound:
-        return None, "not converted yet"
+        return None, "the destination had no image"  # when planned: true in a report written later too
     what = f"manifest {dest.name}"
     doc = parse_manifest(data, str(media_type), digest=digest, what=what)
     prov = Provenance.from_annotations(doc.annotations)

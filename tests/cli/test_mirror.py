@@ -48,6 +48,7 @@ def test_run_then_rerun_with_report(prefix: str, one_image: str, tmp_path: Path,
     assert run_mirror([str(job), "--report", str(report), "--workdir", str(tmp_path / "w")]) == 0
     first = json.loads(report.read_text())
     assert first["summary"]["converted"] == 1 and first["images"][0]["status"] == "converted"
+    assert first["images"][0]["reason"] == "the destination had no image"  # never "not converted yet"
     err = capsys.readouterr().err
     assert "STATUS" in err and "1 converted, 0 skipped, 0 failed" in err
     assert run_mirror([str(job), "--report", "-"]) == 0

@@ -65,7 +65,7 @@ def test_tag_filters_and_newest(client: RegistryClient, prefix: str, tagged: Dig
         ("2.0", Status.CONVERT), ("2.0-rc1", Status.CONVERT), ("1.10", Status.CONVERT), ("0.9", Status.CONVERT)]
     assert {p.source_digest for p in plan.images} == {tagged}
     assert plan.images[0].dest.endswith("/mirror/" + prefix.split("/", 1)[1] + "/app:2.0-erofs")
-    assert all(p.reason == "not converted yet" for p in plan.images)
+    assert all(p.reason == "the destination had no image" for p in plan.images)
     assert plan.total == 4 and plan.shard is None
 
 
