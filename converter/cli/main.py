@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from converter import __version__
 from converter.cli.args import (
@@ -42,6 +42,9 @@ from converter.cli.args import (
     suggest,
 )
 from converter.errors import ConverterError, UsageError
+
+if TYPE_CHECKING:
+    from converter.erofs.reader import ErofsImage
 
 SUBCOMMANDS = ("layer", "ls", "cat", "mirror")
 
@@ -185,11 +188,34 @@ def _esc(name: bytes) -> str:
     return name.decode("utf-8", "backslashreplace")
 
 
+_LOOKS_LIKE = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bzip2"),
+               (b"\xfd7zXZ\x00", "xz"))
+
+
+def _open_image(path: str) -> ErofsImage:
+    """Open an EROFS image for ls/cat; an error names the file and, for a layer given by mistake,
+    what it looks like."""
+    from converter.erofs.reader import ErofsImage
+    from converter.errors import ErofsFormatError
+
+    try:
+        return ErofsImage.open(path)
+    except ErofsFormatError as exc:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        kind = next((name for magic, name in _LOOKS_LIKE if head.startswith(magic)), None)
+        if kind is None and len(head) == 512 and head[257:262] == b"ustar":
+            kind = "tar"
+        if kind is None:
+            raise ErofsFormatError(f"reading {path}: {exc}") from exc
+        raise ErofsFormatError(f"reading {path}: not an EROFS image, it looks like a {kind} file (a layer? "
+                               f"`convert layer {path} -o OUT.erofs` converts one)") from exc
+
+
 def cmd_ls(argv: Sequence[str]) -> int:
     args = _ls_parser().parse_args(argv)
-    from converter.erofs.reader import ErofsImage
 
-    with ErofsImage.open(args.image) as img:
+    with _open_image(args.image) as img:
         out = sys.stdout
         want = b"/" + os.fsencode(args.path).strip(b"/")
         img.stat(want)  # a clear error when the path does not exist
@@ -224,9 +250,8 @@ def _xattr_value(value: bytes) -> str:
 
 def cmd_cat(argv: Sequence[str]) -> int:
     args = _cat_parser().parse_args(argv)
-    from converter.erofs.reader import ErofsImage
 
-    with ErofsImage.open(args.image) as img:
+    with _open_image(args.image) as img:
         out = sys.stdout.buffer
         for chunk in img.read_file(args.path):
             out.write(chunk)

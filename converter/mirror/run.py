@@ -421,7 +421,7 @@ def format_report(report: MirrorReport) -> str:
         note = image.error or (image.reason if image.status != CONVERTED else "")
         rows.append((image.status, image.source, image.dest, str(image.layers_converted),
                      str(image.layers_reused), human_bytes(image.bytes), f"{image.seconds:.1f}s",
-                     note if len(note) <= 200 else note[:197] + "..."))
+                     note))  # never cut short: the cause comes last in an error, cutting loses it
     s = report.summary
     where = f" (shard {report.shard}, {s['images']} of {s['images_all_shards']} images)" if report.shard else ""
     kind = "dry run" if report.dry_run else "mirror"

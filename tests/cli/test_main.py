@@ -195,3 +195,19 @@ def test_jobs_zero_is_the_default_everywhere(capsys: pytest.CaptureFixture[str],
     for argv in (["r.example/a:1", "--layer-jobs", "-1"], ["mirror", "job.yaml", "--image-jobs", "-1"]):
         assert main(argv) == 2
         assert "not a number of jobs (1 or more; 0 = the default)" in capsys.readouterr().err
+
+
+# --- messages (#13 item 9) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("command", "compress", "kind"), [("ls", True, "gzip"), ("cat", False, "tar")])
+def test_ls_of_a_layer_names_the_file_and_what_it_looks_like(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                             command: str, compress: bool, kind: str) -> None:
+    layout = write_oci_layout(tmp_path / "layout", sample_layers()[:1], compress=compress)
+    manifest = json.loads((layout.path / "blobs" / "sha256" / layout.manifest_digest.split(":")[1]).read_bytes())
+    layer = tmp_path / "layer.tar.gz"
+    layer.write_bytes((layout.path / "blobs" / "sha256" / manifest["layers"][0]["digest"].split(":")[1]).read_bytes())
+    assert main([command, str(layer), *(["/etc/os-release"] if command == "cat" else [])]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"convert: reading {layer}: not an EROFS image, it looks like a {kind} file (a layer? "
+                   f"`convert layer {layer} -o OUT.erofs` converts one)\n")

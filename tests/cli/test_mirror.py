@@ -168,3 +168,13 @@ def test_dry_run_plan_predicts_failures_and_counts_shared_layers_once(
                  for name in ("app", "base", "mid")}
     unique = {layer["digest"]: layer["size"] for m in manifests.values() for layer in m["layers"]}
     assert document["summary"]["bytes"] == sum(unique.values()) < per_image
+
+
+def test_the_table_shows_the_whole_cause(prefix: str, one_image: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """#13 item 9: a failure's cause comes last in its message; the table never cuts it off."""
+    job = write_job(tmp_path / "job.yaml", prefix, one_image)
+    assert run_mirror([str(job), "--max-entries", "1", "--log-format", "console"]) == 1
+    table = capsys.readouterr().err.splitlines()
+    [row] = [line for line in table if line.startswith("failed")]
+    assert row.endswith("too many entries: the limit is 1"), row
