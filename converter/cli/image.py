@@ -23,7 +23,7 @@ from converter.cli.args import limit, verbosity
 from converter.cli.progress import LayerBars, summary_line
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.erofs.target import parse_format
-from converter.errors import AuthError, ImageError, NotFound, RegistryError, UsageError
+from converter.errors import ImageError, NotFound, UsageError
 from converter.mirror.plan import Recipe, existing_conversion, selected_manifests
 from converter.oci.mediatypes import parse_profile
 from converter.oci.model import Index, Platform, parse_manifest
@@ -36,6 +36,7 @@ from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
 from converter.transports import open_sink, open_source
 from converter.transports.base import ImageSource
+from converter.transports.registry import check_push_access
 
 PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma- or space-separated hosts, as docker/compose.yaml sets it
 
@@ -124,21 +125,6 @@ def already_converted(source: ImageSource, src: Reference | OciLayoutRef, dest: 
         existing, reason = None, str(exc)
     structlog.get_logger().debug("destination_checked", converted=existing is not None, reason=reason)
     return existing
-
-
-# A digest no repository holds: asking to mount it opens an upload session (push access needed),
-# which is cancelled at once, as go-containerregistry's remote.CheckPushPermission does.
-_PROBE = Digest.from_bytes(b"erofs-converter: may we push here?")
-
-
-def check_push_access(client: RegistryClient, dest: Reference) -> None:
-    """Fail now, before anything is pulled, if ``dest`` is unreachable or refuses us a push."""
-    try:
-        client.mount_blob(dest.registry, dest.repository, _PROBE, dest.repository)
-    except RegistryError as exc:
-        kind = AuthError if isinstance(exc, AuthError) else RegistryError
-        raise kind(f"checking push access to {dest.name} before converting: {exc}", status=exc.status,
-                   code=exc.code, method=exc.method, url=exc.url) from exc
 
 
 def _display(loc: Reference | OciLayoutRef) -> str:

@@ -53,7 +53,7 @@ from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.graph import ConvertLayerFn
 from converter.registry.client import RegistryClient
 from converter.transports import RegistrySink, RegistrySource
-from converter.transports.registry import BlobLocks
+from converter.transports.registry import BlobLocks, check_push_access
 
 log = structlog.get_logger()
 
@@ -256,6 +256,7 @@ class _Runner:
             if self.scope.cancelled:
                 raise Cancelled(f"converting {image.source}: cancelled")
             with self.scope.entered():
+                check_push_access(self.client, item.dest)  # before pulling anything
                 convert_fn = self.layer_converter(image, source, sink, stats, bound)
                 result = convert_image(source, src_ref, sink, item.dest, options=options,
                                        convert_layer=convert_fn, log=self.engine_log)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import structlog
 
-from converter.errors import ImageError, RegistryError
+from converter.errors import AuthError, ImageError, RegistryError
 from converter.oci.model import MAX_MANIFEST_SIZE
 from converter.reference import Digest, Reference
 from converter.transports.base import BlobOrigin
@@ -131,3 +131,18 @@ class RegistrySink(_Repo):
         return retry_blob_unknown(
             lambda: self.client.put_manifest(self.ref.registry, self.ref.repository, reference, data, media_type),
             what=f"pushing manifest {self.ref.name}:{reference}")
+
+
+# A digest no repository holds: asking to mount it opens an upload session (push access needed),
+# which the client cancels at once, as go-containerregistry's remote.CheckPushPermission does.
+_PROBE = Digest.from_bytes(b"erofs-converter: may we push here?")
+
+
+def check_push_access(client: RegistryClient, dest: Reference) -> None:
+    """Fail now, before anything is pulled, if ``dest`` is unreachable or refuses us a push."""
+    try:
+        client.mount_blob(dest.registry, dest.repository, _PROBE, dest.repository)
+    except RegistryError as exc:
+        kind = AuthError if isinstance(exc, AuthError) else RegistryError
+        raise kind(f"checking push access to {dest.name} before converting: {exc}", status=exc.status,
+                   code=exc.code, method=exc.method, url=exc.url) from exc

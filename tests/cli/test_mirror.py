@@ -13,8 +13,10 @@ from converter.errors import UsageError
 from converter.mirror.jobs import JobFileError
 from converter.reference import parse_reference
 from converter.registry.client import RegistryClient
+from converter.registry.credentials import DockerConfigCredentials
 from converter.testing.sample import sample_layers
 from tests.mirror.helpers import push_image, push_shared_base_images
+from tests.support.registry import RegistryServer
 
 
 def write_job(path: Path, prefix: str, *sources: str, cache: str = "null") -> Path:
@@ -178,3 +180,21 @@ def test_the_table_shows_the_whole_cause(prefix: str, one_image: str, tmp_path: 
     table = capsys.readouterr().err.splitlines()
     [row] = [line for line in table if line.startswith("failed")]
     assert row.endswith("too many entries: the limit is 1"), row
+
+
+def test_no_push_access_fails_the_image_before_pulling(registry_token: RegistryServer, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """#13 item 5 in mirror runs: anonymous users may pull public/ but not push; the image fails
+    at once, before any layer is pulled or built."""
+    config = registry_token.write_docker_config(tmp_path / "docker")
+    with RegistryClient(credentials=DockerConfigCredentials(env={"DOCKER_CONFIG": str(config.parent)})) as admin:
+        push_image(admin, tmp_path / "images", sample_layers()[:1], [f"{registry_token.host}/public/src:1"])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"images:\n  - source: {registry_token.host}/public/src:1\n"
+                   f'    dest: "{registry_token.host}/public/out:1"\n')
+    report = tmp_path / "r.json"
+    env = {"DOCKER_CONFIG": str(tmp_path / "anonymous"), "HOME": str(tmp_path)}
+    assert run_mirror([str(job), "--report", str(report), "--retries", "1"], env=env) == 1
+    [image] = json.loads(report.read_text())["images"]
+    assert image["status"] == "failed" and image["layers_converted"] == 0
+    assert image["error"].startswith(f"checking push access to {registry_token.host}/public/out before "), image
