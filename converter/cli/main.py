@@ -88,7 +88,7 @@ def _cat_parser() -> argparse.ArgumentParser:
 def _image_parser() -> argparse.ArgumentParser:
     p = UsageParser(
         prog="convert",
-        description="Convert a container image's layers to EROFS and push the result; prints REF@DIGEST. "
+        description="Convert a container image's layers to EROFS and push the result; prints REF@DIGEST.\n"
         f"Also: convert {'|'.join(COMMANDS)} (see convert SUBCOMMAND --help).",
         epilog="examples:\n"
         "  convert ghcr.io/org/app:1.4 --to erofs+lz4        # pushes ghcr.io/org/app:1.4-erofs-lz4\n"

@@ -69,7 +69,7 @@ ${VAR} in source, dest and cache_repo comes from the environment; credentials ne
 file (they come from the Docker config). Examples: pipelines/*.yaml.
 
 examples:
-  convert mirror pipelines/base-images.yaml --dry-run --report plan.json
+  convert mirror pipelines/debian-to-erofs.yaml --dry-run --report plan.json
   convert mirror job.yaml --image-jobs 4 --shard /8 --report report.json
 
 exit status: 0 every image converted or skipped, 1 some failed, 2 usage or job file error,
@@ -81,7 +81,7 @@ DEFAULT_IMAGE_JOBS = 2
 
 def build_parser() -> argparse.ArgumentParser:
     p = UsageParser(prog="convert mirror", description="Convert the images of a mirroring job file to EROFS "
-                    "and push them; images already converted with the same options are skipped.",
+                    "and push them;\nimages already converted with the same options are skipped.",
                     epilog=JOB_SCHEMA)
     p.add_argument("job", help="the job file (YAML; schema below)")
     p.add_argument("--image-jobs", "--jobs", dest="image_jobs", type=jobs, default=0, metavar="N",
