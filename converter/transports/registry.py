@@ -139,10 +139,15 @@ _PROBE = Digest.from_bytes(b"erofs-converter: may we push here?")
 
 
 def check_push_access(client: RegistryClient, dest: Reference) -> None:
-    """Fail now, before anything is pulled, if ``dest`` is unreachable or refuses us a push."""
+    """Fail now, before anything is pulled, if ``dest`` is unreachable or refuses us a push
+    (401/403, or 405 from a read-only registry). Any other answer to the probe (a registry that
+    handles a mount of an unknown blob its own way) is no proof either way: the push will tell."""
     try:
         client.mount_blob(dest.registry, dest.repository, _PROBE, dest.repository)
     except RegistryError as exc:
+        if exc.status is not None and not isinstance(exc, AuthError) and exc.status != 405:
+            log.debug("push_access_unknown", dest=dest.name, error=str(exc))
+            return
         kind = AuthError if isinstance(exc, AuthError) else RegistryError
         raise kind(f"checking push access to {dest.name} before converting: {exc}", status=exc.status,
                    code=exc.code, method=exc.method, url=exc.url) from exc
