@@ -46,7 +46,7 @@ from converter.errors import ConverterError, InvalidReference, UsageError
 from converter.log import configure
 from converter.mirror.jobs import load_job, parse_repository
 from converter.mirror.plan import Status, make_plan, parse_shard
-from converter.mirror.run import ImageReport, RunOptions, format_report, plan_report, run_plan
+from converter.mirror.run import ImageReport, MirrorReport, RunOptions, format_report, plan_report, run_plan
 from converter.registry.client import DEFAULT_RETRY, RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
@@ -154,8 +154,15 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
                             retry=RetryPolicy(attempts=args.retries) if args.retries is not None else DEFAULT_RETRY,
                             timeout=client_timeout(args.timeout))
     with client:
-        plan = make_plan(job, client, shard=shard, estimate=args.dry_run, workers=max(4, options.jobs),
-                         recipe=options.recipe)
+        try:
+            plan = make_plan(job, client, shard=shard, estimate=args.dry_run, workers=max(4, options.jobs),
+                             recipe=options.recipe)
+        except KeyboardInterrupt:
+            if args.report:  # interrupted while planning: no image was started, the report says so
+                _write_report(args.report, MirrorReport(job=job.path, shard=str(shard) if shard else None,
+                                                        dry_run=args.dry_run, images=(),
+                                                        interrupted=True).to_json())
+            raise
         if args.dry_run:
             report = plan_report(plan)
             structlog.get_logger().info("mirror_planned", **{k: v for k, v in report.summary.items()

@@ -29,13 +29,14 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
 
 from converter import __version__
+from converter.cancel import CancelScope, current_scope
 from converter.erofs.target import TargetFormat
 from converter.errors import ConverterError, ImageError, NotFound, UsageError
 from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
@@ -57,6 +58,7 @@ from converter.transports.registry import RegistrySource
 
 log = structlog.get_logger()
 
+_POLL = 0.25  # seconds between checks for a signal while images are looked up
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in the pods of an Indexed Job
 
 
@@ -378,10 +380,28 @@ def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, e
     if shard is not None:
         items = [i for i in items if shard.owns(i.key)]
         failures = [f for f in failures if shard.owns(str(f.entry.repository))]
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="plan") as pool:
-        resolved = list(pool.map(lambda i: resolve_item(i, client, estimate=estimate,
-                                                         recipe=recipe or Recipe(tool_version=tool_version)),
-                                 items))
+    recipe = recipe or Recipe(tool_version=tool_version)
+    # Look-ups run in a scope of their own (a child of the caller's): on Ctrl-C/SIGTERM it is
+    # cancelled, which ends look-ups blocked on a stalled registry at once.
+    scope = CancelScope(parent=current_scope())
+
+    def resolve(item: WorkItem) -> PlannedImage:
+        with scope.entered():
+            return resolve_item(item, client, estimate=estimate, recipe=recipe)
+
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="plan")
+    futures = [pool.submit(resolve, item) for item in items]
+    try:
+        pending = set(futures)
+        while pending:  # woken regularly, so that a signal reaches the main thread
+            _, pending = wait(pending, timeout=_POLL)
+    except BaseException:
+        scope.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    resolved = [future.result() for future in futures]
     images = sorted([*resolved, *failures], key=lambda p: p.entry.index)
     for image in images:
         log.debug("mirror_image_planned", source=image.source, dest=image.dest, status=image.status.value,

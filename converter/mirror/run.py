@@ -162,7 +162,8 @@ class MirrorReport:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {"images": [i.to_json() for i in self.images], "summary": self.summary}
+        return {"images": [i.to_json() for i in self.images], "summary": self.summary,
+                "interrupted": self.interrupted}
 
 
 # --- reports of planned images ------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,3 +155,40 @@ def test_mirror_stops_at_once_on_a_signal(sig: signal.Signals, client: RegistryC
     for n in range(3):  # nothing was tagged
         with pytest.raises(NotFound):
             client.get_manifest(parse_reference(f"{prefix}/out/{namespace}/big{n}:1-erofs-lzma-level-109"))
+
+
+def test_mirror_stops_at_once_while_planning(tmp_path: Path) -> None:
+    """A signal while the plan's look-ups hang on a registry that never answers: exit 130 within
+    seconds (not after the 60 s read timeout), the report written and marked interrupted."""
+    with socket.socket() as silent:  # accepts connections, never answers a request
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        job = tmp_path / "job.yaml"
+        job.write_text("images:\n" + "".join(f'  - {{source: "{host}/app{n}:1", dest: "{host}/out{n}:1"}}\n'
+                                             for n in range(3)))
+        report = tmp_path / "report.json"
+        stderr = tmp_path / "stderr"
+        with stderr.open("wb") as err_file:
+            proc = subprocess.Popen([sys.executable, "-c", MIRROR, str(job), "--report", str(report),
+                                     "--log-format", "json", "-v"],
+                                    stdout=subprocess.DEVNULL, stderr=err_file, cwd=REPO,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            silent.settimeout(60)
+            connection, _ = silent.accept()  # a look-up has connected and now waits for an answer
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            proc.wait(timeout=50)
+            elapsed = time.monotonic() - signalled
+        finally:
+            proc.kill()
+            proc.wait()
+        connection.close()
+    err = stderr.read_text()
+    assert proc.returncode == 130, err
+    assert elapsed < 10, elapsed
+    assert json.loads(err.splitlines()[-1])["event"] == "interrupted"
+    document = json.loads(report.read_text())
+    assert document["interrupted"] is True and document["images"] == []
