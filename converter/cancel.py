@@ -13,14 +13,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 
-from converter.errors import ConverterError
-
-
-class OperationCancelled(ConverterError):
-    """An operation stopped because the ``CancelScope`` it ran in was cancelled."""
-
+from converter.errors import Cancelled
 
 CancelError = Callable[[str], BaseException]
 
@@ -37,10 +33,22 @@ class CancelScope:
     descriptor reused).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, parent: CancelScope | None = None) -> None:
+        """``parent``: cancelling that scope cancels this one too (a mirror run's scope over the
+        scope of each image's layer graph)."""
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._aborts: dict[object, Callable[[], None]] = {}
+        self._children: weakref.WeakSet[CancelScope] = weakref.WeakSet()
+        if parent is not None:
+            parent._adopt(self)
+
+    def _adopt(self, child: CancelScope) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._children.add(child)
+                return
+        child.cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -52,6 +60,9 @@ class CancelScope:
             self._event.set()
             for abort in self._aborts.values():
                 abort()
+            children = list(self._children)
+        for child in children:
+            child.cancel()
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[CancelScope]:
@@ -64,7 +75,7 @@ class CancelScope:
 
     @contextlib.contextmanager
     def blocking(self, abort: Callable[[], None], what: str = "",
-                 error: CancelError = OperationCancelled) -> Iterator[None]:
+                 error: CancelError = Cancelled) -> Iterator[None]:
         """Register ``abort`` (which must not block) while the block runs; ``error`` at once if
         the scope is cancelled already."""
         key = object()
@@ -82,7 +93,7 @@ class CancelScope:
         """Sleep up to ``seconds``; True (early) if the scope is or gets cancelled."""
         return self._event.wait(seconds)
 
-    def check(self, what: str = "", error: CancelError = OperationCancelled) -> None:
+    def check(self, what: str = "", error: CancelError = Cancelled) -> None:
         """Raise ``error`` if the scope is cancelled."""
         if self._event.is_set():
             raise error(_cancelled_message(what))

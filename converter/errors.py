@@ -3,7 +3,8 @@
     ConverterError                 one-line, user-facing message ("doing X to Y: cause")
     ├── UsageError                 bad flags, references or formats (exit status 2)
     │   ├── InvalidReference
-    │   └── InvalidFormat
+    │   ├── InvalidFormat
+    │   └── JobFileError           a mirroring job file is invalid (file, line, field)
     ├── LayerError                 a source layer is malformed (names the layer and the entry)
     ├── ErofsFormatError           an EROFS image is corrupt or uses what we cannot read
     ├── ToolError                  an external program is missing, too old or failed
@@ -11,16 +12,27 @@
     ├── RegistryError              the registry said no (status, code, method, redacted URL)
     │   ├── AuthError
     │   ├── NotFound
-    │   └── DigestMismatch         downloaded bytes do not match their digest
+    │   ├── DigestMismatch         downloaded bytes do not match their digest
+    │   └── TemporaryRegistryError a failure another attempt may fix (retried)
     ├── UnsupportedMediaType
     ├── ImageError                 a manifest/config/index is malformed or inconsistent
-    └── JobConfigError             a mirroring job file is invalid (file, line, field)
+    ├── LayerFailed                a layer's pull, build or push failed (image, layer, stage)
+    ├── PushFailed                 pushing an image's manifest, index or config failed
+    ├── CacheEntryInvalid          a layer cache entry failed a check (a miss, never shown)
+    └── Cancelled                  the CancelScope an operation ran in was cancelled
 
-Third-party exceptions are converted at the boundary with ``raise ... from exc`` so the
-CLI can print one line and choose the exit status without knowing library internals.
+Only ConverterError and OSError are expected failures: the pipeline wraps them with the
+image, layer and stage, and the CLI prints them as one line. Anything else is a bug; it
+propagates unchanged and the CLI reports it as an internal error with its traceback.
+Third-party exceptions are converted at the boundary with ``raise ... from exc``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from converter.reference import Digest
 
 
 class ConverterError(Exception):
@@ -143,5 +155,60 @@ class ImageError(ConverterError):
     """A manifest, index or config is malformed or inconsistent."""
 
 
-class JobConfigError(UsageError):
-    """A mirroring job file is invalid; the message cites file, line and field."""
+class JobFileError(UsageError):
+    """A job file is invalid: ``file``, ``line`` (1-based, 0 if unknown) and ``field`` say where.
+
+    A usage error (exit status 2): the job file is the command's input, like its flags.
+    """
+
+    def __init__(self, message: str, *, file: str, line: int = 0, field: str = "") -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        self.detail = message
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+
+class TemporaryRegistryError(RegistryError):
+    """A transient registry failure (a status another attempt may succeed on, or a dropped
+    connection). Callers should catch RegistryError; this subclass only marks it temporary."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "", method: str = "",
+                 url: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, status=status, code=code, method=method, url=url, temporary=True,
+                         retry_after=retry_after)
+
+
+class LayerFailed(ConverterError):
+    """A layer of an image could not be pulled, converted or pushed; wraps the first failure
+    (a ConverterError or OSError) and keeps its exit status."""
+
+    def __init__(self, message: str, *, image: str, layer: Digest | None, stage: str,
+                 cause: ConverterError | OSError) -> None:
+        super().__init__(message)
+        self.image = image
+        self.layer = layer
+        self.stage = stage
+        self.exit_status = cause.exit_status if isinstance(cause, ConverterError) else 1
+
+
+class PushFailed(ConverterError):
+    """Pushing a converted image's manifest, index or config failed; the message names the
+    source image, then the sink's error (which names the destination)."""
+
+    def __init__(self, message: str, *, image: str, cause: ConverterError) -> None:
+        super().__init__(message)
+        self.image = image
+        self.exit_status = cause.exit_status
+
+
+class CacheEntryInvalid(ConverterError):
+    """A layer cache entry failed a check; the layer is converted instead (never shown to users
+    as a failure)."""
+
+
+class Cancelled(ConverterError):
+    """An operation stopped because the ``CancelScope`` it ran in was cancelled (Ctrl-C, SIGTERM,
+    or a failure elsewhere). The one cancellation error: registry calls, mkfs.erofs runs and
+    the layer graph's readers all raise it; it is never retried."""

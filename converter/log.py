@@ -36,19 +36,26 @@ def _redacting(redact: Callable[[str], str]) -> structlog.types.Processor:
     return processor
 
 
+def resolved_format(fmt: str) -> str:
+    """console or json: ``auto`` is console on a TTY, json otherwise."""
+    if fmt == "auto":
+        return "console" if sys.stderr.isatty() else "json"
+    return fmt
+
+
 def configure(*, fmt: str = "auto", verbosity: int = 0, redact: Callable[[str], str] | None = None) -> None:
     """Route structlog to stderr; ``fmt`` is console, json or auto (console on a TTY).
 
     ``redact``, if given, rewrites every string of every event (and its formatted exception)
     before it is rendered: the mirror command hides expanded job-file variables with it."""
-    if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
+    fmt = resolved_format(fmt)
     level = LEVELS.get(max(-1, min(1, verbosity)), logging.INFO)
-    renderer: structlog.types.Processor
+    renderers: list[structlog.types.Processor]
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer(sort_keys=True)
+        # A logged exception (``log.exception``) carries its traceback as the "exception" field.
+        renderers = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(sort_keys=True)]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderers = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     hide: list[structlog.types.Processor] = []
     if redact is not None:
         hide = [structlog.processors.format_exc_info, _redacting(redact)]
@@ -58,7 +65,7 @@ def configure(*, fmt: str = "auto", verbosity: int = 0, redact: Callable[[str], 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             *hide,
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

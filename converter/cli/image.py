@@ -10,29 +10,33 @@ import argparse
 import os
 import re
 import sys
-import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import httpx
 import structlog
 
 from converter import log as logsetup
+from converter.cli.args import limit, verbosity
+from converter.cli.progress import LayerBars, summary_line
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.erofs.target import parse_format
-from converter.errors import UsageError
+from converter.errors import ImageError, NotFound, UsageError
+from converter.mirror.plan import Recipe, existing_conversion, selected_manifests
 from converter.oci.mediatypes import parse_profile
-from converter.oci.model import Platform
+from converter.oci.model import Index, Platform, parse_manifest
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.options import default_destination
-from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
-from converter.reference import Location, OciLayoutRef, Reference, parse_location
+from converter.pipeline.progress import ProgressCallback
+from converter.reference import Digest, Location, OciLayoutRef, Reference, parse_location
 from converter.registry.client import DEFAULT_RETRY, DEFAULT_TIMEOUT, RegistryClient
 from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
 from converter.transports import open_sink, open_source
+from converter.transports.base import ImageSource
+from converter.transports.registry import check_push_access
 
 PLAIN_HTTP_ENV = "CONVERT_PLAIN_HTTP"  # comma- or space-separated hosts, as docker/compose.yaml sets it
 
@@ -71,20 +75,12 @@ def make_client(*, plain_http: Sequence[str] = (), ca_bundle: str | None = None,
                           timeout=timeouts)
 
 
-def layer_limit(value: int | None, default: int) -> int | None:
-    """A ``--max-expanded``/``--max-entries`` value as a limit: absent (None) is the default, 0 is
-    None (no limit); the same rule as ``convert layer``'s flags."""
-    if value is None:
-        return default
-    return value or None
-
-
 def parse_platforms(values: Sequence[str]) -> tuple[Platform, ...]:
     out = []
     for v in values:
         try:
             out.append(Platform.parse(v))
-        except Exception as exc:  # the model raises its own error type; make it a usage error
+        except UsageError as exc:
             raise UsageError(f"--platform {v!r}: expected OS/ARCH[/VARIANT]") from exc
     return tuple(out)
 
@@ -96,43 +92,52 @@ def _close_later(stack: ExitStack, transport: object) -> None:
         stack.callback(close)
 
 
+def parse_destination(text: str) -> Location:
+    """``--dest``: a registry destination needs its tag spelled out (as in mirror jobs), since
+    Docker's grammar would quietly make ``REPO`` mean ``REPO:latest``; ``oci:DIR`` means tag
+    ``latest`` (an OCI layout's default name)."""
+    dest = parse_location(text)
+    if isinstance(dest, Reference) and dest.digest is None:
+        body = text.removeprefix("docker://")
+        if body.rfind(":") <= body.rfind("/"):
+            raise UsageError(f"--dest {text}: give a tag (--dest {text}:TAG); without --dest the result "
+                             "goes to the source repository under <tag>-<format>")
+    return dest
+
+
+def same_image(src: Location, dest: Location) -> bool:
+    """Whether writing ``dest`` would overwrite the tag ``src`` was read from."""
+    if isinstance(src, Reference) and isinstance(dest, Reference):
+        return src.name == dest.name and src.tag is not None and src.tag == dest.tag
+    if isinstance(src, OciLayoutRef) and isinstance(dest, OciLayoutRef):
+        return (src.path.resolve() == dest.path.resolve()
+                and (src.tag or "latest") == (dest.tag or "latest"))
+    return False
+
+
+def already_converted(source: ImageSource, src: Location, dest: Location,
+                      options: ConvertOptions, client: RegistryClient | None) -> Digest | None:
+    """The destination's digest if it already holds this very conversion of the source (same
+    source digest and provenance, the same platforms; see ``converter.mirror.plan``), else None.
+    A destination that cannot be read (not there yet, no access) is simply not converted yet."""
+    data, media_type, digest = source.get_manifest()
+    doc = parse_manifest(data, media_type, digest=digest, what=f"manifest {_display(src)}")
+    selected = selected_manifests(doc, digest, options, _display(src))
+    recipe = Recipe(tool_version=options.tool_version, builder=options.builder, build_time=options.build_time)
+    try:
+        existing, reason = existing_conversion(open_source(dest, client=client), source_digest=digest,
+                                               selected=selected, source_is_index=isinstance(doc, Index),
+                                               wanted=options, recipe=recipe)
+    except (NotFound, ImageError) as exc:
+        existing, reason = None, str(exc)
+    structlog.get_logger().debug("destination_checked", converted=existing is not None, reason=reason)
+    return existing
+
+
 def _display(loc: Location) -> str:
     if isinstance(loc, OciLayoutRef):
         return f"oci:{loc.path}" + (f":{loc.tag}" if loc.tag else "")
     return str(loc)
-
-
-class _Bars:
-    """rich progress bars: one row per layer and stage (pull, convert, push)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                  TransferSpeedColumn(), console=Console(stderr=True), transient=False)
-        self._tasks: dict[tuple[str, int, Stage], Any] = {}
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> _Bars:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(None, None, None)
-
-    def __call__(self, ev: ProgressEvent) -> None:
-        key = (ev.platform, ev.index, ev.stage)
-        with self._lock:
-            task = self._tasks.get(key)
-            if task is None:
-                label = f"{ev.platform} layer {ev.index} {ev.layer.hex[:12]} {ev.stage.value:<7}"
-                task = self._progress.add_task(label, total=ev.total)
-                self._tasks[key] = task
-            completed = ev.total if ev.done and ev.total else ev.completed
-            self._progress.update(task, completed=completed, total=ev.total)
-            if ev.note:
-                self._progress.update(task, description=f"{self._progress.tasks[task].description} ({ev.note})")
 
 
 @contextmanager
@@ -140,31 +145,31 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
     if not enabled:
         yield None
         return
-    with _Bars() as bars:
+    with LayerBars() as bars:
         yield bars
 
 
 def run_image_conversion(args: argparse.Namespace) -> int:
     """Convert one image per the parsed flags; prints ``REF@sha256:…`` on success."""
-    verbosity = -1 if args.quiet else (1 if args.verbose else 0)
-    logsetup.configure(fmt=args.log_format or "auto", verbosity=verbosity)
+    logsetup.configure(fmt=args.log_format or "auto", verbosity=verbosity(args))
     fmt = parse_format(args.to)
     src = parse_location(args.source)
-    dest = parse_location(args.dest) if args.dest else default_destination(src, fmt)
-    if args.jobs < 0:
-        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    dest = parse_destination(args.dest) if args.dest else default_destination(src, fmt)
+    if same_image(src, dest) and not args.force:
+        raise UsageError(f"--dest {_display(dest)} is the source: converting would replace the source image "
+                         "under its tag (give --force to do it anyway)")
     options = ConvertOptions(
         fmt=fmt,
         profile=parse_profile(args.media_type_profile),
         platforms=parse_platforms(args.platform),
         merge_index=args.merge_index,
         referrer=args.referrer,
-        jobs=args.jobs,
+        jobs=args.layer_jobs,
         builder=args.builder,
         workdir=Path(args.workdir) if args.workdir else None,
         build_time=default_build_time(),
-        max_expanded=layer_limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
-        max_entries=layer_limit(args.max_entries, DEFAULT_MAX_ENTRIES),
+        max_expanded=limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
+        max_entries=limit(args.max_entries, DEFAULT_MAX_ENTRIES),
     )
     needs_client = isinstance(src, Reference) or isinstance(dest, Reference)
     retry = RetryPolicy(attempts=args.retries) if args.retries is not None else None
@@ -173,11 +178,27 @@ def run_image_conversion(args: argparse.Namespace) -> int:
     with client if client is not None else nullcontext(), ExitStack() as stack:
         source = open_source(src, client=client)
         _close_later(stack, source)
+        if not args.force:
+            done = already_converted(source, src, dest, options, client)
+            if done is not None:
+                structlog.get_logger().info("already_converted", dest=_display(dest), digest=str(done),
+                                            hint="--force converts again")
+                print(f"{_display(dest)}@{done}")
+                return 0
+        if isinstance(dest, Reference):
+            assert client is not None
+            check_push_access(client, dest)
         sink = open_sink(dest, client=client)
         _close_later(stack, sink)
         show_bars = sys.stderr.isatty() and not args.quiet and (args.log_format in (None, "console"))
+        started = time.monotonic()
         with _progress(show_bars) as progress:
             result = convert_image(source, src, sink, dest, options=options, progress=progress,
                                    log=structlog.get_logger())
+    summary = summary_line(result, time.monotonic() - started)
+    if logsetup.resolved_format(args.log_format or "auto") == "json":
+        structlog.get_logger().info("conversion_summary", summary=summary)
+    elif not args.quiet:
+        print(summary, file=sys.stderr)
     print(f"{_display(dest)}@{result.digest}")
     return 0

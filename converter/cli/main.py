@@ -6,142 +6,118 @@
     convert cat IMAGE.erofs PATH                      print a file of an EROFS image
     convert mirror JOB.yaml ...                       run a mirroring job
 
-Exit status: 0 success, 1 failure, 2 usage. Errors are one line on stderr.
+Exit status: 0 success, 1 failure, 2 usage, 70 internal error (a bug: its traceback is printed),
+130 interrupted. Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
+import datetime
+import json
 import os
+import shutil
 import signal
 import stat
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from converter import __version__
-from converter.cli.args import UsageParser
-from converter.errors import ConverterError
+from converter.cli.args import (
+    INTERNAL_ERROR,
+    INTERRUPTED_EXIT,
+    UsageParser,
+    add_builder_flag,
+    add_limit_flags,
+    add_output_flags,
+    add_registry_flags,
+    jobs,
+    limit,
+    suggest,
+)
+from converter.errors import ConverterError, UsageError
+
+if TYPE_CHECKING:
+    from converter.erofs.reader import ErofsImage
 
 SUBCOMMANDS = ("layer", "ls", "cat", "mirror")
 
 
 def _layer_parser() -> argparse.ArgumentParser:
-    p = UsageParser(prog="convert layer", description="Convert one tar layer (tar, tar+gzip, tar+zstd) to EROFS.")
+    p = UsageParser(prog="convert layer", description="Convert one tar layer (tar, tar+gzip, tar+zstd) to EROFS.",
+                    epilog="examples:\n"
+                    "  convert layer layer.tar.gz -o layer.erofs\n"
+                    "  convert layer - -o layer.erofs --to erofs+zstd,level=9 --bottom < layer.tar\n"
+                    "  convert layer layer.tar -o - --to erofs+lz4 | ssh host 'cat > layer.erofs'")
     p.add_argument("input", help="layer file, or - for stdin")
-    p.add_argument("-o", "--output", required=True, help="the EROFS image to write")
-    p.add_argument("--to", default="erofs", help="erofs (raw) or erofs+ALGO[,level=N]; ALGO: "
-                   "lz4, lz4hc, zstd, deflate, lzma")
+    p.add_argument("-o", "--output", required=True,
+                   help="the EROFS image to write; - writes it to stdout (not to a terminal)")
+    p.add_argument("--to", default="erofs", metavar="FORMAT", help="erofs (raw, default) or "
+                   "erofs+ALGO[,level=N]; ALGO: lz4, lz4hc, zstd, deflate, lzma")
     p.add_argument("--bottom", action="store_true", help="the bottom layer: keep no whiteouts/opaque markers")
-    p.add_argument("--builder", choices=("python", "mkfs"), default="python",
-                   help="raw images: our writer (default) or mkfs.erofs; compressed always use mkfs.erofs")
+    add_builder_flag(p)
     p.add_argument("--media-type", help="the layer's media type, checked against its magic bytes")
-    p.add_argument("--max-expanded", type=_size, default=None, metavar="SIZE",
-                   help="refuse a layer whose tar, or whose files together, exceed SIZE bytes "
-                   "(suffixes K, M, G, T; 0 = no limit; default 64G)")
-    p.add_argument("--max-entries", type=_count, default=None, metavar="N",
-                   help="refuse a layer with more than N tar entries (0 = no limit; default 1000000)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_limit_flags(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="print digest, size and time on stderr")
     return p
 
 
-_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def _size(text: str) -> int:
-    """A byte count like ``512``, ``64M`` or ``2G`` (binary multiples; a trailing B or iB is allowed)."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    number, suffix = (value[:-1], value[-1]) if value[-1:] in ("K", "M", "G", "T") else (value, "")
-    if not number.isdigit():
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512, 64M, 2G)")
-    return int(number) * _SIZE_SUFFIXES[suffix]
-
-
-def _count(text: str) -> int:
-    """A non-negative whole number."""
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
-    return int(text)
-
-
-def _limit(value: int | None, default: int) -> int | None:
-    """A limit flag's value: the default when absent, None (unlimited) when 0."""
-    if value is None:
-        return default
-    return value or None
-
-
 def _ls_parser() -> argparse.ArgumentParser:
-    p = UsageParser(prog="convert ls", description="List an EROFS image like `tar tv`.")
-    p.add_argument("image")
-    p.add_argument("path", nargs="?", default="/")
+    p = UsageParser(prog="convert ls", description="List an EROFS image like `tar tv`.",
+                    epilog="examples:\n  convert ls layer.erofs\n  convert ls layer.erofs /etc -x")
+    p.add_argument("image", help="the EROFS image file")
+    p.add_argument("path", nargs="?", default="/", help="list only this directory (default /)")
     p.add_argument("-x", "--xattrs", action="store_true", help="show extended attributes")
     return p
 
 
 def _cat_parser() -> argparse.ArgumentParser:
-    p = UsageParser(prog="convert cat", description="Write a file of an EROFS image to stdout.")
-    p.add_argument("image")
-    p.add_argument("path")
+    p = UsageParser(prog="convert cat", description="Write a file of an EROFS image to stdout.",
+                    epilog="example:\n  convert cat layer.erofs /etc/os-release")
+    p.add_argument("image", help="the EROFS image file")
+    p.add_argument("path", help="the file to print")
     return p
-
-
-def _attempts(text: str) -> int:
-    """A number of tries: a whole number of at least 1."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a number of tries (1 or more): {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    """A positive, finite duration in seconds, like ``30`` or ``2.5``."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (0 < value < math.inf):
-        raise argparse.ArgumentTypeError(f"not a number of seconds (more than 0): {text!r}")
-    return value
 
 
 def _image_parser() -> argparse.ArgumentParser:
     p = UsageParser(
         prog="convert",
-        description="Convert a container image's layers to EROFS and push the result. "
-        "Also: convert layer|ls|cat|mirror (see convert SUBCOMMAND --help).",
+        description="Convert a container image's layers to EROFS and push the result; prints REF@DIGEST.\n"
+        f"Also: convert {'|'.join(COMMANDS)} (see convert SUBCOMMAND --help).",
+        epilog="examples:\n"
+        "  convert ghcr.io/org/app:1.4 --to erofs+lz4        # pushes ghcr.io/org/app:1.4-erofs-lz4\n"
+        "  convert ghcr.io/org/app:1.4 --dest registry.example/app:1.4-erofs --platform linux/amd64\n"
+        "  convert oci:./layout:latest --dest oci:./out:latest\n"
+        "exit status: 0 done, 1 failed, 2 usage, 70 internal error (a bug), 130 interrupted",
     )
-    p.add_argument("source", help="registry reference (ghcr.io/x:tag) or oci:DIR[:TAG]")
-    p.add_argument("--to", default="erofs", help="erofs or erofs+ALGO[,level=N] (default erofs)")
-    p.add_argument("--dest", help="destination reference; default: the source repository, tag <tag>-<format>")
-    p.add_argument("--platform", action="append", default=[], help="OS/ARCH[/VARIANT]; repeatable")
-    p.add_argument("--media-type-profile", default="spec", choices=("spec", "containerd-2.1", "containerd-2.3"))
+    p.add_argument("source", help="registry reference (ghcr.io/x:tag, host:port/x@sha256:...) or oci:DIR[:TAG]")
+    p.add_argument("--to", default="erofs", metavar="FORMAT",
+                   help="erofs (raw, default) or erofs+ALGO[,level=N]; ALGO: lz4, lz4hc, zstd, deflate, lzma")
+    p.add_argument("--dest", help="destination REPO:TAG or oci:DIR[:TAG]; default: the source repository, "
+                   "tag <tag>-<format>")
+    p.add_argument("--force", action="store_true", help="convert even if the destination already holds this "
+                   "conversion, and allow --dest to be the source itself")
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
+                   help="convert only this platform of an index (repeatable; default: all)")
+    p.add_argument("--media-type-profile", default="spec", choices=("spec", "containerd-2.1", "containerd-2.3"),
+                   help="the media types to write, by who will pull the image: spec (the draft EROFS "
+                   "layer spec, default), containerd-2.1 or containerd-2.3 (released containerd)")
     p.add_argument("--merge-index", action="store_true", help="keep the source manifests in the new index")
     p.add_argument("--no-referrer", dest="referrer", action="store_false",
                    help="do not make the source the converted image's OCI 1.1 subject (referrer)")
-    p.add_argument("--plain-http", action="append", default=[], metavar="REGISTRY",
-                   help="allow plain HTTP to this registry (loopback registries always may)")
-    p.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
-    p.add_argument("--retries", type=_attempts, default=None, metavar="N",
-                   help="tries per registry request, the first included (default 4; 1 = never retry); "
-                   "also how often a blob that arrives corrupted (digest mismatch) is downloaded")
-    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
-                   help="a registry transfer that sends or accepts nothing for SECONDS fails (and is "
-                   "retried); default 60. Connecting always gives up after 10 s")
-    p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: by CPU count)")
-    p.add_argument("--builder", choices=("python", "mkfs"), default="python")
-    p.add_argument("--max-expanded", type=_size, default=None, metavar="SIZE",
-                   help="refuse a layer whose tar, or whose files together, exceed SIZE bytes "
-                   "(suffixes K, M, G, T; 0 = no limit; default 64G)")
-    p.add_argument("--max-entries", type=_count, default=None, metavar="N",
-                   help="refuse a layer with more than N tar entries (0 = no limit; default 1000000)")
-    p.add_argument("--workdir", help="temporary files go here (default: a private temp dir)")
-    p.add_argument("--log-format", choices=("console", "json"), default=None)
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_registry_flags(p, plain_http_env="CONVERT_PLAIN_HTTP")
+    p.add_argument("--layer-jobs", "--jobs", dest="layer_jobs", type=jobs, default=0, metavar="N",
+                   help="layers converted at once (0 = default: by CPU count)")
+    add_builder_flag(p)
+    add_limit_flags(p)
+    p.add_argument("--workdir", metavar="DIR", help="temporary files go here (default: a private temp dir)")
+    add_output_flags(p)
     p.add_argument("--version", action="version", version=f"erofs-converter {__version__}")
     return p
 
@@ -172,15 +148,26 @@ def cmd_layer(argv: Sequence[str]) -> int:
 
     fmt = parse_format(args.to)
     options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time(),
-                           max_expanded=_limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
-                           max_entries=_limit(args.max_entries, DEFAULT_MAX_ENTRIES))
+                           max_expanded=limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
+                           max_entries=limit(args.max_entries, DEFAULT_MAX_ENTRIES))
     options.resolved_builder()
-    out = Path(args.output)
+    to_stdout = args.output == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("layer: -o -: refusing to write an EROFS image to a terminal; redirect stdout")
     name = "stdin" if args.input == "-" else args.input
     started = time.monotonic()
-    with _input(args.input) as src:
-        result = convert_layer(src, out, options=options, media_type=args.media_type, layer=name,
-                               workdir=out.parent)
+    with contextlib.ExitStack() as stack:
+        if to_stdout:  # built in a private directory, then copied: the image is only complete at the end
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="erofs-layer-"))) / "layer.erofs"
+        else:
+            out = Path(args.output)
+        with _input(args.input) as src:
+            result = convert_layer(src, out, options=options, media_type=args.media_type, layer=name,
+                                   workdir=out.parent)
+        if to_stdout:
+            with open(out, "rb") as image:
+                shutil.copyfileobj(image, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
     if args.verbose:
         print(f"{result.digest} {result.size} bytes from {result.source_size} source bytes "
               f"({result.source_digest}) in {time.monotonic() - started:.2f}s", file=sys.stderr)
@@ -203,11 +190,34 @@ def _esc(name: bytes) -> str:
     return name.decode("utf-8", "backslashreplace")
 
 
+_LOOKS_LIKE = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bzip2"),
+               (b"\xfd7zXZ\x00", "xz"))
+
+
+def _open_image(path: str) -> ErofsImage:
+    """Open an EROFS image for ls/cat; an error names the file and, for a layer given by mistake,
+    what it looks like."""
+    from converter.erofs.reader import ErofsImage
+    from converter.errors import ErofsFormatError
+
+    try:
+        return ErofsImage.open(path)
+    except ErofsFormatError as exc:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        kind = next((name for magic, name in _LOOKS_LIKE if head.startswith(magic)), None)
+        if kind is None and len(head) == 512 and head[257:262] == b"ustar":
+            kind = "tar"
+        if kind is None:
+            raise ErofsFormatError(f"reading {path}: {exc}") from exc
+        raise ErofsFormatError(f"reading {path}: not an EROFS image, it looks like a {kind} file (a layer? "
+                               f"`convert layer {path} -o OUT.erofs` converts one)") from exc
+
+
 def cmd_ls(argv: Sequence[str]) -> int:
     args = _ls_parser().parse_args(argv)
-    from converter.erofs.reader import ErofsImage
 
-    with ErofsImage.open(args.image) as img:
+    with _open_image(args.image) as img:
         out = sys.stdout
         want = b"/" + os.fsencode(args.path).strip(b"/")
         img.stat(want)  # a clear error when the path does not exist
@@ -242,9 +252,8 @@ def _xattr_value(value: bytes) -> str:
 
 def cmd_cat(argv: Sequence[str]) -> int:
     args = _cat_parser().parse_args(argv)
-    from converter.erofs.reader import ErofsImage
 
-    with ErofsImage.open(args.image) as img:
+    with _open_image(args.image) as img:
         out = sys.stdout.buffer
         for chunk in img.read_file(args.path):
             out.write(chunk)
@@ -286,15 +295,59 @@ def _install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON logs (then the final error is a JSON line too)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
+
+
+def _unknown_command(argv: Sequence[str]) -> None:
+    """Refuse a first word that is no image reference but looks like a mistyped subcommand."""
+    if not argv or argv[0] in COMMANDS or argv[0].startswith("-"):
+        return
+    word = argv[0]
+    if any(c in word for c in "/:.@"):  # a registry, a path, a tag or a digest: a reference
+        return
+    close = suggest(word, list(COMMANDS))
+    if close is not None:
+        raise UsageError(f"unknown command {word!r}: did you mean 'convert {close}'? (an image on Docker Hub "
+                         f"is docker.io/library/{word}:TAG)")
+
+
+class _Stderr:
+    """Writes the final message: one "convert: ..." line, or one JSON object with --log-format json."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json_lines = json_lines
+
+    def __call__(self, message: str, *, status: int, event: str = "error", trace: str = "") -> None:
+        if self.json_lines:
+            record = {"event": event, "level": "error", "error": message, "exit_status": status,
+                      "timestamp": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")}
+            if trace:
+                record["exception"] = trace
+            print(json.dumps(record, sort_keys=True), file=sys.stderr)
+            return
+        print(f"convert: {message}", file=sys.stderr)
+        if trace:
+            print(trace, end="", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _install_signal_handlers()
+    say = _Stderr(_wants_json(argv))
     try:
+        _unknown_command(argv)
         if argv and argv[0] in COMMANDS:
             return COMMANDS[argv[0]](argv[1:])
         return cmd_image(argv)
     except ConverterError as exc:
-        print(f"convert: {exc}", file=sys.stderr)
+        say(str(exc), status=exc.exit_status)
         return exc.exit_status
     except BrokenPipeError:  # `convert cat IMG f | head`: the reader left; say nothing more
         with contextlib.suppress(OSError):
@@ -302,15 +355,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except FileNotFoundError as exc:  # e.g. `convert ls IMG /missing`
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"convert: {where}no such file or directory", file=sys.stderr)
+        say(f"{where}no such file or directory", status=1)
         return 1
     except OSError as exc:  # disk full, permissions, ...: one line, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"convert: {where}{exc.strerror or exc}", file=sys.stderr)
+        say(f"{where}{exc.strerror or exc}", status=1)
         return 1
     except KeyboardInterrupt:
-        print("convert: interrupted", file=sys.stderr)
-        return 130
+        say("interrupted", status=INTERRUPTED_EXIT, event="interrupted")
+        return INTERRUPTED_EXIT
+    except Exception as exc:  # a bug: reported as one, never disguised as a user error
+        say(f"internal error: {type(exc).__name__}: {exc}", status=INTERNAL_ERROR, event="internal_error",
+            trace="".join(traceback.format_exception(exc)))
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

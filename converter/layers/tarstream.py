@@ -42,6 +42,11 @@ __all__ = ["BLOCK_SIZE", "ByteSource", "TarReader", "parse_pax_records"]
 
 BLOCK_SIZE = 512
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
+# An EROFS image starts with 1024 zero bytes (room for a boot sector), then its superblock's magic,
+# EROFS_SUPER_MAGIC_V1 (fs/erofs/erofs_fs.h): the zeros read as a tar end-of-archive marker.
+_EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")
+# How far past an end-of-archive marker at the very start we look for data that makes it no tar.
+_EMPTY_CHECK = 64 << 10
 _READ_SIZE = 1 << 20  # refill size: one large read amortises decompressor/pipe call overhead
 _DIRECT_READ = 1 << 16  # file data requests at least this big bypass our buffer (no extra copy)
 
@@ -322,6 +327,12 @@ class _Source:
         self._pos = pos + BLOCK_SIZE
         return self._buf[pos : pos + BLOCK_SIZE]
 
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes ahead, without consuming them (fewer at the end of the stream)."""
+        if len(self._buf) - self._pos < n:
+            self._fill(n)
+        return self._buf[self._pos : self._pos + n]
+
     def read_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes (used for extended headers, whose size is capped)."""
         if len(self._buf) - self._pos < n and self._fill(n) < n:
@@ -601,6 +612,7 @@ class TarReader:
 
     def _members(self) -> Iterator[tuple[TarEntry, FileData | None]]:
         count = 0
+        seen = False  # any header read: an archive that starts with its end marker is suspect
         pending = _Pending()
         while True:
             try:
@@ -610,7 +622,10 @@ class TarReader:
             except _Malformed as exc:
                 raise self._error(str(exc)) from None
             if item is None:
+                if not seen:
+                    self._check_empty()
                 break
+            seen = True
             entry, data = item
             pending = _Pending()
             if entry is None:
@@ -623,6 +638,18 @@ class TarReader:
                 data._finish()
         if self._drain:
             self._src.drain()
+
+    def _check_empty(self) -> None:
+        """Refuse input that starts with an end-of-archive marker but is followed by data: an
+        EROFS image (1024 zero bytes, then a superblock) or another non-tar would otherwise read
+        as an empty layer. Only zeros (record padding) may follow the marker of an empty tar."""
+        ahead = self._src.peek(_EMPTY_CHECK)
+        if ahead[:4] == _EROFS_MAGIC:
+            raise self._error("not a tar archive: this is an EROFS image (its superblock follows the "
+                              "1024 zero bytes that read as a tar end-of-archive marker)")
+        if ahead.count(0) != len(ahead):
+            raise self._error("not a tar archive: it starts with an end-of-archive marker (two zero "
+                              "blocks) followed by data")
 
     def _next_member(self, pending: _Pending) -> tuple[TarEntry | None, _MemberData | None] | None:
         """Read headers up to and including the next member; None at the end of the archive.

@@ -71,7 +71,7 @@ import structlog
 from converter.convert.layer import LayerOptions, LayerResult, layer_uuid, read_layer
 from converter.erofs.format import EROFS_MAGIC, SUPERBLOCK, SUPERBLOCK_OFFSET, Superblock
 from converter.erofs.tools import erofs_utils
-from converter.errors import ConverterError, ErofsFormatError, NotFound, RegistryError
+from converter.errors import CacheEntryInvalid, ConverterError, ErofsFormatError, NotFound, RegistryError
 from converter.layers.model import DirMeta, FileData, Inode, LowerView, NodeKind
 from converter.mirror.jobs import Repository
 from converter.oci.mediatypes import MediaType, Profile
@@ -96,10 +96,6 @@ EMPTY_DESCRIPTOR = Descriptor(media_type=MediaType.OCI_EMPTY, digest=Digest.from
                               size=len(EMPTY_CONFIG))
 LOCAL_FILE_VERSION = 1
 _HEAD_BYTES = SUPERBLOCK_OFFSET + SUPERBLOCK.size
-
-
-class CacheEntryInvalid(ConverterError):
-    """A cache entry failed a check; the layer is converted instead (never shown to users as a failure)."""
 
 
 # --- keys and chains --------------------------------------------------------------------------

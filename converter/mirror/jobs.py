@@ -58,7 +58,7 @@ from typing import Any
 import yaml
 
 from converter.erofs.target import TargetFormat, parse_format
-from converter.errors import ConverterError, InvalidFormat, InvalidReference, JobConfigError
+from converter.errors import ConverterError, InvalidFormat, InvalidReference, JobFileError
 from converter.oci.mediatypes import Profile
 from converter.oci.model import Platform
 from converter.reference import Reference, parse_reference
@@ -79,18 +79,6 @@ _FIELD_RE = re.compile(r"\{([^{}]*)\}|(\{\{)|(\}\})|([{}])")
 _GLOB_CHARS_RE = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]+")
 _VERSION_RE = re.compile(r"v?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?")
 _NATURAL_RE = re.compile(r"(\d+)")
-
-
-class JobFileError(JobConfigError):
-    """A job file is invalid: ``file``, ``line`` (1-based, 0 if unknown) and ``field`` say where."""
-
-    def __init__(self, message: str, *, file: str, line: int = 0, field: str = "") -> None:
-        self.file = file
-        self.line = line
-        self.field = field
-        self.detail = message
-        where = f"{file}:{line}" if line else file
-        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,22 +31,37 @@ import enum
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
 from converter import __version__
-from converter.errors import ConverterError, NotFound, UsageError
+from converter.cancel import CancelScope, current_scope
+from converter.erofs.target import TargetFormat
+from converter.errors import ConverterError, ImageError, NotFound, UsageError
 from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
-from converter.oci.model import Index, Manifest, parse_image_manifest, parse_manifest
-from converter.oci.rewrite import Provenance, is_erofs_entry, plan_index
+from converter.oci.mediatypes import Profile
+from converter.oci.model import (
+    MAX_CONFIG_SIZE,
+    Index,
+    Manifest,
+    Platform,
+    parse_config,
+    parse_image_manifest,
+    parse_manifest,
+)
+from converter.oci.rewrite import Provenance, check_source_layers, is_erofs_entry, plan_index, platform_selection
 from converter.reference import Digest, Reference, is_valid_tag
 from converter.registry.client import RegistryClient
+from converter.transports.base import ImageSource
+from converter.transports.registry import RegistrySource
 
 log = structlog.get_logger()
 
 REFERRERS_TAG = re.compile(r"sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128}")
+_POLL = 0.25  # seconds between checks for a signal while images are looked up
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in the pods of an Indexed Job
 
 
@@ -141,6 +156,7 @@ class PlannedImage:
     source_digest: Digest | None = None
     dest_digest: Digest | None = None  # the existing conversion, when skipped
     estimated_bytes: int | None = None  # source layer bytes to pull (dry runs)
+    estimated_layers: tuple[tuple[Digest, int], ...] = ()  # those layers (digest, size): shared ones count once
     reason: str = ""
     error: str = ""
 
@@ -268,36 +284,71 @@ def _check_collisions(items: Sequence[WorkItem]) -> tuple[list[WorkItem], list[P
 # --- resolving --------------------------------------------------------------------------------
 
 
-def _selected_manifests(doc: Manifest | Index, digest: Digest, settings: Settings, image: str,
-                        ) -> tuple[Digest, ...]:
-    """The source manifests a conversion with ``settings`` converts (one for a single manifest)."""
+class Wanted(Protocol):
+    """The options of a request that a conversion's provenance and shape must match (a job's
+    ``Settings`` or the CLI's ``ConvertOptions``)."""
+
+    @property
+    def fmt(self) -> TargetFormat: ...
+    @property
+    def profile(self) -> Profile: ...
+    @property
+    def platforms(self) -> tuple[Platform, ...]: ...
+    @property
+    def merge_index(self) -> bool: ...
+
+
+def selected_manifests(doc: Manifest | Index, digest: Digest, wanted: Wanted, image: str) -> tuple[Digest, ...]:
+    """The source manifests a conversion as ``wanted`` converts (one for a single manifest)."""
     if isinstance(doc, Manifest):
         return (digest,)
-    plan = plan_index(doc, platforms=settings.platforms, merge=settings.merge_index, image=image)
+    plan = plan_index(doc, platforms=wanted.platforms, merge=wanted.merge_index, image=image)
     return tuple(d.digest for d in plan.convert)
 
 
-def _estimate(client: RegistryClient, source: Reference, doc: Manifest | Index,
-              selected: Sequence[Digest]) -> int:
+def _estimate(client: RegistryClient, source: Reference, doc: Manifest | Index, selected: Sequence[Digest],
+              wanted: Wanted) -> tuple[tuple[Digest, int], ...]:
+    """The source layers a conversion would pull; raises what the conversion would certainly
+    fail with (a layer already EROFS or not convertible, a single image of another platform)."""
+    manifests: list[tuple[Manifest, str]] = []
     if isinstance(doc, Manifest):
-        return sum(layer.size for layer in doc.layers)
-    total = 0
-    for digest in dict.fromkeys(selected):  # an index may list one manifest many times
-        data, media_type, _ = client.get_manifest(source.registry, source.repository, digest)
-        manifest = parse_image_manifest(data, str(media_type), digest=digest, what=f"manifest {source.name}@{digest}")
-        total += sum(layer.size for layer in manifest.layers)
-    return total
+        manifests.append((doc, str(source)))
+        if wanted.platforms:
+            raw = client.get_blob_bytes(source.registry, source.repository, doc.config.digest,
+                                        max_size=MAX_CONFIG_SIZE)
+            platform = parse_config(raw, descriptor=doc.config, what=f"config of {source}").platform
+            if not any(platform.matches(p) for p in wanted.platforms):
+                want = ", ".join(str(p) for p in wanted.platforms)
+                raise ImageError(f"converting {source}: the image is {platform}, not {want}")
+    else:
+        for digest in dict.fromkeys(selected):  # an index may list one manifest many times
+            data, media_type, _ = client.get_manifest(source.registry, source.repository, digest)
+            what = f"manifest {source.name}@{digest}"
+            manifests.append((parse_image_manifest(data, str(media_type), digest=digest, what=what),
+                              f"{source.name}@{digest}"))
+    layers: list[tuple[Digest, int]] = []
+    for manifest, image in manifests:
+        check_source_layers(manifest, image=image)
+        layers.extend((layer.digest, layer.size) for layer in manifest.layers)
+    return tuple(layers)
 
 
-def _same_options(prov: Provenance, settings: Settings, tool_version: str) -> str:
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """What decides a conversion's bytes besides the job's settings: the run's options."""
+
+    tool_version: str = __version__
+    builder: str = "python"
+    build_time: int = 0
+
+
+def _same_options(prov: Provenance, wanted: Wanted, recipe: Recipe) -> str:
     """Why an existing conversion's provenance differs from what we would make ("" if it does not)."""
-    if prov.fmt != str(settings.fmt):
-        return f"made as {prov.fmt}, want {settings.fmt}"
-    if prov.profile is not settings.profile:
-        return f"made with profile {prov.profile.value}, want {settings.profile.value}"
-    if prov.version != tool_version:
-        return f"made by erofs-converter {prov.version}, this is {tool_version}"
-    return ""
+    want = Provenance(source_digest=prov.source_digest, fmt=str(wanted.fmt),
+                      profile=wanted.profile, version=recipe.tool_version,
+                      platforms=platform_selection(wanted.platforms), builder=recipe.builder,
+                      build_time=recipe.build_time)
+    return want.differs(prov)
 
 
 def _source_of(doc: Manifest | Index, prov: Provenance) -> Digest | None:
@@ -308,15 +359,15 @@ def _source_of(doc: Manifest | Index, prov: Provenance) -> Digest | None:
     return prov.source_digest
 
 
-def existing_conversion(client: RegistryClient, dest: Reference, *, source_digest: Digest,
-                        selected: Sequence[Digest], source_is_index: bool, settings: Settings,
-                        tool_version: str = __version__) -> tuple[Digest | None, str]:
-    """(digest of the destination, "") if it holds this very conversion, else (None, why not)."""
+def existing_conversion(dest: ImageSource, *, source_digest: Digest, selected: Sequence[Digest],
+                        source_is_index: bool, wanted: Wanted, recipe: Recipe) -> tuple[Digest | None, str]:
+    """(digest of the destination, "") if ``dest`` (read as a source) holds this very conversion,
+    else (None, why not)."""
     try:
-        data, media_type, digest = client.get_manifest(dest)
+        data, media_type, digest = dest.get_manifest()
     except NotFound:
-        return None, "not converted yet"
-    what = f"manifest {dest}"
+        return None, "the destination had no image"  # when planned: true in a report written later too
+    what = f"manifest {dest.name}"
     doc = parse_manifest(data, str(media_type), digest=digest, what=what)
     prov = Provenance.from_annotations(doc.annotations)
     if prov is None:
@@ -325,29 +376,29 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
         return None, "the destination's subject and source-digest annotation disagree"
     if prov.source_digest != source_digest:
         return None, f"the source changed (converted {prov.source_digest.short}, now {source_digest.short})"
-    differs = _same_options(prov, settings, tool_version)
+    differs = _same_options(prov, wanted, recipe)
     if differs:
         return None, differs
-    want_index = source_is_index or settings.merge_index
+    want_index = source_is_index or wanted.merge_index
     if isinstance(doc, Manifest):
         return (digest, "") if not want_index else (None, "an index is wanted, the destination is a manifest")
     if not want_index:
         return None, "a manifest is wanted, the destination is an index"
     merged = any(not is_erofs_entry(entry) for entry in doc.manifests)
-    if merged != settings.merge_index:
-        return None, f"merge_index changed to {str(settings.merge_index).lower()}"
+    if merged != wanted.merge_index:
+        return None, f"merge_index changed to {str(wanted.merge_index).lower()}"
     converted: set[Digest] = set()
     checked: set[Digest] = set()
     for entry in doc.manifests:
         if not is_erofs_entry(entry) or entry.digest in checked:
             continue
         checked.add(entry.digest)
-        child_data, child_type, _ = client.get_manifest(dest.registry, dest.repository, entry.digest)
+        child_data, child_type, _ = dest.get_manifest(entry.digest)
         child = parse_manifest(child_data, str(child_type), digest=entry.digest, what=f"{what}@{entry.digest}")
         child_prov = Provenance.from_annotations(child.annotations)
         if child_prov is None or _source_of(child, child_prov) is None:
             return None, f"platform manifest {entry.digest.short} has no provenance"
-        differs = _same_options(child_prov, settings, tool_version)
+        differs = _same_options(child_prov, wanted, recipe)
         if differs:
             return None, f"platform manifest {entry.digest.short} {differs}"
         converted.add(child_prov.source_digest)
@@ -357,7 +408,7 @@ def existing_conversion(client: RegistryClient, dest: Reference, *, source_diges
 
 
 def resolve_item(item: WorkItem, client: RegistryClient, *, estimate: bool = False,
-                 tool_version: str = __version__) -> PlannedImage:
+                 tool_version: str = __version__, recipe: Recipe | None = None) -> PlannedImage:
     """The verdict for one work item; registry and image errors make it FAILED, not raise."""
     base = PlannedImage(entry=item.entry, source=str(item.source), dest=str(item.dest), status=Status.FAILED,
                         item=item)
@@ -365,25 +416,29 @@ def resolve_item(item: WorkItem, client: RegistryClient, *, estimate: bool = Fal
     try:
         data, media_type, source_digest = client.get_manifest(item.source)
         doc = parse_manifest(data, str(media_type), digest=source_digest, what=f"manifest {item.source}")
-        selected = _selected_manifests(doc, source_digest, item.settings, str(item.source))
+        selected = selected_manifests(doc, source_digest, item.settings, str(item.source))
         existing, reason = existing_conversion(
-            client, item.dest, source_digest=source_digest, selected=selected,
-            source_is_index=isinstance(doc, Index), settings=item.settings, tool_version=tool_version)
-        size = _estimate(client, item.source, doc, selected) if estimate and existing is None else None
+            RegistrySource(client, item.dest), source_digest=source_digest, selected=selected,
+            source_is_index=isinstance(doc, Index), wanted=item.settings,
+            recipe=recipe or Recipe(tool_version=tool_version))
+        layers = _estimate(client, item.source, doc, selected, item.settings) if estimate and existing is None else ()
     except ConverterError as exc:
         return replace(base, source_digest=source_digest, reason="planning failed", error=str(exc))
     except Exception as exc:  # a bug must not take the other images down; it is logged in full
         log.exception("mirror_image_planning_crashed", source=str(item.source))
         return replace(base, source_digest=source_digest, reason="planning failed",
-                       error=f"planning {item.source}: {type(exc).__name__}: {exc}")
+                       error=f"internal error: planning {item.source}: {type(exc).__name__}: {exc}")
+    size = sum(n for _, n in layers) if estimate else None
     if existing is not None:
         return replace(base, status=Status.SKIP, source_digest=source_digest, dest_digest=existing,
                         reason="already converted")
-    return replace(base, status=Status.CONVERT, source_digest=source_digest, estimated_bytes=size, reason=reason)
+    return replace(base, status=Status.CONVERT, source_digest=source_digest, estimated_bytes=size,
+                   estimated_layers=layers, reason=reason)
 
 
 def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, estimate: bool = False,
               page_size: int | None = None, workers: int = 4, tool_version: str = __version__,
+              recipe: Recipe | None = None,
               on_resolved: Callable[[PlannedImage], None] | None = None) -> Plan:
     """Expand, shard and resolve ``job``; see the module docstring.
 
@@ -395,9 +450,28 @@ def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, e
     if shard is not None:
         items = [i for i in items if shard.owns(i.key)]
         failures = [f for f in failures if shard.owns(f.source)]  # the key: a repository or a source
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="plan") as pool:
-        resolved = list(pool.map(lambda i: resolve_item(i, client, estimate=estimate,
-                                                         tool_version=tool_version), items))
+    recipe = recipe or Recipe(tool_version=tool_version)
+    # Look-ups run in a scope of their own (a child of the caller's): on Ctrl-C/SIGTERM it is
+    # cancelled, which ends look-ups blocked on a stalled registry at once.
+    scope = CancelScope(parent=current_scope())
+
+    def resolve(item: WorkItem) -> PlannedImage:
+        with scope.entered():
+            return resolve_item(item, client, estimate=estimate, recipe=recipe)
+
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="plan")
+    futures = [pool.submit(resolve, item) for item in items]
+    try:
+        pending = set(futures)
+        while pending:  # woken regularly, so that a signal reaches the main thread
+            _, pending = wait(pending, timeout=_POLL)
+    except BaseException:
+        scope.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    resolved = [future.result() for future in futures]
     images = sorted([*resolved, *failures], key=lambda p: p.entry.index)
     for image in images:
         log.debug("mirror_image_planned", source=image.source, dest=image.dest, status=image.status.value,
@@ -419,6 +493,7 @@ __all__ = [
     "make_plan",
     "parse_shard",
     "resolve_item",
+    "selected_manifests",
     "shard_of",
     "source_key",
 ]

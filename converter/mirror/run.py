@@ -6,10 +6,10 @@ at most ``jobs`` images convert at once, every image gives one progress line, th
 cache is shared by all images of the process (one ``LayerCache`` per cache repository),
 and the result is one ``MirrorReport`` that serialises to the JSON report::
 
-    {"images": [{"source", "dest", "status": "converted"|"skipped"|"failed"|"pending",
+    {"images": [{"source", "dest", "status": "converted"|"skipped"|"failed"|"pending"|"interrupted",
                  "source_digest", "dest_digest", "layers_converted", "layers_reused",
                  "bytes", "seconds", "error", ...}],
-     "summary": {"images", "converted", "skipped", "failed", "pending", "layers_converted",
+     "summary": {"images", "converted", "skipped", "failed", "pending", "interrupted", "layers_converted",
                  "layers_reused", "cache_fallbacks", "bytes", "dest_bytes", "seconds", ...}}
 
 ``bytes`` are source layer bytes pulled (for ``pending``, the dry run's estimate);
@@ -23,10 +23,11 @@ keeps parallel images from pushing the same blob into one repository at once (se
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,10 @@ from typing import Any
 import structlog
 
 from converter import __version__
+from converter.cancel import CancelScope
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.convert.layer import convert_layer as default_convert_layer
-from converter.errors import ConverterError
+from converter.errors import Cancelled, ConverterError
 from converter.mirror.cache import (
     CachingConverter,
     CountingConverter,
@@ -45,19 +48,22 @@ from converter.mirror.cache import (
     layer_chains,
 )
 from converter.mirror.jobs import Job, Repository
-from converter.mirror.plan import Plan, PlannedImage, Shard, Status, make_plan
+from converter.mirror.plan import Plan, PlannedImage, Recipe, Shard, Status, make_plan
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.graph import ConvertLayerFn
 from converter.registry.client import RegistryClient
 from converter.transports import RegistrySink, RegistrySource
-from converter.transports.registry import BlobLocks
+from converter.transports.registry import BlobLocks, check_push_access
 
 log = structlog.get_logger()
+
+_POLL = 0.25  # seconds between checks for a signal while images convert
 
 CONVERTED = "converted"
 SKIPPED = "skipped"
 FAILED = "failed"
 PENDING = "pending"  # dry runs: would be converted
+INTERRUPTED = "interrupted"  # the run was stopped (SIGTERM, Ctrl-C) before this image was done
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,13 @@ class RunOptions:
     local_cache: Path | None = None
     page_size: int | None = None
     tool_version: str = __version__
+    max_expanded: int | None = DEFAULT_MAX_EXPANDED  # the layer limits (None: unlimited)
+    max_entries: int | None = DEFAULT_MAX_ENTRIES
+
+    @property
+    def recipe(self) -> Recipe:
+        """What of these options is in a conversion's provenance (decides whether to skip)."""
+        return Recipe(tool_version=self.tool_version, builder=self.builder, build_time=self.build_time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,7 @@ class ImageReport:
     dest_bytes: int = 0
     layers_mounted: int = 0
     cache_fallbacks: int = 0
+    internal: bool = False  # failed by a bug (an exception that is no ConverterError/OSError)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +130,8 @@ class MirrorReport:
     images: tuple[ImageReport, ...]
     seconds: float = 0.0
     total_images: int = 0  # in every shard
+    interrupted: bool = False  # stopped by SIGTERM/SIGINT; unfinished images are INTERRUPTED
+    pull_bytes: int | None = None  # dry runs: the bytes to pull, a layer shared by images counted once
 
     def count(self, status: str) -> int:
         return sum(1 for i in self.images if i.status == status)
@@ -125,23 +141,29 @@ class MirrorReport:
         return self.count(FAILED) > 0
 
     @property
+    def internal_error(self) -> bool:
+        """True if a bug (not a user, image or registry problem) failed any image."""
+        return any(i.internal for i in self.images)
+
+    @property
     def summary(self) -> dict[str, Any]:
         return {
             "job": self.job, "shard": self.shard, "dry_run": self.dry_run,
             "images": len(self.images), "images_all_shards": self.total_images,
             "converted": self.count(CONVERTED), "skipped": self.count(SKIPPED), "failed": self.count(FAILED),
-            "pending": self.count(PENDING),
+            "pending": self.count(PENDING), "interrupted": self.count(INTERRUPTED),
             "layers_converted": sum(i.layers_converted for i in self.images),
             "layers_reused": sum(i.layers_reused for i in self.images),
             "layers_mounted": sum(i.layers_mounted for i in self.images),
             "cache_fallbacks": sum(i.cache_fallbacks for i in self.images),
-            "bytes": sum(i.bytes for i in self.images),
+            "bytes": self.pull_bytes if self.pull_bytes is not None else sum(i.bytes for i in self.images),
             "dest_bytes": sum(i.dest_bytes for i in self.images),
             "seconds": round(self.seconds, 3),
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {"images": [i.to_json() for i in self.images], "summary": self.summary}
+        return {"images": [i.to_json() for i in self.images], "summary": self.summary,
+                "interrupted": self.interrupted}
 
 
 # --- reports of planned images ------------------------------------------------------------------
@@ -160,9 +182,10 @@ def _not_converted(image: PlannedImage, *, dry_run: bool) -> ImageReport:
 
 def plan_report(plan: Plan, *, seconds: float = 0.0) -> MirrorReport:
     """The dry-run report of a plan: ``pending`` for what a run would convert."""
+    unique = {digest: size for image in plan.images for digest, size in image.estimated_layers}
     return MirrorReport(job=plan.job.path, shard=str(plan.shard) if plan.shard else None, dry_run=True,
                         images=tuple(_not_converted(i, dry_run=True) for i in plan.images), seconds=seconds,
-                        total_images=plan.total)
+                        total_images=plan.total, pull_bytes=sum(unique.values()))
 
 
 # --- converting -----------------------------------------------------------------------------------
@@ -173,6 +196,9 @@ class _Runner:
 
     def __init__(self, client: RegistryClient, options: RunOptions, convert_layer: ConvertLayerFn,
                  engine_log: Any) -> None:
+        # Every image converts inside this scope: cancelling it (on SIGTERM/SIGINT) aborts their
+        # transfers, mkfs.erofs runs and layer graphs, and refuses any further push or tag.
+        self.scope = CancelScope()
         self.client = client
         self.options = options
         self.convert_layer = convert_layer
@@ -223,18 +249,25 @@ class _Runner:
         options = ConvertOptions(fmt=settings.fmt, profile=settings.profile, platforms=settings.platforms,
                                  merge_index=settings.merge_index, jobs=self.options.layer_jobs,
                                  builder=self.options.builder, workdir=self.options.workdir,
-                                 build_time=self.options.build_time, tool_version=self.options.tool_version)
+                                 build_time=self.options.build_time, tool_version=self.options.tool_version,
+                                 max_expanded=self.options.max_expanded, max_entries=self.options.max_entries)
         base = ImageReport(source=image.source, dest=image.dest, status=FAILED,
                            source_digest=str(image.source_digest), reason=image.reason)
         try:
-            convert_fn = self.layer_converter(image, source, sink, stats, bound)
-            result = convert_image(source, src_ref, sink, item.dest, options=options, convert_layer=convert_fn,
-                                   log=self.engine_log)
-        except ConverterError as exc:
-            return self._failed(base, stats, started, str(exc), bound)
-        except Exception as exc:  # a bug must not take the other images down; it is logged in full
-            bound.exception("mirror_image_crashed")
-            return self._failed(base, stats, started, f"{type(exc).__name__}: {exc}", bound)
+            if self.scope.cancelled:
+                raise Cancelled(f"converting {image.source}: cancelled")
+            with self.scope.entered():
+                check_push_access(self.client, item.dest)  # before pulling anything
+                convert_fn = self.layer_converter(image, source, sink, stats, bound)
+                result = convert_image(source, src_ref, sink, item.dest, options=options,
+                                       convert_layer=convert_fn, log=self.engine_log)
+        except Exception as exc:
+            if not self.scope.cancelled:
+                return self._crashed(exc, base, stats, started, bound, image)
+            bound.warning("mirror_image_interrupted", error=str(exc))
+            failed = self._failed(base, stats, started, "interrupted before the image was tagged", bound,
+                                  log_it=False)
+            return dataclasses.replace(failed, status=INTERRUPTED)
         counts = stats.as_dict()
         layers = [layer for platform in result.platforms for layer in platform.layers]
         report = ImageReport(
@@ -248,10 +281,26 @@ class _Runner:
                    layers_reused=report.layers_reused, bytes=report.bytes, seconds=round(report.seconds, 2))
         return report
 
+    def _crashed(self, exc: Exception, base: ImageReport, stats: LayerStats, started: float, bound: Any,
+                 image: PlannedImage) -> ImageReport:
+        """The report of an image whose conversion raised ``exc`` (the run was not interrupted)."""
+        if isinstance(exc, ConverterError):
+            return self._failed(base, stats, started, str(exc), bound)
+        if isinstance(exc, OSError):
+            where = f"{exc.filename}: " if exc.filename else ""
+            return self._failed(base, stats, started, f"converting {image.source}: {where}{exc.strerror or exc}",
+                                bound)
+        # A bug: the other images go on, the run reports it as one (exit 70) with its traceback.
+        bound.error("mirror_image_crashed", exc_info=exc)
+        failed = self._failed(base, stats, started, f"internal error: {type(exc).__name__}: {exc}", bound)
+        return dataclasses.replace(failed, internal=True)
+
     @staticmethod
-    def _failed(base: ImageReport, stats: LayerStats, started: float, error: str, bound: Any) -> ImageReport:
+    def _failed(base: ImageReport, stats: LayerStats, started: float, error: str, bound: Any, *,
+                log_it: bool = True) -> ImageReport:
         counts = stats.as_dict()
-        bound.error("mirror_image_failed", error=error)
+        if log_it:
+            bound.error("mirror_image_failed", error=error)
         return ImageReport(source=base.source, dest=base.dest, status=FAILED, source_digest=base.source_digest,
                            layers_converted=counts["built"], layers_reused=counts["reused"],
                            seconds=time.monotonic() - started, error=error, reason=base.reason,
@@ -265,15 +314,19 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
 
     ``convert_layer`` is the layer engine (a seam for tests); ``engine_log`` the logger handed to
     ``convert_image`` (the CLI passes a quieter one so each image gives one line); ``on_image``
-    is called with each converted (or failed) image's report as it finishes (overall progress). On Ctrl-C no
-    new image starts; images already converting run to their end (``convert_image`` has no
-    cancel hook), then KeyboardInterrupt propagates.
+    is called with each converted (or failed) image's report as it finishes (overall progress).
+
+    On KeyboardInterrupt (Ctrl-C, or SIGTERM as the CLI maps it) no new image starts, the images
+    converting are stopped at once (their transfers and mkfs.erofs runs aborted, nothing more
+    pushed or tagged), and the report comes back with ``interrupted`` set and every unfinished
+    image ``INTERRUPTED``.
     """
     started = time.monotonic()
     runner = _Runner(client, options, convert_layer, engine_log)
     reports: list[ImageReport | None] = [None] * len(plan.images)
     futures: dict[int, Future[ImageReport]] = {}
     pool = ThreadPoolExecutor(max(1, options.jobs), thread_name_prefix="mirror")
+    interrupted = False
     try:
         for n, image in enumerate(plan.images):
             if image.status is Status.CONVERT:
@@ -282,11 +335,26 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
                 reports[n] = _not_converted(image, dry_run=False)
                 _log_not_converted(reports[n])
         index_of = {future: n for n, future in futures.items()}
-        for future in as_completed(futures.values()):
-            n = index_of[future]
-            reports[n] = finished = future.result()
-            if on_image is not None:
-                on_image(finished)
+        running = set(futures.values())
+        while running:
+            # Wake up regularly: a signal handler only runs when the main thread does, and a
+            # wait without timeout would hold off SIGTERM until an image finishes.
+            finished_now, running = wait(running, timeout=_POLL, return_when=FIRST_COMPLETED)
+            for future in sorted(finished_now, key=index_of.__getitem__):
+                n = index_of[future]
+                reports[n] = finished = future.result()
+                if on_image is not None:
+                    on_image(finished)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("mirror_interrupted", reason="signal: stopping the images in progress, starting no more")
+        runner.scope.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        # (A future cancelled by the shutdown never counts as done for ``wait``: leave it out.)
+        wait([future for future in futures.values() if not future.cancelled()])
+        for n, future in futures.items():
+            if reports[n] is None:
+                reports[n] = future.result() if not future.cancelled() else _interrupted(plan.images[n])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -294,9 +362,17 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
         pool.shutdown(wait=True)
     done = tuple(r for r in reports if r is not None)
     report = MirrorReport(job=plan.job.path, shard=str(plan.shard) if plan.shard else None, dry_run=False,
-                          images=done, seconds=time.monotonic() - started, total_images=plan.total)
+                          images=done, seconds=time.monotonic() - started, total_images=plan.total,
+                          interrupted=interrupted)
     log.info("mirror_done", **{k: v for k, v in report.summary.items() if k not in ("job", "dry_run")})
     return report
+
+
+def _interrupted(image: PlannedImage) -> ImageReport:
+    """The report of an image the run never started because it was interrupted."""
+    return ImageReport(source=image.source, dest=image.dest, status=INTERRUPTED,
+                       source_digest=str(image.source_digest) if image.source_digest else None,
+                       error="interrupted before the image was started", reason=image.reason)
 
 
 def _log_not_converted(report: ImageReport | None) -> None:
@@ -314,7 +390,7 @@ def run_job(job: Job, *, client: RegistryClient, options: RunOptions = RunOption
     """Plan ``job`` (this ``shard`` of it) and run the plan, or only report it with ``dry_run``."""
     started = time.monotonic()
     plan = make_plan(job, client, shard=shard, estimate=dry_run, page_size=options.page_size,
-                     workers=max(4, options.jobs), tool_version=options.tool_version)
+                     workers=max(4, options.jobs), recipe=options.recipe)
     if dry_run:
         return plan_report(plan, seconds=time.monotonic() - started)
     return run_plan(plan, client=client, options=options, convert_layer=convert_layer, engine_log=engine_log,
@@ -347,12 +423,13 @@ def format_report(report: MirrorReport) -> str:
         note = image.error or (image.reason if image.status != CONVERTED else "")
         rows.append((image.status, image.source, image.dest, str(image.layers_converted),
                      str(image.layers_reused), human_bytes(image.bytes), f"{image.seconds:.1f}s",
-                     note if len(note) <= 200 else note[:197] + "..."))
+                     note))  # never cut short: the cause comes last in an error, cutting loses it
     s = report.summary
     where = f" (shard {report.shard}, {s['images']} of {s['images_all_shards']} images)" if report.shard else ""
     kind = "dry run" if report.dry_run else "mirror"
     totals = (f"{kind} {report.job}{where}: {s['converted']} converted, {s['skipped']} skipped, "
               f"{s['failed']} failed" + (f", {s['pending']} to convert" if report.dry_run else "")
+              + (f", {s['interrupted']} interrupted" if report.interrupted else "")
               + f"; layers {s['layers_converted']} converted, {s['layers_reused']} reused from the cache; "
               f"{human_bytes(s['bytes'])}{' to pull' if report.dry_run else ' pulled'} in {s['seconds']:.1f}s")
     return "\n".join([*_table(rows), totals])
@@ -361,6 +438,7 @@ def format_report(report: MirrorReport) -> str:
 __all__ = [
     "CONVERTED",
     "FAILED",
+    "INTERRUPTED",
     "PENDING",
     "SKIPPED",
     "ImageReport",

@@ -54,6 +54,10 @@ ANN_SOURCE_DIGEST = ANNOTATION_PREFIX + "source.digest"
 ANN_FORMAT = ANNOTATION_PREFIX + "format"
 ANN_PROFILE = ANNOTATION_PREFIX + "profile"
 ANN_VERSION = ANNOTATION_PREFIX + "version"
+ANN_PLATFORMS = ANNOTATION_PREFIX + "platforms"
+ANN_BUILDER = ANNOTATION_PREFIX + "builder"
+ANN_BUILD_TIME = ANNOTATION_PREFIX + "build-time"
+ALL_PLATFORMS = "all"
 
 # BuildKit marks provenance/SBOM manifests this way (and gives them platform unknown/unknown).
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
@@ -62,15 +66,20 @@ ATTESTATION_MANIFEST = "attestation-manifest"
 
 @dataclass(frozen=True, slots=True)
 class Provenance:
-    """What an EROFS image was made from; written as manifest/index annotations.
-
-    Content only: the source digest, never its location or reference spelling (those are
-    logged and reported, not hashed), so every route to the same source gives one digest."""
+    """What an EROFS image was made from, and everything in the request that decides its bytes
+    (format, profile, tool version, the platform selection, the builder and the build time);
+    written as manifest/index annotations, so a rerun with a different request is never taken
+    for "already converted". Content only: the source digest, never its location or reference
+    spelling (those are logged and reported, not hashed), so every route to the same source
+    gives one digest."""
 
     source_digest: Digest
     fmt: str
     profile: Profile
     version: str
+    platforms: str = ALL_PLATFORMS  # the --platform selection, sorted and comma-separated, or "all"
+    builder: str = "python"
+    build_time: int = 0
 
     def annotations(self) -> dict[str, str]:
         return {
@@ -78,7 +87,21 @@ class Provenance:
             ANN_FORMAT: self.fmt,
             ANN_PROFILE: self.profile.value,
             ANN_VERSION: self.version,
+            ANN_PLATFORMS: self.platforms,
+            ANN_BUILDER: self.builder,
+            ANN_BUILD_TIME: str(self.build_time),
         }
+
+    def differs(self, other: Provenance) -> str:
+        """Why a conversion with provenance ``other`` is not what this one asks for ("" if it is),
+        the source digest aside."""
+        for what, mine, theirs in (("format", self.fmt, other.fmt), ("profile", self.profile.value,
+                                   other.profile.value), ("erofs-converter version", self.version, other.version),
+                                   ("platforms", self.platforms, other.platforms), ("builder", self.builder,
+                                   other.builder), ("build time", str(self.build_time), str(other.build_time))):
+            if mine != theirs:
+                return f"made with {what} {theirs}, want {mine}"
+        return ""
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, str]) -> Provenance | None:
@@ -89,9 +112,18 @@ class Provenance:
                 fmt=annotations[ANN_FORMAT],
                 profile=Profile(annotations[ANN_PROFILE]),
                 version=annotations[ANN_VERSION],
+                # Absent in conversions by older versions: never equal to a request's.
+                platforms=annotations.get(ANN_PLATFORMS, "unknown"),
+                builder=annotations.get(ANN_BUILDER, "unknown"),
+                build_time=int(annotations.get(ANN_BUILD_TIME, "-1")),
             )
         except (KeyError, ValueError, InvalidReference):
             return None
+
+
+def platform_selection(platforms: Sequence[Platform]) -> str:
+    """A ``--platform`` selection as recorded in the provenance: sorted, comma-separated, or "all"."""
+    return ",".join(sorted({str(p) for p in platforms})) or ALL_PLATFORMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +308,9 @@ def plan_index(index: Index, *, platforms: Sequence[Platform] = (), merge: bool 
             skipped.append((desc, reason))
     if not convert:
         wanted = ", ".join(str(p) for p in platforms) or "any platform"
-        raise ImageError(f"converting {image}: no image manifest for {wanted} in the index")
+        present = sorted({str(d.platform) for d, why in skipped if why.endswith(" not selected")})
+        has = f"; it has {', '.join(present)}" if present else ""
+        raise ImageError(f"converting {image}: no image manifest for {wanted} in the index{has}")
     if merge:
         converted_platforms = [d.platform for d in convert]
         for desc, _reason in skipped:

@@ -8,8 +8,8 @@ Public API (used by the CLI and mirror jobs)::
 
 from __future__ import annotations
 
-from converter.pipeline.engine import PushFailed, convert_image, private_workdir
-from converter.pipeline.graph import LayerFailed
+from converter.errors import LayerFailed, PushFailed
+from converter.pipeline.engine import convert_image, private_workdir
 from converter.pipeline.options import (
     ConvertOptions,
     ConvertResult,

@@ -32,9 +32,10 @@ from typing import Any
 
 import structlog
 
+from converter.cancel import current_scope
 from converter.convert.layer import LayerOptions
 from converter.convert.layer import convert_layer as default_convert_layer
-from converter.errors import ConverterError, ImageError
+from converter.errors import ConverterError, ImageError, PushFailed
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import (
     MAX_CONFIG_SIZE,
@@ -57,6 +58,7 @@ from converter.oci.rewrite import (
     check_source_layers,
     erofs_entry,
     plan_index,
+    platform_selection,
     rewrite_config,
 )
 from converter.pipeline.graph import ConvertLayerFn, GraphSettings, LayerGraph, create_private, fetch_blob
@@ -71,16 +73,6 @@ from converter.pipeline.options import (
 from converter.pipeline.progress import ProgressCallback
 from converter.reference import Digest, Location
 from converter.transports.base import ImageSink, ImageSource, ReferrerSink
-
-
-class PushFailed(ConverterError):
-    """Pushing a converted image's manifest, index or config failed; the message names the
-    source image, then the sink's error (which names the destination)."""
-
-    def __init__(self, message: str, *, image: str, cause: ConverterError) -> None:
-        super().__init__(message)
-        self.image = image
-        self.exit_status = cause.exit_status
 
 
 @contextlib.contextmanager
@@ -123,7 +115,9 @@ class _Run:
 
     def provenance(self, digest: Digest) -> Provenance:
         return Provenance(source_digest=digest, fmt=str(self.options.fmt),
-                          profile=self.options.profile, version=self.options.tool_version)
+                          profile=self.options.profile, version=self.options.tool_version,
+                          platforms=platform_selection(self.options.platforms), builder=self.options.builder,
+                          build_time=self.options.build_time)
 
     # -- one platform -------------------------------------------------------------------------
 
@@ -193,7 +187,12 @@ class _Run:
     def put_manifest(self, data: bytes, media_type: str, tag: str | None, subject: Descriptor | None = None
                      ) -> Digest:
         """``sink.put_manifest``, with a failure naming the source image; a manifest with a
-        ``subject`` is then listed among the subject's referrers where the sink must do that."""
+        ``subject`` is then listed among the subject's referrers where the sink must do that.
+        Nothing is pushed once the calling thread's ``CancelScope`` is cancelled (a mirror run
+        that got SIGTERM)."""
+        scope = current_scope()
+        if scope is not None:
+            scope.check(f"converting {self.image}: pushing to {self.dest_ref}")
         with self._pushing():
             pushed = self.sink.put_manifest(data, media_type, tag)
             if subject is not None and isinstance(self.sink, ReferrerSink):

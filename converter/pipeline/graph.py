@@ -40,7 +40,8 @@ every stream read in the workers raise at once, and cancels the graph's ``Cancel
 every worker task runs in: that shuts down the registry sockets workers are blocked on (a
 stalled download or upload) and cuts their retry sleeps short. Then queued work is cancelled,
 the workers are joined (promptly: none is left waiting on the network) and one ``LayerFailed``
-names the image, the layer digest and the stage. Ctrl-C takes the same path and re-raises
+names the image, the layer digest and the stage (only for a ``ConverterError`` or ``OSError``:
+any other exception is a bug and propagates unchanged). Ctrl-C takes the same path and re-raises
 ``KeyboardInterrupt``. Not interruptible: a TCP connect (bounded by the client's short connect
 timeout) and a running mkfs.erofs (the layer engine owns that process; it finishes its layer).
 The graph's files live in its own directory, removed whatever happens.
@@ -63,10 +64,10 @@ from typing import Any, BinaryIO, Protocol
 
 import structlog
 
-from converter.cancel import CancelScope
+from converter.cancel import CancelScope, current_scope
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions, LayerResult
 from converter.erofs.target import TargetFormat
-from converter.errors import ConverterError, DigestMismatch, ImageError
+from converter.errors import Cancelled, ConverterError, DigestMismatch, ImageError, LayerFailed
 from converter.layers.model import FileData, Inode, LowerView, NodeKind
 from converter.layers.spool import SpoolSink
 from converter.oci.model import Descriptor
@@ -87,22 +88,6 @@ _POLL = 0.25  # seconds; how often waits wake up to notice cancellation or Ctrl-
 
 
 PREPASS_MIN_CPUS = 4
-
-
-class Cancelled(Exception):
-    """Raised inside workers once the graph is cancelled; never escapes the graph."""
-
-
-class LayerFailed(ConverterError):
-    """A layer of an image could not be pulled, converted or pushed; wraps the first failure."""
-
-    def __init__(self, message: str, *, image: str, layer: Digest | None, stage: str,
-                 cause: BaseException) -> None:
-        super().__init__(message)
-        self.image = image
-        self.layer = layer
-        self.stage = stage
-        self.exit_status = getattr(cause, "exit_status", 1)
 
 
 class ConvertLayerFn(Protocol):
@@ -135,7 +120,7 @@ class CancellableReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         if self._cancel.is_set():
-            raise Cancelled
+            raise Cancelled("reading a layer: cancelled")
         n: int | None = self._raw.readinto(buffer)  # type: ignore[attr-defined]
         return n or 0
 
@@ -194,7 +179,7 @@ def _download(source: ImageSource, desc: Descriptor, out: BinaryIO, *, cancel: t
     with source.open_blob(desc.digest, size=desc.size) as stream:
         while True:
             if cancel.is_set():
-                raise Cancelled
+                raise Cancelled("reading a layer: cancelled")
             chunk = stream.read(_CHUNK)
             if not chunk:
                 break
@@ -271,7 +256,8 @@ class LayerGraph:
         self.prepass = auto if settings.prepass is None else settings.prepass
         self.cancel = threading.Event()
         # Every worker task runs in this scope; cancelling it ends their blocked registry I/O.
-        self._scope = CancelScope()
+        # A child of the calling thread's scope (a mirror run's), which can so stop this graph too.
+        self._scope = CancelScope(parent=current_scope())
         self.log = settings.log
         self._events: queue.SimpleQueue[tuple[str, int, Future[Any]]] = queue.SimpleQueue()
         # coordinator state
@@ -309,16 +295,22 @@ class LayerGraph:
             self._pools["scan"] = ThreadPoolExecutor(1, thread_name_prefix="scan")
         self.log.debug("layer_graph_started", layers=self.n, jobs=self.jobs, prepass=self.prepass,
                        run_ahead=self.run_ahead)
+        bug: BaseException | None = None
         try:
             self._loop()
         except _StageFailed as failed:
             self._stop()
-            raise self._wrap(failed) from failed.exc
+            error = self._wrap(failed)
+            if error is not failed.exc:
+                raise error from failed.exc
+            bug = error  # raised below, outside this handler, so its own cause and context stay
         except BaseException:
             self._stop()
             raise
         finally:
             self._cleanup()
+        if bug is not None:
+            raise bug
         done = [d for d in self._done if d is not None]
         assert len(done) == self.n
         return done
@@ -326,9 +318,13 @@ class LayerGraph:
     # -- coordinator ------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        # The scope of the calling thread (a mirror run's), if any: cancelling it stops the graph.
+        outer = current_scope()
         finished = 0
         self._pump()
         while finished < self.n:
+            if outer is not None and outer.cancelled:
+                raise Cancelled(f"converting {self.s.image}: cancelled")
             try:
                 kind, i, fut = self._events.get(timeout=_POLL)
             except queue.Empty:
@@ -429,12 +425,17 @@ class LayerGraph:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _wrap(self, failed: _StageFailed) -> BaseException:
+        """The error to raise for a worker's failure: a ConverterError or OSError becomes one
+        ``LayerFailed`` naming image, layer and stage; anything else is a bug and propagates
+        unchanged (with a note saying where), for the CLI to report with its traceback."""
         exc = failed.exc
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            return exc
         desc = self.layers[failed.index]
+        if not isinstance(exc, ConverterError | OSError):
+            exc.add_note(f"(in the {failed.stage} stage of layer {failed.index + 1}/{self.n} {desc.digest} "
+                         f"of {self.s.image})")
+            return exc
         where = f" ({self.s.platform})" if self.s.platform else ""
-        cause = str(exc) if isinstance(exc, ConverterError) else f"{type(exc).__name__}: {exc}"
+        cause = str(exc)
         if isinstance(exc, OSError) and exc.strerror:
             cause = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
         self.log.debug("layer_failed", index=failed.index, layer=str(desc.digest), stage=failed.stage,
@@ -515,7 +516,7 @@ class LayerGraph:
         started = time.monotonic()
         digest = Digest.parse(result.digest)
         if self.cancel.is_set():
-            raise Cancelled
+            raise Cancelled("pushing a layer: cancelled")
         self._report(Stage.PUSH, i, 0, result.size)
         if self.s.sink.has_blob(digest):
             push = "exists"

@@ -335,7 +335,7 @@ class Authenticator:
 
     def _fetch_token(self, registry: str, challenge: Challenge, scopes: Scopes) -> tuple[str, float]:
         realm = _checked_realm(challenge.realm, registry, self._plain_http_allowed)
-        what = f"fetching a token for {registry} from {realm.host}"
+        what = f"fetching a token for {registry} from {realm.host}" + (f":{realm.port}" if realm.port else "")
         scope_list = sorted({str(s) for s in scopes} | set(challenge.scopes))
         creds = self.credentials_for(registry)
 
@@ -384,8 +384,9 @@ class Authenticator:
             if status in TRANSIENT_STATUSES:
                 raise TemporaryRegistryError(message, status=status, method=method, url=url,
                                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
-            cls = AuthError if status in (400, 401, 403) else RegistryError
-            raise cls(message, status=status, method=method, url=url)
+            if status in (400, 401, 403):
+                raise AuthError(message + _credentials_hint(what), status=status, method=method, url=url)
+            raise RegistryError(message, status=status, method=method, url=url)
         if len(content) > _MAX_TOKEN_RESPONSE:
             raise AuthError(f"{what}: answer larger than {_MAX_TOKEN_RESPONSE} bytes", method=method, url=url)
         try:
@@ -432,4 +433,10 @@ def _checked_realm(realm: str, registry: str, plain_http_allowed: Callable[[str]
         return url
     raise AuthError(f"{what}: refusing token realm {redact_url(url)}: it must be an https URL")
 
+
+def _credentials_hint(what: str) -> str:
+    """What to check after a token server refused us (``what`` names the registry)."""
+    registry = what.removeprefix("fetching a token for ").split(" from ", 1)[0]
+    return (f" (check the credentials for {registry}: `docker login {registry}`; they are read from "
+            "$REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
 

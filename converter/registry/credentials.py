@@ -140,6 +140,8 @@ class DockerConfigCredentials:
         self._lock = threading.Lock()
         self._configs: list[tuple[Path, dict[str, Any]]] | None = None
         self._cache: dict[str, Credentials | None] = {}
+        # Set but missing is a mistake worth an error, not a silent fallback to anonymous access.
+        self._auth_file = self._env.get("REGISTRY_AUTH_FILE") if paths is None else None
 
     def __repr__(self) -> str:
         return f"DockerConfigCredentials(paths={[str(p) for p in self._paths]!r})"
@@ -150,6 +152,8 @@ class DockerConfigCredentials:
             if host in self._cache:
                 return self._cache[host]
             if self._configs is None:
+                if self._auth_file and not Path(self._auth_file).is_file():
+                    raise AuthError(f"REGISTRY_AUTH_FILE names {self._auth_file}, which does not exist")
                 self._configs = [(p, c) for p in self._paths if (c := _load_config(p)) is not None]
             found = None
             for path, config in self._configs:

@@ -29,7 +29,11 @@ import httpx
 import structlog
 
 from converter.cancel import current_scope
-from converter.errors import RegistryError
+from converter.errors import Cancelled, RegistryError
+from converter.errors import TemporaryRegistryError as TemporaryRegistryError  # re-exported (defined in errors)
+
+# The cancellation error under the name the registry modules use (one class: errors.Cancelled).
+RequestCancelled = Cancelled
 
 log = structlog.get_logger()
 
@@ -38,21 +42,6 @@ T = TypeVar("T")
 # Statuses a later attempt may succeed on (the set ggcr's transport treats as temporary).
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
-
-class TemporaryRegistryError(RegistryError):
-    """A transient registry failure (a status from TRANSIENT_STATUSES or a dropped connection).
-
-    Callers should catch RegistryError; this subclass only marks the failure as temporary.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None, code: str = "", method: str = "",
-                 url: str = "", retry_after: float | None = None) -> None:
-        super().__init__(message, status=status, code=code, method=method, url=url, temporary=True,
-                         retry_after=retry_after)
-
-
-class RequestCancelled(RegistryError):
-    """A registry call stopped because the ``CancelScope`` it ran in was cancelled (permanent)."""
 
 
 def check_cancelled(what: str = "") -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import structlog
 
-from converter.errors import ImageError, RegistryError
+from converter.errors import AuthError, ImageError, RegistryError
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import MAX_MANIFEST_SIZE, Descriptor
 from converter.oci.referrers import referrer_entry
@@ -144,3 +144,23 @@ class RegistrySink(_Repo):
                             referrer_entry(data, media_type), locks=self._locks, put=put)
         log.debug("referrer_listed", subject=str(subject.digest), referrer=str(Digest.from_bytes(data)),
                   by=kept.value, repository=self.ref.name)
+
+
+# A digest no repository holds: asking to mount it opens an upload session (push access needed),
+# which the client cancels at once, as go-containerregistry's remote.CheckPushPermission does.
+_PROBE = Digest.from_bytes(b"erofs-converter: may we push here?")
+
+
+def check_push_access(client: RegistryClient, dest: Reference) -> None:
+    """Fail now, before anything is pulled, if ``dest`` is unreachable or refuses us a push
+    (401/403, or 405 from a read-only registry). Any other answer to the probe (a registry that
+    handles a mount of an unknown blob its own way) is no proof either way: the push will tell."""
+    try:
+        client.mount_blob(dest.registry, dest.repository, _PROBE, dest.repository)
+    except RegistryError as exc:
+        if exc.status is not None and not isinstance(exc, AuthError) and exc.status != 405:
+            log.debug("push_access_unknown", dest=dest.name, error=str(exc))
+            return
+        kind = AuthError if isinstance(exc, AuthError) else RegistryError
+        raise kind(f"checking push access to {dest.name} before converting: {exc}", status=exc.status,
+                   code=exc.code, method=exc.method, url=exc.url) from exc

@@ -21,8 +21,11 @@ from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.errors import UsageError
 from converter.pipeline import ConvertOptions
 from converter.registry.client import DEFAULT_TIMEOUT, RegistryClient
+from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
 from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
+from tests.mirror.helpers import push_image
+from tests.support.registry import RegistryServer
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +136,73 @@ def test_the_flags_reach_make_client(monkeypatch: pytest.MonkeyPatch) -> None:
     retry = calls[0]["retry"]
     assert isinstance(retry, RetryPolicy) and retry.attempts == 6 and calls[0]["timeout"] == 2.5
     assert calls[1]["retry"] is None and calls[1]["timeout"] is None
+
+
+# --- reruns and the destination (#13 items 4, 5) --------------------------------------------------
+
+
+def _events(err: str) -> list[str]:
+    return [json.loads(line)["event"] for line in err.splitlines()]
+
+
+def test_a_rerun_skips_an_identical_conversion(client: RegistryClient, prefix: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    push_image(client, tmp_path / "images", sample_layers()[:2], [f"{prefix}/app:1"])
+    capsys.readouterr()
+    argv = [f"{prefix}/app:1", "--to", "erofs+lz4", "--log-format", "json"]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    assert "image_converted" in _events(first.err)
+    assert main(argv) == 0
+    again = capsys.readouterr()
+    assert again.out == first.out  # the same result line
+    events = _events(again.err)
+    assert events.count("already_converted") == 1 and "image_conversion_started" not in events
+    # another request (a platform selection) is not "already converted"; --force converts again
+    assert main([*argv, "--platform", "linux/amd64"]) == 0
+    assert "image_conversion_started" in _events(capsys.readouterr().err)
+    assert main([*argv, "--force"]) == 0
+    forced = capsys.readouterr()
+    assert "image_conversion_started" in _events(forced.err) and forced.out == first.out
+
+
+def test_a_layout_rerun_skips_too(capsys: pytest.CaptureFixture[str], sample: SampleLayout, tmp_path: Path) -> None:
+    rc, first, _ = convert(capsys, sample, tmp_path / "out")
+    assert rc == 0
+    index = (tmp_path / "out" / "index.json").stat().st_mtime_ns
+    rc = main([f"oci:{sample.path}:v1", "--dest", f"oci:{tmp_path / 'out'}:conv", "--log-format", "json"])
+    again = capsys.readouterr()
+    assert rc == 0 and "already_converted" in _events(again.err)
+    assert again.out == first  # the same REF@DIGEST line
+    assert (tmp_path / "out" / "index.json").stat().st_mtime_ns == index  # not written again
+
+
+def test_no_push_access_fails_before_pulling(registry_token: RegistryServer, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Anonymous users may pull public/ on this registry but not push: the conversion fails at
+    once, naming the destination, instead of after pulling and converting every layer."""
+    config = registry_token.write_docker_config(tmp_path / "docker")
+    with RegistryClient(credentials=DockerConfigCredentials(env={"DOCKER_CONFIG": str(config.parent)})) as admin:
+        push_image(admin, tmp_path / "images", sample_layers()[:1], [f"{registry_token.host}/public/src:1"])
+    capsys.readouterr()
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "anonymous"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    rc = main([f"{registry_token.host}/public/src:1", "--dest", f"{registry_token.host}/public/out:1", "-q"])
+    _, err = capsys.readouterr()
+    assert rc == 1
+    [line] = err.splitlines()
+    prefix = f"convert: checking push access to {registry_token.host}/public/out before converting: "
+    assert line.startswith(prefix), line
+    assert "layer" not in line
+
+
+def test_an_unreachable_destination_fails_before_pulling(client: RegistryClient, prefix: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    push_image(client, tmp_path / "images", sample_layers()[:1], [f"{prefix}/app:1"])
+    capsys.readouterr()
+    rc = main([f"{prefix}/app:1", "--dest", "127.0.0.1:9/nowhere:1", "-q", "--retries", "1"])
+    _, err = capsys.readouterr()
+    assert rc == 1
+    [line] = err.splitlines()
+    assert "127.0.0.1:9" in line and "layer" not in line, line

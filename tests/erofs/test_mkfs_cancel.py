@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from converter.cancel import CancelScope, OperationCancelled
+from converter.cancel import CancelScope
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.target import parse_format
+from converter.errors import Cancelled
 from converter.layers.model import Inode, NodeKind
 from converter.layers.spool import SpoolSink
 from tests.support.data import BytesData
@@ -44,7 +45,7 @@ def test_cancel_kills_mkfs_promptly(tmp_path: Path) -> None:
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert time.monotonic() - started < 2.0
-    assert len(outcome) == 1 and isinstance(outcome[0], OperationCancelled), outcome
+    assert len(outcome) == 1 and isinstance(outcome[0], Cancelled), outcome
     assert not (tmp_path / "out.erofs").exists()
     spool.close()
 
@@ -53,7 +54,7 @@ def test_cancelled_scope_refuses_to_start_mkfs(tmp_path: Path) -> None:
     spool = SpoolSink(tmp_path)
     scope = CancelScope()
     scope.cancel()
-    with scope.entered(), pytest.raises(OperationCancelled):
+    with scope.entered(), pytest.raises(Cancelled):
         build_with_mkfs(Inode(NodeKind.DIR, 0o755, children={}), spool, tmp_path / "o.erofs",
                         fmt=parse_format("erofs+lz4"), build_time=0, uuid=uuid.UUID(int=0), bottom=True)
     spool.close()

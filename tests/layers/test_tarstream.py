@@ -935,3 +935,32 @@ def test_agrees_with_tarfile(case: tuple[int, list[tuple[tarfile.TarInfo, bytes]
         for e, data in read_all(archive)
     ]
     assert got == expected
+
+
+# --- input that would read as an empty layer --------------------------------------------------
+
+
+def test_an_erofs_image_is_not_an_empty_tar(tmp_path: Path) -> None:
+    """An EROFS image starts with 1024 zero bytes, a tar end-of-archive marker: refused, not empty."""
+    from converter.convert.layer import LayerOptions, convert_layer
+    from converter.erofs.target import parse_format
+
+    image = tmp_path / "layer.erofs"
+    archive = member(b"etc/hostname", b"box\n") + END
+    convert_layer(io.BytesIO(archive), image, options=LayerOptions(fmt=parse_format("erofs")), layer="l")
+    data = image.read_bytes()
+    assert data[:1024] == bytes(1024)
+    with pytest.raises(LayerError, match="not a tar archive: this is an EROFS image"):
+        read_all(data)
+
+
+@pytest.mark.parametrize("archive", [bytes(1024) + b"\x01", bytes(1024) + bytes(4096) + b"junk" + bytes(508)],
+                         ids=["data-after-marker", "data-after-padding"])
+def test_input_that_is_no_tar_is_refused(archive: bytes) -> None:
+    with pytest.raises(LayerError, match="not a tar archive"):
+        read_all(archive)
+
+
+@pytest.mark.parametrize("size", [1024, 10240], ids=["marker", "padded-record"])
+def test_an_empty_tar_is_empty(size: int) -> None:
+    assert read_all(bytes(size)) == []

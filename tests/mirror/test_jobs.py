@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from converter.erofs.target import TargetFormat, parse_format
-from converter.errors import JobConfigError, UsageError
+from converter.errors import UsageError
 from converter.mirror.jobs import (
     DestTemplate,
     JobFileError,
@@ -214,7 +214,7 @@ def test_parse_repository() -> None:
 
 
 def test_job_errors_are_usage_errors() -> None:
-    with pytest.raises(JobConfigError) as err:
+    with pytest.raises(JobFileError) as err:
         job("images: []")
     assert isinstance(err.value, UsageError) and err.value.exit_status == 2
 

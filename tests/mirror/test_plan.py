@@ -15,6 +15,7 @@ from converter.mirror.jobs import Job, JobFileError, parse_job
 from converter.mirror.plan import (
     COMPLETION_INDEX_ENV,
     PlannedImage,
+    Recipe,
     Shard,
     Status,
     make_plan,
@@ -64,7 +65,7 @@ def test_tag_filters_and_newest(client: RegistryClient, prefix: str, tagged: Dig
         ("2.0", Status.CONVERT), ("2.0-rc1", Status.CONVERT), ("1.10", Status.CONVERT), ("0.9", Status.CONVERT)]
     assert {p.source_digest for p in plan.images} == {tagged}
     assert plan.images[0].dest.endswith("/mirror/" + prefix.split("/", 1)[1] + "/app:2.0-erofs")
-    assert all(p.reason == "not converted yet" for p in plan.images)
+    assert all(p.reason == "the destination had no image" for p in plan.images)
     assert plan.total == 4 and plan.shard is None
 
 
@@ -234,10 +235,13 @@ def test_converted_image_is_skipped(client: RegistryClient, prefix: str, convert
 
 
 @pytest.mark.parametrize(("extra", "reason"), [
-    ("to: erofs+lz4", "made as erofs, want erofs+lz4"),
+    ("to: erofs+lz4", "made with format erofs, want erofs+lz4"),
     ("profile: containerd-2.3", "made with profile spec, want containerd-2.3"),
     ("merge_index: true", "an index is wanted"),
-], ids=["format", "profile", "merge-index"])
+    # A single-manifest source with a platform selection it does not match must fail again, not
+    # be skipped because an earlier run (without the selection) left a conversion there.
+    ("platforms: [linux/s390x]", "made with platforms all, want linux/s390x"),
+], ids=["format", "profile", "merge-index", "platforms"])
 def test_other_options_convert_again(client: RegistryClient, prefix: str, converted: tuple[str, Digest],
                                      extra: str, reason: str) -> None:
     source, _ = converted
@@ -254,7 +258,32 @@ def test_another_tool_version_converts_again(client: RegistryClient, prefix: str
           - {{source: "{source}", dest: "{prefix}/out:1"}}
         """)
     (planned,) = make_plan(job, client, tool_version="99.0").images
-    assert planned.status is Status.CONVERT and "erofs-converter 0.1.0, this is 99.0" in planned.reason
+    assert planned.status is Status.CONVERT and "erofs-converter version 0.1.0, want 99.0" in planned.reason
+
+
+@pytest.mark.parametrize(("recipe", "reason"), [
+    (Recipe(builder="mkfs"), "made with builder python, want mkfs"),
+    (Recipe(build_time=1700000000), "made with build time 0, want 1700000000"),
+], ids=["builder", "build-time"])
+def test_other_run_options_convert_again(client: RegistryClient, prefix: str, converted: tuple[str, Digest],
+                                         recipe: Recipe, reason: str) -> None:
+    """Everything that changes the output bytes is in the provenance, so a changed request never skips."""
+    source, _ = converted
+    planned = single(client, source, f"{prefix}/out:1", recipe=recipe)  # type: ignore[arg-type]
+    assert planned.status is Status.CONVERT and reason in planned.reason
+
+
+def test_a_failed_rerun_is_not_skipped(client: RegistryClient, prefix: str, converted: tuple[str, Digest],
+                                       tmp_path: Path) -> None:
+    """#13 item 12: the rerun with a platform the image does not have fails, it is never "already converted"."""
+    source, digest = converted
+    report = run_job(make_job(f"""
+        images:
+          - {{source: "{source}", dest: "{prefix}/out:1", platforms: [linux/s390x]}}
+        """), client=client, options=RunOptions(workdir=tmp_path / "work"))
+    (image,) = report.images
+    assert image.status == "failed" and "the image is linux/amd64, not linux/s390x" in (image.error or "")
+    assert client.get_manifest(parse_reference(f"{prefix}/out:1")).digest == digest  # left alone
 
 
 def test_changed_source_converts_again(client: RegistryClient, prefix: str, converted: tuple[str, Digest],
@@ -302,11 +331,11 @@ def test_index_idempotency_checks_each_platform_manifest(client: RegistryClient,
     assert single(client, source, dest, amd64).status is Status.SKIP
     everything = single(client, source, dest)
     assert everything.status is Status.CONVERT
-    assert everything.reason == "the selected platforms changed"
+    assert everything.reason == "made with platforms linux/amd64, want all"
     merged = single(client, source, dest, amd64, "merge_index: true")
     assert merged.reason == "merge_index changed to true"
     lz4 = single(client, source, dest, amd64, "to: erofs+lz4")
-    assert lz4.reason == "made as erofs, want erofs+lz4"
+    assert lz4.reason == "made with format erofs, want erofs+lz4"
     # a platform manifest that lost its provenance is not trusted
     index = json.loads(client.get_manifest(parse_reference(dest)).data)
     child_ref = parse_reference(dest)

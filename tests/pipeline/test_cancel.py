@@ -22,13 +22,13 @@ import structlog
 
 from converter.cancel import CancelScope
 from converter.erofs.target import TargetFormat
-from converter.errors import NotFound
+from converter.errors import Cancelled, NotFound
 from converter.oci.mediatypes import MediaType
 from converter.oci.model import Descriptor
 from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
-from converter.registry.retry import RequestCancelled, RetryPolicy, interruptible_sleep
+from converter.registry.retry import RetryPolicy, interruptible_sleep
 from converter.transports import RegistrySource
 
 from .fakes import FakeEngine, MemorySink
@@ -148,7 +148,7 @@ def test_cancel_ends_a_wait_for_response_headers(client: RegistryClient) -> None
     with StallServer("headers") as server:
         elapsed, error = cancel_while_stalled(server, lambda: client.open_blob(server.host, "r", DIGEST))
     assert elapsed < PROMPT
-    assert isinstance(error, RequestCancelled), error
+    assert isinstance(error, Cancelled), error
 
 
 def test_cancel_ends_a_stalled_blob_body(client: RegistryClient) -> None:
@@ -159,7 +159,7 @@ def test_cancel_ends_a_stalled_blob_body(client: RegistryClient) -> None:
 
         elapsed, error = cancel_while_stalled(server, read)
     assert elapsed < PROMPT
-    assert isinstance(error, RequestCancelled), error
+    assert isinstance(error, Cancelled), error
 
 
 def test_cancel_ends_a_stalled_upload(client: RegistryClient, tmp_path: Path) -> None:
@@ -170,14 +170,14 @@ def test_cancel_ends_a_stalled_upload(client: RegistryClient, tmp_path: Path) ->
         elapsed, error = cancel_while_stalled(
             server, lambda: client.push_blob(server.host, "r", Digest.from_bytes(data), len(data), path))
     assert elapsed < PROMPT
-    assert isinstance(error, RequestCancelled), error
+    assert isinstance(error, Cancelled), error
 
 
 def test_cancel_cuts_a_retry_after_wait_short(client: RegistryClient) -> None:
     with StallServer("retry-after") as server:
         elapsed, error = cancel_while_stalled(server, lambda: client.open_blob(server.host, "r", DIGEST))
     assert elapsed < PROMPT
-    assert isinstance(error, RequestCancelled), error
+    assert isinstance(error, Cancelled), error
 
 
 def test_no_scope_and_uncancelled_scope_change_nothing() -> None:
@@ -192,7 +192,7 @@ def test_no_scope_and_uncancelled_scope_change_nothing() -> None:
 def test_a_cancelled_scope_refuses_new_requests(client: RegistryClient) -> None:
     scope = CancelScope()
     scope.cancel()
-    with StallServer("headers") as server, scope.entered(), pytest.raises(RequestCancelled):
+    with StallServer("headers") as server, scope.entered(), pytest.raises(Cancelled):
         client.open_blob(server.host, "r", DIGEST)
     assert not server.stalled.is_set()  # nothing was sent
 

@@ -18,7 +18,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from converter.erofs.target import TargetFormat
-from converter.errors import DigestMismatch, ImageError, LayerError
+from converter.errors import ConverterError, DigestMismatch, ImageError, LayerError
 from converter.oci.model import Descriptor
 from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph, fetch_blob
 from converter.pipeline.progress import ProgressEvent, Stage
@@ -227,15 +227,28 @@ def test_converter_reading_other_bytes_is_an_error(tmp_path: Path) -> None:
         LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
 
 
-def test_unexpected_exceptions_are_wrapped_with_their_type(tmp_path: Path) -> None:
+def test_unexpected_exceptions_propagate_unchanged(tmp_path: Path) -> None:
+    """A bug in a worker (here a TypeError) is not disguised as a layer failure: the very
+    exception propagates, with its traceback and a note naming the layer and stage."""
     source, sink = MemorySource(), MemorySink()
+    original: list[BaseException] = []
 
     def bug(layer: str, src: BinaryIO) -> None:
-        raise KeyError("oops")
+        try:
+            len(5)  # type: ignore[arg-type]
+        except TypeError as exc:
+            original.append(exc)
+            raise
 
-    with pytest.raises(LayerFailed, match="build: KeyError: 'oops'"):
-        LayerGraph(settings(source, sink, FakeEngine(before_convert=bug)), make_layers(source, 2),
+    layers = make_layers(source, 2)
+    with pytest.raises(TypeError) as info:
+        LayerGraph(settings(source, sink, FakeEngine(before_convert=bug)), layers,
                    workdir=tmp_path / "g").run()
+    assert info.value is original[0]
+    assert not isinstance(info.value, ConverterError)
+    assert info.traceback[-1].name == "bug"  # the worker's own frames are kept
+    assert info.value.__notes__ == [f"(in the build stage of layer 1/2 {layers[0].digest} of example.com/app:1)"]
+    assert not (tmp_path / "g").exists()
 
 
 @pytest.mark.usefixtures("python_sigint")

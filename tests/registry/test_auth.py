@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.parse
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +25,7 @@ from converter.registry.auth import (
 )
 from converter.registry.credentials import Credentials, StaticCredentials
 from tests.registry.helpers import Sleeps, assert_no_secrets, fast_retry
+from tests.support.registry import RegistryServer
 
 REALM = "https://auth.example/token"
 
@@ -216,7 +219,9 @@ def test_token_service_refusal() -> None:
     auth = authenticator(service, Credentials("alice", "pw-123456"))
     with pytest.raises(AuthError) as info:
         auth.on_unauthorized("reg.example", frozenset({pull_scope("a")}), CHALLENGE, rejected=None)
-    assert str(info.value) == "fetching a token for reg.example from auth.example: 401 Unauthorized"
+    assert str(info.value) == ("fetching a token for reg.example from auth.example: 401 Unauthorized (check the "
+                               "credentials for reg.example: `docker login reg.example`; they are read from "
+                               "$REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
     assert info.value.url == REALM
     assert_no_secrets([info.value, repr(auth)], ["pw-123456"])
 
@@ -311,3 +316,32 @@ def test_token_fetch_logs_no_token(log_capture: LogCapture) -> None:
     entries = log_capture.entries
     assert any(e["event"] == "registry_token_fetched" for e in entries)
     assert_no_secrets([json.dumps(entries, default=str)], ["very-secret-token-value", "pw-123456"])
+
+
+def test_a_refused_token_names_the_token_server_with_its_port(registry_token: RegistryServer, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """#13 item 9: the 401 of a token server names it with its port, and says where credentials come from."""
+    from converter.cli import main
+
+    config = tmp_path / "docker" / "config.json"
+    config.parent.mkdir()
+    wrong = base64.b64encode(b"someone:wrong-password").decode()
+    config.write_text(json.dumps({"auths": {registry_token.host: {"auth": wrong}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config.parent))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    assert main([f"{registry_token.host}/private/app:1", "--dest", f"{registry_token.host}/private/out:1",
+                 "-q", "--retries", "1"]) == 1
+    err = capsys.readouterr().err
+    assert registry_token.issuer is not None
+    realm = registry_token.issuer.realm.removeprefix("http://").split("/")[0]
+    assert f"from {realm}: 401" in err and f"docker login {registry_token.host}" in err, err
+    assert "wrong-password" not in err
+
+
+def test_a_missing_registry_auth_file_is_an_error(tmp_path: Path) -> None:
+    from converter.registry.credentials import DockerConfigCredentials
+
+    creds = DockerConfigCredentials(env={"REGISTRY_AUTH_FILE": str(tmp_path / "nope.json"), "HOME": str(tmp_path)})
+    with pytest.raises(AuthError, match=f"REGISTRY_AUTH_FILE names {tmp_path / 'nope.json'}, which does not exist"):
+        creds.lookup("reg.example")

@@ -226,6 +226,21 @@ def _skipped_type(img: Image) -> None:
     assert img.names("/") == [b"x"]
 
 
+def _erofs_image() -> bytes:
+    """A real EROFS image (our writer's) of a small tree, as someone might pass it by mistake."""
+    import io
+    import tempfile
+
+    from converter.convert.layer import LayerOptions, convert_layer
+    from converter.erofs.target import parse_format
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "layer.erofs"
+        convert_layer(io.BytesIO(archive(simple_tree())), out, options=LayerOptions(fmt=parse_format("erofs")),
+                      layer="sample")
+        return out.read_bytes()
+
+
 def _empty(img: Image) -> None:
     assert img.names("/") == []
 
@@ -301,6 +316,10 @@ CATALOGUE: tuple[BadInput, ...] = (
     BadInput("not-a-tar", "random bytes, no compression magic", lambda: bytes(range(256)) * 8,
              "invalid header checksum"),
     BadInput("empty-blob", "a zero-byte blob (an empty layer)", lambda: b"", CONVERTS, check=_empty),
+    BadInput("erofs-image", "an EROFS image given as a layer (its first 1024 bytes are zeros: a tar end marker)",
+             lambda: _erofs_image(), "not a tar archive: this is an EROFS image"),
+    BadInput("zeros-then-data", "a tar end-of-archive marker at the very start, then data",
+             lambda: END + b"not a tar\n" + bytes(502), "not a tar archive: it starts with an end-of-archive marker"),
     # -- bombs and limits ---------------------------------------------------------------------
     BadInput("bomb-gzip-stream", "gzip expanding to 64 MiB of tar padding (limit 16M)",
              lambda: gz(END + bytes(64 * MiB)), "layer expands to more than the limit of 16777216 bytes",

@@ -9,14 +9,22 @@ second signal into.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from converter.errors import NotFound
+from converter.reference import parse_reference
+from converter.registry.client import RegistryClient
+from converter.testing.sample import Item, layer_tar
+from tests.mirror.helpers import push_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,3 +83,112 @@ def test_second_signal_kills_at_once(first: signal.Signals, second: signal.Signa
         proc.communicate()
     assert returncode == -second, returncode  # killed by the signal's default action
     assert time.monotonic() - started < 1.0
+
+
+MIRROR = """
+import sys
+from converter.cli.main import main
+sys.exit(main(["mirror", *sys.argv[1:]]))
+"""
+
+
+def _mkfs_processes(marker: str) -> list[int]:
+    """Process ids of mkfs.erofs runs whose command line mentions ``marker`` (our workdir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"mkfs.erofs") and any(marker.encode() in arg for arg in cmdline):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_mirror_stops_at_once_on_a_signal(sig: signal.Signals, client: RegistryClient, prefix: str,
+                                          tmp_path: Path) -> None:
+    """A signal to the process (not its group) while images convert: running builds are aborted,
+    nothing new starts, nothing is tagged, the report marks the images interrupted, exit 130."""
+    big = layer_tar([Item("data/", "dir", mode=0o755), Item("data/random", data=os.urandom(24 << 20))])
+    sources = [f"{prefix}/big{n}:1" for n in range(3)]
+    for n, ref in enumerate(sources):
+        push_image(client, tmp_path / "images", [big, layer_tar([Item(f"id{n}", data=b"%d" % n)])], [ref])
+    job = tmp_path / "job.yaml"
+    job.write_text("defaults:\n  to: erofs+lzma,level=109\n"
+                   f'  dest: "{prefix}/out/{{repository}}:{{tag}}-{{format}}"\n'
+                   "images:\n" + "".join(f"  - source: {ref}\n" for ref in sources))
+    report = tmp_path / "report.json"
+    workdir = tmp_path / "w"
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-c", MIRROR, str(job), "--jobs", "2", "--log-format", "json",
+                                 "--report", str(report), "--workdir", str(workdir)],
+                                stdout=subprocess.DEVNULL, stderr=err_file, cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        # Wait until an image's layers are being built (mkfs.erofs running), then signal.
+        deadline = time.monotonic() + 120
+        while not _mkfs_processes(str(workdir)):
+            assert time.monotonic() < deadline and proc.poll() is None, "no build started"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        signalled = time.monotonic()
+        proc.wait(timeout=60)
+        elapsed = time.monotonic() - signalled
+    finally:
+        proc.kill()
+        proc.wait()
+    err = stderr.read_text()
+    assert proc.returncode == 130, err
+    assert elapsed < 10, elapsed  # a build of these layers alone takes far longer
+    lines = [json.loads(line) for line in err.splitlines()]  # --log-format json: every line, the end too
+    assert lines[-1]["event"] == "interrupted" and lines[-1]["exit_status"] == 130, err
+    assert not _mkfs_processes(str(workdir))  # the running builds were killed, not left behind
+    document = json.loads(report.read_text())
+    statuses = [image["status"] for image in document["images"]]
+    assert statuses == ["interrupted"] * 3, document
+    assert document["summary"]["interrupted"] == 3
+    namespace = prefix.partition("/")[2]
+    for n in range(3):  # nothing was tagged
+        with pytest.raises(NotFound):
+            client.get_manifest(parse_reference(f"{prefix}/out/{namespace}/big{n}:1-erofs-lzma-level-109"))
+
+
+def test_mirror_stops_at_once_while_planning(tmp_path: Path) -> None:
+    """A signal while the plan's look-ups hang on a registry that never answers: exit 130 within
+    seconds (not after the 60 s read timeout), the report written and marked interrupted."""
+    with socket.socket() as silent:  # accepts connections, never answers a request
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        job = tmp_path / "job.yaml"
+        job.write_text("images:\n" + "".join(f'  - {{source: "{host}/app{n}:1", dest: "{host}/out{n}:1"}}\n'
+                                             for n in range(3)))
+        report = tmp_path / "report.json"
+        stderr = tmp_path / "stderr"
+        with stderr.open("wb") as err_file:
+            proc = subprocess.Popen([sys.executable, "-c", MIRROR, str(job), "--report", str(report),
+                                     "--log-format", "json", "-v"],
+                                    stdout=subprocess.DEVNULL, stderr=err_file, cwd=REPO,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            silent.settimeout(60)
+            connection, _ = silent.accept()  # a look-up has connected and now waits for an answer
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            proc.wait(timeout=50)
+            elapsed = time.monotonic() - signalled
+        finally:
+            proc.kill()
+            proc.wait()
+        connection.close()
+    err = stderr.read_text()
+    assert proc.returncode == 130, err
+    assert elapsed < 10, elapsed
+    assert json.loads(err.splitlines()[-1])["event"] == "interrupted"
+    document = json.loads(report.read_text())
+    assert document["interrupted"] is True and document["images"] == []
