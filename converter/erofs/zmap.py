@@ -81,7 +81,7 @@ class _Entry:
     lo: int  # HEAD: clusterofs; NONHEAD: delta[0] (or CBLKCNT | blocks), None-like for derived
     pblk: int  # HEAD only
     partial: bool = False
-    cblkcnt: int = 0
+    cblkcnt: int = -1  # NONHEAD with CBLKCNT: the pcluster's size in blocks (0 for fragment tails)
     delta0: int = 0  # NONHEAD without CBLKCNT: the look-back distance
 
 
@@ -279,7 +279,7 @@ class ExtentMap:
             if entry.type == LclusterType.NONHEAD:
                 if head is None:
                     raise ErofsFormatError(f"{where}: logical cluster 0 is not a HEAD")
-                if entry.cblkcnt:
+                if entry.cblkcnt >= 0:
                     if lcn != head_lcn + 1:
                         raise ErofsFormatError(f"{where}: CBLKCNT in logical cluster {lcn} is not after its HEAD")
                     nblocks = entry.cblkcnt
@@ -326,6 +326,8 @@ class ExtentMap:
             if not self._compact:
                 offset |= head.pblk << 32
             return Extent(la, length, None, Location.FRAGMENT, offset, length)
+        if nblocks < 1:
+            raise ErofsFormatError(f"{where}: a pcluster of {nblocks} blocks")
         plen = nblocks << self._blkszbits
         if plen > MAX_PCLUSTER:
             raise ErofsFormatError(f"{where}: a pcluster of {nblocks} blocks is bigger than 1 MiB")
