@@ -1,0 +1,288 @@
+"""``convert verify``: fetch a converted image, check its structure and, with a source, its contents."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from converter.erofs.reader import ErofsImage
+from converter.errors import ConverterError
+from converter.layers.model import Inode
+from converter.oci.model import (
+    MAX_CONFIG_SIZE,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    parse_config,
+    parse_image_manifest,
+    parse_manifest,
+)
+from converter.oci.rewrite import Provenance, is_attestation
+from converter.reference import Digest, OciLayoutRef, Reference
+from converter.transports.base import ImageSource
+from converter.verify.content import TreeComparer, expected_tree
+from converter.verify.report import Problem, Report
+from converter.verify.structure import LayerFacts, check_image, image_profile, layer_profile
+
+_CHUNK = 1 << 20
+#: Opens an image location given as text (``REF`` or ``oci:DIR[:TAG]``): (source, display name).
+SourceOpener = Callable[[str], tuple[ImageSource, Reference | OciLayoutRef]]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOptions:
+    """What to verify: platforms (empty: all), the source (None: from the provenance; "" : none),
+    the layer limits used to read source layers, and where temporary files go."""
+
+    platforms: tuple[Platform, ...] = ()
+    source: str | None = None
+    max_expanded: int | None = None
+    max_entries: int | None = None
+    workdir: Path | None = None
+    max_problems_per_layer: int = 100
+
+
+@dataclass(slots=True)
+class _Target:
+    """One platform manifest to verify."""
+
+    label: str
+    manifest: Manifest
+    digest: Digest
+    entry: Descriptor | None
+
+
+def verify_image(image: ImageSource, name: str, *, options: VerifyOptions, open_location: SourceOpener,
+                 log: Any = None) -> Report:
+    """Verify the image ``image`` (shown as ``name``); never raises for what it finds, only for
+    what stops it (the image cannot be read at all)."""
+    report = Report(image=name)
+    raw, media_type, digest = image.get_manifest()
+    report.digest = str(digest)
+    doc = parse_manifest(raw, media_type, digest=digest, what=f"manifest of {name}")
+    targets = list(_targets(image, doc, digest, options, report))
+    if not targets:
+        report.add(Problem(platform="", where="index", what="no EROFS manifest to verify (platform filter?)"))
+    index_prov = Provenance.from_annotations(doc.annotations) if isinstance(doc, Index) else None
+    with _workdir(options.workdir) as work:
+        for target in targets:
+            _verify_platform(image, target, report, options=options, open_location=open_location, work=work,
+                             index_prov=index_prov, log=log)
+    return report
+
+
+def _targets(image: ImageSource, doc: Manifest | Index, digest: Digest, options: VerifyOptions,
+             report: Report) -> Iterator[_Target]:
+    if isinstance(doc, Manifest):
+        yield _Target("", doc, digest, None)
+        return
+    for i, entry in enumerate(doc.manifests):
+        plat = entry.platform
+        if is_attestation(entry) or (plat is not None and plat.is_unknown):
+            report.notes.append(f"index entry {i} ({entry.digest}): attestation, not checked")
+            continue
+        if options.platforms and (plat is None or not any(plat.matches(p) for p in options.platforms)):
+            continue
+        raw, mt, d = image.get_manifest(entry.digest)
+        label = str(plat) if plat is not None else f"entry {i}"
+        manifest = parse_image_manifest(raw, mt, digest=entry.digest, what=f"manifest {label} ({d})")
+        kinds = [layer_profile(layer) for layer in manifest.layers]
+        tar_only = manifest.layers and all(
+            k is None and (layer.known_type is not None and layer.known_type.is_tar_layer)
+            for k, layer in zip(kinds, manifest.layers, strict=True))
+        if tar_only:
+            report.notes.append(f"index entry {i} {label} ({entry.digest}): a tar image kept in the index, not checked")
+            continue
+        yield _Target(label, manifest, entry.digest, entry)
+
+
+@contextmanager
+def _workdir(base: Path | None) -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="erofs-verify-", dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _fetch_blob(image: ImageSource, desc: Descriptor, out: Path) -> tuple[Digest, int]:
+    """Copy a blob to ``out``; its sha256 and size as read."""
+    h = hashlib.sha256()
+    n = 0
+    with image.open_blob(desc.digest, size=desc.size) as src, open(out, "wb") as f:
+        while chunk := src.read(_CHUNK):
+            h.update(chunk)
+            f.write(chunk)
+            n += len(chunk)
+    return Digest("sha256", h.hexdigest()), n
+
+
+def _unzstd(path: Path, out: Path) -> Digest:
+    h = hashlib.sha256()
+    with open(path, "rb") as src, open(out, "wb") as f:
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
+        while chunk := reader.read(_CHUNK):
+            h.update(chunk)
+            f.write(chunk)
+    return Digest("sha256", h.hexdigest())
+
+
+def _source_manifest(src: ImageSource, ref: Reference | OciLayoutRef, digest: Digest | None,
+                     config: ImageConfig) -> Manifest:
+    raw, mt, _ = src.get_manifest(digest) if digest is not None else src.get_manifest()
+    doc = parse_manifest(raw, mt, digest=digest, what=f"source manifest {ref}")
+    if isinstance(doc, Manifest):
+        return doc
+    want = config.platform
+    for entry in doc.manifests:
+        p = entry.platform
+        if p is not None and p.matches(Platform(want.os, want.architecture, want.variant)):
+            raw, mt, _ = src.get_manifest(entry.digest)
+            return parse_image_manifest(raw, mt, digest=entry.digest, what=f"source manifest {ref} {p}")
+    raise ConverterError(f"source {ref} has no manifest for {want}")
+
+
+def _verify_platform(image: ImageSource, target: _Target, report: Report, *, options: VerifyOptions,
+                     open_location: SourceOpener, work: Path, index_prov: Provenance | None, log: Any) -> None:
+    label = target.label
+    manifest = target.manifest
+
+    def add(where: str, what: str, got: object = "", want: object = "", path: str = "") -> None:
+        report.add(Problem(platform=label, where=where, what=what, got=str(got), want=str(want), path=path))
+
+    try:
+        config_bytes = image.get_blob_bytes(manifest.config.digest, max_size=MAX_CONFIG_SIZE)
+        config = parse_config(config_bytes, descriptor=manifest.config, what=f"config {manifest.config.digest}")
+    except ConverterError as exc:
+        add("config", f"unreadable: {exc}")
+        return
+    if not label:
+        cp = config.platform
+        label = "/".join(x for x in (cp.os, cp.architecture, cp.variant) if x)
+    profile = image_profile(manifest)
+    count = len(manifest.layers)
+
+    # The source, if there is one to compare with.
+    source_layers: Sequence[Descriptor] | None = None
+    source: ImageSource | None = None
+    prov = Provenance.from_annotations(manifest.annotations) or index_prov
+    source_text = options.source
+    if source_text is None and prov is not None:
+        source_text = prov.source_ref
+    if source_text:
+        try:
+            source, ref = open_location(source_text)
+            pinned = prov.source_digest if (prov is not None and options.source is None) else None
+            src_manifest = _source_manifest(source, ref, pinned, config)
+            source_layers = src_manifest.layers
+            report.source = f"{source_text}" + (f"@{pinned}" if pinned else "")
+        except ConverterError as exc:
+            add("source", f"cannot be read ({source_text}): {exc}")
+        if source_layers is not None and len(source_layers) != count:
+            add("manifest", "layer count", count, f"{len(source_layers)} (source)")
+            source_layers = None
+    elif source_text is None:
+        report.notes.append(f"{label or 'image'}: no source given or recorded; contents not compared")
+
+    facts_list: list[LayerFacts] = []
+    lowers: list[Inode] = []
+    for i, desc in enumerate(manifest.layers):
+        where = f"layer {i + 1}/{count} {desc.digest}"
+        found = layer_profile(desc)
+        zstd = bool(found and found[1])
+        blob = work / f"blob-{i}"
+        fs_path = work / f"erofs-{i}"
+        blob_digest: Digest | None = None
+        blob_size = 0
+        erofs_digest: Digest | None = None
+        try:
+            blob_digest, blob_size = _fetch_blob(image, desc, blob)
+            if zstd:
+                erofs_digest = _unzstd(blob, fs_path)
+                blob.unlink()
+            else:
+                blob.rename(fs_path)
+                erofs_digest = blob_digest
+        except (ConverterError, zstandard.ZstdError, OSError) as exc:
+            add(where, f"blob unreadable: {exc}")
+        facts_list.append(LayerFacts(index=i, count=count, descriptor=desc, blob_digest=blob_digest,
+                                     blob_size=blob_size, erofs_digest=erofs_digest, zstd=zstd))
+        if source is not None and source_layers is not None:
+            ok = _compare_layer(source, source_layers[i], fs_path, i, lowers, report=report, label=label,
+                                where=where, options=options)
+            if not ok:  # without this layer's tree the layers above cannot be checked
+                source_layers = None
+        else:
+            _check_readable(fs_path, report=report, label=label, where=where)
+        fs_path.unlink(missing_ok=True)
+        report.layers_checked += 1
+    for problem in check_image(platform=label, manifest=manifest, config=config, layers=facts_list,
+                               entry=target.entry, profile=profile):
+        report.add(problem)
+
+
+def _check_readable(fs_path: Path, *, report: Report, label: str, where: str) -> None:
+    if not fs_path.exists():
+        return
+    try:
+        with ErofsImage.open(fs_path) as img:
+            for _ in img.walk():
+                pass
+    except ConverterError as exc:
+        report.add(Problem(platform=label, where=where, what=f"not a readable EROFS image: {exc}"))
+
+
+def _compare_layer(source: ImageSource, src_desc: Descriptor, fs_path: Path, i: int, lowers: list[Inode], *,
+                   report: Report, label: str, where: str, options: VerifyOptions) -> bool:
+    """Compare one layer; appends its expected tree to ``lowers``. False if it could not be built."""
+    try:
+        img = ErofsImage.open(fs_path)
+    except (ConverterError, OSError) as exc:
+        report.add(Problem(platform=label, where=where, what=f"not a readable EROFS image: {exc}"))
+        img = None
+    try:
+        mt = src_desc.known_type
+        with source.open_blob(src_desc.digest, size=src_desc.size) as src:
+            tree = expected_tree(src, lowers=lowers, media_type=str(mt) if mt is not None else None,
+                                 layer=f"{src_desc.digest}", build_time=img.superblock.epoch if img else 0,
+                                 max_expanded=options.max_expanded, max_entries=options.max_entries)
+    except ConverterError as exc:
+        report.add(Problem(platform=label, where=where, what=f"source layer {src_desc.digest} unreadable: {exc}"))
+        if img is not None:
+            img.close()
+        return False
+    lowers.append(tree.root)
+    if tree.digest != str(src_desc.digest):
+        report.add(Problem(platform=label, where=where, what="source layer digest", got=tree.digest,
+                           want=str(src_desc.digest)))
+    if img is None:
+        return True
+    with img:
+        comparer = TreeComparer(img, tree.root)
+        shown = 0
+        try:
+            for diff in comparer.differences():
+                shown += 1
+                if shown <= options.max_problems_per_layer:
+                    report.add(Problem(platform=label, where=where, what=diff.what, got=diff.got, want=diff.want,
+                                       path=diff.path))
+        except ConverterError as exc:
+            report.add(Problem(platform=label, where=where, what=f"reading the EROFS image failed: {exc}"))
+        if shown > options.max_problems_per_layer:
+            report.add(Problem(platform=label, where=where,
+                               what=f"... and {shown - options.max_problems_per_layer} more differences"))
+        report.files_compared += comparer.files
+    return True
+
+
+__all__ = ["SourceOpener", "VerifyOptions", "verify_image"]
