@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="I/N", help="convert only shard I of N (0-based); /N reads I from "
                    "$JOB_COMPLETION_INDEX")
     p.add_argument("--dry-run", action="store_true", help="print the plan, convert nothing")
+    p.add_argument("--verify", action="store_true", help="verify each pushed image against its source "
+                   "(as `convert verify`); a failure counts as a failed image")
     p.add_argument("--report", metavar="FILE", help="write the JSON report here (- for stdout)")
     p.add_argument("--cache-repo", metavar="REPO", help="the shared layer cache repository (overrides the "
                    "job's cache_repo); 'none' turns the cache off")
@@ -111,6 +113,7 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
         workdir=Path(args.workdir) if args.workdir else None,
         build_time=default_build_time(environ),
         local_cache=Path(args.local_cache) if args.local_cache else None,
+        verify=args.verify,
     )
     client = RegistryClient(credentials=DockerConfigCredentials(env=environ),
                             plain_http=plain_http_hosts(args.plain_http, environ), ca_bundle=args.ca_bundle)
