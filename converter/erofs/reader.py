@@ -23,7 +23,7 @@ from typing import BinaryIO, NamedTuple
 from converter.erofs import format as fmt
 from converter.erofs.decompress import Algorithm, decompress, strip_padding
 from converter.erofs.zmap import Extent, ExtentMap, Location
-from converter.errors import ErofsFormatError
+from converter.errors import ErofsFormatError, ErofsUnsupported
 
 PathArg = str | bytes | int
 
@@ -407,7 +407,7 @@ class ErofsImage:
                 if blk == fmt.NULL_ADDR:
                     yield None, length
                 elif device:
-                    raise ErofsFormatError(
+                    raise ErofsUnsupported(
                         f"{where}: chunk {i} is on extra device {device}, which this reader cannot read"
                     )
                 else:
@@ -458,10 +458,10 @@ class ErofsImage:
                     stored = stored[shift:] + stored[:shift]
                 return stored[:ext.length]
             if not self.superblock.feature_incompat & fmt.INCOMPAT_LZ4_0PADDING and ext.algorithm == Algorithm.LZ4:
-                raise ErofsFormatError("LZ4 data without 0PADDING (pre-1.0 mkfs.erofs) is not supported")
+                raise ErofsUnsupported("LZ4 data without 0PADDING (pre-1.0 mkfs.erofs) is not supported")
             return decompress(ext.algorithm, strip_padding(stored), ext.length, partial=ext.partial)
         except ErofsFormatError as exc:
-            raise ErofsFormatError(f"{where}: {exc}") from exc
+            raise type(exc)(f"{where}: {exc}") from exc
 
     def _read_packed(self, offset: int, n: int, where: str) -> bytes:
         """``n`` bytes at ``offset`` of the packed inode (fragments), decoded from its start."""

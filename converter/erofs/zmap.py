@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from converter.erofs.decompress import MAX_EXTENT_SIZE, Algorithm
-from converter.errors import ErofsFormatError
+from converter.errors import ErofsFormatError, ErofsUnsupported
 
 ADVISE_COMPACTED_2B = 0x0001  # compact layout: 2B packs; full layout: encoded extents (48-bit)
 ADVISE_BIG_PCLUSTER_1 = 0x0002
@@ -131,12 +131,12 @@ class ExtentMap:
         if big and not big_pcluster_ok:
             raise ErofsFormatError(f"{where}: big pclusters without the BIG_PCLUSTER feature")
         if not compact and h.advise & ADVISE_COMPACTED_2B:
-            raise ErofsFormatError(f"{where}: encoded extents (48-bit images) are not supported")
+            raise ErofsUnsupported(f"{where}: encoded extents (48-bit images) are not supported")
         if h.lclusterbits > 30:
             raise ErofsFormatError(f"{where}: logical cluster size 2^{h.lclusterbits} is absurd")
         if compact:
             if h.lclusterbits != blkszbits:
-                raise ErofsFormatError(f"{where}: compact indexes with clusters other than one block")
+                raise ErofsUnsupported(f"{where}: compact indexes with clusters other than one block")
             if bool(h.advise & ADVISE_BIG_PCLUSTER_1) != bool(h.advise & ADVISE_BIG_PCLUSTER_2):
                 raise ErofsFormatError(f"{where}: compact indexes need both BIG_PCLUSTER bits or none")
         self._lcs = 1 << h.lclusterbits

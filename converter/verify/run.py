@@ -30,7 +30,7 @@ from converter.oci.model import (
 from converter.oci.rewrite import Provenance, is_attestation
 from converter.reference import Digest, OciLayoutRef, Reference
 from converter.transports.base import ImageSource
-from converter.verify.content import TreeComparer, expected_tree
+from converter.verify.content import FsckReader, TreeComparer, expected_tree
 from converter.verify.report import Problem, Report
 from converter.verify.structure import LayerFacts, check_image, image_profile, layer_profile
 
@@ -268,7 +268,8 @@ def _compare_layer(source: ImageSource, src_desc: Descriptor, fs_path: Path, i: 
     if img is None:
         return True
     with img:
-        comparer = TreeComparer(img, tree.root)
+        fallback = FsckReader(fs_path, workdir=options.workdir)
+        comparer = TreeComparer(img, tree.root, fallback=fallback)
         shown = 0
         try:
             for diff in comparer.differences():
@@ -282,6 +283,10 @@ def _compare_layer(source: ImageSource, src_desc: Descriptor, fs_path: Path, i: 
             report.add(Problem(platform=label, where=where,
                                what=f"... and {shown - options.max_problems_per_layer} more differences"))
         report.files_compared += comparer.files
+        if fallback.used:
+            shown_paths = ", ".join(fallback.used[:5]) + (" ..." if len(fallback.used) > 5 else "")
+            report.notes.append(f"{label} {where}: {len(fallback.used)} file(s) our reader does not decode were "
+                                f"read with fsck.erofs --extract: {shown_paths}")
     return True
 
 
