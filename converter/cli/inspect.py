@@ -9,8 +9,10 @@ from collections.abc import Sequence
 
 from converter.cli.args import UsageParser
 from converter.cli.image import make_client
-from converter.reference import Reference, parse_location
+from converter.reference import OciLayoutRef, Reference, parse_location
+from converter.registry.client import RegistryClient
 from converter.transports import open_source
+from converter.transports.base import ImageSource
 from converter.verify.inspect import inspect_image, render
 
 
@@ -26,10 +28,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    loc = parse_location(args.image)
-    client = make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle) if isinstance(loc, Reference) else None
+    client: RegistryClient | None = None
+
+    def opener(text: str) -> tuple[ImageSource, Reference | OciLayoutRef]:
+        nonlocal client
+        loc = parse_location(text)
+        if isinstance(loc, Reference) and client is None:
+            client = make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle)
+        return open_source(loc, client=client), loc
+
     try:
-        info = inspect_image(open_source(loc, client=client), args.image, files=args.verbose)
+        image, _ = opener(args.image)
+        info = inspect_image(image, args.image, files=args.verbose, open_location=opener)
     finally:
         if client is not None:
             client.close()

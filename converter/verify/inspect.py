@@ -18,6 +18,7 @@ from converter.errors import ConverterError
 from converter.oci.model import (
     MAX_CONFIG_SIZE,
     Descriptor,
+    ImageConfig,
     Index,
     Manifest,
     parse_config,
@@ -26,6 +27,7 @@ from converter.oci.model import (
 )
 from converter.oci.rewrite import ROLE_ANNOTATION, Provenance
 from converter.transports.base import ImageSource
+from converter.verify.run import SourceOpener, source_manifest
 from converter.verify.structure import layer_profile
 
 _HEAD = 4096
@@ -78,8 +80,20 @@ def _files(image: ImageSource, desc: Descriptor, zstd: bool) -> list[str]:
 
 
 
-def _platform_info(image: ImageSource, label: str, manifest: Manifest, digest: str, *, files: bool) -> dict[str, Any]:
+def _source_sizes(prov: Provenance, config: ImageConfig, open_location: SourceOpener | None) -> list[int] | str:
+    if open_location is None:
+        return []
+    try:
+        source, ref = open_location(prov.source_ref)
+        return [layer.size for layer in source_manifest(source, ref, prov.source_digest, config).layers]
+    except ConverterError as exc:
+        return f"source unreadable: {exc}"
+
+
+def _platform_info(image: ImageSource, label: str, manifest: Manifest, digest: str, *, files: bool,
+                   open_location: SourceOpener | None) -> dict[str, Any]:
     info: dict[str, Any] = {"platform": label, "digest": digest, "layers": []}
+    config: ImageConfig | None = None
     try:
         config = parse_config(image.get_blob_bytes(manifest.config.digest, max_size=MAX_CONFIG_SIZE),
                               descriptor=manifest.config)
@@ -89,14 +103,22 @@ def _platform_info(image: ImageSource, label: str, manifest: Manifest, digest: s
     except ConverterError as exc:
         info["config_error"] = str(exc)
     prov = Provenance.from_annotations(manifest.annotations)
+    source_sizes: list[int] = []
     if prov is not None:
         info["source"] = {"ref": prov.source_ref, "digest": str(prov.source_digest), "format": prov.fmt,
                           "profile": prov.profile.value, "tool_version": prov.version}
+        if config is not None:
+            sizes = _source_sizes(prov, config, open_location)
+            if isinstance(sizes, str):
+                info["source"]["error"] = sizes
+            else:
+                source_sizes = sizes
     for i, desc in enumerate(manifest.layers):
         found = layer_profile(desc)
         zstd = bool(found and found[1])
         layer: dict[str, Any] = {
             "index": i, "digest": str(desc.digest), "media_type": desc.media_type, "size": desc.size,
+            "source_size": source_sizes[i] if i < len(source_sizes) else None,
             "role": desc.annotations.get(ROLE_ANNOTATION, ""),
             "blob_compression": "zstd" if zstd else "none",
             "annotations": {k: v for k, v in desc.annotations.items() if k.startswith("org.erofs.")},
@@ -116,13 +138,15 @@ def _platform_info(image: ImageSource, label: str, manifest: Manifest, digest: s
     return info
 
 
-def inspect_image(image: ImageSource, name: str, *, files: bool = False) -> dict[str, Any]:
+def inspect_image(image: ImageSource, name: str, *, files: bool = False,
+                  open_location: SourceOpener | None = None) -> dict[str, Any]:
     """What ``convert inspect`` shows, as a JSON-able dict."""
     raw, media_type, digest = image.get_manifest()
     doc = parse_manifest(raw, media_type, digest=digest, what=f"manifest of {name}")
     out: dict[str, Any] = {"image": name, "digest": str(digest), "media_type": str(doc.media_type), "platforms": []}
     if isinstance(doc, Manifest):
-        out["platforms"].append(_platform_info(image, "", doc, str(digest), files=files))
+        out["platforms"].append(_platform_info(image, "", doc, str(digest), files=files,
+                                                 open_location=open_location))
         return out
     assert isinstance(doc, Index)
     prov = Provenance.from_annotations(doc.annotations)
@@ -133,7 +157,8 @@ def inspect_image(image: ImageSource, name: str, *, files: bool = False) -> dict
         label = str(plat) if plat is not None else ""
         mraw, mt, _ = image.get_manifest(entry.digest)
         manifest = parse_image_manifest(mraw, mt, digest=entry.digest)
-        out["platforms"].append(_platform_info(image, label, manifest, str(entry.digest), files=files))
+        out["platforms"].append(_platform_info(image, label, manifest, str(entry.digest), files=files,
+                                                 open_location=open_location))
     return out
 
 
@@ -147,9 +172,10 @@ def render(info: dict[str, Any]) -> str:
             lines.append(f"  source {src['ref']}@{src['digest']}, format {src['format']}, profile {src['profile']}, "
                          f"erofs-converter {src['tool_version']}")
         for layer in plat["layers"]:
+            src_size = f" (source {layer['source_size']} bytes)" if layer.get("source_size") is not None else ""
             extra = "".join(f", {k} {layer[k]}" for k in ("chunk_count", "verity_root") if layer.get(k))
             lines.append(f"  layer {layer['index'] + 1}: {layer['digest']} {layer['media_type']} "
-                         f"{layer['size']} bytes, role {layer['role'] or '-'}, fs compression "
+                         f"{layer['size']} bytes{src_size}, role {layer['role'] or '-'}, fs compression "
                          f"{layer.get('fs_compression', '?')}, blob compression {layer['blob_compression']}{extra}")
             if layer.get("error"):
                 lines.append(f"    error: {layer['error']}")

@@ -137,8 +137,9 @@ def _unzstd(path: Path, out: Path) -> Digest:
     return Digest("sha256", h.hexdigest())
 
 
-def _source_manifest(src: ImageSource, ref: Reference | OciLayoutRef, digest: Digest | None,
-                     config: ImageConfig) -> Manifest:
+def source_manifest(src: ImageSource, ref: Reference | OciLayoutRef, digest: Digest | None,
+                    config: ImageConfig) -> Manifest:
+    """The source's manifest for the converted image's platform (``digest`` pins it, if given)."""
     raw, mt, _ = src.get_manifest(digest) if digest is not None else src.get_manifest()
     doc = parse_manifest(raw, mt, digest=digest, what=f"source manifest {ref}")
     if isinstance(doc, Manifest):
@@ -183,7 +184,7 @@ def _verify_platform(image: ImageSource, target: _Target, report: Report, *, opt
         try:
             source, ref = open_location(source_text)
             pinned = prov.source_digest if (prov is not None and options.source is None) else None
-            src_manifest = _source_manifest(source, ref, pinned, config)
+            src_manifest = source_manifest(source, ref, pinned, config)
             source_layers = src_manifest.layers
             report.source = f"{source_text}" + (f"@{pinned}" if pinned else "")
         except ConverterError as exc:
