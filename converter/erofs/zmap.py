@@ -1,7 +1,7 @@
 """The extent map of a compressed EROFS inode: map header, full and compact lcluster indexes.
 
 Layout as in the kernel's fs/erofs/erofs_fs.h (z_erofs_map_header, z_erofs_lcluster_index) and
-Documentation/filesystems/erofs.rst ("Data compression"); see docs/erofs-compressed-reading.md.
+Documentation/filesystems/erofs.rst ("Data compression"); see docs/verify.md.
 The whole index is walked in file order (one entry per logical cluster), which is what a
 reader that streams whole files needs, and validated on the way so that a lookup in the
 kernel's style (delta[0] look-back) would reach the same extent heads as we do.
