@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from converter.oci.model import (
 from converter.oci.rewrite import Provenance, is_attestation
 from converter.reference import Digest, OciLayoutRef, Reference
 from converter.transports.base import ImageSource
-from converter.verify.content import FsckReader, TreeComparer, expected_tree
+from converter.verify.content import FsckReader, SourceTree, TreeComparer, expected_tree
 from converter.verify.report import Problem, Report
 from converter.verify.structure import LayerFacts, check_image, image_profile, layer_profile
 
@@ -196,40 +197,118 @@ def _verify_platform(image: ImageSource, target: _Target, report: Report, *, opt
         report.notes.append(f"{label or 'image'}: no source given or recorded; contents not compared")
 
     facts_list: list[LayerFacts] = []
-    lowers: list[Inode] = []
-    for i, desc in enumerate(manifest.layers):
-        where = f"layer {i + 1}/{count} {desc.digest}"
-        found = layer_profile(desc)
-        zstd = bool(found and found[1])
-        blob = work / f"blob-{i}"
-        fs_path = work / f"erofs-{i}"
-        blob_digest: Digest | None = None
-        blob_size = 0
-        erofs_digest: Digest | None = None
+    trees = _Trees(source, source_layers, options) if source is not None and source_layers is not None else None
+    # The source tree of layer i is built in a worker thread while layer i-1 is compared (hashing,
+    # decompression and file reads release the GIL), so verify costs about max(source, image).
+    pending: tuple[int, str, Path, Future[SourceTree | None]] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-source") as pool:
         try:
-            blob_digest, blob_size = _fetch_blob(image, desc, blob)
-            if zstd:
-                erofs_digest = _unzstd(blob, fs_path)
-                blob.unlink()
-            else:
-                blob.rename(fs_path)
-                erofs_digest = blob_digest
-        except (ConverterError, zstandard.ZstdError, OSError) as exc:
-            add(where, f"blob unreadable: {exc}")
-        facts_list.append(LayerFacts(index=i, count=count, descriptor=desc, blob_digest=blob_digest,
-                                     blob_size=blob_size, erofs_digest=erofs_digest, zstd=zstd))
-        if source is not None and source_layers is not None:
-            ok = _compare_layer(source, source_layers[i], fs_path, i, lowers, report=report, label=label,
-                                where=where, options=options)
-            if not ok:  # without this layer's tree the layers above cannot be checked
-                source_layers = None
-        else:
-            _check_readable(fs_path, report=report, label=label, where=where)
-        fs_path.unlink(missing_ok=True)
-        report.layers_checked += 1
+            for i, desc in enumerate(manifest.layers):
+                where = f"layer {i + 1}/{count} {desc.digest}"
+                fs_path, facts = _fetch_layer(image, desc, i, count, work, report=report, label=label, where=where)
+                facts_list.append(facts)
+                if trees is None:
+                    _check_readable(fs_path, report=report, label=label, where=where)
+                    fs_path.unlink(missing_ok=True)
+                    report.layers_checked += 1
+                    continue
+                future = pool.submit(trees.build, i, _epoch(fs_path))
+                if pending is not None:
+                    _finish_layer(*pending, report=report, label=label, options=options, trees=trees)
+                pending = (i, where, fs_path, future)
+            if pending is not None and trees is not None:
+                _finish_layer(*pending, report=report, label=label, options=options, trees=trees)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     for problem in check_image(platform=label, manifest=manifest, config=config, layers=facts_list,
                                entry=target.entry, profile=profile):
         report.add(problem)
+
+
+def _fetch_layer(image: ImageSource, desc: Descriptor, i: int, count: int, work: Path, *, report: Report,
+                 label: str, where: str) -> tuple[Path, LayerFacts]:
+    """Download layer ``i`` (unwrapping an outer zstd) to a file; what was measured on the way."""
+    found = layer_profile(desc)
+    zstd = bool(found and found[1])
+    blob = work / f"blob-{i}"
+    fs_path = work / f"erofs-{i}"
+    blob_digest: Digest | None = None
+    blob_size = 0
+    erofs_digest: Digest | None = None
+    try:
+        blob_digest, blob_size = _fetch_blob(image, desc, blob)
+        if zstd:
+            erofs_digest = _unzstd(blob, fs_path)
+            blob.unlink()
+        else:
+            blob.rename(fs_path)
+            erofs_digest = blob_digest
+    except (ConverterError, zstandard.ZstdError, OSError) as exc:
+        report.add(Problem(platform=label, where=where, what=f"blob unreadable: {exc}"))
+    return fs_path, LayerFacts(index=i, count=count, descriptor=desc, blob_digest=blob_digest, blob_size=blob_size,
+                               erofs_digest=erofs_digest, zstd=zstd)
+
+
+def _epoch(fs_path: Path) -> int:
+    """The build time in an EROFS superblock (what implicit directories get), 0 if unreadable."""
+    try:
+        with ErofsImage.open(fs_path) as img:
+            return img.superblock.epoch
+    except (ConverterError, OSError):
+        return 0
+
+
+class _Trees:
+    """Builds the expected trees of the source layers in order, each over the ones below it."""
+
+    def __init__(self, source: ImageSource, layers: Sequence[Descriptor], options: VerifyOptions) -> None:
+        self._source = source
+        self._layers = layers
+        self._options = options
+        self._lowers: list[Inode] = []
+        self.failed: str | None = None
+        self.failed_at = -1
+
+    def digest(self, i: int) -> str:
+        return str(self._layers[i].digest)
+
+    def build(self, i: int, build_time: int) -> SourceTree | None:
+        """The tree of source layer ``i``; None once a layer could not be read (``failed`` says why)."""
+        if self.failed is not None:
+            return None
+        desc = self._layers[i]
+        mt = desc.known_type
+        try:
+            with self._source.open_blob(desc.digest, size=desc.size) as src:
+                tree = expected_tree(src, lowers=list(self._lowers), media_type=str(mt) if mt is not None else None,
+                                     layer=str(desc.digest), build_time=build_time,
+                                     max_expanded=self._options.max_expanded, max_entries=self._options.max_entries)
+        except ConverterError as exc:
+            self.failed = f"source layer {desc.digest} unreadable: {exc}"
+            self.failed_at = i
+            return None
+        self._lowers.append(tree.root)
+        return tree
+
+
+def _finish_layer(i: int, where: str, fs_path: Path, future: Future[SourceTree | None], *, report: Report,
+                  label: str, options: VerifyOptions, trees: _Trees) -> None:
+    try:
+        tree = future.result()
+        if tree is None:
+            what = trees.failed if i == trees.failed_at else \
+                f"contents not compared: source layer {trees.failed_at + 1} below could not be read"
+            report.add(Problem(platform=label, where=where, what=what or "contents not compared"))
+            _check_readable(fs_path, report=report, label=label, where=where)
+        else:
+            src_digest = trees.digest(i)
+            if tree.digest != src_digest:
+                report.add(Problem(platform=label, where=where, what="source layer digest", got=tree.digest,
+                                   want=src_digest))
+            _compare_layer(tree, fs_path, report=report, label=label, where=where, options=options)
+    finally:
+        fs_path.unlink(missing_ok=True)
+        report.layers_checked += 1
 
 
 def _check_readable(fs_path: Path, *, report: Report, label: str, where: str) -> None:
@@ -243,31 +322,14 @@ def _check_readable(fs_path: Path, *, report: Report, label: str, where: str) ->
         report.add(Problem(platform=label, where=where, what=f"not a readable EROFS image: {exc}"))
 
 
-def _compare_layer(source: ImageSource, src_desc: Descriptor, fs_path: Path, i: int, lowers: list[Inode], *,
-                   report: Report, label: str, where: str, options: VerifyOptions) -> bool:
-    """Compare one layer; appends its expected tree to ``lowers``. False if it could not be built."""
+def _compare_layer(tree: SourceTree, fs_path: Path, *, report: Report, label: str, where: str,
+                   options: VerifyOptions) -> None:
+    """Compare one EROFS layer with the expected tree of its source layer, entry by entry."""
     try:
         img = ErofsImage.open(fs_path)
     except (ConverterError, OSError) as exc:
         report.add(Problem(platform=label, where=where, what=f"not a readable EROFS image: {exc}"))
-        img = None
-    try:
-        mt = src_desc.known_type
-        with source.open_blob(src_desc.digest, size=src_desc.size) as src:
-            tree = expected_tree(src, lowers=lowers, media_type=str(mt) if mt is not None else None,
-                                 layer=f"{src_desc.digest}", build_time=img.superblock.epoch if img else 0,
-                                 max_expanded=options.max_expanded, max_entries=options.max_entries)
-    except ConverterError as exc:
-        report.add(Problem(platform=label, where=where, what=f"source layer {src_desc.digest} unreadable: {exc}"))
-        if img is not None:
-            img.close()
-        return False
-    lowers.append(tree.root)
-    if tree.digest != str(src_desc.digest):
-        report.add(Problem(platform=label, where=where, what="source layer digest", got=tree.digest,
-                           want=str(src_desc.digest)))
-    if img is None:
-        return True
+        return
     with img:
         fallback = FsckReader(fs_path, workdir=options.workdir)
         comparer = TreeComparer(img, tree.root, fallback=fallback)
@@ -288,7 +350,6 @@ def _compare_layer(source: ImageSource, src_desc: Descriptor, fs_path: Path, i: 
             shown_paths = ", ".join(fallback.used[:5]) + (" ..." if len(fallback.used) > 5 else "")
             report.notes.append(f"{label} {where}: {len(fallback.used)} file(s) our reader does not decode were "
                                 f"read with fsck.erofs --extract: {shown_paths}")
-    return True
 
 
 __all__ = ["SourceOpener", "VerifyOptions", "verify_image"]

@@ -165,3 +165,13 @@ def test_structure_only_and_usage(raw: Layout) -> None:
     res = _verify(f"oci:{raw.path}:{TAG}", "--no-source")
     assert res.returncode == 0, res.stderr
     assert _verify().returncode == 2
+
+
+def test_unreadable_source_layer(source: Path, raw: Layout, tmp_path: Path) -> None:
+    src = Layout(source, TAG).copy(tmp_path / "src")
+    blob = src.layer_paths()[1]
+    blob.write_bytes(blob.read_bytes()[:100])  # a truncated download left in place
+    lines = _lines(_verify(f"oci:{raw.path}:{TAG}", "--source", f"oci:{src.path}:{TAG}"))
+    assert len(lines) == 2, lines
+    assert " layer 2/3 " in lines[0] and "source layer sha256:" in lines[0] and "unreadable" in lines[0]
+    assert lines[1].endswith("contents not compared: source layer 2 below could not be read")
