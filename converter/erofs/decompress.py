@@ -85,10 +85,7 @@ def _lzma(stream: bytes, size: int, partial: bool) -> bytes:
 
 
 def _deflate(stream: bytes, size: int, partial: bool) -> bytes:
-    dec = zlib.decompressobj(-15)
-    out = dec.decompress(stream, size)
-    if not partial and len(out) == size and not dec.eof and not dec.unconsumed_tail:
-        out += dec.flush()[:1]  # a stream that goes on past the extent is corrupt
+    out: bytes = zlib.decompressobj(-15).decompress(stream, size)  # never more than the extent
     return out
 
 

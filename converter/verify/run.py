@@ -31,6 +31,7 @@ from converter.oci.model import (
 from converter.oci.rewrite import Provenance, is_attestation
 from converter.reference import Digest, OciLayoutRef, Reference
 from converter.transports.base import ImageSource
+from converter.transports.layout import LayoutSource
 from converter.verify.content import FsckReader, SourceTree, TreeComparer, expected_tree
 from converter.verify.report import Problem, Report
 from converter.verify.structure import LayerFacts, check_image, image_profile, layer_profile
@@ -200,22 +201,24 @@ def _verify_platform(image: ImageSource, target: _Target, report: Report, *, opt
     trees = _Trees(source, source_layers, options) if source is not None and source_layers is not None else None
     # The source tree of layer i is built in a worker thread while layer i-1 is compared (hashing,
     # decompression and file reads release the GIL), so verify costs about max(source, image).
-    pending: tuple[int, str, Path, Future[SourceTree | None]] | None = None
+    pending: tuple[int, str, Path, bool, Future[SourceTree | None]] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-source") as pool:
         try:
             for i, desc in enumerate(manifest.layers):
                 where = f"layer {i + 1}/{count} {desc.digest}"
-                fs_path, facts = _fetch_layer(image, desc, i, count, work, report=report, label=label, where=where)
+                fs_path, owned, facts = _fetch_layer(image, desc, i, count, work, report=report, label=label,
+                                                     where=where)
                 facts_list.append(facts)
                 if trees is None:
                     _check_readable(fs_path, report=report, label=label, where=where)
-                    fs_path.unlink(missing_ok=True)
+                    if owned:
+                        fs_path.unlink(missing_ok=True)
                     report.layers_checked += 1
                     continue
                 future = pool.submit(trees.build, i, _epoch(fs_path))
                 if pending is not None:
                     _finish_layer(*pending, report=report, label=label, options=options, trees=trees)
-                pending = (i, where, fs_path, future)
+                pending = (i, where, fs_path, owned, future)
             if pending is not None and trees is not None:
                 _finish_layer(*pending, report=report, label=label, options=options, trees=trees)
         finally:
@@ -226,8 +229,10 @@ def _verify_platform(image: ImageSource, target: _Target, report: Report, *, opt
 
 
 def _fetch_layer(image: ImageSource, desc: Descriptor, i: int, count: int, work: Path, *, report: Report,
-                 label: str, where: str) -> tuple[Path, LayerFacts]:
-    """Download layer ``i`` (unwrapping an outer zstd) to a file; what was measured on the way."""
+                 label: str, where: str) -> tuple[Path, bool, LayerFacts]:
+    """Layer ``i`` as an EROFS image file, whether that file is ours to delete, and what was
+    measured on the way. Blobs are downloaded (an outer zstd unwrapped); a raw blob of a local
+    OCI layout is read where it is."""
     found = layer_profile(desc)
     zstd = bool(found and found[1])
     blob = work / f"blob-{i}"
@@ -235,7 +240,13 @@ def _fetch_layer(image: ImageSource, desc: Descriptor, i: int, count: int, work:
     blob_digest: Digest | None = None
     blob_size = 0
     erofs_digest: Digest | None = None
+    in_place = image.blob_path(desc.digest) if isinstance(image, LayoutSource) and not zstd else None
     try:
+        if in_place is not None and in_place.is_file():
+            blob_digest, blob_size = _hash_file(in_place)
+            erofs_digest = blob_digest
+            return in_place, False, LayerFacts(index=i, count=count, descriptor=desc, blob_digest=blob_digest,
+                                               blob_size=blob_size, erofs_digest=erofs_digest, zstd=zstd)
         blob_digest, blob_size = _fetch_blob(image, desc, blob)
         if zstd:
             erofs_digest = _unzstd(blob, fs_path)
@@ -245,8 +256,18 @@ def _fetch_layer(image: ImageSource, desc: Descriptor, i: int, count: int, work:
             erofs_digest = blob_digest
     except (ConverterError, zstandard.ZstdError, OSError) as exc:
         report.add(Problem(platform=label, where=where, what=f"blob unreadable: {exc}"))
-    return fs_path, LayerFacts(index=i, count=count, descriptor=desc, blob_digest=blob_digest, blob_size=blob_size,
-                               erofs_digest=erofs_digest, zstd=zstd)
+    return fs_path, True, LayerFacts(index=i, count=count, descriptor=desc, blob_digest=blob_digest,
+                                     blob_size=blob_size, erofs_digest=erofs_digest, zstd=zstd)
+
+
+def _hash_file(path: Path) -> tuple[Digest, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return Digest("sha256", h.hexdigest()), n
 
 
 def _epoch(fs_path: Path) -> int:
@@ -291,7 +312,8 @@ class _Trees:
         return tree
 
 
-def _finish_layer(i: int, where: str, fs_path: Path, future: Future[SourceTree | None], *, report: Report,
+def _finish_layer(i: int, where: str, fs_path: Path, owned: bool, future: Future[SourceTree | None], *,
+                  report: Report,
                   label: str, options: VerifyOptions, trees: _Trees) -> None:
     try:
         tree = future.result()
@@ -307,7 +329,8 @@ def _finish_layer(i: int, where: str, fs_path: Path, future: Future[SourceTree |
                                    want=src_digest))
             _compare_layer(tree, fs_path, report=report, label=label, where=where, options=options)
     finally:
-        fs_path.unlink(missing_ok=True)
+        if owned:
+            fs_path.unlink(missing_ok=True)
         report.layers_checked += 1
 
 
