@@ -39,7 +39,6 @@ class Report:
     notes: list[str] = field(default_factory=list)  # e.g. "layer 1/3: read with fsck.erofs --extract"
     layers_checked: int = 0
     files_compared: int = 0
-    max_problems_per_layer: int = 100
 
     @property
     def ok(self) -> bool:

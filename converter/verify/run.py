@@ -79,7 +79,10 @@ def verify_image(image: ImageSource, name: str, *, options: VerifyOptions, open_
     with _workdir(options.workdir) as work:
         for target in targets:
             _verify_platform(image, target, report, options=options, open_location=open_location, work=work,
-                             index_prov=index_prov, log=log)
+                             index_prov=index_prov)
+            if log is not None:
+                log.info("verify_platform_done", image=name, platform=target.label or "(single manifest)",
+                         problems=len(report.problems), layers=report.layers_checked, files=report.files_compared)
     return report
 
 
@@ -156,7 +159,7 @@ def source_manifest(src: ImageSource, ref: Reference | OciLayoutRef, digest: Dig
 
 
 def _verify_platform(image: ImageSource, target: _Target, report: Report, *, options: VerifyOptions,
-                     open_location: SourceOpener, work: Path, index_prov: Provenance | None, log: Any) -> None:
+                     open_location: SourceOpener, work: Path, index_prov: Provenance | None) -> None:
     label = target.label
     manifest = target.manifest
 
