@@ -7,6 +7,7 @@
     │   └── JobFileError           a mirroring job file is invalid (file, line, field)
     ├── LayerError                 a source layer is malformed (names the layer and the entry)
     ├── ErofsFormatError           an EROFS image is corrupt or uses what we cannot read
+    │   └── ErofsUnsupported       valid EROFS that our reader does not decode (a tool can)
     ├── ToolError                  an external program is missing, too old or failed
     │   └── MkfsError              mkfs.erofs failed (exit code and the end of its stderr)
     ├── RegistryError              the registry said no (status, code, method, redacted URL)
@@ -73,6 +74,10 @@ class LayerError(ConverterError):
 
 class ErofsFormatError(ConverterError):
     """An EROFS image is corrupt, truncated or uses a feature we do not read."""
+
+
+class ErofsUnsupported(ErofsFormatError):
+    """A valid EROFS feature our reader does not decode (``convert verify`` then asks fsck.erofs)."""
 
 
 class ToolError(ConverterError):

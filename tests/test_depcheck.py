@@ -31,8 +31,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "transports": frozenset({"errors", "cancel", "files", "reference", "oci", "registry"}),
     "pipeline": frozenset({"converter", "errors", "cancel", "files", "reference", "oci", "layers", "erofs",
                            "convert", "transports"}),
+    "verify": frozenset({"converter", "errors", "cancel", "files", "reference", "oci", "layers", "erofs", "convert",
+                         "transports", "pipeline"}),
     "mirror": frozenset({"converter", "errors", "cancel", "files", "reference", "oci", "layers", "erofs", "convert",
-                         "registry", "transports", "pipeline"}),
+                         "registry", "transports", "pipeline", "verify"}),
 }
 #: the edges of the product: cli may import every product unit, testing every unit but cli.
 PRODUCT = frozenset(ALLOWED) | {"converter"}

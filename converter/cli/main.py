@@ -5,6 +5,8 @@
     convert ls IMAGE.erofs [PATH] [-x]                list an EROFS image like `tar tv`
     convert cat IMAGE.erofs PATH                      print a file of an EROFS image
     convert mirror JOB.yaml ...                       run a mirroring job
+    convert verify REF [--source SRC] ...             prove a converted image against its source
+    convert inspect REF [--json] [-v]                 show what a converted image is made of
 
 Exit status: 0 success, 1 failure, 2 usage, 70 internal error (a bug: its traceback is printed),
 130 interrupted. Errors are one line on stderr.
@@ -46,7 +48,7 @@ from converter.errors import ConverterError, UsageError
 if TYPE_CHECKING:
     from converter.erofs.reader import ErofsImage
 
-SUBCOMMANDS = ("layer", "ls", "cat", "mirror")
+SUBCOMMANDS = ("layer", "ls", "cat", "mirror", "verify", "inspect")
 
 
 def _layer_parser() -> argparse.ArgumentParser:
@@ -275,11 +277,21 @@ def cmd_mirror(argv: Sequence[str]) -> int:
     return result
 
 
+def _lazy(name: str, argv: Sequence[str]) -> int:
+    """Run ``converter.cli.NAME.main(argv)``, imported only when that subcommand is used."""
+    import importlib
+
+    result: int = importlib.import_module(f"converter.cli.{name}").main(argv)
+    return result
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "layer": cmd_layer,
     "ls": cmd_ls,
     "cat": cmd_cat,
     "mirror": cmd_mirror,
+    "verify": lambda argv: _lazy("verify", argv),
+    "inspect": lambda argv: _lazy("inspect", argv),
 }
 
 

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "$JOB_COMPLETION_INDEX")
     p.add_argument("--dry-run", action="store_true", help="plan only: print what would be done, convert "
                    "nothing (with --report, the plan as JSON)")
+    p.add_argument("--verify", action="store_true", help="verify each pushed image against its source "
+                   "(as `convert verify`); a failure counts as a failed image")
     p.add_argument("--report", metavar="FILE", help="write the JSON report here (- for stdout)")
     p.add_argument("--env", action="append", default=[], metavar="NAME",
                    help=f"let the job file read ${{NAME}} from the environment (repeatable); {JOB_ENV_PREFIX}* "
@@ -156,6 +158,7 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
         workdir=Path(args.workdir) if args.workdir else None,
         build_time=default_build_time(environ),
         local_cache=Path(args.local_cache) if args.local_cache else None,
+        verify=args.verify,
     )
     client = RegistryClient(credentials=DockerConfigCredentials(env=environ),
                             plain_http=plain_http_hosts(args.plain_http, environ), ca_bundle=args.ca_bundle,

@@ -3,8 +3,8 @@
 It exists to check what the writers (ours and mkfs.erofs) produce, so it reads everything
 linearly and is strict: every structural problem in the image (bad magic or checksum, unknown
 incompat features, offsets past the end, broken dirents, mis-sorted directories, directory
-cycles) raises ErofsFormatError, never another exception and never a hang. Metadata of
-compressed images (mkfs.erofs -z...) is readable; the contents of compressed files are not.
+cycles) raises ErofsFormatError, never another exception and never a hang. Compressed files
+(mkfs.erofs -z...) are decoded extent by extent through ``zmap`` and ``decompress``.
 
 Paths are ``str`` or ``bytes``, "/"-separated, absolute or relative to the root; an ``int``
 is taken as a NID. Lookups do not follow symlinks (lstat semantics). A path that does not exist
@@ -21,7 +21,9 @@ from types import TracebackType
 from typing import BinaryIO, NamedTuple
 
 from converter.erofs import format as fmt
-from converter.errors import ErofsFormatError
+from converter.erofs.decompress import Algorithm, decompress, strip_padding
+from converter.erofs.zmap import Extent, ExtentMap, Location
+from converter.errors import ErofsFormatError, ErofsUnsupported
 
 PathArg = str | bytes | int
 
@@ -124,6 +126,7 @@ class ErofsImage:
         self._inodes: dict[int, _RawInode] = {}
         self._dirs: dict[int, list[DirEntry]] = {}
         self._long_prefixes: list[bytes] | None = None
+        self._reading_packed: set[int] = set()
         self.superblock = self._read_superblock(verify_checksum)
         sb = self.superblock
         self.block_size = sb.block_size
@@ -404,7 +407,7 @@ class ErofsImage:
                 if blk == fmt.NULL_ADDR:
                     yield None, length
                 elif device:
-                    raise ErofsFormatError(
+                    raise ErofsUnsupported(
                         f"{where}: chunk {i} is on extra device {device}, which this reader cannot read"
                     )
                 else:
@@ -412,7 +415,10 @@ class ErofsImage:
             done += n
 
     def _iter_data(self, raw: _RawInode, chunk_size: int, where: str = "") -> Iterator[bytes]:
-        extents = self._extents(raw, where)  # raises now for compressed or broken layouts
+        if raw.layout in fmt.COMPRESSED_LAYOUTS:
+            zmap = self._extent_map(raw, where or f"inode NID {raw.nid}")  # header problems raise now
+            return self._read_compressed(zmap, max(1, chunk_size))
+        extents = self._extents(raw, where)  # raises now for broken layouts
         return self._read_extents(extents, max(1, chunk_size))
 
     def _read_extents(self, extents: Iterator[_Extent], chunk_size: int) -> Iterator[bytes]:
@@ -426,10 +432,64 @@ class ErofsImage:
                     yield self._read(off + done, n)
                 done += n
 
+    # -- compressed data (fs/erofs/erofs_fs.h: z_erofs_map_header, lcluster indexes) ---------------
+
+    def _extent_map(self, raw: _RawInode, where: str) -> ExtentMap:
+        sb = self.superblock
+        return ExtentMap(self._read, body_end=raw.body_end, compact=raw.layout == fmt.LAYOUT_COMPRESSED_COMPACT,
+                         size=raw.size, blkszbits=sb.blkszbits,
+                         big_pcluster_ok=bool(sb.feature_incompat & fmt.INCOMPAT_BIG_PCLUSTER), where=where)
+
+    def _read_compressed(self, zmap: ExtentMap, chunk_size: int) -> Iterator[bytes]:
+        for ext in zmap.extents():
+            data = self._decode_extent(ext, zmap)
+            for i in range(0, len(data), chunk_size):
+                yield data[i:i + chunk_size]
+
+    def _decode_extent(self, ext: Extent, zmap: ExtentMap) -> bytes:
+        where = f"{zmap.where}, extent at byte {ext.la}"
+        try:
+            if ext.location == Location.FRAGMENT:
+                return self._read_packed(ext.offset, ext.length, where)
+            stored = self._read(ext.offset, ext.plen)
+            if ext.algorithm is None:
+                if ext.interlaced:
+                    shift = ext.la % self.block_size
+                    stored = stored[shift:] + stored[:shift]
+                return stored[:ext.length]
+            if not self.superblock.feature_incompat & fmt.INCOMPAT_LZ4_0PADDING and ext.algorithm == Algorithm.LZ4:
+                raise ErofsUnsupported("LZ4 data without 0PADDING (pre-1.0 mkfs.erofs) is not supported")
+            return decompress(ext.algorithm, strip_padding(stored), ext.length, partial=ext.partial)
+        except ErofsFormatError as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+
+    def _read_packed(self, offset: int, n: int, where: str) -> bytes:
+        """``n`` bytes at ``offset`` of the packed inode (fragments), decoded from its start."""
+        if not self.superblock.feature_incompat & fmt.INCOMPAT_FRAGMENTS or not self.superblock.packed_nid:
+            raise ErofsFormatError("a fragment, but the image has no packed inode")
+        packed = self._inode(self.superblock.packed_nid)
+        if packed.layout in fmt.COMPRESSED_LAYOUTS and packed.nid in self._reading_packed:
+            raise ErofsFormatError("the packed inode refers to itself")
+        self._reading_packed.add(packed.nid)
+        try:
+            return self._read_range(packed, offset, n)
+        finally:
+            self._reading_packed.discard(packed.nid)
+
     def _read_range(self, raw: _RawInode, offset: int, n: int) -> bytes:
-        """``n`` bytes at ``offset`` of an inode's contents (used for the long-prefix table)."""
+        """``n`` bytes at ``offset`` of an inode's contents (long-prefix table, fragments)."""
         if offset + n > raw.size:
             raise ErofsFormatError(f"inode NID {raw.nid}: reading past its size")
+        if raw.layout in fmt.COMPRESSED_LAYOUTS:
+            out = bytearray()
+            pos = 0
+            for chunk in self._iter_data(raw, 1 << 20):
+                if pos + len(chunk) > offset:
+                    out += chunk[max(offset - pos, 0):offset + n - pos]
+                pos += len(chunk)
+                if len(out) >= n:
+                    break
+            return bytes(out)
         out = bytearray()
         pos = 0
         for off, length in self._extents(raw):
@@ -592,11 +652,6 @@ class ErofsImage:
             if (not sb.feature_compat & fmt.COMPAT_PLAIN_XATTR_PFX
                     and sb.feature_incompat & fmt.INCOMPAT_FRAGMENTS and sb.packed_nid):
                 packed = self._inode(sb.packed_nid)
-                if packed.layout in fmt.COMPRESSED_LAYOUTS:
-                    raise ErofsFormatError(
-                        "the long xattr prefix table is in the compressed packed inode; mount the image "
-                        "to read these xattrs"
-                    )
 
             def read(off: int, n: int) -> bytes:
                 return self._read(off, n) if packed is None else self._read_range(packed, off, n)

@@ -16,6 +16,7 @@ Schema (every key of ``defaults`` may also be given on one image, overriding the
       merge_index: false             # keep the source manifests in the pushed index
       dest: "registry.example/mirror/{repository}:{tag}-{format}"   # required (here or per image)
       cache_repo: registry.example/mirror/layer-cache                # optional shared layer cache
+      verify: false                  # run `convert verify` on each pushed image; a failure fails it
     images:
       - source: ghcr.io/org/app:1.4                  # one image: REPOSITORY:TAG or REPOSITORY@DIGEST
       - source: docker.io/library/debian             # a repository (no tag) ...
@@ -66,7 +67,7 @@ from converter.reference import Reference, parse_reference
 JOB_VERSION = 1
 JOB_ENV_PREFIX = "CONVERT_JOB_"  # environment variables every job file may read
 PLACEHOLDERS = ("registry", "repository", "tag", "format")
-SETTING_KEYS = ("to", "profile", "platforms", "merge_index", "dest", "cache_repo")
+SETTING_KEYS = ("to", "profile", "platforms", "merge_index", "dest", "cache_repo", "verify")
 _TOP_KEYS = ("version", "defaults", "images")
 _IMAGE_KEYS = ("source", "tags", *SETTING_KEYS)
 _TAG_KEYS = ("include", "exclude", "newest")
@@ -302,6 +303,7 @@ class Settings:
     merge_index: bool
     dest: DestTemplate
     cache_repo: Repository | None = None
+    verify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +463,7 @@ class _Partial:
     dest: DestTemplate | None = None
     cache_repo: Repository | None = None
     cache_repo_given: bool = False
+    verify: bool | None = None
 
 
 def _settings(entries: Mapping[str, tuple[yaml.Node, Where]], env: Mapping[str, str]) -> _Partial:
@@ -491,6 +494,8 @@ def _settings(entries: Mapping[str, tuple[yaml.Node, Where]], env: Mapping[str, 
             values["platforms"] = tuple(platforms)
         elif key == "merge_index":
             values["merge_index"] = _bool(node, at)
+        elif key == "verify":
+            values["verify"] = _bool(node, at)
         elif key == "dest":
             values["dest"] = _check_template(expand_env(_text(node, at), env, at), at)
         elif key == "cache_repo":
@@ -519,6 +524,7 @@ def _merge(defaults: _Partial, own: _Partial, where: Where) -> Settings:
         merge_index=own.merge_index if own.merge_index is not None else bool(defaults.merge_index),
         dest=dest,
         cache_repo=own.cache_repo if own.cache_repo_given else defaults.cache_repo,
+        verify=own.verify if own.verify is not None else bool(defaults.verify),
     )
 
 

@@ -51,8 +51,9 @@ from converter.mirror.jobs import Job, Repository
 from converter.mirror.plan import Plan, PlannedImage, Recipe, Shard, Status, make_plan
 from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.graph import ConvertLayerFn
+from converter.reference import OciLayoutRef, Reference, parse_location
 from converter.registry.client import RegistryClient
-from converter.transports import RegistrySink, RegistrySource
+from converter.transports import ImageSource, RegistrySink, RegistrySource
 from converter.transports.registry import BlobLocks, check_push_access
 
 log = structlog.get_logger()
@@ -82,6 +83,7 @@ class RunOptions:
     tool_version: str = __version__
     max_expanded: int | None = DEFAULT_MAX_EXPANDED  # the layer limits (None: unlimited)
     max_entries: int | None = DEFAULT_MAX_ENTRIES
+    verify: bool = False  # verify every image after pushing it (as if each had ``verify: true``)
 
     @property
     def recipe(self) -> Recipe:
@@ -268,6 +270,10 @@ class _Runner:
             failed = self._failed(base, stats, started, "interrupted before the image was tagged", bound,
                                   log_it=False)
             return dataclasses.replace(failed, status=INTERRUPTED)
+        if settings.verify or self.options.verify:
+            problem = self._verify(item.dest.with_digest(result.digest), src_ref, bound)
+            if problem:
+                return self._failed(base, stats, started, problem, bound)
         counts = stats.as_dict()
         layers = [layer for platform in result.platforms for layer in platform.layers]
         report = ImageReport(
@@ -294,6 +300,28 @@ class _Runner:
         bound.error("mirror_image_crashed", exc_info=exc)
         failed = self._failed(base, stats, started, f"internal error: {type(exc).__name__}: {exc}", bound)
         return dataclasses.replace(failed, internal=True)
+
+    def _verify(self, dest: Reference, source: Reference, bound: Any) -> str:
+        """Run ``convert verify`` on the pushed image against its source; "" if it holds."""
+        from converter.verify.run import VerifyOptions, verify_image
+
+        def opener(text: str) -> tuple[ImageSource, Reference | OciLayoutRef]:
+            loc = parse_location(text)
+            if not isinstance(loc, Reference):
+                raise ConverterError(f"opening {text}: mirror jobs verify against registry sources only")
+            return RegistrySource(self.client, loc), loc
+
+        try:
+            report = verify_image(RegistrySource(self.client, dest), str(dest),
+                                  options=VerifyOptions(source=str(source), workdir=self.options.workdir),
+                                  open_location=opener)
+        except ConverterError as exc:
+            return f"verifying {dest}: {exc}"
+        if report.ok:
+            bound.info("mirror_image_verified", files=report.files_compared, layers=report.layers_checked)
+            return ""
+        more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+        return f"verifying {dest}: {report.problems[0].line()}{more}"
 
     @staticmethod
     def _failed(base: ImageReport, stats: LayerStats, started: float, error: str, bound: Any, *,

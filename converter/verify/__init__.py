@@ -1,0 +1,1 @@
+"""Proving a converted image against its source: structure checks, content checks, reports."""
