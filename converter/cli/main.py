@@ -129,6 +129,9 @@ def _image_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="a registry transfer that sends or accepts nothing for SECONDS fails (and is "
                    "retried); default 60. Connecting always gives up after 10 s")
+    p.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS",
+                   help="a registry answer read whole (manifest, tag list page, token, error) that has "
+                   "not fully arrived after SECONDS fails; default 300")
     p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: by CPU count)")
     p.add_argument("--builder", choices=("python", "mkfs"), default="python")
     p.add_argument("--max-expanded", type=_size, default=None, metavar="SIZE",

@@ -16,7 +16,6 @@ host); nothing secret is logged or put into an exception.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import threading
 import time
@@ -28,6 +27,7 @@ import structlog
 
 from converter.errors import AuthError, RegistryError
 from converter.registry._http import host_port, redact_url, scrub
+from converter.registry.body import decoded_chunks, load_json
 from converter.registry.credentials import CredentialProvider, Credentials
 from converter.registry.retry import (
     TRANSIENT_STATUSES,
@@ -256,6 +256,7 @@ class Authenticator:
         plain_http_allowed: Callable[[str], bool],
         cache: TokenCache | None = None,
         wall_clock: Callable[[], float] = time.time,
+        total: float = 300.0,
     ) -> None:
         self._http = http
         self._provider = credentials
@@ -263,6 +264,7 @@ class Authenticator:
         self._plain_http_allowed = plain_http_allowed
         self.cache = cache if cache is not None else TokenCache()
         self._wall_clock = wall_clock
+        self._total = total  # seconds a token answer may take to arrive in full
         self._lock = threading.Lock()
         self._challenges: dict[str, Challenge] = {}
         self._credentials: dict[str, Credentials | None] = {}
@@ -360,7 +362,8 @@ class Authenticator:
             try:
                 response = self._http.send(request, stream=True)
                 try:
-                    body = _read_capped(response, _MAX_TOKEN_RESPONSE + 1)
+                    body = _read_capped(response, _MAX_TOKEN_RESPONSE + 1, what,
+                                        deadline=time.monotonic() + self._total)
                 finally:
                     response.close()
             except httpx.HTTPError as exc:
@@ -380,7 +383,7 @@ class Authenticator:
         status = response.status_code
         url = redact_url(realm)
         if status != 200:
-            message = f"{what}: {status} {response.reason_phrase}"
+            message = f"{what}: {status} {scrub(response.reason_phrase, 100)}"
             if status in TRANSIENT_STATUSES:
                 raise TemporaryRegistryError(message, status=status, method=method, url=url,
                                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
@@ -389,7 +392,7 @@ class Authenticator:
         if len(content) > _MAX_TOKEN_RESPONSE:
             raise AuthError(f"{what}: answer larger than {_MAX_TOKEN_RESPONSE} bytes", method=method, url=url)
         try:
-            body = json.loads(content)
+            body = load_json(content)
         except ValueError:
             body = None  # not chained: the decoder's message could quote the token
         if not isinstance(body, dict):
@@ -401,15 +404,19 @@ class Authenticator:
         return token, token_lifetime(body, now=self._wall_clock())
 
 
-def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    """At most ``limit`` bytes of the body (enough to tell that it is too long)."""
+def _read_capped(response: httpx.Response, limit: int, what: str, *, deadline: float) -> bytes:
+    """At most ``limit`` bytes of the decoded body (enough to tell that it is too long), before
+    ``deadline`` (``time.monotonic``)."""
     parts: list[bytes] = []
     total = 0
-    for chunk in response.iter_bytes():
+    for chunk in decoded_chunks(response, what=what):
         parts.append(chunk)
         total += len(chunk)
         if total >= limit:
             break
+        if time.monotonic() > deadline:
+            raise TemporaryRegistryError(f"{what}: the answer did not arrive in time (the total deadline passed)",
+                                         method=response.request.method, url=redact_url(response.request.url))
     return b"".join(parts)[:limit]
 
 

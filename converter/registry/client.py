@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import io
-import json
 import os
 import re
 import socket
@@ -53,6 +52,7 @@ from converter.oci.mediatypes import MediaType, parse_media_type
 from converter.reference import DOCKER_HUB_API_HOST, Digest, Reference
 from converter.registry._http import host_port, is_loopback, redact_url, scrub, split_host
 from converter.registry.auth import Authenticator, Scopes, pull_scope, push_scope
+from converter.registry.body import decoded_chunks, load_json, read_body
 from converter.registry.credentials import CredentialProvider
 from converter.registry.retry import (
     NO_RETRY,
@@ -71,7 +71,35 @@ log = structlog.get_logger()
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds a registry request may take, in its parts.
+
+    ``connect``: to open a connection; ``stall``: a read or write that moves nothing this long
+    fails (and is retried); ``pool``: to wait for a pooled connection; ``total``: a whole answer
+    read into memory (a manifest, a tag page, a token, an error) must arrive within this, so a
+    server dribbling bytes cannot hold a request open forever. Streamed blobs have no total.
+    """
+
+    connect: float = 10.0
+    stall: float = 60.0
+    pool: float = 30.0
+    total: float = 300.0
+
+    @classmethod
+    def from_seconds(cls, stall: float | None = None, total: float | None = None) -> Timeouts:
+        """The defaults with ``stall`` and ``total`` where given (by default total >= stall)."""
+        default = cls()
+        stall_s = default.stall if stall is None else stall
+        return cls(stall=stall_s, total=total if total is not None else max(default.total, stall_s))
+
+    def for_httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(connect=self.connect, read=self.stall, write=self.stall, pool=self.pool)
+
+
+DEFAULT_TIMEOUT = Timeouts()
 DEFAULT_RETRY = RetryPolicy()
 # Registries reject manifests over 4 MiB (distribution's limit; the spec says SHOULD accept at least 4 MiB).
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
@@ -141,7 +169,7 @@ class RegistryClient:
         loopback_plain_http: bool = True,
         ca_bundle: str | os.PathLike[str] | None = None,
         verify_tls: bool = True,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: Timeouts = DEFAULT_TIMEOUT,
         retry: RetryPolicy = DEFAULT_RETRY,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 16,
@@ -150,6 +178,7 @@ class RegistryClient:
         self._plain_http = frozenset(h.lower() for h in plain_http)
         self._loopback_plain_http = loopback_plain_http
         self._retry = retry
+        self._total = timeout.total
         verify: ssl.SSLContext | bool = False
         if verify_tls:
             # The system trust store (as skopeo and Docker use), plus a private CA if given.
@@ -161,16 +190,19 @@ class RegistryClient:
         self._http = httpx.Client(
             transport=transport,
             verify=verify,
-            timeout=timeout,
+            timeout=timeout.for_httpx(),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,  # followed by hand: see _send
-            headers={"User-Agent": user_agent},
+            # No Content-Encoding asked for: a compressed answer could inflate far beyond the
+            # size limits (a server that encodes anyway is decoded under them, see body.py).
+            headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
         )
         if transport is None and not _make_cancellable(self._http):
             log.debug("registry_cancellation_unavailable",
                       reason="httpx/httpcore internals changed: a cancelled, blocked read ends at its timeout")
         self._auth = Authenticator(
-            self._http, credentials=credentials, retry=retry, plain_http_allowed=self.plain_http_allowed
+            self._http, credentials=credentials, retry=retry, plain_http_allowed=self.plain_http_allowed,
+            total=timeout.total,
         )
 
     def __repr__(self) -> str:
@@ -467,9 +499,10 @@ class RegistryClient:
         """Send and read the whole body (at most ``limit`` bytes), retrying transient failures."""
 
         def attempt() -> tuple[httpx.Response, bytes]:
+            deadline = self._retry.clock() + self._total
             response = self._attempt(call)
             try:
-                return response, _read_limited(call, response, limit)
+                return response, _read_limited(call, response, limit, deadline, self._retry.clock)
             finally:
                 response.close()
 
@@ -554,7 +587,7 @@ class RegistryClient:
         status = response.status_code
         code, message = ("", "") if call.method == "HEAD" else _error_details(response)
         response.close()
-        text = f"{call.what}: {status} {code or response.reason_phrase}"
+        text = f"{call.what}: {status} {code or scrub(response.reason_phrase, 100)}"
         if message:
             text += f": {message}"
         if hint:
@@ -1004,37 +1037,29 @@ def _reference(registry: str, repository: str, reference: str | Digest) -> Refer
         raise InvalidReference(f"{exc} (registry {registry!r}, repository {repository!r})") from exc
 
 
-def _read_limited(call: _Call, response: httpx.Response, limit: int) -> bytes:
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > limit:
-        raise RegistryError(f"{call.what}: the answer is {length} bytes, more than the limit of {limit}",
-                            method=call.method, url=redact_url(response.request.url))
-    parts: list[bytes] = []
-    total = 0
+def _read_limited(call: _Call, response: httpx.Response, limit: int, deadline: float,
+                  clock: Callable[[], float]) -> bytes:
     try:
-        for chunk in response.iter_bytes():
-            total += len(chunk)
-            if total > limit:
-                raise RegistryError(f"{call.what}: the answer is more than the limit of {limit} bytes",
-                                    method=call.method, url=redact_url(response.request.url))
-            parts.append(chunk)
+        return read_body(response, what=call.what, limit=limit, deadline=deadline, clock=clock)
     except httpx.HTTPError as exc:
         raise _transport_error(call, response.request.url, exc) from exc
-    return b"".join(parts)
 
 
 def _error_details(response: httpx.Response) -> tuple[str, str]:
     """(code, message) from the spec's ``{"errors": [{"code", "message", "detail"}]}`` body."""
+    parts: list[bytes] = []
+    total = 0
     try:
-        body = b""
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > _ERROR_BODY_LIMIT:
+        for chunk in decoded_chunks(response, what=""):
+            parts.append(chunk)
+            total += len(chunk)
+            if total > _ERROR_BODY_LIMIT:
                 break
-    except httpx.HTTPError:
+    except (httpx.HTTPError, RegistryError):
         return "", ""
+    body = b"".join(parts)[:_ERROR_BODY_LIMIT]
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except ValueError:
         text = body.decode("utf-8", "replace").strip()
         # Plain-text bodies (proxies, S3 XML/HTML are skipped) may still say something useful.
@@ -1079,7 +1104,7 @@ def _manifest_media_type(content_type: str | None, data: bytes) -> MediaType | s
     if media_type not in ("", "application/json", "text/plain", "application/octet-stream"):
         return media_type
     try:
-        document = json.loads(data)
+        document = load_json(data)
     except ValueError:
         return media_type
     if isinstance(document, dict):
@@ -1137,7 +1162,7 @@ def _check_upload_range(call: _Call, response: httpx.Response, expected_end: int
 
 def _parse_tags(call: _Call, body: bytes) -> list[str]:
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except ValueError:
         data = None
     if not isinstance(data, dict):
