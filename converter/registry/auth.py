@@ -244,7 +244,9 @@ class Authenticator:
     """Chooses the Authorization header for registry requests and handles 401 challenges.
 
     Shared by all threads of a RegistryClient. ``plain_http_allowed(host)`` says whether a realm
-    host may be contacted without TLS.
+    host may be contacted without TLS, ``registry_plain_http(registry)`` whether the registry
+    itself is (a realm never downgrades an HTTPS registry to plain HTTP), and ``in_clear(host)``
+    is told whenever credentials go to ``host`` without TLS.
     """
 
     def __init__(
@@ -254,6 +256,8 @@ class Authenticator:
         credentials: CredentialProvider | None,
         retry: RetryPolicy,
         plain_http_allowed: Callable[[str], bool],
+        registry_plain_http: Callable[[str], bool] = lambda registry: False,
+        in_clear: Callable[[str], None] = lambda host: None,
         cache: TokenCache | None = None,
         wall_clock: Callable[[], float] = time.time,
         total: float = 300.0,
@@ -262,6 +266,8 @@ class Authenticator:
         self._provider = credentials
         self._retry = retry
         self._plain_http_allowed = plain_http_allowed
+        self._registry_plain_http = registry_plain_http
+        self._in_clear = in_clear
         self.cache = cache if cache is not None else TokenCache()
         self._wall_clock = wall_clock
         self._total = total  # seconds a token answer may take to arrive in full
@@ -336,7 +342,8 @@ class Authenticator:
             return token
 
     def _fetch_token(self, registry: str, challenge: Challenge, scopes: Scopes) -> tuple[str, float]:
-        realm = _checked_realm(challenge.realm, registry, self._plain_http_allowed)
+        realm = _checked_realm(challenge.realm, registry, self._plain_http_allowed(host_port_of(challenge.realm))
+                               and self._registry_plain_http(registry))
         what = f"fetching a token for {registry} from {realm.host}"
         scope_list = sorted({str(s) for s in scopes} | set(challenge.scopes))
         creds = self.credentials_for(registry)
@@ -349,6 +356,8 @@ class Authenticator:
                         "service": challenge.service, "client_id": _CLIENT_ID,
                         "scope": " ".join(scope_list)}
                 request = self._http.build_request("POST", realm, data=form)
+                if realm.scheme == "http":
+                    self._in_clear(host_port(realm))
             else:
                 params: list[tuple[str, str | int | float | bool | None]] = []
                 if challenge.service:
@@ -358,6 +367,8 @@ class Authenticator:
                 if creds is not None and creds.has_password:
                     params.append(("account", creds.username))
                     headers["Authorization"] = creds.basic_authorization()
+                    if realm.scheme == "http":
+                        self._in_clear(host_port(realm))
                 request = self._http.build_request("GET", realm, params=params, headers=headers)
             try:
                 response = self._http.send(request, stream=True)
@@ -426,8 +437,19 @@ def _bearer_token(header: str | None) -> str | None:
     return None
 
 
-def _checked_realm(realm: str, registry: str, plain_http_allowed: Callable[[str], bool]) -> httpx.URL:
-    """The realm as a URL, refusing ones that would send credentials in clear text."""
+def host_port_of(realm: str) -> str:
+    """``host[:port]`` of a realm URL ("" if it is not one)."""
+    try:
+        url = httpx.URL(realm)
+    except httpx.InvalidURL:
+        return ""
+    return host_port(url) if url.host else ""
+
+
+def _checked_realm(realm: str, registry: str, plain_ok: bool) -> httpx.URL:
+    """The realm as a URL, refusing ones that would send credentials in clear text: plain HTTP
+    only if ``plain_ok`` (the registry itself is spoken to without TLS and the realm's host
+    may be), never from an HTTPS registry."""
     what = f"authenticating to {registry}"
     try:
         url = httpx.URL(realm)
@@ -435,7 +457,7 @@ def _checked_realm(realm: str, registry: str, plain_http_allowed: Callable[[str]
         raise AuthError(f"{what}: the registry named an invalid token realm") from exc
     if url.scheme == "https" and url.host:
         return url
-    if url.scheme == "http" and url.host and plain_http_allowed(host_port(url)):
+    if url.scheme == "http" and url.host and plain_ok:
         return url
     raise AuthError(f"{what}: refusing token realm {redact_url(url)}: it must be an https URL")
 

@@ -26,6 +26,7 @@ import os
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -176,6 +177,8 @@ class RegistryClient:
         user_agent: str = f"erofs-converter/{__version__}",
     ) -> None:
         self._plain_http = frozenset(h.lower() for h in plain_http)
+        self._warned_in_clear: set[str] = set()
+        self._warned_lock = threading.Lock()
         self._loopback_plain_http = loopback_plain_http
         self._retry = retry
         self._total = timeout.total
@@ -202,7 +205,7 @@ class RegistryClient:
                       reason="httpx/httpcore internals changed: a cancelled, blocked read ends at its timeout")
         self._auth = Authenticator(
             self._http, credentials=credentials, retry=retry, plain_http_allowed=self.plain_http_allowed,
-            total=timeout.total,
+            registry_plain_http=self._uses_plain_http, in_clear=self._warn_in_clear, total=timeout.total,
         )
 
     def __repr__(self) -> str:
@@ -222,6 +225,17 @@ class RegistryClient:
         """True if ``host[:port]`` may be spoken to without TLS (a loopback host or a listed one)."""
         name = registry.lower()
         return is_loopback(name) or name in self._plain_http or split_host(name) in self._plain_http
+
+    def _warn_in_clear(self, host: str) -> None:
+        """Warn (once per host) that credentials go to a non-loopback ``host`` without TLS."""
+        if is_loopback(host):
+            return
+        with self._warned_lock:
+            if host in self._warned_in_clear:
+                return
+            self._warned_in_clear.add(host)
+        log.warning("registry_credentials_in_clear", host=host,
+                    reason="plain HTTP to a non-loopback host: anyone on the network can read them")
 
     def _uses_plain_http(self, registry: str) -> bool:
         name = registry.lower()
@@ -548,6 +562,8 @@ class RegistryClient:
             # a blob redirects to (S3 would reject it anyway), nor to any other host.
             if authorization is not None and self._is_registry_origin(call.registry, url):
                 headers["Authorization"] = authorization
+                if url.scheme == "http":
+                    self._warn_in_clear(host_port(url))
             content = call.body() if call.body is not None else None
             request = self._http.build_request(call.method, url, headers=headers, content=content)
             try:

@@ -303,9 +303,20 @@ def test_plain_http_token_realm_is_refused() -> None:
 
 def test_plain_http_realm_allowed_when_configured() -> None:
     fake, asked = bearer_setup("http://auth.example/token")
-    with make_client(fake, credentials=CREDS, plain_http=["auth.example"]) as client:
+    with make_client(fake, credentials=CREDS, plain_http=[HOST, "auth.example"]) as client:
         client.ping(HOST)
     assert len(asked) == 1
+
+
+@pytest.mark.parametrize("realm", ["http://auth.example/token", "http://127.0.0.1:5999/token"])
+def test_an_https_registry_never_downgrades_to_a_plain_http_realm(realm: str) -> None:
+    fake, asked = bearer_setup(realm)
+    fake.hosts["127.0.0.1:5999"] = fake.hosts["auth.example"]
+    with make_client(fake, credentials=CREDS, plain_http=["auth.example"]) as client, \
+            pytest.raises(AuthError, match="must be an https URL"):
+        client.ping(HOST)
+    assert asked == []
+    assert not [r for r in fake.requests if r.url.scheme == "http"]
 
 
 def test_token_service_outage_is_retried() -> None:
@@ -495,3 +506,21 @@ def test_push_errors_name_the_operation_and_keep_secrets(log_capture: LogCapture
     assert info.value.method == "HEAD" and info.value.status == 401
     entries = log_capture.entries
     assert_no_secrets([info.value, repr(client), *entries], [PASSWORD, "s3cr3t"])
+
+
+def test_credentials_in_clear_to_a_non_loopback_host_warn_once(log_capture: LogCapture) -> None:
+    fake = FakeRegistry(basic=("alice", PASSWORD))
+    with make_client(fake, credentials=CREDS, plain_http=[HOST]) as client:
+        client.ping(HOST)
+        client.ping(HOST)
+    assert [r.url.scheme for r in fake.requests] == ["http"] * 3  # 401, then Basic twice
+    warnings = [e for e in log_capture.entries if e["event"] == "registry_credentials_in_clear"]
+    assert [(w["log_level"], w["host"]) for w in warnings] == [("warning", HOST)]
+
+
+def test_credentials_to_a_loopback_registry_do_not_warn(log_capture: LogCapture) -> None:
+    fake = FakeRegistry(host="127.0.0.1:5000", basic=("alice", PASSWORD))
+    creds = StaticCredentials({"127.0.0.1:5000": Credentials("alice", PASSWORD)})
+    with make_client(fake, credentials=creds) as client:
+        client.ping("127.0.0.1:5000")
+    assert not [e for e in log_capture.entries if e["event"] == "registry_credentials_in_clear"]
