@@ -107,8 +107,10 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 # get_blob_bytes is for configs and similar small JSON blobs.
 MAX_SMALL_BLOB_SIZE = 8 * 1024 * 1024
 _ERROR_BODY_LIMIT = 64 * 1024
-_TAGS_BODY_LIMIT = 16 * 1024 * 1024
+# A tag list is bounded in all: one page's answer, the pages, and the tags across pages.
+_TAGS_BODY_LIMIT = 8 * 1024 * 1024
 _MAX_TAG_PAGES = 10_000
+MAX_TAGS = 1_000_000
 _MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _IO_CHUNK = 1024 * 1024
@@ -434,23 +436,35 @@ class RegistryClient:
         return digest
 
     def list_tags(self, registry: str, repository: str, *, page_size: int | None = None) -> list[str]:
-        """All tags of a repository, following ``Link: <…>; rel="next"`` pages (spec: listing tags)."""
+        """All tags of a repository (at most ``MAX_TAGS``), following ``Link`` pages (spec: listing tags)."""
+        return list(self.iter_tags(registry, repository, page_size=page_size))
+
+    def iter_tags(self, registry: str, repository: str, *, page_size: int | None = None) -> Iterator[str]:
+        """The tags of a repository page by page, as they arrive: one page is held at a time.
+
+        Follows ``Link: <…>; rel="next"``; more than ``MAX_TAGS`` tags, a page over 8 MiB,
+        or pagination that does not end is a RegistryError (a registry's answer is input).
+        """
         host = api_host(registry)
         _reference(registry, repository, "latest")
         what = f"listing tags of {host}/{repository}"
         params = {"n": str(page_size)} if page_size is not None else None
         url: httpx.URL | None = self._url(host, f"/v2/{repository}/tags/list", params)
-        tags: list[str] = []
         seen: set[str] = set()
+        count = 0
         while url is not None:
             if str(url) in seen or len(seen) >= _MAX_TAG_PAGES:
                 raise RegistryError(f"{what}: the registry's pagination does not end", url=redact_url(url))
             seen.add(str(url))
             call = _Call(what, host, frozenset({pull_scope(repository)}), "GET", url, follow_redirects=True)
             response, body = self._fetch(call, limit=_TAGS_BODY_LIMIT)
-            tags.extend(_parse_tags(call, body))
+            page = _parse_tags(call, body)
+            del body
+            count += len(page)
+            if count > MAX_TAGS:
+                raise RegistryError(f"{what}: more than {MAX_TAGS} tags", url=redact_url(url))
             url = self._next_page(call, response)
-        return tags
+            yield from page
 
     # --- uploads -------------------------------------------------------------------------------
 
