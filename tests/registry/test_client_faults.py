@@ -7,6 +7,7 @@ Link pagination, a failed chunk upload, token realms and where tokens are sent.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from converter.oci.mediatypes import MediaType
 from converter.reference import Digest
 from converter.registry.client import MAX_MANIFEST_SIZE, BlobPush, RegistryClient
 from converter.registry.credentials import Credentials, StaticCredentials
-from tests.registry.fake import BrokenStream, FakeRegistry, error, json_bytes
+from tests.registry.fake import BrokenStream, FakeRegistry, RawStream, error, json_bytes
 from tests.registry.helpers import Sleeps, assert_no_secrets, blob, fast_retry
 
 HOST = "reg.example"
@@ -524,3 +525,64 @@ def test_credentials_to_a_loopback_registry_do_not_warn(log_capture: LogCapture)
     with make_client(fake, credentials=creds) as client:
         client.ping("127.0.0.1:5000")
     assert not [e for e in log_capture.entries if e["event"] == "registry_credentials_in_clear"]
+
+
+# --- hostile answers: encodings, nesting ------------------------------------------------------
+
+
+def test_no_request_asks_for_a_content_encoding() -> None:
+    fake = FakeRegistry()
+    fake.manifests[("a/b", "v1")] = (json_bytes({"schemaVersion": 2, "mediaType": MediaType.OCI_MANIFEST}),
+                                     MediaType.OCI_MANIFEST)
+    with make_client(fake) as client:
+        client.get_manifest(HOST, "a/b", "v1")
+        client.ping(HOST)
+    assert {r.headers.get("Accept-Encoding") for r in fake.requests} == {"identity"}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_an_encoded_answer_is_decoded_under_the_limit(encoding: str) -> None:
+    import zlib
+
+    document = json_bytes({"schemaVersion": 2, "mediaType": MediaType.OCI_MANIFEST})
+    small = zlib.compress(document) if encoding == "deflate" else gzip.compress(document)
+    bomb = gzip.compress(bytes(MAX_MANIFEST_SIZE + 1))
+    fake = FakeRegistry()
+    answers = iter([small, bomb])
+    fake.hooks.append(lambda r: httpx.Response(200, stream=RawStream(next(answers)), headers={
+        "Content-Type": MediaType.OCI_MANIFEST, "Content-Encoding": encoding}))
+    with make_client(fake) as client:
+        assert client.get_manifest(HOST, "a/b", "v1").data == document
+        with pytest.raises(RegistryError, match=f"more than the limit of {MAX_MANIFEST_SIZE} bytes"):
+            client.get_manifest(HOST, "a/b", "v1")
+
+
+def test_an_unknown_encoding_is_refused() -> None:
+    fake = FakeRegistry()
+    fake.hooks.append(lambda r: httpx.Response(200, stream=RawStream(b"\x28\xb5\x2f\xfd"), headers={
+        "Content-Encoding": "br\x1b[2K"}))
+    with make_client(fake) as client, pytest.raises(RegistryError) as caught:
+        client.get_manifest(HOST, "a/b", "v1")
+    assert str(caught.value).endswith(r"the answer is br\x1b[2k-encoded, which was not asked for")
+
+
+@pytest.mark.parametrize("where", ["manifest", "tags", "error", "token"])
+def test_deeply_nested_json_is_a_clean_error(where: str) -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    fake, _ = bearer_setup() if where == "token" else (FakeRegistry(), [])
+    if where == "token":
+        fake.hosts["auth.example"] = lambda r: httpx.Response(200, content=nested)
+    else:
+        status = 404 if where == "error" else 200
+        fake.hooks.append(lambda r: httpx.Response(status, content=nested,
+                                                   headers={"Content-Type": "application/json"}))
+    with make_client(fake) as client:
+        if where == "manifest":  # handed over unparsed (the caller's parser refuses it), no RecursionError
+            assert client.get_manifest(HOST, "a/b", "v1").media_type == "application/json"
+            return
+        with pytest.raises(RegistryError) as caught:
+            if where == "tags":
+                client.list_tags(HOST, "a/b")
+            else:
+                client.get_manifest(HOST, "a/b", "v1")
+    assert len(str(caught.value)) < 400
