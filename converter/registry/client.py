@@ -184,6 +184,7 @@ class RegistryClient:
         self._loopback_plain_http = loopback_plain_http
         self._retry = retry
         self._total = timeout.total
+        self._timeouts = timeout
         verify: ssl.SSLContext | bool = False
         if verify_tls:
             # The system trust store (as skopeo and Docker use), plus a private CA if given.
@@ -222,6 +223,14 @@ class RegistryClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._timeouts
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._retry
 
     def plain_http_allowed(self, registry: str) -> bool:
         """True if ``host[:port]`` may be spoken to without TLS (a loopback host or a listed one)."""
