@@ -96,9 +96,11 @@ def decoded_chunks(response: httpx.Response, *, what: str) -> Iterator[bytes]:
                             method=response.request.method, url=redact_url(response.request.url))
     # wbits MAX_WBITS|32 accepts the gzip and the zlib wrapper ("deflate" in HTTP is zlib).
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+    received = False
     try:
         for raw in response.iter_raw():
             data = raw
+            received = received or bool(raw)
             while data:
                 out = inflater.decompress(data, _CHUNK)
                 data = inflater.unconsumed_tail
@@ -109,6 +111,9 @@ def decoded_chunks(response: httpx.Response, *, what: str) -> Iterator[bytes]:
     except zlib.error as exc:
         raise RegistryError(f"{what}: the answer's {encoding} encoding is corrupt: {exc}",
                             method=response.request.method, url=redact_url(response.request.url)) from None
+    if received:
+        raise RegistryError(f"{what}: the answer's {encoding} encoding is corrupt: it ends early",
+                            method=response.request.method, url=redact_url(response.request.url))
 
 
 def escape_header(text: str) -> str:
