@@ -76,7 +76,8 @@ class RegistryClient:
     ``plain_http`` lists ``host[:port]`` registries spoken to without TLS. Loopback registries
     (localhost, 127.0.0.0/8, ::1) are too, unless ``loopback_plain_http`` is False (a local
     registry with TLS); no other host ever is. ``ca_bundle`` adds trusted CAs to the system's.
-    ``transport`` replaces the network (tests use httpx.MockTransport).
+    ``timeout`` bounds each request (``Timeouts``: connect, stall, pool, and the total time of an
+    answer read whole). ``transport`` replaces the network (tests use httpx.MockTransport).
     """
 
     def __init__(
