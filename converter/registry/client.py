@@ -288,7 +288,7 @@ class RegistryClient:
             else:
                 stream = source
             upload = Upload(self._transport, what, host, repository, digest, size, stream, frozenset(scopes),
-                             chunk_size, mount_from)
+                            chunk_size, mount_from)
             outcome = run_with_retry(upload.attempt, policy=self._retry, what=what,
                                      should_retry=upload.should_retry)
         log.debug("registry_blob_pushed", what=what, outcome=str(outcome), size=size)
