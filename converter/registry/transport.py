@@ -272,7 +272,8 @@ class Transport:
     def _status_error(self, call: Call, response: httpx.Response, *, hint: str = "") -> RegistryError:
         """The exception for an error status, with the registry's error code and message."""
         status = response.status_code
-        code, message = ("", "") if call.method == "HEAD" else _error_details(response)
+        deadline = self._retry.clock() + self._total
+        code, message = ("", "") if call.method == "HEAD" else _error_details(response, deadline, self._retry.clock)
         response.close()
         text = f"{call.what}: {status} {code or scrub(response.reason_phrase, 100)}"
         if message:
@@ -321,15 +322,16 @@ def _read_limited(call: Call, response: httpx.Response, limit: int, deadline: fl
         raise _transport_error(call, response.request.url, exc) from exc
 
 
-def _error_details(response: httpx.Response) -> tuple[str, str]:
-    """(code, message) from the spec's ``{"errors": [{"code", "message", "detail"}]}`` body."""
+def _error_details(response: httpx.Response, deadline: float, clock: Callable[[], float]) -> tuple[str, str]:
+    """(code, message) from the spec's ``{"errors": [{"code", "message", "detail"}]}`` body; what
+    arrived by ``deadline`` (``clock`` time) is all that is read."""
     parts: list[bytes] = []
     total = 0
     try:
         for chunk in decoded_chunks(response, what=""):
             parts.append(chunk)
             total += len(chunk)
-            if total > ERROR_BODY_LIMIT:
+            if total > ERROR_BODY_LIMIT or clock() > deadline:
                 break
     except (httpx.HTTPError, RegistryError):
         return "", ""

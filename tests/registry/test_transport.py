@@ -4,6 +4,7 @@ redirects and where credentials go, token realms, encodings and nesting of answe
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from converter.errors import AuthError, RegistryError
 from converter.oci.mediatypes import MediaType
 from converter.registry.client import MAX_MANIFEST_SIZE, RegistryClient
 from converter.registry.credentials import Credentials, StaticCredentials
+from converter.registry.transport import Timeouts
 from tests.registry.fake import FakeRegistry, RawStream, error, json_bytes
 from tests.registry.faults import CREDS, HOST, PASSWORD, bearer_setup, failing_hook, make_client, storage
 from tests.registry.helpers import Sleeps, assert_no_secrets, blob, fast_retry
@@ -297,3 +299,22 @@ def test_deeply_nested_json_is_a_clean_error(where: str) -> None:
             else:
                 client.get_manifest(HOST, "a/b", "v1")
     assert len(str(caught.value)) < 400
+
+
+def test_a_dribbled_error_body_is_read_until_the_deadline_only() -> None:
+    sleeps = Sleeps()
+    pieces: list[bytes] = []
+
+    class Slow(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            for piece in [b'{"errors":[{"code":"DENIED","message":"no"}]}'] + [b" "] * 1000:
+                sleeps.now += 100.0  # each piece takes 100 s
+                pieces.append(piece)
+                yield piece
+
+    fake = FakeRegistry()
+    fake.hooks.append(lambda r: httpx.Response(403, stream=Slow()))
+    with make_client(fake, sleeps, timeout=Timeouts(total=350.0)) as client, \
+            pytest.raises(AuthError, match=r"403 DENIED: no$"):
+        client.ping(HOST)
+    assert len(pieces) < 10  # what arrived by the deadline, not the whole body
