@@ -27,7 +27,7 @@ import structlog
 
 from converter.errors import AuthError, RegistryError
 from converter.registry._http import host_port, redact_url, scrub
-from converter.registry.body import decoded_chunks, load_json
+from converter.registry.body import load_json, read_body
 from converter.registry.credentials import CredentialProvider, Credentials
 from converter.registry.retry import (
     TRANSIENT_STATUSES,
@@ -373,8 +373,9 @@ class Authenticator:
             try:
                 response = self._http.send(request, stream=True)
                 try:
-                    body = _read_capped(response, _MAX_TOKEN_RESPONSE + 1, what,
-                                        deadline=time.monotonic() + self._total)
+                    # Only a token answer is read; an error status says enough.
+                    body = read_body(response, what=what, limit=_MAX_TOKEN_RESPONSE,
+                                     deadline=time.monotonic() + self._total) if response.status_code == 200 else b""
                 finally:
                     response.close()
             except httpx.HTTPError as exc:
@@ -400,8 +401,6 @@ class Authenticator:
                                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
             cls = AuthError if status in (400, 401, 403) else RegistryError
             raise cls(message, status=status, method=method, url=url)
-        if len(content) > _MAX_TOKEN_RESPONSE:
-            raise AuthError(f"{what}: answer larger than {_MAX_TOKEN_RESPONSE} bytes", method=method, url=url)
         try:
             body = load_json(content)
         except ValueError:
@@ -413,22 +412,6 @@ class Authenticator:
         if not isinstance(token, str) or not token:
             raise AuthError(f"{what}: the answer holds no token", method=method, url=url)
         return token, token_lifetime(body, now=self._wall_clock())
-
-
-def _read_capped(response: httpx.Response, limit: int, what: str, *, deadline: float) -> bytes:
-    """At most ``limit`` bytes of the decoded body (enough to tell that it is too long), before
-    ``deadline`` (``time.monotonic``)."""
-    parts: list[bytes] = []
-    total = 0
-    for chunk in decoded_chunks(response, what=what):
-        parts.append(chunk)
-        total += len(chunk)
-        if total >= limit:
-            break
-        if time.monotonic() > deadline:
-            raise TemporaryRegistryError(f"{what}: the answer did not arrive in time (the total deadline passed)",
-                                         method=response.request.method, url=redact_url(response.request.url))
-    return b"".join(parts)[:limit]
 
 
 def _bearer_token(header: str | None) -> str | None:

@@ -318,3 +318,11 @@ def test_a_dribbled_error_body_is_read_until_the_deadline_only() -> None:
             pytest.raises(AuthError, match=r"403 DENIED: no$"):
         client.ping(HOST)
     assert len(pieces) < 10  # what arrived by the deadline, not the whole body
+
+
+def test_an_oversized_token_answer_is_refused() -> None:
+    fake, _ = bearer_setup()
+    fake.hosts["auth.example"] = lambda r: httpx.Response(200, stream=RawStream(b" " * (2 << 20)))
+    with make_client(fake, credentials=CREDS) as client, \
+            pytest.raises(RegistryError, match=r"auth.example: the answer is more than the limit of 1048576 bytes$"):
+        client.ping(HOST)
