@@ -45,7 +45,7 @@ ALLOWED["converter"] = frozenset()
 #: third-party modules that only one unit may import: the boundary where their errors are converted.
 CONFINED = {"httpx": "registry", "httpcore": "registry"}
 #: known exceptions, each to be removed: (path relative to converter/, module).
-EXCEPTIONS = {("cli/image.py", "httpx")}  # builds an httpx.Timeout; the registry package will take seconds
+EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _unit(module: str) -> str:

@@ -123,6 +123,9 @@ def add_registry_flags(p: argparse.ArgumentParser, *, plain_http_env: str) -> No
     p.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
                    help="a registry transfer that sends or accepts nothing for SECONDS fails (and is "
                    "retried); default 60. Connecting always gives up after 10 s")
+    p.add_argument("--deadline", type=seconds, default=None, metavar="SECONDS",
+                   help="a registry answer read whole (manifest, tag list page, token, error) that has "
+                   "not fully arrived after SECONDS fails; default 300")
 
 
 def add_output_flags(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-import httpx
 import structlog
 
 from converter import log as logsetup
@@ -31,7 +30,7 @@ from converter.pipeline import ConvertOptions, convert_image
 from converter.pipeline.options import default_destination
 from converter.pipeline.progress import ProgressCallback
 from converter.reference import Digest, Location, OciLayoutRef, Reference, parse_location
-from converter.registry.client import DEFAULT_RETRY, DEFAULT_TIMEOUT, RegistryClient
+from converter.registry.client import DEFAULT_RETRY, RegistryClient, Timeouts
 from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
 from converter.transports import open_sink, open_source
@@ -50,26 +49,25 @@ def plain_http_hosts(flags: Sequence[str], env: Mapping[str, str] | None = None)
     return hosts
 
 
-def client_timeout(seconds: float | None) -> httpx.Timeout:
-    """The client's timeouts for ``--timeout SECONDS`` (None: the defaults).
+def client_timeout(seconds: float | None, deadline: float | None = None) -> Timeouts:
+    """The client's timeouts for ``--timeout SECONDS`` and ``--deadline SECONDS`` (None: the defaults).
 
-    ``SECONDS`` is how long a transfer may stall, reading or writing. Connecting and waiting
-    for a pooled connection keep their short defaults: a registry that does not accept a
-    connection within 10 s is down, and waiting longer only delays the retry.
+    ``--timeout`` is how long a transfer may stall, reading or writing; ``--deadline`` how long
+    one answer read into memory (manifest, tag page, token) may take in all. Connecting and
+    waiting for a pooled connection keep their short defaults: a registry that does not accept
+    a connection within 10 s is down, and waiting longer only delays the retry.
     """
-    if seconds is None:
-        return DEFAULT_TIMEOUT
-    return httpx.Timeout(connect=DEFAULT_TIMEOUT.connect, read=seconds, write=seconds, pool=DEFAULT_TIMEOUT.pool)
+    return Timeouts.from_seconds(seconds, deadline)
 
 
 def make_client(*, plain_http: Sequence[str] = (), ca_bundle: str | None = None, retry: RetryPolicy | None = None,
-                timeout: float | httpx.Timeout | None = None) -> RegistryClient:
+                timeout: float | Timeouts | None = None, deadline: float | None = None) -> RegistryClient:
     """One registry client for the whole process (tokens are cached per scope inside it).
 
     ``retry`` is the policy for every request (default: 4 attempts with backoff); ``timeout``
-    either seconds for ``client_timeout`` or complete httpx timeouts.
+    either seconds for ``client_timeout`` (with ``deadline``) or complete timeouts.
     """
-    timeouts = timeout if isinstance(timeout, httpx.Timeout) else client_timeout(timeout)
+    timeouts = timeout if isinstance(timeout, Timeouts) else client_timeout(timeout, deadline)
     return RegistryClient(credentials=DockerConfigCredentials(), plain_http=plain_http_hosts(plain_http),
                           ca_bundle=ca_bundle, retry=retry if retry is not None else DEFAULT_RETRY,
                           timeout=timeouts)
@@ -173,7 +171,8 @@ def run_image_conversion(args: argparse.Namespace) -> int:
     )
     needs_client = isinstance(src, Reference) or isinstance(dest, Reference)
     retry = RetryPolicy(attempts=args.retries) if args.retries is not None else None
-    client = (make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle, retry=retry, timeout=args.timeout)
+    client = (make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle, retry=retry, timeout=args.timeout,
+                          deadline=args.deadline)
               if needs_client else None)
     with client if client is not None else nullcontext(), ExitStack() as stack:
         source = open_source(src, client=client)

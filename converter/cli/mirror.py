@@ -163,7 +163,7 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     client = RegistryClient(credentials=DockerConfigCredentials(env=environ),
                             plain_http=plain_http_hosts(args.plain_http, environ), ca_bundle=args.ca_bundle,
                             retry=RetryPolicy(attempts=args.retries) if args.retries is not None else DEFAULT_RETRY,
-                            timeout=client_timeout(args.timeout))
+                            timeout=client_timeout(args.timeout, args.deadline))
     with client, _hiding_values(job.redact):
         try:
             plan = make_plan(job, client, shard=shard, estimate=args.dry_run, workers=max(4, options.jobs),

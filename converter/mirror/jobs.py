@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import heapq
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -196,12 +197,18 @@ class TagFilter:
     newest: int | None = None
 
     def select(self, tags: Iterable[str]) -> list[str]:
-        """The chosen tags, newest first (by ``tag_sort_key``)."""
-        chosen = [t for t in set(tags)
-                  if (not self.include or any(p.matches(t) for p in self.include))
-                  and not any(p.matches(t) for p in self.exclude)]
-        ordered = sorted(chosen, key=tag_sort_key, reverse=True)
-        return ordered[: self.newest] if self.newest is not None else ordered
+        """The chosen tags, newest first (by ``tag_sort_key``); with ``newest`` only that many
+        candidates are held while ``tags`` streams."""
+        chosen: set[str] = set()
+        for tag in tags:
+            if tag in chosen or (self.include and not any(p.matches(tag) for p in self.include)) \
+                    or any(p.matches(tag) for p in self.exclude):
+                continue
+            chosen.add(tag)
+            if self.newest is not None and len(chosen) > 2 * self.newest + 64:
+                chosen = set(heapq.nlargest(self.newest, chosen, key=tag_sort_key))
+        return heapq.nlargest(self.newest, chosen, key=tag_sort_key) if self.newest is not None \
+            else sorted(chosen, key=tag_sort_key, reverse=True)
 
 
 # --- destination templates --------------------------------------------------------------------

@@ -10,9 +10,10 @@ job without talking to each other.
 Steps, all read-only against the registries:
 
 1. **Expand** (every shard does the same, so all agree): single sources as written;
-   repository sources through ``list_tags`` (the client follows ``Link`` pagination) and the
-   entry's ``TagFilter``. Each source gets its destination from the ``dest`` template. Two
-   work items with one destination are a job error (one would overwrite the other).
+   repository sources through ``iter_tags`` (the client follows ``Link`` pagination; a
+   repository listed by one entry is streamed through its filter) and the entry's
+   ``TagFilter``. Each source gets its destination from the ``dest`` template. Two work items
+   with one destination are a job error (one would overwrite the other).
 2. **Shard**: item ``i`` belongs to shard ``shard_of(source_key(i), N)``, a stable hash
    (SHA-256) of the source repository and tag, so every image is in exactly one shard,
    whatever the order of the job file or the machine.
@@ -27,6 +28,7 @@ Steps, all read-only against the registries:
 
 from __future__ import annotations
 
+import collections
 import enum
 import hashlib
 import re
@@ -196,6 +198,12 @@ def _valid_tags(entry: ImageEntry, tags: Iterable[str]) -> Iterator[str]:
                     examples=[ascii(t[:80]) for t in invalid[:3]])
 
 
+def _counted(tags: Iterable[str], count: list[int]) -> Iterator[str]:
+    for tag in tags:
+        count[0] += 1
+        yield tag
+
+
 def _planning_failure(entry: ImageEntry, source: Reference, exc: ConverterError) -> PlannedImage:
     """A listed tag that cannot become a work item (e.g. its destination is not a valid reference)."""
     return PlannedImage(entry=entry, source=str(source), dest=entry.settings.dest.text, status=Status.FAILED,
@@ -211,6 +219,8 @@ def expand_job(job: Job, client: RegistryClient, *, page_size: int | None = None
     Raises JobFileError when two images named in the job file share a destination.
     """
     listings: dict[Repository, list[str] | ConverterError] = {}
+    # A repository listed by one entry only is streamed through its filter, never held whole.
+    listed_by = collections.Counter(e.repository for e in job.images if e.ref is None)
     items: list[WorkItem] = []
     failures: list[PlannedImage] = []
     for entry in job.images:
@@ -219,19 +229,25 @@ def expand_job(job: Job, client: RegistryClient, *, page_size: int | None = None
         else:
             assert entry.tags is not None
             listing = listings.get(entry.repository)
-            if listing is None:
-                try:
+            listed = [0]
+            try:
+                if listing is None and listed_by[entry.repository] > 1:
                     listing = client.list_tags(entry.repository.registry, entry.repository.repository,
                                                page_size=page_size)
-                except ConverterError as exc:
-                    listing = exc
-                listings[entry.repository] = listing
-            if isinstance(listing, ConverterError):
-                failures.append(_listing_failure(entry, listing))
+                    listings[entry.repository] = listing
+                if isinstance(listing, ConverterError):
+                    raise listing
+                tags = listing if listing is not None else client.iter_tags(
+                    entry.repository.registry, entry.repository.repository, page_size=page_size)
+                # Referrers fallback tags (sha256-<hex>, distribution spec) hold lists, not images.
+                chosen = entry.tags.select(_valid_tags(entry, (t for t in _counted(tags, listed)
+                                                               if not REFERRERS_TAG.fullmatch(t))))
+            except ConverterError as exc:
+                if listed_by[entry.repository] > 1:
+                    listings[entry.repository] = exc
+                failures.append(_listing_failure(entry, exc))
                 continue
-            # Referrers fallback tags (sha256-<hex>, distribution spec) hold lists, not images.
-            chosen = entry.tags.select([t for t in _valid_tags(entry, listing) if not REFERRERS_TAG.fullmatch(t)])
-            log.info("mirror_tags_selected", entry=entry.label, listed=len(listing), selected=len(chosen),
+            log.info("mirror_tags_selected", entry=entry.label, listed=listed[0], selected=len(chosen),
                      tags=chosen)
             sources = [entry.repository.with_tag(tag) for tag in chosen]
         for source in sources:

@@ -1,4 +1,4 @@
-"""The OCI distribution client: RegistryClient (client.py), auth and tokens, credentials, retries.
+"""The OCI distribution client: RegistryClient (client.py) over transport, upload, download, auth, retries.
 
 The only package that imports httpx.
 """

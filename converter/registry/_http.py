@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 
 import httpx
 
@@ -50,9 +51,24 @@ def redact_url(url: httpx.URL | str) -> str:
     return str(clean.copy_merge_params(params)) if params else str(clean)
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with every control or format character (ESC, BEL, CR, C1, bidi overrides, ...)
+    written as a Python escape, so remote text cannot drive the terminal or forge log lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    if unicodedata.category(char) == "Zs":  # other spaces are harmless
+        return char
+    return ascii(char)[1:-1]
+
+
 def scrub(text: str, limit: int = 300) -> str:
-    """A registry-supplied message made safe to show: secret-looking words masked, length capped."""
+    """A registry-supplied message made safe to show: secret-looking words masked, whitespace
+    runs made one space, control characters escaped, length capped."""
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("<redacted>", text)
-    text = " ".join(text.split())
+    text = escape_controls(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -16,7 +16,6 @@ host); nothing secret is logged or put into an exception.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import threading
 import time
@@ -28,6 +27,7 @@ import structlog
 
 from converter.errors import AuthError, RegistryError
 from converter.registry._http import host_port, redact_url, scrub
+from converter.registry.body import load_json, read_body
 from converter.registry.credentials import CredentialProvider, Credentials
 from converter.registry.retry import (
     TRANSIENT_STATUSES,
@@ -244,7 +244,9 @@ class Authenticator:
     """Chooses the Authorization header for registry requests and handles 401 challenges.
 
     Shared by all threads of a RegistryClient. ``plain_http_allowed(host)`` says whether a realm
-    host may be contacted without TLS.
+    host may be contacted without TLS, ``registry_plain_http(registry)`` whether the registry
+    itself is (a realm never downgrades an HTTPS registry to plain HTTP), and ``in_clear(host)``
+    is told whenever credentials go to ``host`` without TLS.
     """
 
     def __init__(
@@ -254,15 +256,21 @@ class Authenticator:
         credentials: CredentialProvider | None,
         retry: RetryPolicy,
         plain_http_allowed: Callable[[str], bool],
+        registry_plain_http: Callable[[str], bool] = lambda registry: False,
+        in_clear: Callable[[str], None] = lambda host: None,
         cache: TokenCache | None = None,
         wall_clock: Callable[[], float] = time.time,
+        total: float = 300.0,
     ) -> None:
         self._http = http
         self._provider = credentials
         self._retry = retry
         self._plain_http_allowed = plain_http_allowed
+        self._registry_plain_http = registry_plain_http
+        self._in_clear = in_clear
         self.cache = cache if cache is not None else TokenCache()
         self._wall_clock = wall_clock
+        self._total = total  # seconds a token answer may take to arrive in full
         self._lock = threading.Lock()
         self._challenges: dict[str, Challenge] = {}
         self._credentials: dict[str, Credentials | None] = {}
@@ -334,7 +342,8 @@ class Authenticator:
             return token
 
     def _fetch_token(self, registry: str, challenge: Challenge, scopes: Scopes) -> tuple[str, float]:
-        realm = _checked_realm(challenge.realm, registry, self._plain_http_allowed)
+        realm = _checked_realm(challenge.realm, registry, self._plain_http_allowed(host_port_of(challenge.realm))
+                               and self._registry_plain_http(registry))
         what = f"fetching a token for {registry} from {realm.host}" + (f":{realm.port}" if realm.port else "")
         scope_list = sorted({str(s) for s in scopes} | set(challenge.scopes))
         creds = self.credentials_for(registry)
@@ -347,6 +356,8 @@ class Authenticator:
                         "service": challenge.service, "client_id": _CLIENT_ID,
                         "scope": " ".join(scope_list)}
                 request = self._http.build_request("POST", realm, data=form)
+                if realm.scheme == "http":
+                    self._in_clear(host_port(realm))
             else:
                 params: list[tuple[str, str | int | float | bool | None]] = []
                 if challenge.service:
@@ -356,11 +367,15 @@ class Authenticator:
                 if creds is not None and creds.has_password:
                     params.append(("account", creds.username))
                     headers["Authorization"] = creds.basic_authorization()
+                    if realm.scheme == "http":
+                        self._in_clear(host_port(realm))
                 request = self._http.build_request("GET", realm, params=params, headers=headers)
             try:
                 response = self._http.send(request, stream=True)
                 try:
-                    body = _read_capped(response, _MAX_TOKEN_RESPONSE + 1)
+                    # Only a token answer is read; an error status says enough.
+                    body = read_body(response, what=what, limit=_MAX_TOKEN_RESPONSE,
+                                     deadline=time.monotonic() + self._total) if response.status_code == 200 else b""
                 finally:
                     response.close()
             except httpx.HTTPError as exc:
@@ -380,17 +395,15 @@ class Authenticator:
         status = response.status_code
         url = redact_url(realm)
         if status != 200:
-            message = f"{what}: {status} {response.reason_phrase}"
+            message = f"{what}: {status} {scrub(response.reason_phrase, 100)}"
             if status in TRANSIENT_STATUSES:
                 raise TemporaryRegistryError(message, status=status, method=method, url=url,
                                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
             if status in (400, 401, 403):
                 raise AuthError(message + _credentials_hint(what), status=status, method=method, url=url)
             raise RegistryError(message, status=status, method=method, url=url)
-        if len(content) > _MAX_TOKEN_RESPONSE:
-            raise AuthError(f"{what}: answer larger than {_MAX_TOKEN_RESPONSE} bytes", method=method, url=url)
         try:
-            body = json.loads(content)
+            body = load_json(content)
         except ValueError:
             body = None  # not chained: the decoder's message could quote the token
         if not isinstance(body, dict):
@@ -402,26 +415,25 @@ class Authenticator:
         return token, token_lifetime(body, now=self._wall_clock())
 
 
-def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    """At most ``limit`` bytes of the body (enough to tell that it is too long)."""
-    parts: list[bytes] = []
-    total = 0
-    for chunk in response.iter_bytes():
-        parts.append(chunk)
-        total += len(chunk)
-        if total >= limit:
-            break
-    return b"".join(parts)[:limit]
-
-
 def _bearer_token(header: str | None) -> str | None:
     if header is not None and header.startswith("Bearer "):
         return header[len("Bearer ") :]
     return None
 
 
-def _checked_realm(realm: str, registry: str, plain_http_allowed: Callable[[str], bool]) -> httpx.URL:
-    """The realm as a URL, refusing ones that would send credentials in clear text."""
+def host_port_of(realm: str) -> str:
+    """``host[:port]`` of a realm URL ("" if it is not one)."""
+    try:
+        url = httpx.URL(realm)
+    except httpx.InvalidURL:
+        return ""
+    return host_port(url) if url.host else ""
+
+
+def _checked_realm(realm: str, registry: str, plain_ok: bool) -> httpx.URL:
+    """The realm as a URL, refusing ones that would send credentials in clear text: plain HTTP
+    only if ``plain_ok`` (the registry itself is spoken to without TLS and the realm's host
+    may be), never from an HTTPS registry."""
     what = f"authenticating to {registry}"
     try:
         url = httpx.URL(realm)
@@ -429,7 +441,7 @@ def _checked_realm(realm: str, registry: str, plain_http_allowed: Callable[[str]
         raise AuthError(f"{what}: the registry named an invalid token realm") from exc
     if url.scheme == "https" and url.host:
         return url
-    if url.scheme == "http" and url.host and plain_http_allowed(host_port(url)):
+    if url.scheme == "http" and url.host and plain_ok:
         return url
     raise AuthError(f"{what}: refusing token realm {redact_url(url)}: it must be an https URL")
 

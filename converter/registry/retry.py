@@ -10,7 +10,7 @@ Sleep, clock and randomness are injectable so tests run instantly.
 
 Cancellation: a ``CancelScope`` entered in a worker thread makes that thread's registry calls
 stoppable from another thread. ``cancel()`` shuts down the sockets the thread is blocked on
-(the client registers them while it reads or writes, see ``converter.registry.client``) and
+(the client registers them while it reads or writes, see ``converter.registry.cancellable``) and
 wakes its backoff sleeps, so a pipeline can stop promptly on Ctrl-C or a failure elsewhere
 instead of waiting out a stalled download's read timeout. Calls in a cancelled scope raise
 ``RequestCancelled``, which is never retried.

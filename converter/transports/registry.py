@@ -17,8 +17,7 @@ all sinks of a mirror run) and retries such a manifest PUT briefly (``retry_blob
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
@@ -30,6 +29,7 @@ from converter.oci.mediatypes import MediaType
 from converter.oci.model import MAX_MANIFEST_SIZE, Descriptor
 from converter.oci.referrers import referrer_entry
 from converter.reference import Digest, Reference
+from converter.registry.retry import RetryPolicy, run_with_retry
 from converter.transports.base import BlobOrigin
 from converter.transports.referrers import add_referrer
 
@@ -39,22 +39,19 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 T = TypeVar("T")
-BLOB_UNKNOWN_RETRY_DELAYS = (0.2, 1.0)  # the link file is whole again within milliseconds
+# The link file is whole again within milliseconds: two more tries, about 0.2-0.4 s and 0.4-0.8 s later.
+BLOB_UNKNOWN_RETRY = RetryPolicy(attempts=3, base_delay=0.4, max_delay=1.0, budget=10.0)
 
 
-def retry_blob_unknown(put: Callable[[], T], *, what: str, delays: Sequence[float] = BLOB_UNKNOWN_RETRY_DELAYS,
-                       sleep: Callable[[float], None] = time.sleep) -> T:
-    """``put()`` (a manifest PUT), tried again after each of ``delays`` while the registry answers
-    MANIFEST_BLOB_UNKNOWN; any other error, or the last one, propagates."""
-    for delay in (*delays, None):
-        try:
-            return put()
-        except RegistryError as exc:
-            if delay is None or "MANIFEST_BLOB_UNKNOWN" not in exc.code:
-                raise
-            log.info("registry_manifest_blob_unknown_retry", what=what, delay=delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
+def retry_blob_unknown(put: Callable[[], T], *, what: str, policy: RetryPolicy = BLOB_UNKNOWN_RETRY) -> T:
+    """``put()`` (a manifest PUT), tried again under ``policy`` (backoff, cancellation) while the
+    registry answers MANIFEST_BLOB_UNKNOWN; any other error, or the last one, propagates.
+    (``put`` retries transient failures itself.)"""
+    return run_with_retry(put, policy=policy, what=what, should_retry=_blob_unknown)
+
+
+def _blob_unknown(exc: BaseException) -> bool:
+    return isinstance(exc, RegistryError) and "MANIFEST_BLOB_UNKNOWN" in exc.code
 
 
 class BlobLocks:

@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from converter.cli import image as imagecli
@@ -20,7 +19,7 @@ from converter.cli import main
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.errors import UsageError
 from converter.pipeline import ConvertOptions
-from converter.registry.client import DEFAULT_TIMEOUT, RegistryClient
+from converter.registry.client import DEFAULT_TIMEOUT, RegistryClient, Timeouts
 from converter.registry.credentials import DockerConfigCredentials
 from converter.registry.retry import RetryPolicy
 from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
@@ -113,14 +112,17 @@ def built() -> Iterator[list[RegistryClient]]:
 def test_make_client_applies_retry_and_timeout(built: list[RegistryClient]) -> None:
     default = imagecli.make_client()
     policy = RetryPolicy(attempts=2)
-    tuned = imagecli.make_client(retry=policy, timeout=3.5)
-    exact = imagecli.make_client(timeout=httpx.Timeout(7.0))
+    tuned = imagecli.make_client(retry=policy, timeout=3.5, deadline=9.0)
+    exact = imagecli.make_client(timeout=Timeouts(connect=1.0, stall=7.0, pool=2.0, total=30.0))
     built += [default, tuned, exact]
-    assert default._retry == RetryPolicy() and default._http.timeout == DEFAULT_TIMEOUT
-    assert tuned._retry is policy
-    assert tuned._http.timeout == httpx.Timeout(connect=DEFAULT_TIMEOUT.connect, read=3.5, write=3.5,
-                                                pool=DEFAULT_TIMEOUT.pool)
-    assert exact._http.timeout == httpx.Timeout(7.0)
+    assert default.retry == RetryPolicy() and default.timeouts == DEFAULT_TIMEOUT == Timeouts()
+    assert tuned.retry is policy
+    assert tuned.timeouts == Timeouts(connect=DEFAULT_TIMEOUT.connect, stall=3.5, pool=DEFAULT_TIMEOUT.pool,
+                                      total=9.0)
+    assert exact.timeouts == Timeouts(connect=1.0, stall=7.0, pool=2.0, total=30.0)
+    slow = imagecli.make_client(timeout=500.0)
+    built.append(slow)
+    assert slow.timeouts.total == 500.0  # never shorter than a stall
 
 
 def test_the_flags_reach_make_client(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,8 @@ environment references, tag filters and tag order. Pure: no registry."""
 from __future__ import annotations
 
 import textwrap
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from converter.mirror.jobs import (
     DestTemplate,
     JobFileError,
     Repository,
+    TagFilter,
     Where,
     expand_env,
     load_job,
@@ -307,3 +310,19 @@ def test_validation_errors(text: str, line: int, field: str, fragment: str) -> N
     assert fragment in str(err.value)
     prefix = f"jobs/x.yaml:{line}: " + (f"{field}: " if field else "")
     assert str(err.value).startswith(prefix), str(err.value)
+
+
+def test_newest_holds_only_a_few_candidates_while_tags_stream() -> None:
+    def tags() -> Iterator[str]:
+        for i in range(200_000):
+            yield f"1.{i % 1000}.{i // 1000}-build-{i:08d}"
+            yield "1.0.0"  # duplicates of a tag that is not among the newest
+
+    tracemalloc.start()
+    try:
+        chosen = TagFilter(newest=3).select(tags())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert chosen == ["1.999.199-build-00199999", "1.999.198-build-00198999", "1.999.197-build-00197999"]
+    assert peak < 2 << 20, f"{peak} bytes held"  # all 200,000 tags would take about 20 MB

@@ -4,6 +4,7 @@ exactly once, the same results as one process), failure isolation, and the demo.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from converter.cancel import CancelScope
 from converter.erofs.tools import erofs_utils
 from converter.errors import RegistryError, ToolError
 from converter.mirror.jobs import Job, parse_job
@@ -20,9 +22,10 @@ from converter.mirror.plan import shard_of, source_key
 from converter.mirror.run import MirrorReport, RunOptions, format_report, run_job
 from converter.reference import Digest, parse_reference
 from converter.registry.client import RegistryClient
+from converter.registry.retry import RequestCancelled
 from converter.testing.mirror_demo import run_mirror_demo
 from converter.testing.sample import sample_layers
-from converter.transports.registry import BlobLocks, RegistrySink, retry_blob_unknown
+from converter.transports.registry import BLOB_UNKNOWN_RETRY, BlobLocks, RegistrySink, retry_blob_unknown
 from tests.mirror.helpers import CountingEngine, other_top_layer, push_image, push_shared_base_images
 from tests.registry.helpers import Recorder
 
@@ -218,13 +221,30 @@ def test_retry_blob_unknown_retries_only_that_error() -> None:
             raise answer
         return answer
 
-    assert retry_blob_unknown(put, what="pushing", sleep=sleeps.append) == "ok" and sleeps == [0.2, 1.0]
+    policy = dataclasses.replace(BLOB_UNKNOWN_RETRY, sleep=sleeps.append, random=lambda: 0.0)
+    assert retry_blob_unknown(put, what="pushing", policy=policy) == "ok" and sleeps == [0.2, 0.4]
     answers[:] = [RegistryError("x", code="MANIFEST_BLOB_UNKNOWN")] * 3
     with pytest.raises(RegistryError):
-        retry_blob_unknown(put, what="pushing", sleep=sleeps.append)
+        retry_blob_unknown(put, what="pushing", policy=policy)
+    assert answers == []
     answers[:] = [RegistryError("x", code="DENIED"), "ok"]
     with pytest.raises(RegistryError, match="x"):
-        retry_blob_unknown(put, what="pushing", sleep=sleeps.append)
+        retry_blob_unknown(put, what="pushing", policy=policy)
+
+
+def test_retry_blob_unknown_stops_in_a_cancelled_scope() -> None:
+    calls: list[int] = []
+
+    def put() -> str:
+        calls.append(1)
+        raise RegistryError("x", code="MANIFEST_BLOB_UNKNOWN")
+
+    scope = CancelScope()
+    with scope.entered():
+        scope.cancel()
+        with pytest.raises(RequestCancelled):
+            retry_blob_unknown(put, what="pushing")
+    assert calls == []
 
 
 def test_mirror_sink_pushes_a_shared_blob_once(prefix: str, tmp_path: Path) -> None:

@@ -36,6 +36,16 @@ class BrokenStream(httpx.SyncByteStream):
         raise httpx.ReadError("connection reset by peer")
 
 
+class RawStream(httpx.SyncByteStream):
+    """A body httpx does not load (and decode) up front, as a network answer: ``data`` as sent."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+
+
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.Response(status, json={"errors": [{"code": code, "message": message}]}, headers=headers)
 

@@ -250,7 +250,7 @@ def test_token_answer_that_is_not_json_is_not_quoted() -> None:
     [
         ("https://auth.example/token", True),
         ("http://auth.example/token", False),  # credentials would travel in clear text
-        ("http://127.0.0.1:8080/token", True),  # loopback (allowed by the client's rule)
+        ("http://127.0.0.1:8080/token", False),  # loopback, but never a downgrade from an HTTPS registry
         ("ftp://auth.example/token", False),
         ("/token", False),  # relative: not the registry's to choose
         ("", False),
@@ -269,6 +269,16 @@ def test_realm_must_be_https(realm: str, allowed: bool) -> None:
         with pytest.raises(AuthError, match="must be an https URL"):
             auth.on_unauthorized("reg.example", frozenset(), challenge, rejected=None)
     assert service.requests == []
+
+
+def test_a_plain_http_registry_may_name_a_plain_http_realm_it_is_allowed() -> None:
+    service = TokenService()
+    auth = authenticator(service, Credentials("alice", "pw-123456"), registry_plain_http=lambda r: True)
+    challenge = 'Bearer realm="http://127.0.0.1:8080/token",service="s"'
+    assert auth.on_unauthorized("reg.example", frozenset(), challenge, rejected=None)[0] == "Bearer tok-1"
+    challenge = 'Bearer realm="http://auth.example/token",service="s"'  # not allowed plain HTTP
+    with pytest.raises(AuthError, match="must be an https URL"):
+        auth.on_unauthorized("other.example", frozenset(), challenge, rejected=None)
 
 
 def test_basic_challenge() -> None:

@@ -471,7 +471,7 @@ def test_client_repr_has_no_secrets(registry_basic: RegistryServer) -> None:
     client = RegistryClient(credentials=_static(registry_basic))
     try:
         client.ping(registry_basic.host)
-        assert_no_secrets([repr(client), repr(client._auth)], registry_basic.secrets())
+        assert_no_secrets([repr(client), repr(client._transport)], registry_basic.secrets())
     finally:
         client.close()
 

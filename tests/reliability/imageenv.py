@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from converter.cli import image as imagecli
-from converter.registry.client import DEFAULT_RETRY, RegistryClient
+from converter.registry.client import DEFAULT_RETRY, RegistryClient, Timeouts
 from converter.registry.retry import RetryPolicy
 from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
 
@@ -116,10 +116,10 @@ def fast_sleeps(record: FastRetry) -> Iterator[FastRetry]:
     """Let ``convert`` build its registry client from its flags, with sleeps recorded in ``record``."""
     real = imagecli.make_client
 
-    def make_client(*, retry: RetryPolicy | None = None, timeout: float | httpx.Timeout | None = None,
+    def make_client(*, retry: RetryPolicy | None = None, timeout: float | Timeouts | None = None,
                     **kwargs: Any) -> RegistryClient:
         policy = retry if retry is not None else DEFAULT_RETRY
-        record.clients.append((policy.attempts, timeout.read if isinstance(timeout, httpx.Timeout) else timeout))
+        record.clients.append((policy.attempts, timeout.stall if isinstance(timeout, Timeouts) else timeout))
         return real(retry=dataclasses.replace(policy, sleep=record.sleeps.append), timeout=timeout, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:

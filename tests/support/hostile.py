@@ -5,7 +5,9 @@ chosen requests itself (a tag list with invalid tags, ...) and forwards the rest
 plain HTTP to it) and forwards every request to the real registry at ``upstream``, keeping the
 ``Host`` header so that ``Location`` headers point back at it. ``answer(pattern, reply)`` makes
 every request whose ``METHOD PATH?QUERY`` matches the regular expression ``pattern`` get
-``reply`` instead. ``seen`` records ``(method, path)`` of every request.
+``reply`` instead (``reply`` may also be a function of the ``PATH?QUERY`` returning one, for
+answers that change: endless pagination). A ``Reply`` with ``dribble`` sends its body one byte
+at a time, that many seconds apart. ``seen`` records ``(method, path)`` of every request.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import http.server
 import json
 import re
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -29,6 +33,7 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+    dribble: float = 0.0  # seconds between body bytes (0: all at once)
 
     @staticmethod
     def json(value: object, status: int = 200) -> Reply:
@@ -40,7 +45,7 @@ class HostileRegistry:
     """A threaded loopback server in front of ``upstream``; use as a context manager."""
 
     upstream: str
-    rules: list[tuple[re.Pattern[str], Reply]] = field(default_factory=list)
+    rules: list[tuple[re.Pattern[str], Reply | Callable[[str], Reply]]] = field(default_factory=list)
     seen: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,7 +58,7 @@ class HostileRegistry:
         host, port = self._server.server_address[:2]
         return f"{host!s}:{port}"
 
-    def answer(self, pattern: str, reply: Reply) -> None:
+    def answer(self, pattern: str, reply: Reply | Callable[[str], Reply]) -> None:
         """Answer requests matching ``pattern`` (searched in ``METHOD PATH?QUERY``) with ``reply``."""
         with self.lock:
             self.rules.append((re.compile(pattern), reply))
@@ -63,7 +68,7 @@ class HostileRegistry:
             self.seen.append((method, path.split("?", 1)[0]))
             for pattern, reply in self.rules:
                 if pattern.search(f"{method} {path}"):
-                    return reply
+                    return reply if isinstance(reply, Reply) else reply(path)
         return None
 
     def count(self, method: str, path_pattern: str) -> int:
@@ -118,7 +123,7 @@ def _handler_for(registry: HostileRegistry) -> type[http.server.BaseHTTPRequestH
             body = self._body()
             reply = registry.pick(self.command, self.path)
             if reply is not None:
-                self._send(reply.status, list(reply.headers), reply.body)
+                self._send(reply.status, list(reply.headers), reply.body, reply.dribble)
                 return
             conn = http.client.HTTPConnection(registry.upstream, timeout=60)
             try:
@@ -135,14 +140,19 @@ def _handler_for(registry: HostileRegistry) -> type[http.server.BaseHTTPRequestH
             finally:
                 conn.close()
 
-        def _send(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
+        def _send(self, status: int, headers: list[tuple[str, str]], payload: bytes, dribble: float = 0.0) -> None:
             self.send_response_only(status)
             for key, value in headers:
                 self.send_header(key, value)
             if self.command != "HEAD":
                 self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            if self.command != "HEAD":
+            if self.command != "HEAD" and dribble:
+                for i in range(len(payload)):
+                    self.wfile.write(payload[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(dribble)
+            elif self.command != "HEAD":
                 self.wfile.write(payload)
 
     return Handler
