@@ -167,4 +167,5 @@ def test_a_crash_while_planning_one_image_fails_only_that_image(client: Registry
                     f'  - source: {prefix}/app:2\n', filename="job.yaml")
     first, second = make_plan(job, client).images
     assert first.status is Status.CONVERT
-    assert second.status is Status.FAILED and second.error == f"internal error: planning {prefix}/app:2: KeyError: 'bug'"
+    assert second.status is Status.FAILED
+    assert second.error == f"internal error: planning {prefix}/app:2: KeyError: 'bug'"

@@ -96,7 +96,8 @@ def test_a_deeply_nested_token_answer_is_a_clean_error(hostile: HostileRegistry,
     hostile.answer(r"^GET /token", Reply(200, NESTED))
     hostile.answer(r"^GET /v2/", Reply(401, b"{}", (("WWW-Authenticate", f'Bearer realm="{realm}",service="x"'),)))
     line = one_line(convert(hostile, tmp_path))
-    assert line.endswith(f"fetching a token for {hostile.host} from {hostile.host}: the answer is not a JSON object"), line
+    want = f"fetching a token for {hostile.host} from {hostile.host}: the answer is not a JSON object"
+    assert line.endswith(want), line
 
 
 def test_a_deeply_nested_tag_list_fails_that_image_only(hostile: HostileRegistry, tmp_path: Path) -> None:
