@@ -24,6 +24,7 @@ keeps parallel images from pushing the same blob into one repository at once (se
 from __future__ import annotations
 
 import dataclasses
+import enum
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,11 +61,18 @@ log = structlog.get_logger()
 
 _POLL = 0.25  # seconds between checks for a signal while images convert
 
-CONVERTED = "converted"
-SKIPPED = "skipped"
-FAILED = "failed"
-PENDING = "pending"  # dry runs: would be converted
-INTERRUPTED = "interrupted"  # the run was stopped (SIGTERM, Ctrl-C) before this image was done
+class ImageStatus(enum.StrEnum):
+    """What became of one image in a run (the report's ``status``)."""
+
+    CONVERTED = "converted"
+    SKIPPED = "skipped"  # the destination already held this conversion
+    FAILED = "failed"
+    PENDING = "pending"  # dry runs: would be converted
+    INTERRUPTED = "interrupted"  # the run was stopped (SIGTERM, Ctrl-C) before this image was done
+
+
+CONVERTED, SKIPPED, FAILED, PENDING, INTERRUPTED = (ImageStatus.CONVERTED, ImageStatus.SKIPPED, ImageStatus.FAILED,
+                                                    ImageStatus.PENDING, ImageStatus.INTERRUPTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +105,7 @@ class ImageReport:
 
     source: str
     dest: str
-    status: str
+    status: ImageStatus
     source_digest: str | None = None
     dest_digest: str | None = None
     layers_converted: int = 0
@@ -135,7 +143,7 @@ class MirrorReport:
     interrupted: bool = False  # stopped by SIGTERM/SIGINT; unfinished images are INTERRUPTED
     pull_bytes: int | None = None  # dry runs: the bytes to pull, a layer shared by images counted once
 
-    def count(self, status: str) -> int:
+    def count(self, status: ImageStatus) -> int:
         return sum(1 for i in self.images if i.status == status)
 
     @property
@@ -470,6 +478,7 @@ __all__ = [
     "PENDING",
     "SKIPPED",
     "ImageReport",
+    "ImageStatus",
     "MirrorReport",
     "RunOptions",
     "format_report",

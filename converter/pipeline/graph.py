@@ -79,7 +79,7 @@ from converter.pipeline.lower import (
     lookup,
     metadata_opener,
 )
-from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
+from converter.pipeline.progress import ProgressCallback, ProgressEvent, PushOutcome, Stage
 from converter.reference import Digest
 from converter.transports.base import ImageSink, ImageSource
 
@@ -205,7 +205,7 @@ class BuiltLayer:
     source: Descriptor
     digest: Digest
     size: int
-    push: str  # "pushed" or "exists"
+    push: PushOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,12 +519,12 @@ class LayerGraph:
             raise Cancelled("pushing a layer: cancelled")
         self._report(Stage.PUSH, i, 0, result.size)
         if self.s.sink.has_blob(digest):
-            push = "exists"
+            push = PushOutcome.EXISTS
         else:
             self.s.sink.push_blob(result.path, digest, result.size)
-            push = "pushed"
+            push = PushOutcome.PUSHED
         self._report(Stage.PUSH, i, result.size, result.size, done=True,
-                     note="" if push == "pushed" else push)
+                     note="" if push is PushOutcome.PUSHED else push.value)
         result.path.unlink(missing_ok=True)
         t = self._timings[i]
         t["push"] = time.monotonic() - started

@@ -16,6 +16,7 @@ from converter.erofs.target import TargetFormat
 from converter.errors import UsageError
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Platform
+from converter.pipeline.progress import PushOutcome
 from converter.reference import ArchiveKind, ArchiveRef, DaemonRef, Digest, Location, OciLayoutRef, Reference
 
 _MAX_TAG = 128
@@ -79,7 +80,7 @@ class LayerOutcome:
     digest: Digest
     size: int
     media_type: MediaType
-    push: str  # "pushed" or "exists"
+    push: PushOutcome
 
 
 @dataclass(frozen=True, slots=True)

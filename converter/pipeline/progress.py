@@ -22,6 +22,13 @@ class Stage(enum.StrEnum):
     PUSH = "push"
 
 
+class PushOutcome(enum.StrEnum):
+    """How a converted layer reached the destination."""
+
+    PUSHED = "pushed"  # uploaded
+    EXISTS = "exists"  # the destination already had the blob
+
+
 @dataclass(frozen=True, slots=True)
 class ProgressEvent:
     """``completed`` of ``total`` bytes of ``stage`` for layer ``index`` of ``platform``.

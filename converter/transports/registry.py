@@ -82,14 +82,26 @@ class _Repo:
 
 
 class RegistrySource(_Repo):
-    """Reads manifests and blobs of one registry repository."""
+    """Reads manifests and blobs of one registry repository.
+
+    The manifest its reference names is fetched once and then remembered: every reader in one
+    run (the already-converted check, the conversion) sees the same image even if the tag moves,
+    and asks the registry once."""
+
+    def __init__(self, client: RegistryClient, ref: Reference) -> None:
+        super().__init__(client, ref)
+        self._named: tuple[bytes, str, Digest] | None = None
 
     def get_manifest(self, reference: str | Digest | None = None) -> tuple[bytes, str, Digest]:
+        if reference is None and self._named is not None:
+            return self._named
         ref = self.ref.manifest_reference if reference is None else reference
         data, media_type, digest = self.client.get_manifest(self.ref.registry, self.ref.repository, ref)
         if len(data) > MAX_MANIFEST_SIZE:
             raise ImageError(f"reading manifest {self.ref.name}@{digest}: {len(data)} bytes is more than "
                              f"the {MAX_MANIFEST_SIZE} byte limit")
+        if reference is None:
+            self._named = (data, str(media_type), digest)
         return data, str(media_type), digest
 
     def open_blob(self, digest: Digest, *, size: int | None = None) -> AbstractContextManager[BinaryIO]:
