@@ -7,8 +7,9 @@ pipeline both call it. Two builders sit behind it:
   our data-first writer streams file contents straight into the output image while the tar is
   read (compressed ones in worker threads); only metadata is kept in memory.
 * ``mkfs`` (the default for ``erofs+ALGO``, the only one for zstd/deflate/lzma): contents
-  are spooled to a private temp file, then a normalised tar (explicit directories, full-nanosecond times, empty opaque markers) is piped
-  into ``mkfs.erofs --tar=f --aufs`` so the compressed path inherits every layer-semantics fix.
+  are spooled to a private temp file, then a normalised tar (explicit directories,
+  full-nanosecond times, empty opaque markers) is piped into ``mkfs.erofs --tar=f --aufs``
+  so the compressed path inherits every layer-semantics fix.
 
 The EROFS UUID is derived from the source blob digest, and the build time comes from
 ``SOURCE_DATE_EPOCH`` (or 0), so the same input gives the same bytes on any machine.

@@ -251,8 +251,9 @@ def write_image(
     (with 0 ns) are compact, the others extended (§4.6). Returns the image size in bytes; the
     output file is truncated to exactly that length. ``feature_incompat`` and ``u1`` are the
     superblock fields a compressed data area needs (zwriter.py; 0 for raw images). Raises
-    ErofsFormatError, naming the path, for anything EROFS cannot hold (e.g. an xattr outside the user./trusted./security./ACL
-    namespaces, a device number beyond 12:20 bits, a name longer than 255 bytes).
+    ErofsFormatError, naming the path, for anything EROFS cannot hold (e.g. an xattr outside
+    the user./trusted./security./ACL namespaces, a device number beyond 12:20 bits, a name
+    longer than 255 bytes).
     """
     if not -(1 << 63) <= build_time < (1 << 63):
         raise ErofsFormatError(f"build time {build_time} does not fit the signed 64-bit epoch")
