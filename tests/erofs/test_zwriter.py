@@ -13,6 +13,7 @@ import random
 import tarfile
 from pathlib import Path
 
+import lz4.block
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -103,6 +104,8 @@ def check_tree(files: list[FileSpec], to: str, tmp: Path, *, with_mkfs: bool = T
     tar = make_tar(files)
     img = build(tar, tmp / "a.erofs", to)
     fsck(img)
+    with ErofsImage.open(img) as image:  # ours: full indexes (mkfs.erofs writes compact ones)
+        assert fmt.LAYOUT_COMPRESSED_COMPACT not in {st_.layout for _, st_ in image.walk()}
     with mounted(img) as mnt:
         got = tree_of(mnt)
     assert got == expected_tree(files)
@@ -116,7 +119,7 @@ def check_tree(files: list[FileSpec], to: str, tmp: Path, *, with_mkfs: bool = T
 
 
 @pytest.mark.parametrize("to", FORMATS)
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.function_scoped_fixture])
 @given(files=FILES)
 @example(files=[("a", "random", 4097, 1, -1), ("b", "zeros", 4097, 2, 3), ("d/c", "text", 4095, 3, 0),
@@ -158,12 +161,16 @@ def test_segments_are_cut_like_mkfs() -> None:
     seg = compress_segment(data, codec=Codec.LZ4, level=None)
     assert sum(n for _, n in seg.extents) == len(data)
     assert len(seg.blocks) == len(seg.extents) * fmt.BLOCK_SIZE
+    la = 0
     for k, (kind, n) in enumerate(seg.extents):
         block = seg.blocks[k * fmt.BLOCK_SIZE:(k + 1) * fmt.BLOCK_SIZE]
-        if kind == fmt.Z_LCLUSTER_HEAD1:
-            assert n > fmt.BLOCK_SIZE and block[-1] != 0 or block.rstrip(b"\0")  # stream at the end
-        else:
+        if kind == fmt.Z_LCLUSTER_HEAD1:  # an LZ4 block right-aligned after zeros (0-padding)
+            assert n > fmt.BLOCK_SIZE
+            assert lz4.block.decompress(block.lstrip(b"\0"), uncompressed_size=n) == data[la:la + n]
+        else:  # raw: one block of input from the start of the block, zero-filled
             assert kind == fmt.Z_LCLUSTER_PLAIN and (n == fmt.BLOCK_SIZE or k == len(seg.extents) - 1)
+            assert block == data[la:la + n] + bytes(fmt.BLOCK_SIZE - n)
+        la += n
     assert {kind for kind, _ in seg.extents} == {fmt.Z_LCLUSTER_HEAD1, fmt.Z_LCLUSTER_PLAIN}
     zeros = compress_segment(bytes(SEGMENT), codec=Codec.LZ4HC, level=12)
     assert len(zeros.extents) <= 5  # about 1 MB of zeros per 4 KiB LZ4 block
