@@ -17,6 +17,8 @@ from functools import cache
 
 from converter.errors import ToolError
 
+_MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer
+_MAX_INPUT = 0x7E000000  # liblz4's LZ4_MAX_INPUT_SIZE
 #: LZ4HC's default level (liblz4's LZ4HC_CLEVEL_DEFAULT; what ``mkfs.erofs -zlz4hc`` uses).
 LZ4HC_DEFAULT_LEVEL = 9
 
@@ -81,12 +83,34 @@ class DestSizeCompressor:
         self._dst = ctypes.create_string_buffer(capacity)
         self._state = ctypes.create_string_buffer(lib.hc_state_size) if self._hc else None
         self._consumed = ctypes.c_int(0)
+        self._last = 0  # input consumed by the previous call
 
     def compress(self, pos: int) -> tuple[int, bytes]:
+        """Compress from ``pos``; the input offered grows until the encoder stops well short of it.
+
+        Why a window: liblz4's destSize calls cost time in proportion to the input they are
+        offered, not to what they consume (LZ4HC took 3 ms per 4 KiB block when offered 1 MiB
+        of random data, 0.04 ms when offered 8 KiB). So each call is offered about twice what
+        the previous one consumed, and offered four times more whenever it consumed more than
+        three quarters of its window (near the window's end the encoder may stop early because
+        input ran out). The result is still a pure function of the data.
+        """
         remaining = self._len - pos
         if remaining <= 0:
             raise ValueError("nothing left to compress")
-        self._consumed.value = min(remaining, 0x7E000000)  # LZ4_MAX_INPUT_SIZE
+        window = max(_MIN_WINDOW, 1 << (2 * self._last).bit_length())
+        while True:
+            offer = min(remaining, window, _MAX_INPUT)
+            n = self._call(pos, offer)
+            used = self._consumed.value
+            if offer in (remaining, _MAX_INPUT) or used <= offer - offer // 4:
+                break
+            window *= 4
+        self._last = used
+        return used, self._dst.raw[:n]
+
+    def _call(self, pos: int, offer: int) -> int:
+        self._consumed.value = offer
         src = self._base + pos
         if self._hc:
             n = self._lib.dll.LZ4_compress_HC_destSize(self._state, src, self._dst, ctypes.byref(self._consumed),
@@ -95,4 +119,4 @@ class DestSizeCompressor:
             n = self._lib.dll.LZ4_compress_destSize(src, self._dst, ctypes.byref(self._consumed), self._capacity)
         if n <= 0 or self._consumed.value <= 0:
             raise RuntimeError(f"liblz4 destSize compression failed (returned {n})")
-        return self._consumed.value, self._dst.raw[:n]
+        return int(n)
