@@ -11,6 +11,7 @@ import io
 import os
 import random
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import lz4.block
@@ -24,7 +25,7 @@ from converter.erofs.reader import ErofsImage
 from converter.erofs.target import TargetFormat, parse_format
 from converter.erofs.zcodec import Codec
 from converter.erofs.zwriter import SEGMENT, CompressedDataArea, compress_segment
-from converter.errors import UsageError
+from converter.errors import LayerError, UsageError
 from tests.support.kernel import fsck, mounted, require_mount
 
 #: Every format the python builder compresses: lz4, and lz4hc at its default and every level.
@@ -205,3 +206,44 @@ def test_builder_selection(builder: str, to: str, resolved: str) -> None:
 def test_python_builder_refuses_what_it_cannot_compress(to: str) -> None:
     with pytest.raises(UsageError, match=r"python builder cannot write .*use --builder mkfs"):
         LayerOptions(fmt=parse_format(to), builder="python").resolved_builder()
+
+
+class _Short:
+    """File data that ends early (a truncated tar): ``size`` is promised, ``have`` arrives."""
+
+    def __init__(self, have: bytes) -> None:
+        self._have = have
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        for i in range(0, len(self._have), size):
+            yield self._have[i:i + size]
+
+
+@pytest.mark.parametrize("have", [3 * SEGMENT + 10, 5000, 3 * SEGMENT + 12000])
+def test_short_or_long_file_is_refused_and_leaves_nothing_behind(have: int, tmp_path: Path) -> None:
+    """A file whose data is shorter or longer than announced fails; the image built from the
+    files around it is still valid and holds exactly them."""
+    from converter.erofs.writer import write_image
+    from converter.layers.model import Inode, NodeKind
+
+    size = 3 * SEGMENT + 11000
+    good = payload("mixed", 3 * SEGMENT + 777, 4)
+    path = tmp_path / "img.erofs"
+    with open(path, "w+b") as out, CompressedDataArea(out, codec=Codec.LZ4HC, workers=2) as area:
+        first = area.add(_Short(payload("text", 9000, 1)), 9000)
+        with pytest.raises(LayerError, match=r"shorter|longer"):
+            area.add(_Short(payload("mixed", have, 3)), size)
+        second = area.add(_Short(good), len(good))
+        root = Inode(kind=NodeKind.DIR, mode=0o755, children={})
+        assert root.children is not None
+        root.children[b"a"] = Inode(kind=NodeKind.REG, mode=0o644, size=9000, data=first)
+        root.children[b"b"] = Inode(kind=NodeKind.REG, mode=0o644, size=len(good), data=second)
+        write_image(root, area, feature_incompat=area.feature_incompat, u1=area.u1)
+    fsck(path)
+    with mounted(path) as mnt:
+        assert (mnt / "a").read_bytes() == payload("text", 9000, 1)
+        assert (mnt / "b").read_bytes() == good
+        assert sorted(p.name for p in mnt.iterdir()) == ["a", "b"]
