@@ -293,11 +293,12 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
         with area:
             tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
                               progress=progress, on_tree=on_tree)
-            features = (area.feature_incompat, area.u1) if isinstance(area, CompressedDataArea) else (0, 0)
+            z = area if isinstance(area, CompressedDataArea) else None
             try:
                 write_image(tree.root, area, build_time=options.build_time,
-                            uuid=layer_uuid(tree.source_digest).bytes, feature_incompat=features[0],
-                            u1=features[1])
+                            uuid=layer_uuid(tree.source_digest).bytes,
+                            feature_incompat=z.feature_incompat if z else 0, u1=z.u1 if z else 0,
+                            compr_cfgs=z.compr_cfgs if z else b"")
             except ConverterError:
                 raise
             except (ValueError, OverflowError) as exc:

@@ -244,13 +244,15 @@ def write_image(
     volume_name: bytes = b"",
     feature_incompat: int = 0,
     u1: int = 0,
+    compr_cfgs: bytes = b"",
 ) -> int:
     """Append the metadata for ``root`` to ``area``'s output and finish the image.
 
     ``build_time`` becomes the superblock epoch; inodes whose mtime is exactly that second
     (with 0 ns) are compact, the others extended (§4.6). Returns the image size in bytes; the
     output file is truncated to exactly that length. ``feature_incompat`` and ``u1`` are the
-    superblock fields a compressed data area needs (zwriter.py; 0 for raw images). Raises
+    superblock fields a compressed data area needs (zwriter.py; 0 for raw images), and
+    ``compr_cfgs`` its config records. Raises
     ErofsFormatError, naming the path, for anything EROFS cannot hold (e.g. an xattr outside
     the user./trusted./security./ACL namespaces, a device number beyond 12:20 bits, a name
     longer than 255 bytes).
@@ -276,6 +278,8 @@ def write_image(
         feature_incompat=feature_incompat, u1=u1,
     )
     block0 = bytearray(_BLKSZ)  # bytes before 1024 and after the superblock stay zero (§1, §2.1)
+    cfgs_at = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size  # §5.4.7: compression configs follow it
+    block0[cfgs_at:cfgs_at + len(compr_cfgs)] = compr_cfgs
     fmt.seal_block0(block0, sb)
     out.seek(0)
     out.write(block0)

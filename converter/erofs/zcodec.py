@@ -1,10 +1,12 @@
-"""Fixed-output LZ4/LZ4HC compression ("as much input as fits N bytes") through the system liblz4.
+"""Fixed-output compression ("as much input as fits N bytes"): LZ4/LZ4HC, Zstandard, DEFLATE.
 
 Why liblz4 through ctypes: EROFS pclusters are filled by destination-size compression
 (docs/erofs-format.md §5.4.5), which the ``lz4`` PyPI package does not expose; liblz4 has it
 (``LZ4_compress_destSize``, ``LZ4_compress_HC_destSize``, liblz4 >= 1.9.0), is installed on
 every Linux system that has systemd, and ctypes calls release the GIL, so worker threads use
-every core.
+every core. Zstandard and DEFLATE have no such mode, so the longest fitting input is found by
+search (the compressed size grows with the input almost monotonically); both libraries release
+the GIL too.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import enum
+import zlib
 from dataclasses import dataclass
 from functools import cache
+
+import zstandard
 
 from converter.errors import ToolError
 
@@ -28,6 +33,21 @@ class Codec(enum.Enum):
 
     LZ4 = "lz4"
     LZ4HC = "lz4hc"
+    ZSTD = "zstd"
+    DEFLATE = "deflate"
+
+    @property
+    def algorithm(self) -> int:
+        """The EROFS algorithm number (docs/erofs-format.md §5.4.1): 0 LZ4, 2 DEFLATE, 3 Zstandard."""
+        return {"lz4": 0, "lz4hc": 0, "deflate": 2, "zstd": 3}[self.value]
+
+
+#: Default levels where mkfs.erofs has its own (zstd 3, its built-in deflate encoder's 1).
+DEFAULT_LEVELS = {Codec.ZSTD: 3, Codec.DEFLATE: 1}
+#: Zstandard window: 32 KiB, log2 = 15, recorded as 15 - 10 in the superblock's config (§5.4.7).
+ZSTD_WINDOW_LOG = 15
+#: The largest input one Zstandard/DEFLATE extent may take (mkfs.erofs's order of magnitude).
+SEARCH_MAX_INPUT = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +79,80 @@ def _liblz4() -> _Lib:
 
 def check_available(codec: Codec) -> None:
     """Raise ToolError now if ``codec`` cannot be used (before any layer is read)."""
-    _liblz4()
+    if codec in (Codec.LZ4, Codec.LZ4HC):
+        _liblz4()
+
+
+def make_compressor(codec: Codec, level: int | None, data: bytes,
+                    capacity: int) -> DestSizeCompressor | SearchCompressor:
+    """A fixed-output compressor for ``data`` (see ``DestSizeCompressor.compress``)."""
+    if codec in (Codec.LZ4, Codec.LZ4HC):
+        return DestSizeCompressor(codec, level, data, capacity)
+    return SearchCompressor(codec, level, data, capacity)
+
+
+class SearchCompressor:
+    """Zstandard or raw DEFLATE "as much as fits": grow the input while it fits, then bisect.
+
+    Each probe compresses ``data[pos:pos+n]`` as one complete stream: a zstd frame with its
+    content size and a 32 KiB window, no checksum or dictionary id; or raw DEFLATE (RFC 1951)
+    with a 32 KiB window. The search ends when the fitting and the overflowing lengths are
+    within 64 bytes. Deterministic for a given library version.
+    """
+
+    def __init__(self, codec: Codec, level: int | None, data: bytes, capacity: int) -> None:
+        self._codec = codec
+        self._level = DEFAULT_LEVELS[codec] if level is None else level
+        self._data = memoryview(data)
+        self._capacity = capacity
+        self._last = 0
+        if codec is Codec.ZSTD:
+            params = zstandard.ZstdCompressionParameters.from_level(
+                self._level, window_log=ZSTD_WINDOW_LOG, write_content_size=1, write_checksum=0, write_dict_id=0)
+            self._zstd: zstandard.ZstdCompressor | None = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            self._zstd = None
+
+    def _probe(self, pos: int, n: int) -> bytes:
+        chunk = self._data[pos:pos + n]
+        if self._zstd is not None:
+            return self._zstd.compress(chunk)
+        z = zlib.compressobj(self._level, zlib.DEFLATED, -15)
+        return z.compress(chunk) + z.flush()
+
+    def compress(self, pos: int) -> tuple[int, bytes]:
+        remaining = len(self._data) - pos
+        if remaining <= 0:
+            raise ValueError("nothing left to compress")
+        cap = min(remaining, SEARCH_MAX_INPUT)
+        good, good_out = 0, b""
+        n = min(cap, max(self._capacity, 2 * self._last))
+        bad = cap + 1
+        while True:  # grow until it no longer fits (or all input fits)
+            out = self._probe(pos, n)
+            if len(out) <= self._capacity:
+                good, good_out = n, out
+                if n == cap:
+                    break
+                n = min(cap, n * 2)
+            else:
+                bad = n
+                break
+        while bad - good > 64:
+            mid = (good + bad) // 2
+            out = self._probe(pos, mid)
+            if len(out) <= self._capacity:
+                good, good_out = mid, out
+            else:
+                bad = mid
+        if good == 0:  # not even the first probe fitted: take a prefix that surely fits raw
+            good = min(remaining, self._capacity // 2)
+            good_out = self._probe(pos, good)
+            while len(good_out) > self._capacity:  # pragma: no cover - incompressible bound
+                good //= 2
+                good_out = self._probe(pos, good)
+        self._last = good
+        return good, good_out
 
 
 class DestSizeCompressor:

@@ -1,4 +1,4 @@
-"""The pure-Python writer's compressed data area: LZ4/LZ4HC pclusters and full lcluster indexes.
+"""The pure-Python writer's compressed data area: LZ4/LZ4HC/zstd/DEFLATE pclusters, full indexes.
 
 See docs/erofs-format.md §5.4 for the format and §5.4.6 for this writer's profile and design.
 """
@@ -15,7 +15,7 @@ from typing import BinaryIO
 from converter.erofs import format as fmt
 from converter.erofs.layout import BlockRef
 from converter.erofs.writer import COPY_CHUNK, TAIL_MEMORY, ImageDataArea
-from converter.erofs.zcodec import Codec, DestSizeCompressor, check_available
+from converter.erofs.zcodec import ZSTD_WINDOW_LOG, Codec, check_available, make_compressor
 from converter.errors import ErofsFormatError, LayerError
 from converter.layers.model import FileData
 
@@ -54,7 +54,7 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None) -> Segment
     block of input, compressing gains nothing and the next ``min(blksz, rest)`` bytes are
     stored raw instead (the kernel requires a raw extent to fit its block).
     """
-    comp = DestSizeCompressor(codec, level, data, _BLKSZ)
+    comp = make_compressor(codec, level, data, _BLKSZ)
     out = bytearray()
     extents: list[tuple[int, int]] = []
     pos = 0
@@ -62,9 +62,9 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None) -> Segment
     view = memoryview(data)
     while pos < n:
         consumed, stream = comp.compress(pos)
-        if consumed > _BLKSZ:
-            if stream[0] == 0:  # cannot happen for LZ4 (it starts with literals); zero-stripping would eat it
-                raise ErofsFormatError("an LZ4 stream starts with a zero byte")
+        # A stream starting with 0 would lose that byte to zero-stripping (§5.4.4): DEFLATE does
+        # when it begins with a stored block; such input hardly compresses, so store it raw.
+        if consumed > _BLKSZ and stream[0] != 0:
             out += bytes(_BLKSZ - len(stream))
             out += stream
             extents.append((fmt.Z_LCLUSTER_HEAD1, consumed))
@@ -81,8 +81,9 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None) -> Segment
 class _FullIndexes:
     """Builds a COMPRESSED_FULL index array extent by extent (docs/erofs-format.md §5.4.2)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, algorithm: int = 0) -> None:
         self._size = size
+        self._algorithm = algorithm
         self._la = 0
         self._entries = bytearray()
         self.compressed = False
@@ -119,8 +120,10 @@ class _FullIndexes:
             self._entries += fmt.Z_FULL_HEAD.pack(fmt.Z_LCLUSTER_PLAIN, self._size & (_BLKSZ - 1), 0)
         if len(self._entries) != count * fmt.Z_FULL_INDEX_SIZE:
             raise ErofsFormatError("the lcluster index array has the wrong length")  # pragma: no cover
-        # Map header all zero: no advise flags, algorithm 0 (LZ4), lcluster = block.
-        return bytes(fmt.Z_FULL_INDEX_START) + bytes(self._entries)
+        # Map header: no advise flags, the algorithm of HEAD1 lclusters, lcluster = block.
+        header = bytearray(fmt.Z_FULL_INDEX_START)
+        header[6] = self._algorithm
+        return bytes(header) + bytes(self._entries)
 
 
 class _Bytes:
@@ -159,9 +162,26 @@ class CompressedDataArea(ImageDataArea):
         self._workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
 
-    #: Superblock feature bits and ``u1`` for images with compressed files (as mkfs sets them).
-    feature_incompat = fmt.INCOMPAT_LZ4_0PADDING
-    u1 = fmt.LZ4_MAX_DISTANCE
+    @property
+    def feature_incompat(self) -> int:
+        """Superblock incompat bits for this area's images (as mkfs.erofs sets them)."""
+        if self._codec.algorithm == 0:
+            return fmt.INCOMPAT_LZ4_0PADDING
+        return fmt.INCOMPAT_LZ4_0PADDING | fmt.INCOMPAT_COMPR_CFGS
+
+    @property
+    def u1(self) -> int:
+        """``lz4_max_distance`` for LZ4, else the ``available_compr_algs`` bitmap (§5.4.7)."""
+        return fmt.LZ4_MAX_DISTANCE if self._codec.algorithm == 0 else 1 << self._codec.algorithm
+
+    @property
+    def compr_cfgs(self) -> bytes:
+        """The per-algorithm config records stored after the superblock (§5.4.7), or b""."""
+        if self._codec is Codec.ZSTD:  # format 0, window log - 10
+            return fmt.U16.pack(6) + bytes([0, ZSTD_WINDOW_LOG - 10]) + bytes(4)
+        if self._codec is Codec.DEFLATE:  # window bits 15
+            return fmt.U16.pack(6) + bytes([15]) + bytes(5)
+        return b""
 
     def add(self, data: FileData, size: int) -> BlockRef:
         if self._sealed:
@@ -170,7 +190,7 @@ class CompressedDataArea(ImageDataArea):
             raise LayerError(f"file size {size} is negative")
         start = self._next_block
         pending: deque[tuple[bytes, Future[Segment]]] = deque()
-        indexes = _FullIndexes(size)
+        indexes = _FullIndexes(size, self._codec.algorithm)
         try:
             buf = bytearray()
             got = 0
@@ -233,7 +253,7 @@ class CompressedDataArea(ImageDataArea):
         if not seg.compressed or blocks * _BLKSZ + _FullIndexes.metadata_size(size) >= size:
             return super().add(_Bytes(data), size)
         start = self._next_block
-        indexes = _FullIndexes(size)
+        indexes = _FullIndexes(size, self._codec.algorithm)
         self._write_segment(seg, indexes)
         return self._finish_compressed(start, size, indexes)
 

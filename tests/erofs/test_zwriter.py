@@ -28,8 +28,10 @@ from converter.erofs.zwriter import SEGMENT, CompressedDataArea, compress_segmen
 from converter.errors import LayerError, UsageError
 from tests.support.kernel import fsck, mounted, require_mount
 
-#: Every format the python builder compresses: lz4, and lz4hc at its default and every level.
-FORMATS = ["erofs+lz4", "erofs+lz4hc"] + [f"erofs+lz4hc,level={n}" for n in range(13)]
+#: Every format the python builder compresses: lz4, lz4hc at its default and every level, and
+#: zstd and DEFLATE (Linux 6.10 / 6.6) at their defaults and low and high levels.
+FORMATS = (["erofs+lz4", "erofs+lz4hc"] + [f"erofs+lz4hc,level={n}" for n in range(13)]
+           + ["erofs+zstd", "erofs+zstd,level=1", "erofs+zstd,level=19", "erofs+deflate", "erofs+deflate,level=9"])
 KINDS = ("random", "zeros", "text", "mixed")
 
 
@@ -130,7 +132,7 @@ def test_random_trees(to: str, files: list[FileSpec], tmp_path_factory: pytest.T
     check_tree(files, to, tmp_path_factory.mktemp("z"))
 
 
-@pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc"])
+@pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc", "erofs+zstd", "erofs+deflate"])
 def test_multi_mib_files_span_segments(to: str, tmp_path: Path) -> None:
     """Files of several segments: compressible, incompressible (stored plain) and mixed."""
     require_mount()
@@ -196,13 +198,14 @@ def test_worker_count_does_not_change_the_image(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("builder", "to", "resolved"), [
     ("auto", "erofs", "python"), ("auto", "erofs+lz4", "mkfs"), ("auto", "erofs+zstd", "mkfs"),
     ("python", "erofs", "python"), ("python", "erofs+lz4", "python"), ("python", "erofs+lz4hc,level=3", "python"),
+    ("python", "erofs+zstd,level=5", "python"), ("python", "erofs+deflate", "python"),
     ("mkfs", "erofs+lz4", "mkfs"), ("mkfs", "erofs", "mkfs"),
 ])
 def test_builder_selection(builder: str, to: str, resolved: str) -> None:
     assert LayerOptions(fmt=parse_format(to), builder=builder).resolved_builder() == resolved
 
 
-@pytest.mark.parametrize("to", ["erofs+zstd", "erofs+deflate", "erofs+lzma"])
+@pytest.mark.parametrize("to", ["erofs+lzma", "erofs+lzma,level=6"])
 def test_python_builder_refuses_what_it_cannot_compress(to: str) -> None:
     with pytest.raises(UsageError, match=r"python builder cannot write .*use --builder mkfs"):
         LayerOptions(fmt=parse_format(to), builder="python").resolved_builder()
@@ -247,3 +250,20 @@ def test_short_or_long_file_is_refused_and_leaves_nothing_behind(have: int, tmp_
         assert (mnt / "a").read_bytes() == payload("text", 9000, 1)
         assert (mnt / "b").read_bytes() == good
         assert sorted(p.name for p in mnt.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("to", "incompat", "u1", "cfgs"), [
+    ("erofs+lz4", 0x1, 0xFFFF, b""),
+    ("erofs+zstd", 0x3, 1 << 3, bytes.fromhex("0600 0005 00000000")),
+    ("erofs+deflate", 0x3, 1 << 2, bytes.fromhex("0600 0f00 00000000")),
+])
+def test_superblock_declares_the_algorithm(to: str, incompat: int, u1: int, cfgs: bytes, tmp_path: Path) -> None:
+    """LZ4 needs only 0-padding; others declare COMPR_CFGS, their bitmap and a config record."""
+    img = build(make_tar([("a", "text", 50000, 1, -1)]), tmp_path / "a.erofs", to)
+    with ErofsImage.open(img) as image:
+        sb = image.superblock
+        assert (sb.feature_incompat, sb.u1) == (incompat, u1)
+        assert image.stat("/a").layout == fmt.LAYOUT_COMPRESSED_FULL
+    raw = img.read_bytes()
+    at = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size
+    assert raw[at:at + 8] == cfgs.ljust(8, b"\0")
