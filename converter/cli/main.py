@@ -39,7 +39,7 @@ def _layer_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottom", action="store_true", help="the bottom layer: keep no whiteouts/opaque markers")
     p.add_argument("--builder", choices=("auto", "python", "mkfs"), default="auto",
                    help="auto (default): our writer for raw erofs, mkfs.erofs for compressed; python: our "
-                   "writer (raw, lz4, lz4hc); mkfs: mkfs.erofs")
+                   "writer (raw, lz4, lz4hc, zstd, deflate); mkfs: mkfs.erofs")
     p.add_argument("--media-type", help="the layer's media type, checked against its magic bytes")
     p.add_argument("--max-expanded", type=_size, default=None, metavar="SIZE",
                    help="refuse a layer whose tar, or whose files together, exceed SIZE bytes "
@@ -133,7 +133,7 @@ def _image_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: by CPU count)")
     p.add_argument("--builder", choices=("auto", "python", "mkfs"), default="auto",
                    help="auto (default): our writer for raw erofs, mkfs.erofs for compressed; python: our "
-                   "writer (raw, lz4, lz4hc); mkfs: mkfs.erofs")
+                   "writer (raw, lz4, lz4hc, zstd, deflate); mkfs: mkfs.erofs")
     p.add_argument("--max-expanded", type=_size, default=None, metavar="SIZE",
                    help="refuse a layer whose tar, or whose files together, exceed SIZE bytes "
                    "(suffixes K, M, G, T; 0 = no limit; default 64G)")

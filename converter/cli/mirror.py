@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-bundle", metavar="PEM", help="CA certificates to trust besides the system's")
     p.add_argument("--builder", choices=("auto", "python", "mkfs"), default="auto",
                    help="auto (default): our writer for raw erofs, mkfs.erofs for compressed; python: our "
-                   "writer (raw, lz4, lz4hc); mkfs: mkfs.erofs")
+                   "writer (raw, lz4, lz4hc, zstd, deflate); mkfs: mkfs.erofs")
     p.add_argument("--workdir", metavar="DIR", help="temporary files go here (default: the temp dir)")
     p.add_argument("--log-format", choices=("console", "json"), default=None)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")

@@ -3,10 +3,10 @@
 This is the layer engine's single entry point; the CLI's ``convert layer`` and the image
 pipeline both call it. Two builders sit behind it:
 
-* ``python`` (the default for raw ``erofs``; ``erofs+lz4`` and ``erofs+lz4hc`` when asked for):
+* ``python`` (the default for raw ``erofs``; lz4, lz4hc, zstd and deflate when asked for):
   our data-first writer streams file contents straight into the output image while the tar is
   read (compressed ones in worker threads); only metadata is kept in memory.
-* ``mkfs`` (the default for ``erofs+ALGO``, the only one for zstd/deflate/lzma): contents
+* ``mkfs`` (the default for ``erofs+ALGO``, the only one for lzma): contents
   are spooled to a private temp file, then a normalised tar (explicit directories,
   full-nanosecond times, empty opaque markers) is piped into ``mkfs.erofs --tar=f --aufs``
   so the compressed path inherits every layer-semantics fix.
@@ -94,7 +94,7 @@ class LayerOptions:
         """The builder actually used ("python" or "mkfs").
 
         ``auto``: our writer for raw images, mkfs.erofs for compressed ones. ``python``: our
-        writer, which compresses lz4 and lz4hc itself; other algorithms still need mkfs.erofs.
+        writer, which compresses lz4, lz4hc, zstd and deflate itself; lzma still needs mkfs.erofs.
         """
         if self.builder not in BUILDERS:
             raise UsageError(f"unknown builder {self.builder!r}; choose one of {', '.join(BUILDERS)}")
