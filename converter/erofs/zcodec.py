@@ -121,36 +121,34 @@ class SearchCompressor:
         return z.compress(chunk) + z.flush()
 
     def compress(self, pos: int) -> tuple[int, bytes]:
+        """Bracket the longest fitting input: each probe aims where the last one's compression
+        ratio says the stream would just fill the capacity (the compressed size grows about
+        linearly with the input), falling back to bisection when that does not narrow the bracket."""
         remaining = len(self._data) - pos
         if remaining <= 0:
             raise ValueError("nothing left to compress")
         cap = min(remaining, SEARCH_MAX_INPUT)
         good, good_out = 0, b""
-        n = min(cap, max(self._capacity, 2 * self._last))
         bad = cap + 1
-        while True:  # grow until it no longer fits (or all input fits)
+        n = min(cap, max(self._capacity, self._last))
+        while True:
             out = self._probe(pos, n)
             if len(out) <= self._capacity:
                 good, good_out = n, out
-                if n == cap:
-                    break
-                n = min(cap, n * 2)
+                aim = n * self._capacity // max(len(out), 1) + 64  # just past the estimate
             else:
                 bad = n
+                aim = n * self._capacity // len(out) - 64  # just short of it
+            if good == cap or bad - good <= 64:
                 break
-        while bad - good > 64:
-            mid = (good + bad) // 2
-            out = self._probe(pos, mid)
-            if len(out) <= self._capacity:
-                good, good_out = mid, out
+            if aim >= bad and bad > cap:
+                n = cap  # everything left may fit: try it
+            elif good < aim < bad:
+                n = aim
             else:
-                bad = mid
-        if good == 0:  # not even the first probe fitted: take a prefix that surely fits raw
-            good = min(remaining, self._capacity // 2)
-            good_out = self._probe(pos, good)
-            while len(good_out) > self._capacity:  # pragma: no cover - incompressible bound
-                good //= 2
-                good_out = self._probe(pos, good)
+                n = (good + bad) // 2
+        if good == 0:  # pragma: no cover - any input of a few KiB fits one block
+            raise RuntimeError(f"no input fits in {self._capacity} bytes of {self._codec.value} output")
         self._last = good
         return good, good_out
 
