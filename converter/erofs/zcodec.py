@@ -77,6 +77,18 @@ def _liblz4() -> _Lib:
     return _Lib(dll, dll.LZ4_sizeofStateHC())
 
 
+def library_version(codec: Codec) -> str:
+    """The compression library and version that decide ``codec``'s output bytes (for cache keys)."""
+    if codec in (Codec.LZ4, Codec.LZ4HC):
+        fn = _liblz4().dll.LZ4_versionString
+        fn.argtypes = []
+        fn.restype = ctypes.c_char_p
+        return "liblz4 " + (fn() or b"?").decode("ascii", "replace")
+    if codec is Codec.ZSTD:
+        return "zstd " + ".".join(map(str, zstandard.ZSTD_VERSION))
+    return "zlib " + zlib.ZLIB_RUNTIME_VERSION
+
+
 def check_available(codec: Codec) -> None:
     """Raise ToolError now if ``codec`` cannot be used (before any layer is read)."""
     if codec in (Codec.LZ4, Codec.LZ4HC):
