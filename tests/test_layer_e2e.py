@@ -29,6 +29,8 @@ BUILDS = [
     pytest.param(["--to", "erofs"], id="python-raw"),
     pytest.param(["--to", "erofs", "--builder", "mkfs"], id="mkfs-raw"),
     pytest.param(["--to", "erofs+lz4"], id="mkfs-lz4"),
+    pytest.param(["--to", "erofs+lz4", "--builder", "python"], id="python-lz4"),
+    pytest.param(["--to", "erofs+lz4hc,level=12", "--builder", "python"], id="python-lz4hc"),
 ]
 
 
@@ -117,7 +119,7 @@ def test_overlay_of_sample_image_matches_umoci(tmp_path: Path, build: list[str])
     for i, tar in enumerate(tars):
         gz = tmp_path / f"layer{i}.tar.gz"
         gz.write_bytes(subprocess.run(["gzip", "-n", "-c", str(tar)], capture_output=True, check=True).stdout)
-        opts = LayerOptions(fmt=parse_format(build[1]), builder=build[3] if len(build) > 2 else "python",
+        opts = LayerOptions(fmt=parse_format(build[1]), builder=build[3] if len(build) > 2 else "auto",
                             bottom=i == 0)
         with open(gz, "rb") as src:
             result = convert_layer(src, tmp_path / f"l{i}.erofs", options=opts, lower=merged,

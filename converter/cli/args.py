@@ -107,9 +107,9 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_builder_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--builder", choices=("python", "mkfs"), default="python",
-                   help="who writes raw (uncompressed) EROFS: our streaming writer (python, default) or "
-                   "mkfs.erofs; compressed formats always use mkfs.erofs")
+    p.add_argument("--builder", choices=("auto", "python", "mkfs"), default="auto",
+                   help="auto (default): our writer for raw erofs, mkfs.erofs for compressed; python: our "
+                   "writer (raw, lz4, lz4hc, zstd, deflate); mkfs: mkfs.erofs")
 
 
 def add_registry_flags(p: argparse.ArgumentParser, *, plain_http_env: str) -> None:

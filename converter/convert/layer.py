@@ -3,11 +3,13 @@
 This is the layer engine's single entry point; the CLI's ``convert layer`` and the image
 pipeline both call it. Two builders sit behind it:
 
-* ``python`` (default for raw ``erofs``): our data-first writer streams file contents straight
-  into the output image while the tar is read; only metadata is kept in memory.
-* ``mkfs`` (required for ``erofs+ALGO``): contents are spooled to a private temp file, then a
-  normalised tar (explicit directories, full-nanosecond times, empty opaque markers) is piped
-  into ``mkfs.erofs --tar=f --aufs`` so the compressed path inherits every layer-semantics fix.
+* ``python`` (the default for raw ``erofs``; lz4, lz4hc, zstd and deflate when asked for):
+  our data-first writer streams file contents straight into the output image while the tar is
+  read (compressed ones in worker threads); only metadata is kept in memory.
+* ``mkfs`` (the default for ``erofs+ALGO``, the only one for lzma): contents
+  are spooled to a private temp file, then a normalised tar (explicit directories,
+  full-nanosecond times, empty opaque markers) is piped into ``mkfs.erofs --tar=f --aufs``
+  so the compressed path inherits every layer-semantics fix.
 
 The EROFS UUID is derived from the source blob digest, and the build time comes from
 ``SOURCE_DATE_EPOCH`` (or 0), so the same input gives the same bytes on any machine.
@@ -36,6 +38,8 @@ from typing import BinaryIO
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.target import TargetFormat
 from converter.erofs.writer import ImageDataArea, write_image
+from converter.erofs.zcodec import Codec
+from converter.erofs.zwriter import CompressedDataArea
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
 from converter.layers.compression import HashingReader, open_layer_stream
 from converter.layers.model import DataSink, EntryKind, Inode, LowerView
@@ -43,7 +47,9 @@ from converter.layers.normalise import LayerNormaliser
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
 
-BUILDERS = ("python", "mkfs")
+BUILDERS = ("auto", "python", "mkfs")
+#: Compression algorithms the python builder writes itself (``--builder python``).
+PYTHON_ALGORITHMS = {codec.value: codec for codec in Codec}
 #: Default bound on a layer's decompressed tar and on the sum of its file sizes (64 GiB):
 #: above the largest real layers we know of (CUDA and model images), below a disk's worth.
 DEFAULT_MAX_EXPANDED = 64 << 30
@@ -78,18 +84,26 @@ class LayerOptions:
     and the limits that stop a hostile layer (``None``: unlimited; see the module docstring)."""
 
     fmt: TargetFormat
-    builder: str = "python"  # "python" (raw only) or "mkfs"
+    builder: str = "auto"  # "auto", "python" or "mkfs" (see resolved_builder)
     bottom: bool = False
     build_time: int = 0
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
 
     def resolved_builder(self) -> str:
-        """The builder actually used: compressed formats always go through mkfs.erofs."""
+        """The builder actually used ("python" or "mkfs").
+
+        ``auto``: our writer for raw images, mkfs.erofs for compressed ones. ``python``: our
+        writer, which compresses lz4, lz4hc, zstd and deflate itself; lzma still needs mkfs.erofs.
+        """
         if self.builder not in BUILDERS:
             raise UsageError(f"unknown builder {self.builder!r}; choose one of {', '.join(BUILDERS)}")
-        if self.fmt.algorithm is not None:
-            return "mkfs"
+        algorithm = self.fmt.algorithm
+        if self.builder == "auto":
+            return "python" if algorithm is None else "mkfs"
+        if self.builder == "python" and algorithm is not None and algorithm not in PYTHON_ALGORITHMS:
+            raise UsageError(f"the python builder cannot write {self.fmt} yet (it compresses "
+                             f"{', '.join(PYTHON_ALGORITHMS)}); use --builder mkfs")
         return self.builder
 
 
@@ -272,16 +286,23 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
 def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
                   media_type: str | None, layer: str, progress: Callable[[int], None] | None,
                   on_tree: Callable[[Inode], None] | None) -> LayerTree:
-    with open(out_path, "w+b") as out, ImageDataArea(out) as area:
-        tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
-                          progress=progress, on_tree=on_tree)
-        try:
-            write_image(tree.root, area, build_time=options.build_time,
-                        uuid=layer_uuid(tree.source_digest).bytes)
-        except ConverterError:
-            raise
-        except (ValueError, OverflowError) as exc:
-            raise ConverterError(f"writing EROFS image for layer {layer}: {exc}") from exc
+    algorithm = options.fmt.algorithm
+    with open(out_path, "w+b") as out:
+        area = ImageDataArea(out) if algorithm is None else \
+            CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level)
+        with area:
+            tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
+                              progress=progress, on_tree=on_tree)
+            z = area if isinstance(area, CompressedDataArea) else None
+            try:
+                write_image(tree.root, area, build_time=options.build_time,
+                            uuid=layer_uuid(tree.source_digest).bytes,
+                            feature_incompat=z.feature_incompat if z else 0, u1=z.u1 if z else 0,
+                            compr_cfgs=z.compr_cfgs if z else b"")
+            except ConverterError:
+                raise
+            except (ValueError, OverflowError) as exc:
+                raise ConverterError(f"writing EROFS image for layer {layer}: {exc}") from exc
     return tree
 
 

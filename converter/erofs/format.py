@@ -492,3 +492,24 @@ def encode_xattr_ibody(xattrs: Mapping[str, bytes]) -> bytes:
     if size > MAX_XATTR_IBODY:
         raise ErofsFormatError(f"xattrs of {size} bytes exceed the inline limit of {MAX_XATTR_IBODY} bytes")
     return b"".join(parts)
+
+
+# --- §5.4 compressed files (written by zwriter.py; kept as one block for merging) --------------
+
+#: §5.4.2 lcluster index types (``di_advise`` bits 0-1 of a full index entry).
+Z_LCLUSTER_PLAIN = 0
+Z_LCLUSTER_HEAD1 = 1
+Z_LCLUSTER_NONHEAD = 2
+Z_LCLUSTER_HEAD2 = 3
+#: §5.4.1 the map header (8 bytes) after the inode and its xattrs, 8-byte aligned.
+Z_MAP_HEADER_SIZE = 8
+#: §5.4.2 COMPRESSED_FULL: 8 reserved bytes follow the header before the first index entry.
+Z_FULL_INDEX_START = 16
+#: §5.4.2 full index entry: di_advise, di_clusterofs, then blkaddr (u32) or delta[0], delta[1].
+Z_FULL_HEAD = struct.Struct("<HHI")
+Z_FULL_NONHEAD = struct.Struct("<HHHH")
+Z_FULL_INDEX_SIZE = 8
+#: §5.4.2 a NONHEAD delta[0] with this bit set is a CBLKCNT (big pclusters only): stay below it.
+Z_DELTA_MAX = 0x7FF
+#: §5.4.1 ``u1`` without COMPR_CFGS: the largest LZ4 match distance (mkfs writes 65535).
+LZ4_MAX_DISTANCE = 0xFFFF

@@ -62,6 +62,10 @@ class BlockRef:
     tail_len: int
     tail_in_block: bool
     area_token: int
+    #: A compressed file (zwriter.py): its layout (COMPRESSED_FULL) and pcluster block count
+    #: (its ``i_u``); the tail store then holds its map header and indexes, not a data tail.
+    z_layout: int = 0
+    z_blocks: int = 0
 
     @property
     def tail_size(self) -> int:
@@ -308,6 +312,8 @@ def _shape_file(node: Inode, kind: NodeKind, area_token: int | None) -> tuple[in
             raise ErofsFormatError("contents were not stored in this image's data area")
         if ref.size != size:
             raise ErofsFormatError(f"size {size} but its data holds {ref.size} bytes")
+        if ref.z_layout:  # §5.4: map header and indexes follow the inode like an inline tail
+            return size, ref.z_layout, ref.z_blocks, ref.tail_len
         if ref.tail_len == 0:  # no tail, or one that sits zero-padded in a data block
             return size, fmt.LAYOUT_FLAT_PLAIN, ref.start_block, 0
         return size, fmt.LAYOUT_FLAT_INLINE, ref.start_block if ref.full_blocks else fmt.NULL_ADDR, ref.tail_len
@@ -395,7 +401,11 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
 
         # Placement (§11 step 4): inode, xattrs and inline tail as one item in one block.
         need = (fmt.EXTENDED_INODE_SIZE if extended else fmt.COMPACT_INODE_SIZE) + len(xattr_body)
-        if tail:
+        if tail and layout in fmt.COMPRESSED_LAYOUTS:
+            # §5.4.1: the map header is 8-byte aligned; index entries may cross blocks.
+            tail += -len(xattr_body) % 8
+            need += tail
+        elif tail:
             if need + tail <= blksz:
                 need += tail  # §5.2 / §3 rule 2: place() keeps items of up to a block in one block
             else:

@@ -242,14 +242,20 @@ def write_image(
     build_time: int = 0,
     uuid: bytes = bytes(16),
     volume_name: bytes = b"",
+    feature_incompat: int = 0,
+    u1: int = 0,
+    compr_cfgs: bytes = b"",
 ) -> int:
     """Append the metadata for ``root`` to ``area``'s output and finish the image.
 
     ``build_time`` becomes the superblock epoch; inodes whose mtime is exactly that second
     (with 0 ns) are compact, the others extended (§4.6). Returns the image size in bytes; the
-    output file is truncated to exactly that length. Raises ErofsFormatError, naming the path,
-    for anything EROFS cannot hold (e.g. an xattr outside the user./trusted./security./ACL
-    namespaces, a device number beyond 12:20 bits, a name longer than 255 bytes).
+    output file is truncated to exactly that length. ``feature_incompat`` and ``u1`` are the
+    superblock fields a compressed data area needs (zwriter.py; 0 for raw images), and
+    ``compr_cfgs`` its config records. Raises
+    ErofsFormatError, naming the path, for anything EROFS cannot hold (e.g. an xattr outside
+    the user./trusted./security./ACL namespaces, a device number beyond 12:20 bits, a name
+    longer than 255 bytes).
     """
     if not -(1 << 63) <= build_time < (1 << 63):
         raise ErofsFormatError(f"build time {build_time} does not fit the signed 64-bit epoch")
@@ -269,8 +275,11 @@ def write_image(
         feature_compat=fmt.WRITER_COMPAT, blkszbits=fmt.BLOCK_SIZE_BITS, root_nid=plan.root_nid,
         inos=plan.inode_count, epoch=build_time, fixed_nsec=0, blocks=plan.total_blocks,
         meta_blkaddr=plan.meta_blkaddr, uuid=bytes(uuid), volume_name=volume_name.ljust(16, b"\0"),
+        feature_incompat=feature_incompat, u1=u1,
     )
     block0 = bytearray(_BLKSZ)  # bytes before 1024 and after the superblock stay zero (§1, §2.1)
+    cfgs_at = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size  # §5.4.7: compression configs follow it
+    block0[cfgs_at:cfgs_at + len(compr_cfgs)] = compr_cfgs
     fmt.seal_block0(block0, sb)
     out.seek(0)
     out.write(block0)
@@ -339,6 +348,8 @@ def _write_metadata(out: BinaryIO, plan: Plan, area: ImageDataArea) -> None:
                 ref = node.data
                 assert isinstance(ref, BlockRef)
                 tail = read_tail(ref)
+                if ref.z_layout and len(tail) < tail_len:  # §5.4.1: pad to the 8-byte aligned map header
+                    tail = bytes(tail_len - len(tail)) + bytes(tail)
             elif kind is dir_kind:
                 tail = _dir_block(plan, i, len(plan.dirs[i][1]) - 1, nid, kinds)
             else:

@@ -71,6 +71,7 @@ import structlog
 from converter.convert.layer import LayerOptions, LayerResult, layer_uuid, read_layer
 from converter.erofs.format import EROFS_MAGIC, SUPERBLOCK, SUPERBLOCK_OFFSET, Superblock
 from converter.erofs.tools import erofs_utils
+from converter.erofs.zcodec import Codec, library_version
 from converter.errors import CacheEntryInvalid, ConverterError, ErofsFormatError, NotFound, RegistryError
 from converter.layers.model import DirMeta, FileData, Inode, LowerView, NodeKind
 from converter.mirror.jobs import Repository
@@ -112,7 +113,7 @@ class CacheKey:
     builder: str
     build_time: int
     tool_version: str
-    erofs_utils: str  # mkfs.erofs version when it builds, else ""
+    erofs_utils: str  # mkfs.erofs version when it builds, the python builder's compression library, or ""
 
     def canonical(self) -> str:
         """The key as canonical JSON (sorted keys): what the entry carries and what is hashed."""
@@ -512,7 +513,13 @@ def cache_key(layer: str, options: LayerOptions, *, chains: Mapping[str, str | N
     builder = options.resolved_builder()
     return CacheKey(layer=digest, lower=lower, fmt=str(options.fmt), profile=profile.value, builder=builder,
                     build_time=options.build_time, tool_version=tool_version,
-                    erofs_utils=mkfs_version() if builder == "mkfs" else "")
+                    erofs_utils=mkfs_version() if builder == "mkfs" else _compressor_version(options))
+
+
+def _compressor_version(options: LayerOptions) -> str:
+    """For the python builder's compressed formats, the library whose version decides the bytes."""
+    algorithm = options.fmt.algorithm
+    return "" if algorithm is None else library_version(Codec(algorithm))
 
 
 class CachingConverter:

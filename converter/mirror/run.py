@@ -83,7 +83,7 @@ class RunOptions:
 
     jobs: int = 2
     layer_jobs: int = 0
-    builder: str = "python"
+    builder: str = "auto"
     workdir: Path | None = None
     build_time: int = 0
     local_cache: Path | None = None

@@ -48,7 +48,7 @@ class ConvertOptions:
     platforms: tuple[Platform, ...] = ()
     merge_index: bool = False
     jobs: int = 0
-    builder: str = "python"
+    builder: str = "auto"
     workdir: Path | None = None
     build_time: int = 0
     prepass: bool | None = None

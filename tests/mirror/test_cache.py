@@ -339,6 +339,9 @@ def test_cache_key_needs_a_known_unambiguous_layer() -> None:
     mkfs = cache_key(a, LayerOptions(fmt=parse_format("erofs+lz4"), bottom=True), chains=chains,
                      profile=Profile.SPEC, tool_version="1", mkfs_version=lambda: "1.9.4")
     assert mkfs is not None and (mkfs.builder, mkfs.erofs_utils) == ("mkfs", "1.9.4")
+    ours = cache_key(a, LayerOptions(fmt=parse_format("erofs+lz4"), builder="python", bottom=True), chains=chains,
+                     profile=Profile.SPEC, tool_version="1", mkfs_version=lambda: "1.9.4")
+    assert ours is not None and ours.builder == "python" and ours.erofs_utils.startswith("liblz4 ")
 
 
 def _manifest(source: MemorySource, layers: list[bytes], arch: str) -> Descriptor:

@@ -1,0 +1,225 @@
+"""Fixed-output compression ("as much input as fits N bytes"): LZ4/LZ4HC, Zstandard, DEFLATE.
+
+Why liblz4 through ctypes: EROFS pclusters are filled by destination-size compression
+(docs/erofs-format.md §5.4.5), which the ``lz4`` PyPI package does not expose; liblz4 has it
+(``LZ4_compress_destSize``, ``LZ4_compress_HC_destSize``, liblz4 >= 1.9.0), is installed on
+every Linux system that has systemd, and ctypes calls release the GIL, so worker threads use
+every core. Zstandard and DEFLATE have no such mode, so the longest fitting input is found by
+search (the compressed size grows with the input almost monotonically); both libraries release
+the GIL too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import zlib
+from dataclasses import dataclass
+from functools import cache
+
+import zstandard
+
+from converter.errors import ToolError
+
+_MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer
+_MAX_INPUT = 0x7E000000  # liblz4's LZ4_MAX_INPUT_SIZE
+#: LZ4HC's default level (liblz4's LZ4HC_CLEVEL_DEFAULT; what ``mkfs.erofs -zlz4hc`` uses).
+LZ4HC_DEFAULT_LEVEL = 9
+
+
+class Codec(enum.Enum):
+    """The compressors the python builder can write (the ``--to`` algorithm names)."""
+
+    LZ4 = "lz4"
+    LZ4HC = "lz4hc"
+    ZSTD = "zstd"
+    DEFLATE = "deflate"
+
+    @property
+    def algorithm(self) -> int:
+        """The EROFS algorithm number (docs/erofs-format.md §5.4.1): 0 LZ4, 2 DEFLATE, 3 Zstandard."""
+        return {"lz4": 0, "lz4hc": 0, "deflate": 2, "zstd": 3}[self.value]
+
+
+#: Default levels where mkfs.erofs has its own (zstd 3, its built-in deflate encoder's 1).
+DEFAULT_LEVELS = {Codec.ZSTD: 3, Codec.DEFLATE: 1}
+#: Zstandard window: 32 KiB, log2 = 15, recorded as 15 - 10 in the superblock's config (§5.4.7).
+ZSTD_WINDOW_LOG = 15
+#: The largest input one Zstandard/DEFLATE extent may take (mkfs.erofs's order of magnitude).
+SEARCH_MAX_INPUT = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Lib:
+    dll: ctypes.CDLL
+    hc_state_size: int
+
+
+@cache
+def _liblz4() -> _Lib:
+    """The system liblz4 with the two destSize entry points typed (loaded once per process)."""
+    name = ctypes.util.find_library("lz4") or "liblz4.so.1"
+    try:
+        dll = ctypes.CDLL(name)
+        fast = dll.LZ4_compress_destSize
+        hc = dll.LZ4_compress_HC_destSize
+    except (OSError, AttributeError) as exc:
+        raise ToolError(f"loading liblz4 (>= 1.9.0) for the python builder's lz4 compression: {exc}; "
+                        "install liblz4 (Debian: liblz4-1) or use --builder mkfs") from exc
+    pint = ctypes.POINTER(ctypes.c_int)
+    fast.argtypes = [ctypes.c_void_p, ctypes.c_void_p, pint, ctypes.c_int]
+    fast.restype = ctypes.c_int
+    hc.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, pint, ctypes.c_int, ctypes.c_int]
+    hc.restype = ctypes.c_int
+    dll.LZ4_sizeofStateHC.argtypes = []
+    dll.LZ4_sizeofStateHC.restype = ctypes.c_int
+    return _Lib(dll, dll.LZ4_sizeofStateHC())
+
+
+def library_version(codec: Codec) -> str:
+    """The compression library and version that decide ``codec``'s output bytes (for cache keys)."""
+    if codec in (Codec.LZ4, Codec.LZ4HC):
+        fn = _liblz4().dll.LZ4_versionString
+        fn.argtypes = []
+        fn.restype = ctypes.c_char_p
+        return "liblz4 " + (fn() or b"?").decode("ascii", "replace")
+    if codec is Codec.ZSTD:
+        return "zstd " + ".".join(map(str, zstandard.ZSTD_VERSION))
+    return "zlib " + zlib.ZLIB_RUNTIME_VERSION
+
+
+def check_available(codec: Codec) -> None:
+    """Raise ToolError now if ``codec`` cannot be used (before any layer is read)."""
+    if codec in (Codec.LZ4, Codec.LZ4HC):
+        _liblz4()
+
+
+def make_compressor(codec: Codec, level: int | None, data: bytes,
+                    capacity: int) -> DestSizeCompressor | SearchCompressor:
+    """A fixed-output compressor for ``data`` (see ``DestSizeCompressor.compress``)."""
+    if codec in (Codec.LZ4, Codec.LZ4HC):
+        return DestSizeCompressor(codec, level, data, capacity)
+    return SearchCompressor(codec, level, data, capacity)
+
+
+class SearchCompressor:
+    """Zstandard or raw DEFLATE "as much as fits": grow the input while it fits, then bisect.
+
+    Each probe compresses ``data[pos:pos+n]`` as one complete stream: a zstd frame with its
+    content size and a 32 KiB window, no checksum or dictionary id; or raw DEFLATE (RFC 1951)
+    with a 32 KiB window. The search ends when the fitting and the overflowing lengths are
+    within 64 bytes. Deterministic for a given library version.
+    """
+
+    def __init__(self, codec: Codec, level: int | None, data: bytes, capacity: int) -> None:
+        self._codec = codec
+        self._level = DEFAULT_LEVELS[codec] if level is None else level
+        self._data = memoryview(data)
+        self._capacity = capacity
+        self._last = 0
+        if codec is Codec.ZSTD:
+            params = zstandard.ZstdCompressionParameters.from_level(
+                self._level, window_log=ZSTD_WINDOW_LOG, write_content_size=1, write_checksum=0, write_dict_id=0)
+            self._zstd: zstandard.ZstdCompressor | None = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            self._zstd = None
+
+    def _probe(self, pos: int, n: int) -> bytes:
+        chunk = self._data[pos:pos + n]
+        if self._zstd is not None:
+            return self._zstd.compress(chunk)
+        z = zlib.compressobj(self._level, zlib.DEFLATED, -15)
+        return z.compress(chunk) + z.flush()
+
+    def compress(self, pos: int) -> tuple[int, bytes]:
+        """Bracket the longest fitting input: each probe aims where the last one's compression
+        ratio says the stream would just fill the capacity (the compressed size grows about
+        linearly with the input), falling back to bisection when that does not narrow the bracket."""
+        remaining = len(self._data) - pos
+        if remaining <= 0:
+            raise ValueError("nothing left to compress")
+        cap = min(remaining, SEARCH_MAX_INPUT)
+        good, good_out = 0, b""
+        bad = cap + 1
+        n = min(cap, max(self._capacity, self._last))
+        while True:
+            out = self._probe(pos, n)
+            if len(out) <= self._capacity:
+                good, good_out = n, out
+                aim = n * self._capacity // max(len(out), 1) + 64  # just past the estimate
+            else:
+                bad = n
+                aim = n * self._capacity // len(out) - 64  # just short of it
+            if good == cap or bad - good <= 64:
+                break
+            if aim >= bad and bad > cap:
+                n = cap  # everything left may fit: try it
+            elif good < aim < bad:
+                n = aim
+            else:
+                n = (good + bad) // 2
+        if good == 0:  # pragma: no cover - any input of a few KiB fits one block
+            raise RuntimeError(f"no input fits in {self._capacity} bytes of {self._codec.value} output")
+        self._last = good
+        return good, good_out
+
+
+class DestSizeCompressor:
+    """Compresses prefixes of one buffer into at most ``capacity`` bytes; one per thread at a time.
+
+    ``compress(pos)`` compresses the longest prefix of ``data[pos:]`` whose compressed form fits
+    and returns (bytes consumed, compressed stream). The result is a pure function of the
+    input, the level and the liblz4 version.
+    """
+
+    def __init__(self, codec: Codec, level: int | None, data: bytes | bytearray, capacity: int) -> None:
+        lib = _liblz4()
+        self._lib = lib
+        self._hc = codec is Codec.LZ4HC
+        self._level = LZ4HC_DEFAULT_LEVEL if level is None else level
+        raw = data if isinstance(data, bytes) else bytes(data)
+        self._src = ctypes.c_char_p(raw)  # keeps ``raw`` alive while we use its address
+        self._base = ctypes.cast(self._src, ctypes.c_void_p).value or 0
+        self._len = len(data)
+        self._capacity = capacity
+        self._dst = ctypes.create_string_buffer(capacity)
+        self._state = ctypes.create_string_buffer(lib.hc_state_size) if self._hc else None
+        self._consumed = ctypes.c_int(0)
+        self._last = 0  # input consumed by the previous call
+
+    def compress(self, pos: int) -> tuple[int, bytes]:
+        """Compress from ``pos``; the input offered grows until the encoder stops well short of it.
+
+        Why a window: liblz4's destSize calls cost time in proportion to the input they are
+        offered, not to what they consume (LZ4HC took 3 ms per 4 KiB block when offered 1 MiB
+        of random data, 0.04 ms when offered 8 KiB). So each call is offered about twice what
+        the previous one consumed, and offered four times more whenever it consumed more than
+        three quarters of its window (near the window's end the encoder may stop early because
+        input ran out). The result is still a pure function of the data.
+        """
+        remaining = self._len - pos
+        if remaining <= 0:
+            raise ValueError("nothing left to compress")
+        window = max(_MIN_WINDOW, 1 << (2 * self._last).bit_length())
+        while True:
+            offer = min(remaining, window, _MAX_INPUT)
+            n = self._call(pos, offer)
+            used = self._consumed.value
+            if offer in (remaining, _MAX_INPUT) or used <= offer - offer // 4:
+                break
+            window *= 4
+        self._last = used
+        return used, self._dst.raw[:n]
+
+    def _call(self, pos: int, offer: int) -> int:
+        self._consumed.value = offer
+        src = self._base + pos
+        if self._hc:
+            n = self._lib.dll.LZ4_compress_HC_destSize(self._state, src, self._dst, ctypes.byref(self._consumed),
+                                                       self._capacity, self._level)
+        else:
+            n = self._lib.dll.LZ4_compress_destSize(src, self._dst, ctypes.byref(self._consumed), self._capacity)
+        if n <= 0 or self._consumed.value <= 0:
+            raise RuntimeError(f"liblz4 destSize compression failed (returned {n})")
+        return int(n)
