@@ -41,6 +41,7 @@ import structlog
 
 from converter import __version__
 from converter.cancel import CancelScope, current_scope
+from converter.convert.layer import LayerOptions
 from converter.erofs.target import TargetFormat
 from converter.errors import ConverterError, ImageError, NotFound, UsageError
 from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
@@ -354,15 +355,17 @@ class Recipe:
     """What decides a conversion's bytes besides the job's settings: the run's options."""
 
     tool_version: str = __version__
-    builder: str = "python"
+    builder: str = "auto"
     build_time: int = 0
 
 
 def _same_options(prov: Provenance, wanted: Wanted, recipe: Recipe) -> str:
     """Why an existing conversion's provenance differs from what we would make ("" if it does not)."""
+    # The builder that really writes (``auto`` resolves by the format): what the provenance records.
+    builder = LayerOptions(fmt=wanted.fmt, builder=recipe.builder).resolved_builder()
     want = Provenance(source_digest=prov.source_digest, fmt=str(wanted.fmt),
                       profile=wanted.profile, version=recipe.tool_version,
-                      platforms=platform_selection(wanted.platforms), builder=recipe.builder,
+                      platforms=platform_selection(wanted.platforms), builder=builder,
                       build_time=recipe.build_time)
     return want.differs(prov)
 

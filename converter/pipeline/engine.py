@@ -116,7 +116,8 @@ class _Run:
     def provenance(self, digest: Digest) -> Provenance:
         return Provenance(source_digest=digest, fmt=str(self.options.fmt),
                           profile=self.options.profile, version=self.options.tool_version,
-                          platforms=platform_selection(self.options.platforms), builder=self.options.builder,
+                          platforms=platform_selection(self.options.platforms),
+                          builder=LayerOptions(fmt=self.options.fmt, builder=self.options.builder).resolved_builder(),
                           build_time=self.options.build_time)
 
     # -- one platform -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def test_help_works(docker_engine: Engine, tool_image: BuiltImage) -> None:
     for args in (["--help"], []):
         proc = docker_engine.run_docker(["run", "--rm", tool_image.ref, *args])
         assert proc.stdout.startswith("usage: convert"), proc.stdout
-        assert "--to TO" in proc.stdout
+        assert "--to FORMAT" in proc.stdout
 
 
 def test_runs_as_non_root(docker_engine: Engine, tool_image: BuiltImage) -> None:
