@@ -1,42 +1,6 @@
 """The mkfs.erofs builder: a normalised tar of the finished tree, piped into ``mkfs.erofs``.
 
-Why: mkfs.erofs is the only route to EROFS images with internal compression (lz4, lz4hc,
-zstd, deflate, lzma), and ``--builder mkfs`` lets users pick it for raw images too. Its
-``--tar=f --aufs`` reader has silent bugs (docs/deviations.md, "mkfs.erofs --tar"), so it is never
-given a source layer: ``emit_tar`` writes a canonical PAX tar of the tree that
-``converter.layers.normalise`` already built, shaped so that none of those bugs can trigger:
-
-* an explicit ``./`` root entry and an explicit entry for **every** directory, with its real
-  metadata, parents before children (mkfs gives a missing root 0777 and lets invented
-  directories inherit group/other write bits);
-* PAX ``mtime`` as ``sec.nnnnnnnnn`` with all nine fraction digits whenever there is a
-  fraction (mkfs < 1.9.2 read ``.5`` as 5 ns) or the seconds do not fit the ustar field;
-  PAX ``uid``/``gid``/``size``/``path``/``linkpath`` whenever the ustar fields cannot hold
-  the value;
-* xattrs as ``SCHILY.xattr.NAME`` records (length-prefixed, so binary values with NUL or
-  newline bytes survive; an empty value is kept as an empty xattr);
-* whiteouts as ``.wh.NAME`` entries, which ``--aufs`` turns into 0:0 character devices
-  *and* for which it gives the parent the empty ``trusted.overlay.origin`` xattr. A 0:0
-  device entry would come out the same but gets no origin xattr, and emitting the origin
-  xattr as well as a ``.wh.`` child makes mkfs store it twice, so a directory's origin
-  xattr is emitted only when it has no whiteout child;
-* opaque directories as an **empty** ``.wh..wh..opq`` marker right after the directory's
-  own entry (a non-empty marker drops every later entry of the tar); the root, for which
-  mkfs rejects the marker ("Not a directory"), carries ``SCHILY.xattr.trusted.overlay.opaque``
-  on its ``./`` entry instead;
-* hard links as typeflag ``1`` naming the first emitted path of the inode (the target is
-  always emitted before the link: mkfs only links backwards);
-* regular files as plain typeflag ``0`` entries with all their bytes (never old-style NUL
-  typeflags, never sparse entries, which mkfs drops or mangles);
-* devices, FIFOs and symlinks as their ustar types.
-
-The output is streamed: headers are written as the tree is walked, contents are copied
-from the spool (``os.sendfile`` into mkfs's stdin pipe), nothing is built in memory.
-
-``build_with_mkfs`` runs ``mkfs.erofs --tar=f --aufs -b4096 -T<build_time> --mkfs-time
--U<uuid> --quiet [-zALGO[,level=N]] [--ovlfs-strip=1]`` with the tar on stdin, with
-``SOURCE_DATE_EPOCH`` removed from its environment (it would override ``-T`` and clamp
-mtimes), and fails with ``MkfsError`` on a non-zero exit or any ``<E>`` line in its output.
+Design: docs/architecture.md §3.5; what it avoids: docs/deviations.md ("mkfs.erofs --tar").
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
-"""A disk spool for regular-file contents while a layer streams (the default ``DataSink``).
+"""A private disk spool for regular-file contents while a layer streams (the default ``DataSink``).
 
-Why: a layer tar is read once, front to back, but EROFS builders need every file's contents
-*after* the whole directory tree is known (mkfs.erofs reads a normalised tar emitted from the
-finished tree; the pure-Python writer lays data out in its own order). Holding contents in
-memory is not an option for multi-GB layers, so the normaliser streams each file into one
-anonymous temporary file, contiguously, and keeps only a small ``SpoolRef(offset, size)`` in
-the inode tree.
-
-The spool file is created with ``tempfile.TemporaryFile`` (``O_TMPFILE`` where the filesystem
-allows it, else an immediately unlinked 0600 ``mkstemp`` file), so it has no name other users
-could open, is private to this process, and disappears when closed or when the process dies.
-
-``add`` verifies that exactly ``size`` bytes arrived (a short or long stream is a malformed
-layer, reported as ``LayerError``; the partial write is rolled back). Reading back uses
-``os.pread`` (positionless, so readers never disturb the append position), and ``copy_to``
-moves files of 64 KiB and more kernel-side with ``os.sendfile`` when the destination has a
-file descriptor (a pipe into mkfs.erofs, an image file); smaller files, and destinations
-without a descriptor, go through ordinary reads and writes.
+Design: docs/architecture.md §3.3.
 """
 
 from __future__ import annotations

@@ -1,29 +1,6 @@
 """A job → a plan: which images to convert, which are already done, which this shard owns.
 
-Why a separate step: a mirror job runs again and again (nightly, or as N pods of a Kubernetes
-Indexed Job), so before converting anything it must know, per image, (1) the exact source
-digest the tag points at now, (2) whether the destination already holds a conversion of that
-digest made with the same options — then the image is *skipped*, which makes reruns cheap and
-lets a failed pod simply run again — and (3) which shard converts it, so N workers split a
-job without talking to each other.
-
-Steps, all read-only against the registries:
-
-1. **Expand** (every shard does the same, so all agree): single sources as written;
-   repository sources through ``iter_tags`` (the client follows ``Link`` pagination; a
-   repository listed by one entry is streamed through its filter) and the entry's
-   ``TagFilter``. Each source gets its destination from the ``dest`` template. Two work items
-   with one destination are a job error (one would overwrite the other).
-2. **Shard**: item ``i`` belongs to shard ``shard_of(source_key(i), N)``, a stable hash
-   (SHA-256) of the source repository and tag, so every image is in exactly one shard,
-   whatever the order of the job file or the machine.
-3. **Resolve** (only this shard's items, a few at a time): GET the source manifest (its digest
-   is what will be converted), then GET the destination tag. The image is skipped when the
-   destination's provenance annotations (``converter.oci.rewrite.Provenance``) name the same
-   source digest — and its OCI 1.1 ``subject``, when it has one, names it too — format,
-   profile and tool version, and — for an index — each EROFS platform
-   manifest's provenance names one of the source manifests these options select, all of them,
-   and the index is merged exactly when ``merge_index`` asks for it.
+Design: docs/mirror.md §2.
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
 """Runs a mirror plan: the images to convert go through ``convert_image`` a few at a time.
 
-Why it is its own module: the CLI, the demo and the tests all run plans, and each needs the
-same guarantees — a failing image never stops the others (its error lands in the report),
-at most ``jobs`` images convert at once, every image gives one progress line, the layer
-cache is shared by all images of the process (one ``LayerCache`` per cache repository),
-and the result is one ``MirrorReport`` that serialises to the JSON report::
-
-    {"images": [{"source", "dest", "status": "converted"|"skipped"|"failed"|"pending"|"interrupted",
-                 "source_digest", "dest_digest", "layers_converted", "layers_reused",
-                 "bytes", "seconds", "error", ...}],
-     "summary": {"images", "converted", "skipped", "failed", "pending", "interrupted", "layers_converted",
-                 "layers_reused", "cache_fallbacks", "bytes", "dest_bytes", "seconds", ...}}
-
-``bytes`` are source layer bytes pulled (for ``pending``, the dry run's estimate);
-``dest_bytes`` the size of the EROFS layers pushed. ``pending`` only appears in dry runs.
-``layers_reused`` counts layers served by the layer cache instead of being rebuilt.
-
-Images go to their destination through ``RegistrySink``s that share one ``BlobLocks``, which
-keeps parallel images from pushing the same blob into one repository at once (see
-``converter.transports.registry`` for the registry race).
+Design and the JSON report: docs/mirror.md §4.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
-"""What an upper layer sees of the layers below it, without waiting for their builds.
+"""What an upper layer sees of the layers below it (``StackedLower``), without waiting for their builds.
 
-``StackedLower`` is a ``LowerView`` over the finished ``Inode`` trees of the lower layers
-(bottom first). It answers ``dir_meta`` exactly as ``MergedDirs`` does after ``apply``-ing the
-same trees in order — the top-most layer holding the path as a directory decides, unless a
-layer above hides it with a whiteout, a non-directory, or an opaque ancestor — but by
-looking the path up lazily instead of merging eagerly. That matters for the pipeline: each
-layer needs a *snapshot* of the state below it while lower trees keep arriving, and a
-snapshot here is just a slice of the list of trees (no copying, no O(N²) re-merging). The
-lookups are rare (only implicit parent directories and cross-layer hard links ask).
-
-``open_file`` also answers, unlike ``MergedDirs``: it finds the layer providing a regular file
-(for a cross-layer hard link, spec §3.7, which must be materialised as a copy) and asks the
-pipeline's ``FileOpener`` for its contents.
-
-``normalise_layer`` is the metadata-only reading of a layer used by the pre-pass: decompress,
-parse and normalise with the same ``LayerNormaliser`` the builders use, so its tree is the
-one the build will produce; contents go to a ``DiscardSink`` (or a spool, when a lower file's
-bytes are really needed).
+Design: docs/architecture.md §3.2 and §4.1.
 """
 
 from __future__ import annotations

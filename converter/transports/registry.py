@@ -1,17 +1,6 @@
 """A registry repository as an ``ImageSource`` / ``ImageSink``, over ``RegistryClient``.
 
-Thin by design: authentication, retries, redirects, digest verification of streamed blobs and
-error mapping all live in ``converter.registry``; this module only binds the client to one
-``registry/repository`` and adapts the call shapes to the transport Protocols. Cross-repo
-mounts are offered only within one registry (the distribution API cannot mount across
-registries).
-
-One registry quirk is handled here because every writer meets it: distribution's filesystem
-storage driver rewrites a blob's link file in place (truncate, then write) whenever the same
-blob is committed or mounted into a repository again, so a manifest PUT verifying its blobs at
-that moment reads an empty link and answers MANIFEST_BLOB_UNKNOWN for a blob that is there.
-A sink therefore pushes or mounts one digest at a time per repository (``BlobLocks``, shared by
-all sinks of a mirror run) and retries such a manifest PUT briefly (``retry_blob_unknown``).
+Design (and the registry race the per-digest locks avoid): docs/architecture.md §5.
 """
 
 from __future__ import annotations
