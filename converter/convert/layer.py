@@ -9,8 +9,10 @@ pipeline both call it. Two builders sit behind it:
   normalised tar (explicit directories, full-nanosecond times, empty opaque markers) is piped
   into ``mkfs.erofs --tar=f --aufs`` so the compressed path inherits every layer-semantics fix.
 
-The EROFS UUID is derived from the source blob digest, and the build time comes from
-``SOURCE_DATE_EPOCH`` (or 0), so the same input gives the same bytes on any machine.
+The EROFS UUID is derived from the layer's DiffID (the digest of the uncompressed tar), not
+from the blob digest, so the same tar arriving as tar+gzip or as tar+zstd gives the same
+image; the build time comes from ``SOURCE_DATE_EPOCH`` (or 0), so the same input gives the
+same bytes on any machine.
 
 Layers come from untrusted registries, so two limits bound the work one layer can cause
 (``LayerOptions.max_expanded`` and ``max_entries``; ``None`` disables a limit): the
@@ -67,9 +69,10 @@ def default_build_time(env: Mapping[str, str] | None = None) -> int:
         raise UsageError(f"reading SOURCE_DATE_EPOCH: not an integer: {value!r}") from exc
 
 
-def layer_uuid(source_digest: str) -> uuid.UUID:
-    """A stable per-layer volume UUID, as containerd derives it from the source digest."""
-    return uuid.uuid5(UUID_NAMESPACE, "erofs:blobs/" + source_digest)
+def layer_uuid(diff_id: str) -> uuid.UUID:
+    """A stable per-layer volume UUID, derived from the source layer's DiffID (the sha256 of its
+    uncompressed tar) so that a layer's compression does not change the image."""
+    return uuid.uuid5(UUID_NAMESPACE, "erofs:diffid/" + diff_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +99,8 @@ class LayerOptions:
 @dataclass(frozen=True, slots=True)
 class LayerResult:
     """The built EROFS blob: where it is, its sha256 digest ("sha256:..."), its size, the digest
-    of the source bytes as read (the source blob digest) and the layer's normalised tree."""
+    of the source bytes as read (the source blob digest), the layer's normalised tree and the
+    source's DiffID (the digest of its uncompressed tar)."""
 
     path: Path
     digest: str
@@ -104,6 +108,7 @@ class LayerResult:
     source_digest: str
     source_size: int
     root: Inode
+    diff_id: str
 
 
 class ProgressReader:
@@ -123,11 +128,13 @@ class ProgressReader:
 
 @dataclass(frozen=True, slots=True)
 class LayerTree:
-    """A parsed, normalised layer: its tree and the digest and size of the source bytes read."""
+    """A parsed, normalised layer: its tree, the digest and size of the source bytes read and
+    the DiffID (digest of the uncompressed tar)."""
 
     root: Inode
     source_digest: str
     source_size: int
+    diff_id: str
 
 
 def read_layer(src: BinaryIO, *, sink: DataSink, options: LayerOptions, lower: LowerView | None,
@@ -139,9 +146,9 @@ def read_layer(src: BinaryIO, *, sink: DataSink, options: LayerOptions, lower: L
     hashed = HashingReader(ProgressReader(src, progress) if progress else src)
     normaliser = LayerNormaliser(sink=sink, layer=layer, bottom=options.bottom, lower=lower,
                                  build_time=options.build_time)
-    root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
-                       on_tree=on_tree)
-    return LayerTree(root=root, source_digest=hashed.digest(), source_size=hashed.bytes_read)
+    root, diff_id = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
+                                on_tree=on_tree)
+    return LayerTree(root=root, source_digest=hashed.digest(), source_size=hashed.bytes_read, diff_id=diff_id)
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -208,7 +215,7 @@ def convert_layer(
         partial.unlink(missing_ok=True)
         raise
     return LayerResult(path=out_path, digest=digest, size=size, source_digest=tree.source_digest,
-                       source_size=tree.source_size, root=tree.root)
+                       source_size=tree.source_size, root=tree.root, diff_id=tree.diff_id)
 
 
 def _new_file_mode() -> int:
@@ -246,9 +253,10 @@ def _reserve_partial(out_path: Path, layer: str) -> Path:
 
 
 def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: LayerOptions,
-                media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> Inode:
+                media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> tuple[Inode, str]:
+    """The layer's normalised tree and its DiffID."""
     limit = options.max_expanded
-    stream = open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit)
+    stream = HashingReader(open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit))
     contents = 0
     for entry, data in TarReader(stream, layer=layer, max_entries=options.max_entries):
         if entry.kind is EntryKind.REG and limit is not None:
@@ -266,7 +274,7 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
     root = normaliser.finish()
     if on_tree is not None:
         on_tree(root)
-    return root
+    return root, stream.digest()
 
 
 def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
@@ -277,7 +285,7 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
                           progress=progress, on_tree=on_tree)
         try:
             write_image(tree.root, area, build_time=options.build_time,
-                        uuid=layer_uuid(tree.source_digest).bytes)
+                        uuid=layer_uuid(tree.diff_id).bytes)
         except ConverterError:
             raise
         except (ValueError, OverflowError) as exc:
@@ -293,5 +301,5 @@ def _build_mkfs(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: 
         tree = read_layer(src, sink=spool, options=options, lower=lower, media_type=media_type, layer=layer,
                           progress=progress, on_tree=on_tree)
         build_with_mkfs(tree.root, spool, out_path, fmt=options.fmt, build_time=options.build_time,
-                        uuid=layer_uuid(tree.source_digest), bottom=options.bottom, display_name=display_name)
+                        uuid=layer_uuid(tree.diff_id), bottom=options.bottom, display_name=display_name)
     return tree
