@@ -151,12 +151,18 @@ CRAFTED: dict[str, bytes] = {
     "unknown-typeflag": tc.archive(tc.member(b"a", b"1"), tc.header(b"vol", typeflag=b"V")),
     "contiguous-typeflag": tc.archive(tc.header(b"c", typeflag=b"7", size=2) + tc.pad(b"hi")),
     "dotdot-clamped": tc.archive(tc.member(b"../escape", b"1"), tc.member(b"a/../b", b"2")),
+    "symlink-parent": tc.archive(tc.directory(b"d/"), tc.symlink(b"l", b"d"), tc.member(b"l/x", b"1")),
+    "forward-hardlink": tc.archive(tc.hardlink(b"early", b"later"), tc.member(b"later", b"1")),
+    "uid-beyond-32-bits": tc.archive(tc.pax(tc.pax_record(b"uid", b"4294967301")), tc.member(b"u", b"1")),
     "whiteouts-bottom": tc.archive(tc.member(b"a", b"1"), tc.member(b".wh.a"), tc.member(b"d/x", b"2"),
                                    tc.member(b"d/.wh..wh..opq")),
 }
 CRAFTED_UPPER: dict[str, bytes] = {
     "whiteouts-upper": tc.archive(tc.directory(b"d/"), tc.member(b"d/.wh.gone", uid=3), tc.member(b"d/.wh..wh..opq"),
                                   tc.member(b".wh.top")),
+    "whiteout-then-real": tc.archive(tc.member(b".wh.f"), tc.member(b"f", b"real")),
+    "real-then-whiteout": tc.archive(tc.member(b"f", b"real"), tc.member(b".wh.f")),
+    "recreated-dir": tc.archive(tc.member(b".wh.d"), tc.directory(b"d/"), tc.member(b"d/x", b"1")),
 }
 #: Hand-made archives on which we deliberately differ (see EXCEPTIONS).
 CRAFTED_EXCEPTIONS = {
@@ -164,6 +170,14 @@ CRAFTED_EXCEPTIONS = {
                       "layer is a writer bug or an attack; refusing is the safe answer)",
     "whiteouts-bottom": "whiteouts in the bottom layer: containerd's naive applier deletes what the layer itself "
                         "wrote earlier; we drop whiteouts there (OCI: a whiteout only hides lower layers)",
+    "symlink-parent": "a parent that is a symlink of this layer: containerd writes through it, we refuse the layer",
+    "forward-hardlink": "a hard link before its target: containerd fails (no such file), we resolve it",
+    "uid-beyond-32-bits": "uid/gid beyond 32 bits: the kernel truncates it in containerd's lchown, we refuse "
+                          "(a wrapped id can be root)",
+    "real-then-whiteout": "a whiteout after a real entry of the same name: containerd's overlay applier fails "
+                          "(mknod: file exists), the real entry wins here (OCI: whiteouts hide lower layers)",
+    "recreated-dir": "a directory re-created where this layer whited it out: containerd leaves it merged with the "
+                     "lower one, we make it opaque (OCI: the lower directory was deleted)",
     "hardlink-owner": "a hard link's own owner and time: containerd chowns and touches the shared inode when it "
                       "creates the link; we keep the target's metadata",
 }
