@@ -14,12 +14,15 @@ from the blob digest, so the same tar arriving as tar+gzip or as tar+zstd gives 
 image; the build time comes from ``SOURCE_DATE_EPOCH`` (or 0), so the same input gives the
 same bytes on any machine.
 
-Layers come from untrusted registries, so two limits bound the work one layer can cause
-(``LayerOptions.max_expanded`` and ``max_entries``; ``None`` disables a limit): the
-decompressed tar and, separately, the sum of the regular files' sizes (a sparse member can
-claim a terabyte of holes in a few bytes of tar) may not exceed ``max_expanded`` bytes, and
-the tar may hold at most ``max_entries`` members (each costs memory until the image is
-written). Every failure is a ``ConverterError`` naming the layer: disk-full and other OS
+Layers come from untrusted registries, so limits bound the work one layer can cause
+(``LayerOptions.max_expanded``, ``max_logical`` and ``max_entries``; ``None`` disables a
+limit): the decompressed tar and, separately, the file data the image will store may not
+exceed ``max_expanded`` bytes; the files' sizes as the layer declares them may not exceed
+``max_logical`` (a sparse member can claim a terabyte of holes in a few bytes of tar: the
+python builder keeps holes as holes, so they cost nothing to store, but mkfs.erofs is fed
+them as zeros, so for it they count against ``max_expanded`` too); and the tar may hold at
+most ``max_entries`` members (each costs memory until the image is written).
+Every failure is a ``ConverterError`` naming the layer: disk-full and other OS
 errors included, so a caller never sees a bare ``OSError``.
 """
 
@@ -37,10 +40,10 @@ from typing import BinaryIO
 
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.target import TargetFormat
-from converter.erofs.writer import ImageDataArea, write_image
+from converter.erofs.writer import ImageDataArea, choose_chunkbits, write_image
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.model import DataSink, EntryKind, Inode, LowerView
+from converter.layers.model import DataSink, EntryKind, Inode, LowerView, SparseFileData
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
@@ -49,6 +52,9 @@ BUILDERS = ("python", "mkfs")
 #: Default bound on a layer's decompressed tar and on the sum of its file sizes (64 GiB):
 #: above the largest real layers we know of (CUDA and model images), below a disk's worth.
 DEFAULT_MAX_EXPANDED = 64 << 30
+#: Default bound on the sum of a layer's file sizes including holes (16 TiB): a sanity limit,
+#: since holes cost the python builder nothing, yet a layer claiming more is no real layer.
+DEFAULT_MAX_LOGICAL = 16 << 40
 #: Default bound on tar members per layer: ten times a full Debian or Node image layer.
 #: Each member costs ~700 bytes of memory until the image is written (200,000 empty files
 #: peaked at 154 MB RSS), so the default caps a layer's tree at about 0.7 GB.
@@ -86,6 +92,7 @@ class LayerOptions:
     build_time: int = 0
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
+    max_logical: int | None = DEFAULT_MAX_LOGICAL
 
     def resolved_builder(self) -> str:
         """The builder actually used: compressed formats always go through mkfs.erofs."""
@@ -188,7 +195,7 @@ def convert_layer(
     removing a failed output would delete).
     """
     builder = options.resolved_builder()
-    for name in ("max_expanded", "max_entries"):
+    for name in ("max_expanded", "max_entries", "max_logical"):
         limit = getattr(options, name)
         if limit is not None and limit < 0:
             raise UsageError(f"{name} must not be negative (it is {limit})")
@@ -255,16 +262,21 @@ def _reserve_partial(out_path: Path, layer: str) -> Path:
 def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: LayerOptions,
                 media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> tuple[Inode, str]:
     """The layer's normalised tree and its DiffID."""
-    limit = options.max_expanded
+    limit, logical_limit = options.max_expanded, options.max_logical
     stream = HashingReader(open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit))
-    contents = 0
+    keeps_holes = options.resolved_builder() == "python"
+    stored = logical = 0
     for entry, data in TarReader(stream, layer=layer, max_entries=options.max_entries):
-        if entry.kind is EntryKind.REG and limit is not None:
-            # Checked before any byte is stored: sparse holes cost no tar bytes but do cost disk.
-            contents += entry.size
-            if contents > limit:
+        if entry.kind is EntryKind.REG:
+            # Checked before any byte is stored: sparse holes cost no tar bytes but may cost disk.
+            logical += entry.size
+            stored += stored_bytes(entry.size, data) if keeps_holes else entry.size
+            if limit is not None and stored > limit:
                 raise LayerError(f"the files add up to more than the limit of {limit} bytes",
                                  layer=layer, entry=entry.display_name())
+            if logical_limit is not None and logical > logical_limit:
+                raise LayerError(f"the files' sizes, holes included, add up to more than the limit of "
+                                 f"{logical_limit} bytes", layer=layer, entry=entry.display_name())
         normaliser.add(entry, data)
     # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
     while stream.read(_CHUNK):
@@ -275,6 +287,14 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
     if on_tree is not None:
         on_tree(root)
     return root, stream.digest()
+
+
+def stored_bytes(size: int, data: object) -> int:
+    """The bytes our writer stores for a ``size``-byte file: its chunks with data for a file
+    with holes (whatever is smaller: chunks or the whole file), else the file."""
+    if size and isinstance(data, SparseFileData):
+        return min(choose_chunkbits(size, data.segments)[1], size)
+    return size
 
 
 def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,

@@ -14,7 +14,9 @@ on NIDs (directory blocks, long symlinks, files whose tail does not fit inline),
 superblock last with its CRC32C. The output depends only on the tree and the
 file contents, so equal inputs give byte-identical images. The images use only what Linux 5.4
 mounts: 4 KiB blocks, compact/extended inodes, FLAT_PLAIN/FLAT_INLINE, inline xattrs with
-short prefixes, incompat 0 (§2.2 "writer profile").
+short prefixes, incompat 0 (§2.2 "writer profile") — except for files with holes (sparse tar
+members), which become CHUNK_BASED files whose holes are null chunks, so the image needs
+Linux 5.15 only when a layer has such a file (``docs/holes.md``).
 """
 
 from __future__ import annotations
@@ -26,15 +28,48 @@ from types import TracebackType
 from typing import BinaryIO
 
 from converter.erofs import format as fmt
-from converter.erofs.layout import MAX_INLINE_TAIL, BlockRef, Plan, plan_layout
+from converter.erofs.layout import MAX_INLINE_TAIL, BlockRef, ChunkRef, Plan, plan_layout
 from converter.errors import ErofsFormatError, LayerError
-from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind
+from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind, SparseFileData
 
-__all__ = ["BlockRef", "ImageDataArea", "write_image"]
+__all__ = ["BlockRef", "ChunkRef", "ImageDataArea", "choose_chunkbits", "write_image"]
 
 COPY_CHUNK = 1 << 20  # bytes per read/write when streaming file contents
 FLUSH_AT = 4 << 20  # metadata is written in buffers of about this size
 _BLKSZ = fmt.BLOCK_SIZE
+#: Chunk sizes tried for a file with holes: 4 KiB (one block) up to 2**(12+27) = 512 GiB.
+MAX_CHUNKBITS = 27
+
+
+def choose_chunkbits(size: int, segments: list[tuple[int, int]]) -> tuple[int, int]:
+    """The chunk size (as chunkbits) that stores a file with these data segments in the fewest
+    bytes, and those bytes: every chunk a segment touches is stored whole (its zeros too), and
+    the block map costs 4 bytes per chunk. Small chunks keep holes exact but make the map long
+    (a 60e9-byte file in 4 KiB chunks would need a 58 MB map); large ones store more zeros
+    around each segment. Ties go to the smaller chunk."""
+    best: tuple[int, int] | None = None
+    for bits in range(MAX_CHUNKBITS + 1):
+        shift = fmt.BLOCK_SIZE_BITS + bits
+        chunk = 1 << shift
+        nchunks = (size + chunk - 1) >> shift
+        touched = 0
+        last = -1
+        for offset, length in segments:
+            if not length:
+                continue
+            first, end = offset >> shift, (offset + length - 1) >> shift
+            touched += end - max(first, last + 1) + 1 if end > last else 0
+            last = max(last, end)
+        stored = touched * chunk
+        if touched and last == nchunks - 1:  # the last chunk stores only up to i_size, in blocks
+            stored -= chunk - (-(-(size - (last << shift)) // _BLKSZ) * _BLKSZ)
+        cost = stored + 4 * nchunks
+        if best is None or cost < best[1]:
+            best = (bits, cost)
+        if nchunks == 1:
+            break
+    assert best is not None
+    return best
 
 
 #: Default for ``ImageDataArea(tail_memory=...)``: sub-block tails kept in memory, in bytes;
@@ -77,7 +112,7 @@ class ImageDataArea:
 
     # -- DataSink -----------------------------------------------------------------------------
 
-    def add(self, data: FileData, size: int) -> BlockRef:
+    def add(self, data: FileData, size: int) -> BlockRef | ChunkRef:
         """Store one regular file of exactly ``size`` bytes; return where it went.
 
         Raises LayerError if ``data`` yields fewer or more than ``size`` bytes; nothing of that
@@ -87,6 +122,10 @@ class ImageDataArea:
             raise ErofsFormatError("adding file data: the image was already written")
         if size < 0:
             raise LayerError(f"file size {size} is negative")
+        if size and isinstance(data, SparseFileData):
+            bits, cost = choose_chunkbits(size, data.segments)
+            if cost < -(-size // _BLKSZ) * _BLKSZ:  # holes save space: keep them as null chunks
+                return self._add_chunked(data, size, bits)
         full = size // _BLKSZ
         tail = size - full * _BLKSZ
         tail_in_block = tail > MAX_INLINE_TAIL
@@ -132,6 +171,55 @@ class ImageDataArea:
         if self._next_block >= fmt.MAX_BLOCKS:
             raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
         return ref
+
+    def _add_chunked(self, data: SparseFileData, size: int, bits: int) -> ChunkRef:
+        """Store the chunks of a file with holes that hold data; the others stay null chunks."""
+        shift = fmt.BLOCK_SIZE_BITS + bits
+        chunk = 1 << shift
+        nchunks = (size + chunk - 1) >> shift
+        block_map = bytearray(b"\xff" * (4 * nchunks))  # NULL_ADDR everywhere: all holes
+        current = -1  # the chunk being written
+        written = 0  # bytes of the current chunk written so far
+        zeros = bytes(COPY_CHUNK)
+
+        def pad_to(n: int) -> None:
+            nonlocal written
+            while written < n:
+                k = min(n - written, COPY_CHUNK)
+                self._write_out(zeros[:k])
+                written += k
+
+        def chunk_bytes(index: int) -> int:  # the last chunk covers only up to i_size, in blocks
+            return min(chunk, -(-(size - (index << shift)) // _BLKSZ) * _BLKSZ)
+
+        try:
+            for offset, piece in data.extents(COPY_CHUNK):
+                view = memoryview(piece)
+                while view:
+                    index = offset >> shift
+                    if index != current:
+                        if current >= 0:
+                            pad_to(chunk_bytes(current))
+                            self._next_block += chunk_bytes(current) // _BLKSZ
+                        if self._next_block + chunk_bytes(index) // _BLKSZ >= fmt.MAX_BLOCKS:
+                            raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
+                        fmt.U32.pack_into(block_map, 4 * index, self._next_block)
+                        self._seek_out(self._next_block * _BLKSZ)
+                        current, written = index, 0
+                    within = offset - (index << shift)
+                    pad_to(within)
+                    n = min(len(view), chunk - within)
+                    self._write_out(view[:n])
+                    written += n
+                    offset += n
+                    view = view[n:]
+            if current >= 0:
+                pad_to(chunk_bytes(current))
+                self._next_block += chunk_bytes(current) // _BLKSZ
+        except BaseException:
+            self._out_pos = None  # unknown now; the blocks will be overwritten
+            raise
+        return ChunkRef(size=size, chunkbits=bits, block_map=bytes(block_map), area_token=self._token)
 
     # -- used by write_image ------------------------------------------------------------------
 
@@ -266,6 +354,7 @@ def write_image(
     _write_extra_blocks(out, plan, area)
 
     sb = fmt.Superblock(
+        feature_incompat=fmt.INCOMPAT_CHUNKED_FILE if plan.chunked else 0,
         feature_compat=fmt.WRITER_COMPAT, blkszbits=fmt.BLOCK_SIZE_BITS, root_nid=plan.root_nid,
         inos=plan.inode_count, epoch=build_time, fixed_nsec=0, blocks=plan.total_blocks,
         meta_blkaddr=plan.meta_blkaddr, uuid=bytes(uuid), volume_name=volume_name.ljust(16, b"\0"),
@@ -337,8 +426,11 @@ def _write_metadata(out: BinaryIO, plan: Plan, area: ImageDataArea) -> None:
             tail: bytes | memoryview
             if kind is reg:
                 ref = node.data
-                assert isinstance(ref, BlockRef)
-                tail = read_tail(ref)
+                if isinstance(ref, ChunkRef):
+                    tail = ref.block_map  # §5.3.2: the block map follows the inode and its xattrs
+                else:
+                    assert isinstance(ref, BlockRef)
+                    tail = read_tail(ref)
             elif kind is dir_kind:
                 tail = _dir_block(plan, i, len(plan.dirs[i][1]) - 1, nid, kinds)
             else:

@@ -499,9 +499,10 @@ class _PlainData(_MemberData):
 
 
 class _SparseData(_MemberData):
-    """Contents of a sparse member: stored segments, with the holes between them as zeros."""
+    """Contents of a sparse member: stored segments, with the holes between them as zeros when
+    read (``read``/``chunks``), or only the stored segments (``extents``, a ``SparseFileData``)."""
 
-    __slots__ = ("_index", "_pad", "_pos", "_segments", "_stored_left")
+    __slots__ = ("_index", "_pad", "_pos", "_segments", "_stored", "_stored_left")
 
     def __init__(
         self,
@@ -517,12 +518,41 @@ class _SparseData(_MemberData):
         self._segments = segments
         self._index = 0
         self._pos = 0
-        self._stored_left = stored
+        self._stored = self._stored_left = stored
         self._pad = pad
 
     @property
     def remaining(self) -> int:
         return self.size - self._pos
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        return list(self._segments)
+
+    @property
+    def stored_size(self) -> int:
+        return self._stored
+
+    def extents(self, size: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+        """The stored bytes from the current position on, as (offset, piece); holes skipped."""
+        segments = self._segments
+        while True:
+            self._check_open()
+            pos = self._pos
+            while self._index < len(segments) and sum(segments[self._index]) <= pos:
+                self._index += 1
+            if self._index >= len(segments):
+                self._pos = self.size
+                return
+            offset, length = segments[self._index]
+            pos = self._pos = max(pos, offset)
+            try:
+                piece = self._src.read_some(min(size, offset + length - pos))
+            except _Truncated:
+                raise self._truncated() from None
+            self._stored_left -= len(piece)
+            self._pos += len(piece)
+            yield pos, piece
 
     def _next_piece(self, limit: int) -> bytes:
         pos, segments = self._pos, self._segments
