@@ -45,6 +45,8 @@ def _layer_parser() -> argparse.ArgumentParser:
                    "(suffixes K, M, G, T; 0 = no limit; default 64G)")
     p.add_argument("--max-entries", type=_count, default=None, metavar="N",
                    help="refuse a layer with more than N tar entries (0 = no limit; default 1000000)")
+    p.add_argument("--holes", action="store_true",
+                   help="raw images, python builder: all-zero 4 KiB blocks of files become holes (Linux 5.15+)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -171,7 +173,7 @@ def cmd_layer(argv: Sequence[str]) -> int:
     fmt = parse_format(args.to)
     options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time(),
                            max_expanded=_limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
-                           max_entries=_limit(args.max_entries, DEFAULT_MAX_ENTRIES))
+                           max_entries=_limit(args.max_entries, DEFAULT_MAX_ENTRIES), holes=args.holes)
     options.resolved_builder()
     out = Path(args.output)
     name = "stdin" if args.input == "-" else args.input

@@ -93,6 +93,8 @@ class LayerOptions:
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
     max_logical: int | None = DEFAULT_MAX_LOGICAL
+    #: python builder: all-zero 4 KiB blocks of regular files become holes too (docs/holes.md)
+    holes: bool = False
 
     def resolved_builder(self) -> str:
         """The builder actually used: compressed formats always go through mkfs.erofs."""
@@ -195,6 +197,8 @@ def convert_layer(
     removing a failed output would delete).
     """
     builder = options.resolved_builder()
+    if options.holes and builder != "python":
+        raise UsageError("--holes needs the python builder (raw erofs); mkfs.erofs gets zeros")
     for name in ("max_expanded", "max_entries", "max_logical"):
         limit = getattr(options, name)
         if limit is not None and limit < 0:
@@ -300,7 +304,7 @@ def stored_bytes(size: int, data: object) -> int:
 def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
                   media_type: str | None, layer: str, progress: Callable[[int], None] | None,
                   on_tree: Callable[[Inode], None] | None) -> LayerTree:
-    with open(out_path, "w+b") as out, ImageDataArea(out) as area:
+    with open(out_path, "w+b") as out, ImageDataArea(out, holes=options.holes) as area:
         tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
                           progress=progress, on_tree=on_tree)
         try:

@@ -22,7 +22,9 @@ Linux 5.15 only when a layer has such a file (``docs/holes.md``).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from array import array
 from collections.abc import Callable
 from types import TracebackType
 from typing import BinaryIO
@@ -37,6 +39,8 @@ __all__ = ["BlockRef", "ChunkRef", "ImageDataArea", "choose_chunkbits", "write_i
 COPY_CHUNK = 1 << 20  # bytes per read/write when streaming file contents
 FLUSH_AT = 4 << 20  # metadata is written in buffers of about this size
 _BLKSZ = fmt.BLOCK_SIZE
+_ZERO_BLOCK = bytes(_BLKSZ)
+_ZERO_CHUNK = bytes(COPY_CHUNK)
 #: Chunk sizes tried for a file with holes: 4 KiB (one block) up to 2**(12+27) = 512 GiB.
 MAX_CHUNKBITS = 27
 
@@ -95,10 +99,11 @@ class ImageDataArea:
     otherwise depend on file sizes.
     """
 
-    def __init__(self, out: BinaryIO, *, tail_memory: int = TAIL_MEMORY) -> None:
+    def __init__(self, out: BinaryIO, *, tail_memory: int = TAIL_MEMORY, holes: bool = False) -> None:
         if tail_memory < 0:
             raise ValueError(f"tail_memory must be >= 0, not {tail_memory}")
         self._out = out
+        self._holes = holes  # all-zero blocks of ordinary files become holes too
         self._tail_memory = tail_memory
         self._tails = bytearray()  # tails [0, len) of the logical tail store
         self._tails_view: memoryview | None = None  # read-only view once sealed
@@ -126,6 +131,8 @@ class ImageDataArea:
             bits, cost = choose_chunkbits(size, data.segments)
             if cost < -(-size // _BLKSZ) * _BLKSZ:  # holes save space: keep them as null chunks
                 return self._add_chunked(data, size, bits)
+        if self._holes and size >= _BLKSZ:
+            return self._add_finding_zeros(data, size)
         full = size // _BLKSZ
         tail = size - full * _BLKSZ
         tail_in_block = tail > MAX_INLINE_TAIL
@@ -168,6 +175,129 @@ class ImageDataArea:
         if not tail_in_block:
             self._tail_end += tail
         self._next_block += full + (1 if tail_in_block else 0)
+        if self._next_block >= fmt.MAX_BLOCKS:
+            raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
+        return ref
+
+    def _add_finding_zeros(self, data: FileData, size: int) -> BlockRef | ChunkRef:
+        """``--holes``: store a file's non-zero 4 KiB blocks only. If some blocks are all zero
+        and leaving them out saves more than the 4-byte-per-block map costs, the file becomes a
+        CHUNK_BASED file with one-block chunks whose zero blocks are null chunks; otherwise the
+        blocks are spread back out into the usual flat layout (same bytes as without the option)."""
+        full = size // _BLKSZ
+        tail_len = size - full * _BLKSZ
+        start = self._next_block
+        addresses = array("I", [fmt.NULL_ADDR]) * (full + (1 if tail_len else 0))
+        pending = bytearray()  # bytes of a block not complete yet
+        tail = bytearray()
+        index = 0  # the next block of the file
+        got = 0
+        self._seek_out(start * _BLKSZ)
+        try:
+            for chunk in data.chunks(COPY_CHUNK):
+                got += len(chunk)
+                if got > size:
+                    raise LayerError("file data longer than its header says")
+                view = memoryview(chunk)
+                if pending:
+                    need = _BLKSZ - len(pending)
+                    pending += view[:need]
+                    view = view[need:]
+                    if len(pending) == _BLKSZ and index < full:
+                        index = self._put_blocks(memoryview(pending), index, addresses)
+                        pending = bytearray()
+                n = min(len(view) // _BLKSZ, full - index) * _BLKSZ
+                if n:
+                    index = self._put_blocks(view[:n], index, addresses)
+                view = view[n:]
+                if view:
+                    if index < full:
+                        pending += view
+                    else:
+                        tail += pending + view
+                        pending = bytearray()
+            if got != size:
+                raise LayerError("file data shorter than its header says")
+        except BaseException:
+            self._out_pos = None
+            self._next_block = start  # the blocks written so far will be overwritten
+            raise
+        tail += pending
+        stored = self._next_block - start
+        nulls = full - stored
+        tail_block = 1 if tail_len and tail.count(0) != len(tail) else 0
+        # Chunk-based files have no inline tail: the tail costs a block there.
+        if nulls and (stored + tail_block) * _BLKSZ + 4 * len(addresses) < full * _BLKSZ + tail_len:
+            if tail_block:
+                addresses[full] = self._next_block
+                self._write_out(bytes(tail) + bytes(_BLKSZ - tail_len))
+                self._next_block += 1
+            if self._next_block >= fmt.MAX_BLOCKS:
+                raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
+            if sys.byteorder != "little":
+                addresses.byteswap()
+            return ChunkRef(size=size, chunkbits=0, block_map=addresses.tobytes(), area_token=self._token)
+        if nulls:
+            self._spread(start, full, addresses)
+        return self._finish_flat(size, start, full, bytes(tail))
+
+    def _put_blocks(self, view: memoryview, index: int, addresses: array[int]) -> int:
+        """Write the non-zero blocks of ``view`` (whole blocks, file blocks ``index``...) in runs,
+        noting their addresses; return the next file block."""
+        count = len(view) // _BLKSZ
+        if len(view) <= COPY_CHUNK and bytes(view) == _ZERO_CHUNK[:len(view)]:
+            return index + count  # (bytes comparisons: memoryview == memoryview goes item by item)
+
+        def is_zero(b: int) -> bool:
+            return not view[b * _BLKSZ] and not view[b * _BLKSZ + _BLKSZ - 1] and \
+                bytes(view[b * _BLKSZ:(b + 1) * _BLKSZ]) == _ZERO_BLOCK
+
+        b = 0
+        while b < count:
+            if is_zero(b):
+                b += 1
+                continue
+            e = b + 1
+            while e < count and not is_zero(e):
+                e += 1
+            self._write_out(view[b * _BLKSZ:e * _BLKSZ])
+            addresses[index + b:index + e] = array("I", range(self._next_block, self._next_block + e - b))
+            self._next_block += e - b
+            b = e
+        return index + count
+
+    def _spread(self, start: int, full: int, addresses: array[int]) -> None:
+        """Put the packed blocks of a file back at their own positions, zeros in between
+        (from the last block down, so nothing is overwritten before it is moved)."""
+        out = self._out
+        for index in range(full - 1, -1, -1):
+            addr = addresses[index]
+            if addr == fmt.NULL_ADDR:
+                block = _ZERO_BLOCK
+            else:
+                out.seek(addr * _BLKSZ)
+                block = out.read(_BLKSZ)
+            out.seek((start + index) * _BLKSZ)
+            out.write(block)
+        self._next_block = start + full
+        self._out_pos = None
+
+    def _finish_flat(self, size: int, start: int, full: int, tail: bytes) -> BlockRef:
+        """The flat BlockRef of a file whose ``full`` blocks sit at ``start``; the tail is kept
+        as ``add`` keeps it (inline later, or zero-padded after the blocks)."""
+        tail_len = len(tail)
+        tail_in_block = tail_len > MAX_INLINE_TAIL
+        if tail_in_block:
+            self._seek_out(self._next_block * _BLKSZ)
+            self._write_out(tail + bytes(_BLKSZ - tail_len))
+            self._next_block += 1
+        elif tail_len:
+            self._tail_sink(tail_len, False)(tail)
+        ref = BlockRef(size=size, start_block=start if (full or tail_in_block) else 0, full_blocks=full,
+                       tail_offset=self._tail_end, tail_len=0 if tail_in_block else tail_len,
+                       tail_in_block=tail_in_block, area_token=self._token)
+        if not tail_in_block:
+            self._tail_end += tail_len
         if self._next_block >= fmt.MAX_BLOCKS:
             raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
         return ref
@@ -317,7 +447,7 @@ class ImageDataArea:
             self._out.seek(pos)
             self._out_pos = pos
 
-    def _write_out(self, chunk: bytes | memoryview) -> None:
+    def _write_out(self, chunk: bytes | bytearray | memoryview) -> None:
         self._out.write(chunk)
         assert self._out_pos is not None
         self._out_pos += len(chunk)

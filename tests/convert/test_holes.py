@@ -16,13 +16,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from converter.convert.layer import LayerOptions, convert_layer
 from converter.erofs import format as fmt
 from converter.erofs.reader import ErofsImage
 from converter.erofs.target import TargetFormat
 from converter.erofs.writer import choose_chunkbits
-from converter.errors import LayerError
+from converter.errors import LayerError, UsageError
 from tests.support import tarcraft as tc
 from tests.support.gotar import GO_TESTDATA, gotar_binary
 from tests.support.kernel import fsck, mounted
@@ -202,3 +204,50 @@ def test_max_expanded_bounds_stored_bytes_for_python_and_logical_bytes_for_mkfs(
     mkfs = LayerOptions(fmt=TargetFormat(), builder="mkfs", max_expanded=1 << 20)
     with pytest.raises(LayerError, match="add up to more than the limit of 1048576 bytes"):
         convert_layer(io.BytesIO(tar), tmp_path / "m.erofs", options=mkfs, layer="m")
+
+
+# --- --holes: all-zero blocks of ordinary files ----------------------------------------------
+
+PIECES = st.lists(st.tuples(st.sampled_from(["zero", "data"]), st.integers(1, 40)), min_size=1, max_size=6)
+
+
+def _layer(files: dict[bytes, bytes]) -> bytes:
+    return tc.archive(*(tc.member(name, data) for name, data in files.items()))
+
+
+def _contents(pieces: list[tuple[str, int]], tail: int) -> bytes:
+    out = bytearray()
+    for i, (kind, blocks) in enumerate(pieces):
+        out += bytes(blocks * BLOCK) if kind == "zero" else bytes([i + 1]) * (blocks * BLOCK)
+    return bytes(out) + b"t" * tail
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(pieces=PIECES, tail=st.sampled_from([0, 1, 100, 4000, 4095]))
+@example(pieces=[("data", 1), ("zero", 1)], tail=0)  # one zero block does not pay for a map
+@example(pieces=[("zero", 40)], tail=0)  # nothing but holes
+@example(pieces=[("zero", 3), ("data", 1)], tail=4095)
+def test_holes_option_reads_back_the_same_bytes(tmp_path: Path, pieces: list[tuple[str, int]], tail: int) -> None:
+    files = {b"f": _contents(pieces, tail), b"small": b"s" * 100, b"g": _contents(pieces[::-1], 7)}
+    layer = _layer(files)
+    plain, holes = tmp_path / "plain.erofs", tmp_path / "holes.erofs"
+    convert_layer(io.BytesIO(layer), plain, options=LayerOptions(fmt=TargetFormat()), layer="l")
+    convert_layer(io.BytesIO(layer), holes, options=LayerOptions(fmt=TargetFormat(), holes=True), layer="l")
+    assert holes.stat().st_size <= plain.stat().st_size
+    with ErofsImage.open(holes) as img:
+        for name, data in files.items():
+            assert img.read_bytes("/" + name.decode()) == data
+        chunked = img.superblock.feature_incompat & fmt.INCOMPAT_CHUNKED_FILE
+    if not chunked:  # no file paid for a map: exactly the image without --holes
+        assert holes.read_bytes() == plain.read_bytes()
+    fsck(holes)
+    with mounted(holes) as mnt:
+        for name, data in files.items():
+            assert (mnt / name.decode()).read_bytes() == data
+
+
+def test_holes_needs_the_python_builder(tmp_path: Path) -> None:
+    options = LayerOptions(fmt=TargetFormat(), builder="mkfs", holes=True)
+    with pytest.raises(UsageError, match="--holes needs the python builder"):
+        convert_layer(io.BytesIO(_layer({b"f": b"x"})), tmp_path / "x.erofs", options=options, layer="x")
