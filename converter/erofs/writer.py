@@ -557,7 +557,7 @@ def _write_metadata(out: BinaryIO, plan: Plan, area: ImageDataArea) -> None:
             if kind is reg:
                 ref = node.data
                 if isinstance(ref, ChunkRef):
-                    tail = ref.block_map  # §5.3.2: the block map follows the inode and its xattrs
+                    tail = ref.block_map  # the chunk map follows the inode and its xattrs (fs/erofs/data.c)
                 else:
                     assert isinstance(ref, BlockRef)
                     tail = read_tail(ref)
