@@ -66,6 +66,8 @@ def _layer_parser() -> argparse.ArgumentParser:
     add_builder_flag(p)
     p.add_argument("--media-type", help="the layer's media type, checked against its magic bytes")
     add_limit_flags(p)
+    p.add_argument("--holes", action="store_true",
+                   help="raw images, python builder: all-zero 4 KiB blocks of files become holes (Linux 5.15+)")
     p.add_argument("-v", "--verbose", action="store_true", help="print digest, size and time on stderr")
     return p
 
@@ -151,7 +153,7 @@ def cmd_layer(argv: Sequence[str]) -> int:
     fmt = parse_format(args.to)
     options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time(),
                            max_expanded=limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
-                           max_entries=limit(args.max_entries, DEFAULT_MAX_ENTRIES))
+                           max_entries=limit(args.max_entries, DEFAULT_MAX_ENTRIES), holes=args.holes)
     options.resolved_builder()
     to_stdout = args.output == "-"
     if to_stdout and sys.stdout.isatty():

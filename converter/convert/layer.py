@@ -11,15 +11,20 @@ pipeline both call it. Two builders sit behind it:
   full-nanosecond times, empty opaque markers) is piped into ``mkfs.erofs --tar=f --aufs``
   so the compressed path inherits every layer-semantics fix.
 
-The EROFS UUID is derived from the source blob digest, and the build time comes from
-``SOURCE_DATE_EPOCH`` (or 0), so the same input gives the same bytes on any machine.
+The EROFS UUID is derived from the layer's DiffID (the digest of the uncompressed tar), not
+from the blob digest, so the same tar arriving as tar+gzip or as tar+zstd gives the same
+image; the build time comes from ``SOURCE_DATE_EPOCH`` (or 0), so the same input gives the
+same bytes on any machine.
 
-Layers come from untrusted registries, so two limits bound the work one layer can cause
-(``LayerOptions.max_expanded`` and ``max_entries``; ``None`` disables a limit): the
-decompressed tar and, separately, the sum of the regular files' sizes (a sparse member can
-claim a terabyte of holes in a few bytes of tar) may not exceed ``max_expanded`` bytes, and
-the tar may hold at most ``max_entries`` members (each costs memory until the image is
-written). Every failure is a ``ConverterError`` naming the layer: disk-full and other OS
+Layers come from untrusted registries, so limits bound the work one layer can cause
+(``LayerOptions.max_expanded``, ``max_logical`` and ``max_entries``; ``None`` disables a
+limit): the decompressed tar and, separately, the file data the image will store may not
+exceed ``max_expanded`` bytes; the files' sizes as the layer declares them may not exceed
+``max_logical`` (a sparse member can claim a terabyte of holes in a few bytes of tar: the
+python builder keeps holes as holes, so they cost nothing to store, but mkfs.erofs is fed
+them as zeros, so for it they count against ``max_expanded`` too); and the tar may hold at
+most ``max_entries`` members (each costs memory until the image is written).
+Every failure is a ``ConverterError`` naming the layer: disk-full and other OS
 errors included, so a caller never sees a bare ``OSError``.
 """
 
@@ -37,12 +42,12 @@ from typing import BinaryIO
 
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.target import TargetFormat
-from converter.erofs.writer import ImageDataArea, write_image
+from converter.erofs.writer import ImageDataArea, choose_chunkbits, write_image
 from converter.erofs.zcodec import Codec
 from converter.erofs.zwriter import CompressedDataArea
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.model import DataSink, EntryKind, Inode, LowerView
+from converter.layers.model import DataSink, EntryKind, Inode, LowerView, SparseFileData
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
@@ -53,6 +58,9 @@ PYTHON_ALGORITHMS = {codec.value: codec for codec in Codec}
 #: Default bound on a layer's decompressed tar and on the sum of its file sizes (64 GiB):
 #: above the largest real layers we know of (CUDA and model images), below a disk's worth.
 DEFAULT_MAX_EXPANDED = 64 << 30
+#: Default bound on the sum of a layer's file sizes including holes (16 TiB): a sanity limit,
+#: since holes cost the python builder nothing, yet a layer claiming more is no real layer.
+DEFAULT_MAX_LOGICAL = 16 << 40
 #: Default bound on tar members per layer: ten times a full Debian or Node image layer.
 #: Each member costs ~700 bytes of memory until the image is written (200,000 empty files
 #: peaked at 154 MB RSS), so the default caps a layer's tree at about 0.7 GB.
@@ -73,9 +81,10 @@ def default_build_time(env: Mapping[str, str] | None = None) -> int:
         raise UsageError(f"reading SOURCE_DATE_EPOCH: not an integer: {value!r}") from exc
 
 
-def layer_uuid(source_digest: str) -> uuid.UUID:
-    """A stable per-layer volume UUID, as containerd derives it from the source digest."""
-    return uuid.uuid5(UUID_NAMESPACE, "erofs:blobs/" + source_digest)
+def layer_uuid(diff_id: str) -> uuid.UUID:
+    """A stable per-layer volume UUID, derived from the source layer's DiffID (the sha256 of its
+    uncompressed tar) so that a layer's compression does not change the image."""
+    return uuid.uuid5(UUID_NAMESPACE, "erofs:diffid/" + diff_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +98,9 @@ class LayerOptions:
     build_time: int = 0
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
+    max_logical: int | None = DEFAULT_MAX_LOGICAL
+    #: python builder: all-zero 4 KiB blocks of regular files become holes too (docs/holes.md)
+    holes: bool = False
 
     def resolved_builder(self) -> str:
         """The builder actually used ("python" or "mkfs").
@@ -110,7 +122,8 @@ class LayerOptions:
 @dataclass(frozen=True, slots=True)
 class LayerResult:
     """The built EROFS blob: where it is, its sha256 digest ("sha256:..."), its size, the digest
-    of the source bytes as read (the source blob digest) and the layer's normalised tree."""
+    of the source bytes as read (the source blob digest), the layer's normalised tree and the
+    source's DiffID (the digest of its uncompressed tar)."""
 
     path: Path
     digest: str
@@ -118,6 +131,7 @@ class LayerResult:
     source_digest: str
     source_size: int
     root: Inode
+    diff_id: str
 
 
 class ProgressReader:
@@ -137,11 +151,13 @@ class ProgressReader:
 
 @dataclass(frozen=True, slots=True)
 class LayerTree:
-    """A parsed, normalised layer: its tree and the digest and size of the source bytes read."""
+    """A parsed, normalised layer: its tree, the digest and size of the source bytes read and
+    the DiffID (digest of the uncompressed tar)."""
 
     root: Inode
     source_digest: str
     source_size: int
+    diff_id: str
 
 
 def read_layer(src: BinaryIO, *, sink: DataSink, options: LayerOptions, lower: LowerView | None,
@@ -153,9 +169,9 @@ def read_layer(src: BinaryIO, *, sink: DataSink, options: LayerOptions, lower: L
     hashed = HashingReader(ProgressReader(src, progress) if progress else src)
     normaliser = LayerNormaliser(sink=sink, layer=layer, bottom=options.bottom, lower=lower,
                                  build_time=options.build_time)
-    root = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
-                       on_tree=on_tree)
-    return LayerTree(root=root, source_digest=hashed.digest(), source_size=hashed.bytes_read)
+    root, diff_id = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
+                                on_tree=on_tree)
+    return LayerTree(root=root, source_digest=hashed.digest(), source_size=hashed.bytes_read, diff_id=diff_id)
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -195,7 +211,9 @@ def convert_layer(
     removing a failed output would delete).
     """
     builder = options.resolved_builder()
-    for name in ("max_expanded", "max_entries"):
+    if options.holes and builder != "python":
+        raise UsageError("--holes needs the python builder (raw erofs); mkfs.erofs gets zeros")
+    for name in ("max_expanded", "max_entries", "max_logical"):
         limit = getattr(options, name)
         if limit is not None and limit < 0:
             raise UsageError(f"{name} must not be negative (it is {limit})")
@@ -222,7 +240,7 @@ def convert_layer(
         partial.unlink(missing_ok=True)
         raise
     return LayerResult(path=out_path, digest=digest, size=size, source_digest=tree.source_digest,
-                       source_size=tree.source_size, root=tree.root)
+                       source_size=tree.source_size, root=tree.root, diff_id=tree.diff_id)
 
 
 def _new_file_mode() -> int:
@@ -260,17 +278,23 @@ def _reserve_partial(out_path: Path, layer: str) -> Path:
 
 
 def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: LayerOptions,
-                media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> Inode:
-    limit = options.max_expanded
-    stream = open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit)
-    contents = 0
+                media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> tuple[Inode, str]:
+    """The layer's normalised tree and its DiffID."""
+    limit, logical_limit = options.max_expanded, options.max_logical
+    stream = HashingReader(open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit))
+    keeps_holes = options.resolved_builder() == "python"
+    stored = logical = 0
     for entry, data in TarReader(stream, layer=layer, max_entries=options.max_entries):
-        if entry.kind is EntryKind.REG and limit is not None:
-            # Checked before any byte is stored: sparse holes cost no tar bytes but do cost disk.
-            contents += entry.size
-            if contents > limit:
+        if entry.kind is EntryKind.REG:
+            # Checked before any byte is stored: sparse holes cost no tar bytes but may cost disk.
+            logical += entry.size
+            stored += stored_bytes(entry.size, data) if keeps_holes else entry.size
+            if limit is not None and stored > limit:
                 raise LayerError(f"the files add up to more than the limit of {limit} bytes",
                                  layer=layer, entry=entry.display_name())
+            if logical_limit is not None and logical > logical_limit:
+                raise LayerError(f"the files' sizes, holes included, add up to more than the limit of "
+                                 f"{logical_limit} bytes", layer=layer, entry=entry.display_name())
         normaliser.add(entry, data)
     # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
     while stream.read(_CHUNK):
@@ -280,7 +304,15 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
     root = normaliser.finish()
     if on_tree is not None:
         on_tree(root)
-    return root
+    return root, stream.digest()
+
+
+def stored_bytes(size: int, data: object) -> int:
+    """The bytes our writer stores for a ``size``-byte file: its chunks with data for a file
+    with holes (whatever is smaller: chunks or the whole file), else the file."""
+    if size and isinstance(data, SparseFileData):
+        return min(choose_chunkbits(size, data.segments)[1], size)
+    return size
 
 
 def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
@@ -288,7 +320,7 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
                   on_tree: Callable[[Inode], None] | None) -> LayerTree:
     algorithm = options.fmt.algorithm
     with open(out_path, "w+b") as out:
-        area = ImageDataArea(out) if algorithm is None else \
+        area = ImageDataArea(out, holes=options.holes) if algorithm is None else \
             CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level)
         with area:
             tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
@@ -296,7 +328,7 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
             z = area if isinstance(area, CompressedDataArea) else None
             try:
                 write_image(tree.root, area, build_time=options.build_time,
-                            uuid=layer_uuid(tree.source_digest).bytes,
+                            uuid=layer_uuid(tree.diff_id).bytes,
                             feature_incompat=z.feature_incompat if z else 0, u1=z.u1 if z else 0,
                             compr_cfgs=z.compr_cfgs if z else b"")
             except ConverterError:
@@ -314,5 +346,5 @@ def _build_mkfs(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: 
         tree = read_layer(src, sink=spool, options=options, lower=lower, media_type=media_type, layer=layer,
                           progress=progress, on_tree=on_tree)
         build_with_mkfs(tree.root, spool, out_path, fmt=options.fmt, build_time=options.build_time,
-                        uuid=layer_uuid(tree.source_digest), bottom=options.bottom, display_name=display_name)
+                        uuid=layer_uuid(tree.diff_id), bottom=options.bottom, display_name=display_name)
     return tree

@@ -73,6 +73,25 @@ class BlockRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """Where ``ImageDataArea`` put a file with holes: a CHUNK_BASED file (kernel
+    Documentation/filesystems/erofs.rst, "chunk-based files"; ``fs/erofs/erofs_fs.h``
+    ``EROFS_INODE_CHUNK_BASED``). ``block_map`` is the inode's 4-byte block map: for each
+    ``blksz << chunkbits``-byte chunk the start block of its consecutive data blocks, or
+    ``NULL_ADDR`` for a chunk that is all hole (a null chunk: reads as zeros, stores nothing)."""
+
+    size: int
+    chunkbits: int  # log2(chunk size / block size): the low bits of the chunk format
+    block_map: bytes
+    area_token: int
+
+    @property
+    def chunk_format(self) -> int:
+        """``i_u``'s low u16: the 4-byte block map (no INDEXES bit) with this chunk size."""
+        return self.chunkbits
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The planned image. Every list is indexed by inode index (``i_ino - 1``, breadth-first).
 
@@ -96,6 +115,7 @@ class Plan:
     dirs: dict[int, tuple[int, tuple[int, ...]]]  # dir index -> (first entry, entries per dir block)
     entry_names: list[bytes]
     entry_targets: list[int]  # inode index each entry points to
+    chunked: bool  # some file is CHUNK_BASED: the image needs INCOMPAT_CHUNKED_FILE (5.15+)
     #: inode index -> blocks allocated for it after the metadata area, in index order; its
     #: ``i_u`` is the first. Regular files here fell back to FLAT_PLAIN and get a copy of their
     #: data blocks plus the zero-padded tail.
@@ -308,6 +328,14 @@ def _shape_file(node: Inode, kind: NodeKind, area_token: int | None) -> tuple[in
             if ref is not None and ref.size != 0:
                 raise ErofsFormatError(f"size 0 but its data holds {ref.size} bytes")
             return 0, fmt.LAYOUT_FLAT_PLAIN, 0, 0  # §4.4: startblk 0 when empty
+        if isinstance(ref, ChunkRef):
+            if area_token is not None and ref.area_token != area_token:
+                raise ErofsFormatError("contents were not stored in this image's data area")
+            if ref.size != size:
+                raise ErofsFormatError(f"size {size} but its data holds {ref.size} bytes")
+            # The block map follows the inode and its xattrs, 4-byte aligned (always true here:
+            # inodes are 32-byte aligned and xattr bodies a multiple of 4 bytes).
+            return size, fmt.LAYOUT_CHUNK_BASED, ref.chunk_format, len(ref.block_map)
         if not isinstance(ref, BlockRef) or (area_token is not None and ref.area_token != area_token):
             raise ErofsFormatError("contents were not stored in this image's data area")
         if ref.size != size:
@@ -373,6 +401,8 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
     allocator = MetaBlockAllocator(data_end_block)
     place = allocator.place
     dir_kind, reg_kind = NodeKind.DIR, NodeKind.REG
+    chunk_layout = fmt.LAYOUT_CHUNK_BASED
+    chunked = False
     nlink = tree.nlink
     entry_names = tree.entry_names
     for i in range(n):
@@ -405,6 +435,9 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
             # §5.4.1: the map header is 8-byte aligned; index entries may cross blocks.
             tail += -len(xattr_body) % 8
             need += tail
+        elif layout == chunk_layout:
+            need += tail  # the block map may span metadata blocks (the kernel reads it by offset)
+            chunked = True
         elif tail:
             if need + tail <= blksz:
                 need += tail  # §5.2 / §3 rule 2: place() keeps items of up to a block in one block
@@ -445,6 +478,7 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
         nodes=nodes, names=tree.names, parents=tree.parents, nlink=nlink, extended=extended_col,
         size=size_col, layout=layout_col, i_u=i_u_col, inline_len=inline_col, xattr_body=xattr_col,
         offset=offset_col, nid=nid_col, dirs=dirs, entry_names=entry_names, entry_targets=tree.entry_targets,
-        extra_blocks=extra_blocks, order=order, meta_blkaddr=meta_blkaddr, meta_start_block=data_end_block,
+        chunked=chunked, extra_blocks=extra_blocks, order=order, meta_blkaddr=meta_blkaddr,
+        meta_start_block=data_end_block,
         meta_end_block=meta_end_block, total_blocks=nxt, build_time=build_time,
     )

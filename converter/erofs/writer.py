@@ -14,27 +14,66 @@ on NIDs (directory blocks, long symlinks, files whose tail does not fit inline),
 superblock last with its CRC32C. The output depends only on the tree and the
 file contents, so equal inputs give byte-identical images. The images use only what Linux 5.4
 mounts: 4 KiB blocks, compact/extended inodes, FLAT_PLAIN/FLAT_INLINE, inline xattrs with
-short prefixes, incompat 0 (§2.2 "writer profile").
+short prefixes, incompat 0 (§2.2 "writer profile") — except for files with holes (sparse tar
+members), which become CHUNK_BASED files whose holes are null chunks, so the image needs
+Linux 5.15 only when a layer has such a file (``docs/holes.md``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from array import array
 from collections.abc import Callable
 from types import TracebackType
 from typing import BinaryIO
 
 from converter.erofs import format as fmt
-from converter.erofs.layout import MAX_INLINE_TAIL, BlockRef, Plan, plan_layout
+from converter.erofs.layout import MAX_INLINE_TAIL, BlockRef, ChunkRef, Plan, plan_layout
 from converter.errors import ErofsFormatError, LayerError
-from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind
+from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind, SparseFileData
 
-__all__ = ["BlockRef", "ImageDataArea", "write_image"]
+__all__ = ["BlockRef", "ChunkRef", "ImageDataArea", "choose_chunkbits", "write_image"]
 
 COPY_CHUNK = 1 << 20  # bytes per read/write when streaming file contents
 FLUSH_AT = 4 << 20  # metadata is written in buffers of about this size
 _BLKSZ = fmt.BLOCK_SIZE
+_ZERO_BLOCK = bytes(_BLKSZ)
+_ZERO_CHUNK = bytes(COPY_CHUNK)
+#: Chunk sizes tried for a file with holes: 4 KiB (one block) up to 2**(12+27) = 512 GiB.
+MAX_CHUNKBITS = 27
+
+
+def choose_chunkbits(size: int, segments: list[tuple[int, int]]) -> tuple[int, int]:
+    """The chunk size (as chunkbits) that stores a file with these data segments in the fewest
+    bytes, and those bytes: every chunk a segment touches is stored whole (its zeros too), and
+    the block map costs 4 bytes per chunk. Small chunks keep holes exact but make the map long
+    (a 60e9-byte file in 4 KiB chunks would need a 58 MB map); large ones store more zeros
+    around each segment. Ties go to the smaller chunk."""
+    best: tuple[int, int] | None = None
+    for bits in range(MAX_CHUNKBITS + 1):
+        shift = fmt.BLOCK_SIZE_BITS + bits
+        chunk = 1 << shift
+        nchunks = (size + chunk - 1) >> shift
+        touched = 0
+        last = -1
+        for offset, length in segments:
+            if not length:
+                continue
+            first, end = offset >> shift, (offset + length - 1) >> shift
+            touched += end - max(first, last + 1) + 1 if end > last else 0
+            last = max(last, end)
+        stored = touched * chunk
+        if touched and last == nchunks - 1:  # the last chunk stores only up to i_size, in blocks
+            stored -= chunk - (-(-(size - (last << shift)) // _BLKSZ) * _BLKSZ)
+        cost = stored + 4 * nchunks
+        if best is None or cost < best[1]:
+            best = (bits, cost)
+        if nchunks == 1:
+            break
+    assert best is not None
+    return best
 
 
 #: Default for ``ImageDataArea(tail_memory=...)``: sub-block tails kept in memory, in bytes;
@@ -60,10 +99,11 @@ class ImageDataArea:
     otherwise depend on file sizes.
     """
 
-    def __init__(self, out: BinaryIO, *, tail_memory: int = TAIL_MEMORY) -> None:
+    def __init__(self, out: BinaryIO, *, tail_memory: int = TAIL_MEMORY, holes: bool = False) -> None:
         if tail_memory < 0:
             raise ValueError(f"tail_memory must be >= 0, not {tail_memory}")
         self._out = out
+        self._holes = holes  # all-zero blocks of ordinary files become holes too
         self._tail_memory = tail_memory
         self._tails = bytearray()  # tails [0, len) of the logical tail store
         self._tails_view: memoryview | None = None  # read-only view once sealed
@@ -77,7 +117,7 @@ class ImageDataArea:
 
     # -- DataSink -----------------------------------------------------------------------------
 
-    def add(self, data: FileData, size: int) -> BlockRef:
+    def add(self, data: FileData, size: int) -> BlockRef | ChunkRef:
         """Store one regular file of exactly ``size`` bytes; return where it went.
 
         Raises LayerError if ``data`` yields fewer or more than ``size`` bytes; nothing of that
@@ -87,6 +127,12 @@ class ImageDataArea:
             raise ErofsFormatError("adding file data: the image was already written")
         if size < 0:
             raise LayerError(f"file size {size} is negative")
+        if size and isinstance(data, SparseFileData):
+            bits, cost = choose_chunkbits(size, data.segments)
+            if cost < -(-size // _BLKSZ) * _BLKSZ:  # holes save space: keep them as null chunks
+                return self._add_chunked(data, size, bits)
+        if self._holes and size >= _BLKSZ:
+            return self._add_finding_zeros(data, size)
         full = size // _BLKSZ
         tail = size - full * _BLKSZ
         tail_in_block = tail > MAX_INLINE_TAIL
@@ -132,6 +178,178 @@ class ImageDataArea:
         if self._next_block >= fmt.MAX_BLOCKS:
             raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
         return ref
+
+    def _add_finding_zeros(self, data: FileData, size: int) -> BlockRef | ChunkRef:
+        """``--holes``: store a file's non-zero 4 KiB blocks only. If some blocks are all zero
+        and leaving them out saves more than the 4-byte-per-block map costs, the file becomes a
+        CHUNK_BASED file with one-block chunks whose zero blocks are null chunks; otherwise the
+        blocks are spread back out into the usual flat layout (same bytes as without the option)."""
+        full = size // _BLKSZ
+        tail_len = size - full * _BLKSZ
+        start = self._next_block
+        addresses = array("I", [fmt.NULL_ADDR]) * (full + (1 if tail_len else 0))
+        pending = bytearray()  # bytes of a block not complete yet
+        tail = bytearray()
+        index = 0  # the next block of the file
+        got = 0
+        self._seek_out(start * _BLKSZ)
+        try:
+            for chunk in data.chunks(COPY_CHUNK):
+                got += len(chunk)
+                if got > size:
+                    raise LayerError("file data longer than its header says")
+                view = memoryview(chunk)
+                if pending:
+                    need = _BLKSZ - len(pending)
+                    pending += view[:need]
+                    view = view[need:]
+                    if len(pending) == _BLKSZ and index < full:
+                        index = self._put_blocks(memoryview(pending), index, addresses)
+                        pending = bytearray()
+                n = min(len(view) // _BLKSZ, full - index) * _BLKSZ
+                if n:
+                    index = self._put_blocks(view[:n], index, addresses)
+                view = view[n:]
+                if view:
+                    if index < full:
+                        pending += view
+                    else:
+                        tail += pending + view
+                        pending = bytearray()
+            if got != size:
+                raise LayerError("file data shorter than its header says")
+        except BaseException:
+            self._out_pos = None
+            self._next_block = start  # the blocks written so far will be overwritten
+            raise
+        tail += pending
+        stored = self._next_block - start
+        nulls = full - stored
+        tail_block = 1 if tail_len and tail.count(0) != len(tail) else 0
+        # Chunk-based files have no inline tail: the tail costs a block there.
+        if nulls and (stored + tail_block) * _BLKSZ + 4 * len(addresses) < full * _BLKSZ + tail_len:
+            if tail_block:
+                addresses[full] = self._next_block
+                self._write_out(bytes(tail) + bytes(_BLKSZ - tail_len))
+                self._next_block += 1
+            if self._next_block >= fmt.MAX_BLOCKS:
+                raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
+            if sys.byteorder != "little":
+                addresses.byteswap()
+            return ChunkRef(size=size, chunkbits=0, block_map=addresses.tobytes(), area_token=self._token)
+        if nulls:
+            self._spread(start, full, addresses)
+        return self._finish_flat(size, start, full, bytes(tail))
+
+    def _put_blocks(self, view: memoryview, index: int, addresses: array[int]) -> int:
+        """Write the non-zero blocks of ``view`` (whole blocks, file blocks ``index``...) in runs,
+        noting their addresses; return the next file block."""
+        count = len(view) // _BLKSZ
+        if len(view) <= COPY_CHUNK and bytes(view) == _ZERO_CHUNK[:len(view)]:
+            return index + count  # (bytes comparisons: memoryview == memoryview goes item by item)
+
+        def is_zero(b: int) -> bool:
+            return not view[b * _BLKSZ] and not view[b * _BLKSZ + _BLKSZ - 1] and \
+                bytes(view[b * _BLKSZ:(b + 1) * _BLKSZ]) == _ZERO_BLOCK
+
+        b = 0
+        while b < count:
+            if is_zero(b):
+                b += 1
+                continue
+            e = b + 1
+            while e < count and not is_zero(e):
+                e += 1
+            self._write_out(view[b * _BLKSZ:e * _BLKSZ])
+            addresses[index + b:index + e] = array("I", range(self._next_block, self._next_block + e - b))
+            self._next_block += e - b
+            b = e
+        return index + count
+
+    def _spread(self, start: int, full: int, addresses: array[int]) -> None:
+        """Put the packed blocks of a file back at their own positions, zeros in between
+        (from the last block down, so nothing is overwritten before it is moved)."""
+        out = self._out
+        for index in range(full - 1, -1, -1):
+            addr = addresses[index]
+            if addr == fmt.NULL_ADDR:
+                block = _ZERO_BLOCK
+            else:
+                out.seek(addr * _BLKSZ)
+                block = out.read(_BLKSZ)
+            out.seek((start + index) * _BLKSZ)
+            out.write(block)
+        self._next_block = start + full
+        self._out_pos = None
+
+    def _finish_flat(self, size: int, start: int, full: int, tail: bytes) -> BlockRef:
+        """The flat BlockRef of a file whose ``full`` blocks sit at ``start``; the tail is kept
+        as ``add`` keeps it (inline later, or zero-padded after the blocks)."""
+        tail_len = len(tail)
+        tail_in_block = tail_len > MAX_INLINE_TAIL
+        if tail_in_block:
+            self._seek_out(self._next_block * _BLKSZ)
+            self._write_out(tail + bytes(_BLKSZ - tail_len))
+            self._next_block += 1
+        elif tail_len:
+            self._tail_sink(tail_len, False)(tail)
+        ref = BlockRef(size=size, start_block=start if (full or tail_in_block) else 0, full_blocks=full,
+                       tail_offset=self._tail_end, tail_len=0 if tail_in_block else tail_len,
+                       tail_in_block=tail_in_block, area_token=self._token)
+        if not tail_in_block:
+            self._tail_end += tail_len
+        if self._next_block >= fmt.MAX_BLOCKS:
+            raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
+        return ref
+
+    def _add_chunked(self, data: SparseFileData, size: int, bits: int) -> ChunkRef:
+        """Store the chunks of a file with holes that hold data; the others stay null chunks."""
+        shift = fmt.BLOCK_SIZE_BITS + bits
+        chunk = 1 << shift
+        nchunks = (size + chunk - 1) >> shift
+        block_map = bytearray(b"\xff" * (4 * nchunks))  # NULL_ADDR everywhere: all holes
+        current = -1  # the chunk being written
+        written = 0  # bytes of the current chunk written so far
+        zeros = bytes(COPY_CHUNK)
+
+        def pad_to(n: int) -> None:
+            nonlocal written
+            while written < n:
+                k = min(n - written, COPY_CHUNK)
+                self._write_out(zeros[:k])
+                written += k
+
+        def chunk_bytes(index: int) -> int:  # the last chunk covers only up to i_size, in blocks
+            return min(chunk, -(-(size - (index << shift)) // _BLKSZ) * _BLKSZ)
+
+        try:
+            for offset, piece in data.extents(COPY_CHUNK):
+                view = memoryview(piece)
+                while view:
+                    index = offset >> shift
+                    if index != current:
+                        if current >= 0:
+                            pad_to(chunk_bytes(current))
+                            self._next_block += chunk_bytes(current) // _BLKSZ
+                        if self._next_block + chunk_bytes(index) // _BLKSZ >= fmt.MAX_BLOCKS:
+                            raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
+                        fmt.U32.pack_into(block_map, 4 * index, self._next_block)
+                        self._seek_out(self._next_block * _BLKSZ)
+                        current, written = index, 0
+                    within = offset - (index << shift)
+                    pad_to(within)
+                    n = min(len(view), chunk - within)
+                    self._write_out(view[:n])
+                    written += n
+                    offset += n
+                    view = view[n:]
+            if current >= 0:
+                pad_to(chunk_bytes(current))
+                self._next_block += chunk_bytes(current) // _BLKSZ
+        except BaseException:
+            self._out_pos = None  # unknown now; the blocks will be overwritten
+            raise
+        return ChunkRef(size=size, chunkbits=bits, block_map=bytes(block_map), area_token=self._token)
 
     # -- used by write_image ------------------------------------------------------------------
 
@@ -229,7 +447,7 @@ class ImageDataArea:
             self._out.seek(pos)
             self._out_pos = pos
 
-    def _write_out(self, chunk: bytes | memoryview) -> None:
+    def _write_out(self, chunk: bytes | bytearray | memoryview) -> None:
         self._out.write(chunk)
         assert self._out_pos is not None
         self._out_pos += len(chunk)
@@ -275,7 +493,7 @@ def write_image(
         feature_compat=fmt.WRITER_COMPAT, blkszbits=fmt.BLOCK_SIZE_BITS, root_nid=plan.root_nid,
         inos=plan.inode_count, epoch=build_time, fixed_nsec=0, blocks=plan.total_blocks,
         meta_blkaddr=plan.meta_blkaddr, uuid=bytes(uuid), volume_name=volume_name.ljust(16, b"\0"),
-        feature_incompat=feature_incompat, u1=u1,
+        feature_incompat=feature_incompat | (fmt.INCOMPAT_CHUNKED_FILE if plan.chunked else 0), u1=u1,
     )
     block0 = bytearray(_BLKSZ)  # bytes before 1024 and after the superblock stay zero (§1, §2.1)
     cfgs_at = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size  # §5.4.7: compression configs follow it
@@ -346,10 +564,13 @@ def _write_metadata(out: BinaryIO, plan: Plan, area: ImageDataArea) -> None:
             tail: bytes | memoryview
             if kind is reg:
                 ref = node.data
-                assert isinstance(ref, BlockRef)
-                tail = read_tail(ref)
-                if ref.z_layout and len(tail) < tail_len:  # §5.4.1: pad to the 8-byte aligned map header
-                    tail = bytes(tail_len - len(tail)) + bytes(tail)
+                if isinstance(ref, ChunkRef):
+                    tail = ref.block_map  # the chunk map follows the inode and its xattrs (fs/erofs/data.c)
+                else:
+                    assert isinstance(ref, BlockRef)
+                    tail = read_tail(ref)
+                    if ref.z_layout and len(tail) < tail_len:  # §5.4.1: pad to the 8-byte aligned map header
+                        tail = bytes(tail_len - len(tail)) + bytes(tail)
             elif kind is dir_kind:
                 tail = _dir_block(plan, i, len(plan.dirs[i][1]) - 1, nid, kinds)
             else:

@@ -216,7 +216,7 @@ class CompressedDataArea(ImageDataArea):
             seg = pending.popleft()[1].result()
             if not (indexes.compressed or seg.compressed):
                 # Every extent is raw: the blocks written so far are the file's plain blocks.
-                piece = super().add(_Bytes(last), len(last))
+                piece = self._plain(_Bytes(last), len(last))
                 return BlockRef(size=size, start_block=start, full_blocks=size // _BLKSZ,
                                 tail_offset=piece.tail_offset, tail_len=piece.tail_len,
                                 tail_in_block=piece.tail_in_block, area_token=self._token)
@@ -237,6 +237,12 @@ class CompressedDataArea(ImageDataArea):
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _plain(self, data: FileData, size: int) -> BlockRef:
+        """Store ``data`` as the raw writer does (FLAT blocks: this area never makes holes)."""
+        ref = super().add(data, size)
+        assert isinstance(ref, BlockRef), "a compressed area is built without holes"
+        return ref
+
     def _submit(self, segment: bytes) -> tuple[bytes, Future[Segment]]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="erofs-z")
@@ -245,13 +251,13 @@ class CompressedDataArea(ImageDataArea):
     def _add_small(self, data: bytes, size: int) -> BlockRef:
         """A file of one segment: compressed if that takes less room than storing it plain."""
         if size <= _BLKSZ:  # one block either way: compression cannot gain
-            return super().add(_Bytes(data), size)
+            return self._plain(_Bytes(data), size)
         seg = compress_segment(data, codec=self._codec, level=self._level)
         blocks = len(seg.extents)
         # mkfs's rule: keep the compressed form only if its blocks and indexes take less than
         # the file's size (otherwise the plain layout is no bigger and reads faster).
         if not seg.compressed or blocks * _BLKSZ + _FullIndexes.metadata_size(size) >= size:
-            return super().add(_Bytes(data), size)
+            return self._plain(_Bytes(data), size)
         start = self._next_block
         indexes = _FullIndexes(size, self._codec.algorithm)
         self._write_segment(seg, indexes)

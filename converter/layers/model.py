@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class EntryKind(enum.Enum):
@@ -73,6 +73,27 @@ class FileData(Protocol):
     def read(self, n: int = -1) -> bytes: ...
 
     def chunks(self, size: int = 1 << 20) -> Iterator[bytes]: ...
+
+
+@runtime_checkable
+class SparseFileData(FileData, Protocol):
+    """A regular file with holes (a GNU sparse tar member): besides reading it expanded, a sink
+    can take just its stored segments and keep the holes as holes."""
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """(offset, length) of each stored segment: sorted, disjoint, inside the file."""
+        ...
+
+    @property
+    def stored_size(self) -> int:
+        """The bytes the segments hold (what a hole-keeping sink stores)."""
+        ...
+
+    def extents(self, size: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+        """The stored bytes as (file offset, piece) pairs in offset order, pieces of at most
+        ``size`` bytes; the holes between them are not produced at all."""
+        ...
 
 
 class NodeKind(enum.IntEnum):

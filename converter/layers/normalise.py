@@ -19,8 +19,12 @@ order, then ``finish``):
   can extract, and it bounds the depth of the tree: without it a 1 MiB PAX path makes a
   500,000-level tree whose mkfs.erofs tar would be quadratic in size.)
 * **Numbers** the image cannot hold exactly are errors naming the entry, never truncated:
-  uid/gid beyond 32 bits (mkfs.erofs would wrap 2**32 to uid 0, root), mtimes outside the
-  signed 64-bit range, device numbers beyond Linux's 12-bit major / 20-bit minor.
+  uid/gid beyond 32 bits (mkfs.erofs would wrap 2**32 to uid 0, root), device numbers beyond
+  Linux's 12-bit major / 20-bit minor.
+* **Times** before 1970 or after 2262 (outside 0..2**63-1 nanoseconds) become 0, the epoch:
+  containerd and moby bound every time they set that way (``boundTime``), so that is what a
+  container sees.
+* **Symlinks** always have mode 0777 (Linux ignores a symlink's mode; containerd never sets it).
 * **Duplicates**: the later entry wins. A directory over a directory only updates mode,
   owner, mtime and xattrs and keeps the children; anything else replaces the old node, and a
   replaced directory loses its subtree.
@@ -91,7 +95,7 @@ DEFAULT_DIR_MODE = 0o755
 NAME_MAX = 255
 PATH_MAX = 4096  # including the terminating NUL, as in <linux/limits.h>
 ID_LIMIT = 1 << 32  # EROFS extended inodes store uid/gid as u32
-MTIME_MIN, MTIME_MAX = -(1 << 63), (1 << 63) - 1  # i_mtime is a 64-bit field
+BOUND_TIME_NS = (1 << 63) - 1  # containerd's maxTime: time.Unix(0, 0).Add(1<<63 - 1)
 MAJOR_LIMIT, MINOR_LIMIT = 1 << 12, 1 << 20  # Linux new_encode_dev, which EROFS stores
 SYMLINK_MAX = 4095  # PATH_MAX - 1: what the kernel can read back
 XATTR_NAME_MAX = 255
@@ -141,8 +145,6 @@ def check_numbers(entry: TarEntry) -> str | None:
     """Why ``entry`` has an owner, time or device number an EROFS image cannot hold, or None."""
     if not (0 <= entry.uid < ID_LIMIT and 0 <= entry.gid < ID_LIMIT):
         return f"uid/gid {entry.uid}/{entry.gid} does not fit in 32 bits"
-    if not (MTIME_MIN <= entry.mtime_sec <= MTIME_MAX):
-        return f"mtime {entry.mtime_sec} does not fit in a signed 64-bit field"
     if entry.kind in (EntryKind.CHR, EntryKind.BLK) and not (
         0 <= entry.devmajor < MAJOR_LIMIT and 0 <= entry.devminor < MINOR_LIMIT
     ):
@@ -228,6 +230,8 @@ class LayerNormaliser:
         problem = check_numbers(entry)
         if problem is not None:
             raise self._error(problem, entry)
+        if not 0 <= entry.mtime_sec * 1_000_000_000 + entry.mtime_nsec <= BOUND_TIME_NS:
+            entry.mtime_sec, entry.mtime_nsec = 0, 0
         if not parts:
             self._add_root(entry)
             return
@@ -363,7 +367,8 @@ class LayerNormaliser:
 
     def _new_node(self, entry: TarEntry, data: FileData | None) -> Inode:
         kind = _KIND_BY_ENTRY[entry.kind]
-        node = Inode(kind, entry.mode & 0o7777, uid=entry.uid, gid=entry.gid, mtime_sec=entry.mtime_sec,
+        mode = 0o777 if kind is NodeKind.LNK else entry.mode & 0o7777
+        node = Inode(kind, mode, uid=entry.uid, gid=entry.gid, mtime_sec=entry.mtime_sec,
                      mtime_nsec=entry.mtime_nsec, xattrs=self._xattrs(entry))
         if kind is NodeKind.REG:
             if entry.size < 0:

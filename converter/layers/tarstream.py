@@ -6,34 +6,48 @@ reader is a single forward pass over a byte stream (often a decompressor or a pi
 seeks, and holds only metadata in memory: a regular file's contents are handed out as a
 :class:`FileData` stream that must be consumed before the next member.
 
+Container runtimes read layers with Go's ``archive/tar`` (containerd, moby and
+containers/storage all do), so where tar dialects are ambiguous this reader does what Go's
+does, as containerd applies it; ``docs/go-differential.md`` lists the rules and the few
+deliberate differences, and ``tests/test_go_differential.py`` checks them against Go itself.
+
 Formats understood (see POSIX.1-2017 ``pax``, the GNU tar manual "Basic Tar Format" and
 "Storing Sparse Files", and docs/deviations.md for what mkfs.erofs does with the same input):
 
-* v7, ustar and GNU headers; signed or unsigned header checksums; octal or GNU base-256
-  numeric fields (negative base-256 only makes sense for mtime);
-* PAX ``x`` (next member) and ``g`` (all later members) records: ``path``, ``linkpath``,
-  ``size``, ``uid``, ``gid``, ``mtime`` (exact nanoseconds), ``SCHILY.xattr.*``,
-  ``LIBARCHIVE.xattr.*``; an empty value cancels ``path``/``linkpath``/``size``/``uid``/
-  ``gid``/``mtime``;
-* GNU ``L``/``K`` long names and links;
-* GNU sparse members: old-style ``S`` headers and PAX formats 0.0, 0.1 and 1.0. Holes come
-  out as zeros, so consumers only ever see plain regular files.
+Formats understood (see POSIX.1-2017 ``pax``, the GNU tar manual "Basic Tar Format" and
+"Storing Sparse Files"):
+
+* v7, ustar, star and GNU headers; signed or unsigned header checksums; octal or GNU
+  base-256 numeric fields (negative base-256 only makes sense for mtime). The ustar prefix
+  field is joined to the name for ustar headers, the shorter star prefix for star headers,
+  and for GNU headers only when their atime/ctime fields do not parse as numbers (files
+  written by Go before 1.8, as Go's reader accepts them);
+* PAX ``x`` records for the next member: ``path``, ``linkpath``, ``size``, ``uid``, ``gid``,
+  ``mtime`` (exact nanoseconds), ``SCHILY.xattr.*``; numbers as Go's ``strconv.ParseInt``
+  reads them (leading zeros and a ``+`` sign are fine); an empty value keeps the header's
+  own field. Of several consecutive ``x`` headers only the last one counts. ``g`` (global)
+  headers are checked and then ignored, as containerd and moby ignore them.
+  ``LIBARCHIVE.xattr.*`` records are ignored too (containerd applies only ``SCHILY.xattr.*``);
+* GNU ``L``/``K`` long names and links (a long name wins over a PAX ``path``, as in Go);
+* GNU sparse members: old-style ``S`` headers and PAX formats 0.0, 0.1 and 1.0 (a PAX
+  member of an unknown sparse version is a plain file, as in Go). Their data comes out as
+  the stored segments of a ``SparseData``; the holes are never materialised here.
 
 Types that carry no data by POSIX ('1'..'6') never consume data blocks, whatever their size
-field says; this is what Go's archive/tar (used by Docker and containerd) does too, so a layer
-unpacks here as it would in a container runtime. Unknown typeflags are skipped with their data.
+field says (as in Go). Typeflags that containerd cannot apply ('7', GNU 'D', 'M', 'V', ...)
+are refused; only GNU 'S' sparse members, which GNU tar writes for ``--sparse``, are kept.
+The end-of-archive marker is optional, as in Go: the archive also ends at a clean end of
+stream, even after extension headers that no member followed.
 """
 
 from __future__ import annotations
 
 import abc
-import binascii
 import io
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Protocol
-from urllib.parse import unquote_to_bytes
 
 from converter.errors import LayerError
 from converter.layers.model import EntryKind, FileData, TarEntry, shorten_name
@@ -54,7 +68,7 @@ _OCTAL = b"01234567"
 _DECIMAL = b"0123456789"
 _HIGH_BYTES = bytes(range(0x80, 0x100))
 
-_REG_TYPES = frozenset(b"07\0")
+_REG_TYPES = frozenset(b"0\0")
 _KIND_BY_TYPE = {
     ord("1"): EntryKind.HARDLINK,
     ord("2"): EntryKind.SYMLINK,
@@ -70,7 +84,6 @@ _GNU_LONGLINK = ord("K")
 _GNU_SPARSE = ord("S")
 
 _SCHILY_XATTR = b"SCHILY.xattr."
-_LIBARCHIVE_XATTR = b"LIBARCHIVE.xattr."
 _SPARSE_PREFIX = b"GNU.sparse."
 _SPARSE_OFFSET = b"GNU.sparse.offset"
 _SPARSE_NUMBYTES = b"GNU.sparse.numbytes"
@@ -149,6 +162,8 @@ def _number(field: bytes, what: str) -> int:
         value = int.from_bytes(bytes((first & 0x7F,)) + field[1:], "big")
         if first & 0x40:
             value -= 1 << (8 * len(field) - 1)
+        if not _INT64_MIN <= value <= _INT64_MAX:  # Go's parseBase256 refuses it too
+            raise _Malformed(f"{what} field {value} is out of range")
         return value
     # Writers pad the digits with NULs or spaces; a few put junk after a terminating NUL.
     text = field.strip(b" \0")
@@ -218,12 +233,25 @@ def _checksum_ok(block: bytes) -> bool:
     return expected == unsigned - 256 * high
 
 
+def _parse_int(value: bytes) -> int | None:
+    """Go's ``strconv.ParseInt(value, 10, 64)``: an optional sign, then decimal digits (any
+    number of leading zeros), within int64; None if it would fail."""
+    digits = value[1:] if value[:1] in (b"+", b"-") else value
+    if not digits or digits.translate(None, _DECIMAL):
+        return None
+    digits = digits.lstrip(b"0") or b"0"
+    if len(digits) > 19:
+        return None
+    number = -int(digits) if value[:1] == b"-" else int(digits)
+    return number if _INT64_MIN <= number <= _INT64_MAX else None
+
+
 def _pax_uint(value: bytes, key: str) -> int:
-    if not value or len(value) > 20 or value.translate(None, _DECIMAL):
-        raise _Malformed(f"invalid PAX {key} {value!r}")
-    number = int(value)
-    if number > 0xFFFF_FFFF_FFFF_FFFF:
-        raise _Malformed(f"PAX {key} {value!r} is out of range")
+    number = _parse_int(value)
+    if number is None:
+        raise _Malformed(f"invalid PAX {key} {value[:40]!r}")
+    if number < 0:
+        raise _Malformed(f"negative PAX {key} {value[:40]!r}")
     return number
 
 
@@ -231,21 +259,18 @@ def _pax_time(value: bytes) -> tuple[int, int]:
     """Decode a PAX time ``[-]SECONDS[.FRACTION]`` exactly into (seconds, nanoseconds).
 
     The result is floor-normalised like a ``struct timespec``: "-1.25" is (-2, 750000000).
-    Fractions of any length are exact to the nanosecond; digits past the ninth only round
-    negative times down, so no float ever touches the value.
+    Fractions of any length are read to the nanosecond (digits past the ninth are cut off, as
+    Go does), so no float ever touches the value.
     """
-    negative = value.startswith(b"-")
-    whole, _, frac = (value[1:] if negative else value).partition(b".")
-    if not whole or len(whole) > 20 or whole.translate(None, _DECIMAL) or frac.translate(None, _DECIMAL):
-        raise _Malformed(f"invalid PAX mtime {value!r}")
-    nanos = int(whole) * 1_000_000_000 + int(frac[:9].ljust(9, b"0"))
-    if negative:
-        # Floor of -(x) is -(ceil(x)): any non-zero digit past nanoseconds rounds up.
-        nanos = -(nanos + (1 if frac[9:].strip(b"0") else 0))
-    sec, nsec = divmod(nanos, 1_000_000_000)
-    if not _INT64_MIN <= sec <= _INT64_MAX:
-        raise _Malformed(f"PAX mtime {value!r} is out of range")
-    return sec, nsec
+    whole, _, frac = value.partition(b".")
+    seconds = _parse_int(whole)
+    if seconds is None or frac.translate(None, _DECIMAL):
+        raise _Malformed(f"invalid PAX mtime {value[:40]!r}")
+    # Go's parsePAXTime: digits past the ninth are cut off, and a negative time subtracts
+    # its fraction (time.Unix(secs, -nsecs)).
+    nanos = int(frac[:9].ljust(9, b"0"))
+    total = seconds * 1_000_000_000 + (-nanos if whole.startswith(b"-") else nanos)
+    return divmod(total, 1_000_000_000)
 
 
 def _decimal_list(values: list[bytes], what: str) -> list[int]:
@@ -488,9 +513,10 @@ class _PlainData(_MemberData):
 
 
 class _SparseData(_MemberData):
-    """Contents of a sparse member: stored segments, with the holes between them as zeros."""
+    """Contents of a sparse member: stored segments, with the holes between them as zeros when
+    read (``read``/``chunks``), or only the stored segments (``extents``, a ``SparseFileData``)."""
 
-    __slots__ = ("_index", "_pad", "_pos", "_segments", "_stored_left")
+    __slots__ = ("_index", "_pad", "_pos", "_segments", "_stored", "_stored_left")
 
     def __init__(
         self,
@@ -506,12 +532,41 @@ class _SparseData(_MemberData):
         self._segments = segments
         self._index = 0
         self._pos = 0
-        self._stored_left = stored
+        self._stored = self._stored_left = stored
         self._pad = pad
 
     @property
     def remaining(self) -> int:
         return self.size - self._pos
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        return list(self._segments)
+
+    @property
+    def stored_size(self) -> int:
+        return self._stored
+
+    def extents(self, size: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+        """The stored bytes from the current position on, as (offset, piece); holes skipped."""
+        segments = self._segments
+        while True:
+            self._check_open()
+            pos = self._pos
+            while self._index < len(segments) and sum(segments[self._index]) <= pos:
+                self._index += 1
+            if self._index >= len(segments):
+                self._pos = self.size
+                return
+            offset, length = segments[self._index]
+            pos = self._pos = max(pos, offset)
+            try:
+                piece = self._src.read_some(min(size, offset + length - pos))
+            except _Truncated:
+                raise self._truncated() from None
+            self._stored_left -= len(piece)
+            self._pos += len(piece)
+            yield pos, piece
 
     def _next_piece(self, limit: int) -> bytes:
         pos, segments = self._pos, self._segments
@@ -591,8 +646,6 @@ class TarReader:
         self._max_entries = max_entries
         self._max_pax_size = max_pax_size
         self._drain = drain
-        self._global: dict[bytes, bytes] = {}
-        self._global_size = 0
         self._started = False
         self._member = ""  # display name of the member being parsed, for error messages
 
@@ -661,17 +714,13 @@ class TarReader:
             self._member = ""
             block = src.read_block()
             if block is None:
-                if pending.active():
-                    raise _Truncated
-                return None
+                return None  # a clean end of stream ends the archive (pending extensions too), as in Go
             if block == _ZERO_BLOCK:
                 # End of archive is two zero blocks; a lone one followed by a header would
                 # silently hide the rest of the layer, so it is an error (as in Go's reader).
                 following = src.read_block()
                 if following is not None and following != _ZERO_BLOCK:
                     raise _Malformed("a lone zero block is followed by more headers")
-                if pending.active():
-                    raise _Malformed("extended header is not followed by a member")
                 return None
             self._member = shorten_name(_cstr(block[:100]).decode("utf-8", "backslashreplace"))
             if not _checksum_ok(block):
@@ -685,7 +734,7 @@ class TarReader:
     def _read_extension(self, block: bytes, typeflag: int, pending: _Pending) -> None:
         size = _unsigned(block[124:136], "size")
         if typeflag != _PAX_GLOBAL:
-            pending.size += size  # globals have their own running total (_merge_global)
+            pending.size += size  # a global header only has to fit the limit on its own
         if size > self._max_pax_size or pending.size > self._max_pax_size:
             raise _Malformed(f"extended header data exceeds the limit of {self._max_pax_size} bytes")
         data = self._src.read_exact(size)
@@ -695,46 +744,28 @@ class TarReader:
         elif typeflag == _GNU_LONGLINK:
             pending.longlink = _cstr(data)
         elif typeflag == _PAX_ENTRY:
-            if pending.pax is None:
-                pending.pax = {}
+            # Go's reader keeps only the last of several 'x' headers before one member.
+            pending.pax, pending.sparse_pairs = {}, []
             for key, value in parse_pax_records(data):
                 if key in (_SPARSE_OFFSET, _SPARSE_NUMBYTES):
                     pending.sparse_pairs.append(key)
                     pending.sparse_pairs.append(value)
                 else:
-                    pending.pax[key] = value  # an empty value is kept: it cancels the global one
+                    pending.pax[key] = value
         else:
-            self._merge_global(parse_pax_records(data))
+            # Global headers: checked, then ignored, as containerd and moby ignore them (Go's
+            # reader hands them out as members of their own and applies them to nothing).
+            parse_pax_records(data)
 
-    def _merge_global(self, records: list[tuple[bytes, bytes]]) -> None:
-        for key, value in records:
-            if key.startswith(_SPARSE_PREFIX):
-                continue  # a sparse map describes one member; it cannot apply to all of them
-            old = self._global.get(key)
-            if old is not None:
-                self._global_size -= len(key) + len(old)
-            if value or _is_xattr_key(key):
-                self._global[key] = value
-                self._global_size += len(key) + len(value)
-            else:
-                self._global.pop(key, None)
-        if self._global_size > self._max_pax_size:
-            raise _Malformed(f"global PAX headers exceed the limit of {self._max_pax_size} bytes")
-
-    def _effective_pax(self, pending: _Pending) -> dict[bytes, bytes] | None:
-        """Global records overlaid with the member's own; None when there are none at all."""
+    @staticmethod
+    def _effective_pax(pending: _Pending) -> dict[bytes, bytes] | None:
+        """The member's own records, without the empty ones (an empty value keeps the header's
+        field, as in Go's mergePAX), except for xattrs, where GNU tar, libarchive and Go all
+        write an empty xattr that way (overlayfs uses them); None when there are none."""
         pax = pending.pax
         if pax is None:
-            return self._global or None
-        merged = dict(self._global)
-        for key, value in pax.items():
-            # An empty value cancels the keyword (POSIX pax), except for xattrs, where GNU tar,
-            # libarchive and Go all write an empty xattr that way (overlayfs uses them).
-            if value or _is_xattr_key(key):
-                merged[key] = value
-            else:
-                merged.pop(key, None)
-        return merged
+            return None
+        return {key: value for key, value in pax.items() if value or key.startswith(_SCHILY_XATTR)}
 
     def _build_member(
         self, block: bytes, typeflag: int, pending: _Pending
@@ -744,13 +775,9 @@ class TarReader:
         pax = self._effective_pax(pending)
         get = pax.get if pax is not None else _no_records
 
-        name = get(b"GNU.sparse.name") or get(b"path") or pending.longname
-        if name is None:
-            name = _cstr(block[:100])
-            if block[257:263] == b"ustar\0":  # only POSIX headers have a prefix field
-                prefix = _cstr(block[345:500])
-                if prefix:
-                    name = prefix + b"/" + name
+        # Go's order: the header's name (with its prefix), then a PAX path, then a GNU long name;
+        # a PAX sparse member's GNU.sparse.name is applied in _pax_sparse.
+        name = pending.longname or get(b"path") or _header_name(block)
         if 0 in name:
             raise _Malformed("member name contains a NUL byte")
         self._member = shorten_name(name.decode("utf-8", "backslashreplace"))
@@ -776,11 +803,9 @@ class TarReader:
         elif typeflag in _KIND_BY_TYPE:
             kind = _KIND_BY_TYPE[typeflag]
         else:
-            # Unknown or unsupported (GNU 'V' volume label, 'D' dump dir, 'M' continuation...).
-            if data_size < 0:
-                raise _Malformed(f"negative size {data_size}")
-            self._src.skip(data_size + (-data_size % BLOCK_SIZE))
-            return None, None
+            # GNU 'V' volume label, 'D' dump dir, 'M' continuation, '7' contiguous file...:
+            # containerd and moby refuse to apply them ("unhandled tar header type").
+            raise _Malformed(f"unsupported typeflag {bytes((typeflag,))!r}")
 
         entry = TarEntry(
             name=name,
@@ -795,16 +820,13 @@ class TarReader:
             entry.xattrs = _xattrs(pax)
 
         if kind is EntryKind.HARDLINK or kind is EntryKind.SYMLINK:
+            # Go's order: the header's field, then a PAX linkpath, then a GNU long link.
             linkpath = get(b"linkpath")
-            if linkpath is not None:
-                if 0 in linkpath:
-                    raise _Malformed("PAX linkpath contains a NUL byte")
-                entry.linkname = linkpath
-            elif pending.longlink is not None:
-                entry.linkname = pending.longlink
-            else:
-                entry.linkname = _cstr(block[157:257])
-        elif kind is EntryKind.CHR or kind is EntryKind.BLK:
+            if linkpath is not None and 0 in linkpath:
+                raise _Malformed("PAX linkpath contains a NUL byte")
+            entry.linkname = pending.longlink or linkpath or _cstr(block[157:257])
+        elif (kind is EntryKind.CHR or kind is EntryKind.BLK) and block[257:262] == b"ustar":
+            # v7 headers have no device fields (Go reads them as 0)
             entry.devmajor = _unsigned(block[329:337], "devmajor")
             entry.devminor = _unsigned(block[337:345], "devminor")
         if kind is not EntryKind.REG:
@@ -845,27 +867,27 @@ class TarReader:
         entry: TarEntry,
         data_size: int,
     ) -> _MemberData:
-        """PAX sparse formats 0.0, 0.1 and 1.0 (GNU tar manual, "Storing Sparse Files")."""
+        """PAX sparse formats 0.0, 0.1 and 1.0 (GNU tar manual, "Storing Sparse Files"), told
+        apart as Go's reader does: by GNU.sparse.major/minor, else by the presence of a map."""
         major, minor = lookup(b"GNU.sparse.major"), lookup(b"GNU.sparse.minor")
-        if major is not None or minor is not None:
-            if (major, minor) != (b"1", b"0"):
-                raise _Malformed(f"unsupported GNU sparse format {major!r}.{minor!r}")
-            realsize = lookup(b"GNU.sparse.realsize")
-            if realsize is None:
-                raise _Malformed("GNU sparse 1.0 member without GNU.sparse.realsize")
+        version = (major, minor)
+        sparse_map = lookup(b"GNU.sparse.map")
+        if version not in ((b"1", b"0"), (b"0", b"0"), (b"0", b"1")) and (
+            major is not None or minor is not None or (sparse_map is None and not pairs_00)
+        ):
+            # An unknown sparse version, or only unrelated GNU.sparse.* keywords (e.g.
+            # GNU.sparse.name): Go's reader sees no sparse file, just a plain one.
+            entry.size = data_size
+            return _PlainData(self._src, data_size, self._layer, self._member)
+        self._sparse_name(lookup, entry)
+        realsize = lookup(b"GNU.sparse.size") or lookup(b"GNU.sparse.realsize")
+        if realsize is None:
+            raise _Malformed("GNU sparse member without GNU.sparse.size or GNU.sparse.realsize")
+        size = _pax_uint(realsize, "GNU.sparse.size")
+        if version == (b"1", b"0"):
             numbers, map_size = self._read_sparse_map_10(data_size)
             segments = _pairs(numbers, "sparse map")
-            return self._sparse_data(
-                entry, segments, _pax_uint(realsize, "GNU.sparse.realsize"), data_size - map_size, data_size
-            )
-        realsize = lookup(b"GNU.sparse.size")
-        sparse_map = lookup(b"GNU.sparse.map")
-        if realsize is None:
-            if sparse_map is None and not pairs_00:
-                # Only unrelated GNU.sparse.* keywords (e.g. GNU.sparse.name): a plain file.
-                entry.size = data_size
-                return _PlainData(self._src, data_size, self._layer, self._member)
-            raise _Malformed("GNU sparse 0.x member without GNU.sparse.size")
+            return self._sparse_data(entry, segments, size, data_size - map_size, data_size)
         if sparse_map is not None:  # 0.1: "offset,size,offset,size,..."
             segments = _pairs(_decimal_list(sparse_map.split(b","), "GNU.sparse.map"), "GNU.sparse.map")
         else:  # 0.0: repeated GNU.sparse.offset / GNU.sparse.numbytes records, in order
@@ -874,10 +896,20 @@ class TarReader:
                 raise _Malformed("GNU.sparse.offset and GNU.sparse.numbytes do not alternate")
             segments = _pairs(_decimal_list(values, "GNU sparse 0.0 map"), "GNU sparse 0.0 map")
         numblocks = lookup(b"GNU.sparse.numblocks")
-        if numblocks is not None and _pax_uint(numblocks, "GNU.sparse.numblocks") != len(segments):
+        if numblocks is None:
+            raise _Malformed("GNU sparse 0.x member without GNU.sparse.numblocks")
+        if _pax_uint(numblocks, "GNU.sparse.numblocks") != len(segments):
             raise _Malformed("GNU.sparse.numblocks does not match the sparse map")
-        size = _pax_uint(realsize, "GNU.sparse.size")
         return self._sparse_data(entry, segments, size, data_size, data_size)
+
+    def _sparse_name(self, lookup: _Lookup, entry: TarEntry) -> None:
+        """GNU.sparse.name renames a PAX sparse member (it wins over path and long names)."""
+        name = lookup(b"GNU.sparse.name")
+        if name:
+            if 0 in name:
+                raise _Malformed("GNU.sparse.name contains a NUL byte")
+            entry.name = name
+            self._member = shorten_name(name.decode("utf-8", "backslashreplace"))
 
     def _read_sparse_map_10(self, data_size: int) -> tuple[list[int], int]:
         """Read the 1.0 map at the start of the member data: newline-terminated decimals
@@ -927,29 +959,43 @@ def _no_records(key: bytes) -> bytes | None:
 
 
 def _xattrs(pax: dict[bytes, bytes]) -> dict[str, bytes]:
-    """Extended attributes from SCHILY.xattr.NAME (raw value) and LIBARCHIVE.xattr.NAME
-    (URL-encoded name, base64 value) records; names are decoded UTF-8 with surrogateescape."""
+    """Extended attributes from SCHILY.xattr.NAME records (raw value), the only kind containerd
+    applies (``LIBARCHIVE.xattr.*`` duplicates them in bsdtar's archives); names are decoded
+    UTF-8 with surrogateescape."""
     xattrs: dict[str, bytes] = {}
     for key, value in pax.items():
-        if key.startswith(_SCHILY_XATTR):
-            raw_name = key[len(_SCHILY_XATTR) :]
-            decoded = value
-        elif key.startswith(_LIBARCHIVE_XATTR):
-            raw_name = unquote_to_bytes(key[len(_LIBARCHIVE_XATTR) :])
-            try:
-                decoded = binascii.a2b_base64(value + b"=" * (-len(value) % 4), strict_mode=True)
-            except binascii.Error as exc:
-                raise _Malformed(f"invalid base64 value for {key!r}: {exc}") from None
-        else:
+        if not key.startswith(_SCHILY_XATTR):
             continue
-        if not raw_name or 0 in raw_name:
+        raw_name = key[len(_SCHILY_XATTR) :]
+        if not raw_name:
             raise _Malformed(f"invalid xattr name in PAX keyword {key!r}")
-        xattrs[raw_name.decode("utf-8", "surrogateescape")] = decoded
+        xattrs[raw_name.decode("utf-8", "surrogateescape")] = value
     return xattrs
 
 
-def _is_xattr_key(key: bytes) -> bool:
-    return key.startswith(_SCHILY_XATTR) or key.startswith(_LIBARCHIVE_XATTR)
+def _header_name(block: bytes) -> bytes:
+    """The member name a header block holds, with its prefix where Go's reader applies one."""
+    name = _cstr(block[:100])
+    magic = block[257:265]
+    prefix = b""
+    if magic[:6] == b"ustar\0":
+        # ustar/pax: a 155-byte prefix; star (trailer "tar\0"): 131 bytes, then atime/ctime
+        prefix = _cstr(block[345:476] if block[508:512] == b"tar\0" else block[345:500])
+    elif magic == b"ustar  \0" and not (_numeric_ok(block[345:357]) and _numeric_ok(block[357:369])):
+        # GNU has atime/ctime there; Go (before 1.8) wrote a ustar prefix into GNU headers,
+        # and Go's reader still takes a field that is no number as such a prefix.
+        candidate = _cstr(block[345:500])
+        if candidate.isascii():
+            prefix = candidate
+    return prefix + b"/" + name if prefix else name
+
+
+def _numeric_ok(field: bytes) -> bool:
+    """Whether Go's parseNumeric reads ``field`` without error (an empty field counts as 0)."""
+    if field[0] == 0 or field[0] & 0x80:
+        return True
+    text = _cstr(field.strip(b" \0"))
+    return not text.translate(None, _OCTAL)
 
 
 def _old_sparse_entries(area: bytes, count: int) -> list[tuple[int, int]]:

@@ -11,7 +11,8 @@ tagged ``cache-<sha256 of the key>``::
      "config": <the empty descriptor, {}>,
      "layers": [<the converted EROFS blob: digest, size, the profile's media type>],
      "annotations": {"io.github.erofs-converter.cache.key": <the key as canonical JSON>,
-                     "io.github.erofs-converter.cache.diff-id": <the blob's DiffID>}}
+                     "io.github.erofs-converter.cache.diff-id": <the blob's DiffID>,
+                     "io.github.erofs-converter.cache.source-diff-id": <the source layer's DiffID>}}
 
 Listing the blob as the artifact's layer keeps it alive in the cache repository (registry
 garbage collection keeps referenced blobs) and makes it mountable from there.
@@ -30,10 +31,13 @@ someone who can push to the cache repository, which must be as trusted as the de
 see docs/security.md.) The entry must be ours and carry exactly our key; the blob must exist
 (HEAD in the destination, else a cross-repository mount from the cache repository, which
 fails when the blob is gone) with the entry's size; its EROFS superblock (read from the first bytes of
-the blob) must carry the volume UUID derived from *this* source layer's digest
+the blob) must carry the volume UUID derived from the entry's source DiffID
 (``converter.convert.layer.layer_uuid``), which catches an entry pointing at another layer's
 blob. Any failure is logged and the layer is converted as if there were no entry; the new
 result then overwrites the bad entry. Registry errors talking to the cache are misses too.
+Once the source layer has been read (a hit still reads it for its tree), its DiffID must be
+the entry's, or the layer fails: the source stream is spent by then, so it cannot be rebuilt
+(only a tampered entry gets there, since the key holds the source blob digest).
 
 **Integration** is through the pipeline's ``convert_layer`` seam (``convert_image(...,
 convert_layer=...)``): ``CachingConverter`` wraps the real converter. On a hit it reads the
@@ -68,7 +72,7 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from converter.convert.layer import LayerOptions, LayerResult, layer_uuid, read_layer
+from converter.convert.layer import LayerOptions, LayerResult, LayerTree, layer_uuid, read_layer
 from converter.erofs.format import EROFS_MAGIC, SUPERBLOCK, SUPERBLOCK_OFFSET, Superblock
 from converter.erofs.tools import erofs_utils
 from converter.erofs.zcodec import Codec, library_version
@@ -90,12 +94,14 @@ log = structlog.get_logger()
 ARTIFACT_TYPE = "application/vnd.io.github.erofs-converter.layer-cache.v1"
 ANN_CACHE_KEY = ANNOTATION_PREFIX + "cache.key"
 ANN_CACHE_DIFF_ID = ANNOTATION_PREFIX + "cache.diff-id"
+ANN_CACHE_SOURCE_DIFF_ID = ANNOTATION_PREFIX + "cache.source-diff-id"
 TAG_PREFIX = "cache-"
-KEY_VERSION = 1
+#: 2: the volume UUID comes from the source DiffID, not the blob digest (version 1 blobs differ).
+KEY_VERSION = 2
 EMPTY_CONFIG = b"{}"  # image-spec's empty descriptor content (manifest.md, "guidance for an empty descriptor")
 EMPTY_DESCRIPTOR = Descriptor(media_type=MediaType.OCI_EMPTY, digest=Digest.from_bytes(EMPTY_CONFIG),
                               size=len(EMPTY_CONFIG))
-LOCAL_FILE_VERSION = 1
+LOCAL_FILE_VERSION = 2
 _HEAD_BYTES = SUPERBLOCK_OFFSET + SUPERBLOCK.size
 
 
@@ -134,11 +140,13 @@ class CacheKey:
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """A cached result: the converted blob's digest and size, and its DiffID."""
+    """A cached result: the converted blob's digest, size and DiffID, and the DiffID of the source
+    layer it was made from (its volume UUID derives from that)."""
 
     digest: Digest
     size: int
     diff_id: Digest
+    source_diff_id: Digest
 
 
 def next_chain(lower: str, layer: str) -> str:
@@ -196,7 +204,8 @@ class LocalCacheFile:
         for hex_, raw in self._read().get(str(repo), {}).items():
             try:
                 entries[hex_] = CacheEntry(digest=Digest.parse(raw["digest"]), size=int(raw["size"]),
-                                           diff_id=Digest.parse(raw["diff_id"]))
+                                           diff_id=Digest.parse(raw["diff_id"]),
+                                           source_diff_id=Digest.parse(raw["source_diff_id"]))
             except (KeyError, TypeError, ValueError, ConverterError):
                 log.warning("layer_cache_local_entry_ignored", path=str(self.path), key=hex_)
         return entries
@@ -210,7 +219,7 @@ class LocalCacheFile:
                 repo_entries.pop(hex_, None)
             else:
                 repo_entries[hex_] = {"digest": str(entry.digest), "size": entry.size,
-                                      "diff_id": str(entry.diff_id)}
+                                      "diff_id": str(entry.diff_id), "source_diff_id": str(entry.source_diff_id)}
             self._write(data)
 
     def _read(self) -> dict[str, dict[str, Any]]:
@@ -300,7 +309,12 @@ class LayerCache:
         # A raw EROFS blob's DiffID is its own digest (also with internal compression, spec §5.2).
         if diff_id != blob.digest:
             raise CacheEntryInvalid(f"DiffID {diff_id.short} does not match the blob {blob.digest.short}")
-        return CacheEntry(digest=blob.digest, size=blob.size, diff_id=diff_id)
+        source_text = manifest.annotations.get(ANN_CACHE_SOURCE_DIFF_ID, "")
+        try:
+            source_diff_id = Digest.parse(source_text)
+        except ConverterError:
+            raise CacheEntryInvalid(f"malformed source DiffID {source_text!r}") from None
+        return CacheEntry(digest=blob.digest, size=blob.size, diff_id=diff_id, source_diff_id=source_diff_id)
 
     def check_blob(self, key: CacheKey, entry: CacheEntry, *, registry: str, repository: str) -> None:
         """Read the blob's superblock from ``registry/repository``: EROFS, with this layer's UUID."""
@@ -314,7 +328,7 @@ class LayerCache:
             raise CacheEntryInvalid(f"blob {entry.digest.short} is too small to be an EROFS image") from None
         if superblock.magic != EROFS_MAGIC:
             raise CacheEntryInvalid(f"blob {entry.digest.short} is not an EROFS image")
-        if superblock.uuid != layer_uuid(str(key.layer)).bytes:
+        if superblock.uuid != layer_uuid(str(entry.source_diff_id)).bytes:
             raise CacheEntryInvalid(f"blob {entry.digest.short} was not converted from layer {key.layer.short}")
 
     def materialise(self, key: CacheKey, entry: CacheEntry, dest: Reference) -> str:
@@ -376,7 +390,8 @@ class LayerCache:
             artifact_type=ARTIFACT_TYPE,
             config=EMPTY_DESCRIPTOR,
             layers=(Descriptor(media_type=media_type, digest=entry.digest, size=entry.size),),
-            annotations={ANN_CACHE_KEY: key.canonical(), ANN_CACHE_DIFF_ID: str(entry.diff_id)},
+            annotations={ANN_CACHE_KEY: key.canonical(), ANN_CACHE_DIFF_ID: str(entry.diff_id),
+                         ANN_CACHE_SOURCE_DIFF_ID: str(entry.source_diff_id)},
         )
         data = manifest.to_bytes()
         retry_blob_unknown(lambda: self.client.put_manifest(registry, repository, key.tag, data,
@@ -483,13 +498,13 @@ class _MetadataLower:
 
 
 def read_tree(src: BinaryIO, *, options: LayerOptions, lower: LowerView | None, media_type: str | None,
-              layer: str, progress: Callable[[int], None] | None = None) -> tuple[Inode, str, int]:
-    """A layer's normalised tree, metadata only, with the digest and size of the bytes read
-    (read under the same limits as a build: a cache hit must not let a hostile layer through)."""
-    tree = read_layer(src, sink=DiscardSink(), options=options,
+              layer: str, progress: Callable[[int], None] | None = None) -> LayerTree:
+    """A layer's normalised tree, metadata only, with the digest and size of the bytes read and
+    its DiffID (read under the same limits as a build: a cache hit must not let a hostile layer
+    through)."""
+    return read_layer(src, sink=DiscardSink(), options=options,
                       lower=_MetadataLower(lower) if lower is not None else None,
                       media_type=media_type, layer=layer, progress=progress)
-    return tree.root, tree.source_digest, tree.source_size
 
 
 def mkfs_version() -> str:
@@ -561,12 +576,17 @@ class CachingConverter:
         with self.cache.claim(key):
             entry = self._find(key, layer)
             if entry is not None:
-                root, source_digest, source_size = read_tree(src, options=options, lower=lower,
-                                                             media_type=media_type, layer=layer, progress=progress)
+                tree = read_tree(src, options=options, lower=lower, media_type=media_type, layer=layer,
+                                 progress=progress)
+                if tree.diff_id != str(entry.source_diff_id):
+                    raise ConverterError(f"reusing cached layer {entry.digest.short} for layer {layer}: it was "
+                                         f"made from DiffID {entry.source_diff_id.short}, the layer has "
+                                         f"{Digest.parse(tree.diff_id).short} (cache entry {key.tag})")
                 if on_tree is not None:
-                    on_tree(root)
+                    on_tree(tree.root)
                 return LayerResult(path=out_path, digest=str(entry.digest), size=entry.size,
-                                   source_digest=source_digest, source_size=source_size, root=root)
+                                   source_digest=tree.source_digest, source_size=tree.source_size, root=tree.root,
+                                   diff_id=tree.diff_id)
             result = self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
                                  workdir=workdir, progress=progress, on_tree=on_tree)
             self._store(key, result, layer)
@@ -611,7 +631,7 @@ class CachingConverter:
             self.sink.push_blob(result.path, digest, result.size)
         else:
             self.cache.client.push_blob(self.dest.registry, self.dest.repository, digest, result.size, result.path)
-        entry = CacheEntry(digest=digest, size=result.size, diff_id=digest)
+        entry = CacheEntry(digest=digest, size=result.size, diff_id=digest, source_diff_id=Digest.parse(result.diff_id))
         try:
             self.cache.store(key, entry, media_type=self.profile.layer_media_type(), origin=self.dest,
                              path=result.path)
@@ -625,6 +645,7 @@ class CachingConverter:
 __all__ = [
     "ANN_CACHE_DIFF_ID",
     "ANN_CACHE_KEY",
+    "ANN_CACHE_SOURCE_DIFF_ID",
     "ARTIFACT_TYPE",
     "CacheEntry",
     "CacheEntryInvalid",

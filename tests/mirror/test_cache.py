@@ -18,6 +18,7 @@ from converter.erofs.target import TargetFormat, parse_format
 from converter.mirror.cache import (
     ANN_CACHE_DIFF_ID,
     ANN_CACHE_KEY,
+    ANN_CACHE_SOURCE_DIFF_ID,
     ARTIFACT_TYPE,
     EMPTY_DESCRIPTOR,
     CacheEntry,
@@ -128,13 +129,18 @@ def test_entry_is_an_oci_artifact_in_the_cache_repository(client: RegistryClient
     only(mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/out/base:1")], cache=f"{prefix}/cache", tmp=tmp_path))
     keys = base_keys(client, f"{prefix}/base:1.0")
     layers = dest_layers(client, f"{prefix}/out/base:1")
-    for key, layer in zip(keys, layers, strict=True):
+    source = RegistrySource(client, parse_reference(f"{prefix}/base:1.0"))
+    config_desc = json.loads(source.get_manifest()[0])["config"]
+    source_diff_ids = json.loads(source.get_blob_bytes(Digest.parse(config_desc["digest"]),
+                                                       max_size=1 << 20))["rootfs"]["diff_ids"]
+    for key, layer, source_diff_id in zip(keys, layers, source_diff_ids, strict=True):
         entry = json.loads(client.get_manifest(cache.registry, cache.repository, key.tag).data)
         assert entry["mediaType"] == MediaType.OCI_MANIFEST and entry["artifactType"] == ARTIFACT_TYPE
         assert entry["config"] == EMPTY_DESCRIPTOR.to_json()
         assert [(x["digest"], x["size"], x["mediaType"]) for x in entry["layers"]] == [
             (layer["digest"], layer["size"], "application/vnd.erofs")]
-        assert entry["annotations"] == {ANN_CACHE_KEY: key.canonical(), ANN_CACHE_DIFF_ID: layer["digest"]}
+        assert entry["annotations"] == {ANN_CACHE_KEY: key.canonical(), ANN_CACHE_DIFF_ID: layer["digest"],
+                                        ANN_CACHE_SOURCE_DIFF_ID: source_diff_id}
         assert key.tag == "cache-" + key.hex and len(key.tag) == 70
 
 
@@ -177,7 +183,10 @@ def test_poisoned_entry_falls_back_to_converting(client: RegistryClient, prefix:
     app_layers = dest_layers(client, f"{prefix}/out/app:1")
     right = Descriptor(MediaType.EROFS, Digest.parse(str(app_layers[0]["digest"])), int(str(app_layers[0]["size"])))
     top = Descriptor(MediaType.EROFS, Digest.parse(str(app_layers[2]["digest"])), int(str(app_layers[2]["size"])))
-    good = {ANN_CACHE_KEY: key0.canonical(), ANN_CACHE_DIFF_ID: str(right.digest)}
+    stored = LayerCache(client, cache).fetch(key0)
+    assert stored is not None
+    good = {ANN_CACHE_KEY: key0.canonical(), ANN_CACHE_DIFF_ID: str(right.digest),
+            ANN_CACHE_SOURCE_DIFF_ID: str(stored.source_diff_id)}
     if poison == "other-layer-blob":  # a real EROFS blob, of another layer: its UUID gives it away
         _put_entry(client, cache, key0.tag, layer=top, annotations={**good, ANN_CACHE_DIFF_ID: str(top.digest)})
     elif poison == "not-erofs":  # an existing blob that is no EROFS image at all
@@ -201,7 +210,25 @@ def test_poisoned_entry_falls_back_to_converting(client: RegistryClient, prefix:
     assert base["dest_digest"] == uncached["base"]  # the cache never makes output wrong
     # the rebuilt layer overwrote the bad entry
     repaired = LayerCache(client, cache).fetch(key0)
-    assert repaired == CacheEntry(right.digest, right.size, right.digest)
+    assert repaired == CacheEntry(right.digest, right.size, right.digest, stored.source_diff_id)
+
+
+def test_entry_claiming_another_source_fails_the_layer(client: RegistryClient, prefix: str, tmp_path: Path,
+                                                       uncached: dict[str, str]) -> None:
+    """An entry whose blob and recorded source DiffID agree with each other but not with the
+    layer (only tampering gets there): the source is read by then, so the layer fails, loudly."""
+    cache = Repository(*parse_reference(f"{prefix}/cache:x").name.split("/", 1))
+    only(mirror(client, [(f"{prefix}/app:1.0", f"{prefix}/out/app:1")], cache=str(cache), tmp=tmp_path))
+    (key0, _), app_keys = base_keys(client, f"{prefix}/base:1.0"), base_keys(client, f"{prefix}/app:1.0")
+    top = LayerCache(client, cache).fetch(app_keys[2])
+    assert top is not None
+    _put_entry(client, cache, key0.tag, layer=Descriptor(MediaType.EROFS, top.digest, top.size),
+               annotations={ANN_CACHE_KEY: key0.canonical(), ANN_CACHE_DIFF_ID: str(top.digest),
+                            ANN_CACHE_SOURCE_DIFF_ID: str(top.source_diff_id)})
+    report = mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/out/base:1")], cache=str(cache), tmp=tmp_path)
+    (image,) = report.images
+    assert image.status != "converted"
+    assert f"it was made from DiffID {top.source_diff_id.short}" in (image.error or "")
 
 
 def test_missing_blob_falls_back_and_is_stored_again(client: RegistryClient, prefix: str, tmp_path: Path,
@@ -241,7 +268,7 @@ def test_local_file_in_front_of_the_registry(client: RegistryClient, prefix: str
     # a poisoned local entry (another layer's blob) is rejected, then the layer is built
     top = dest_layers(client, f"{prefix}/out/app:1")[2]
     doc = json.loads(local.read_text())
-    doc["entries"][cache.name][key0.hex] = {"digest": top["digest"], "size": top["size"], "diff_id": top["digest"]}
+    doc["entries"][cache.name][key0.hex] |= {"digest": top["digest"], "size": top["size"], "diff_id": top["digest"]}
     local.write_text(json.dumps(doc))
     engine = CountingEngine()
     base = only(mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/out/base2:1")], cache=cache.name, tmp=tmp_path,
@@ -256,7 +283,7 @@ def test_unreadable_local_file_is_ignored(tmp_path: Path) -> None:
     local = LocalCacheFile(path)
     repo = Repository("r.example", "cache")
     assert local.load(repo) == {}
-    entry = CacheEntry(Digest.from_bytes(b"a"), 1, Digest.from_bytes(b"a"))
+    entry = CacheEntry(Digest.from_bytes(b"a"), 1, Digest.from_bytes(b"a"), Digest.from_bytes(b"b"))
     local.update(repo, "ab" * 32, entry)
     assert local.load(repo) == {"ab" * 32: entry}
     assert local.load(Repository("r.example", "other")) == {}

@@ -258,7 +258,7 @@ def test_another_tool_version_converts_again(client: RegistryClient, prefix: str
           - {{source: "{source}", dest: "{prefix}/out:1"}}
         """)
     (planned,) = make_plan(job, client, tool_version="99.0").images
-    assert planned.status is Status.CONVERT and "erofs-converter version 0.1.0, want 99.0" in planned.reason
+    assert planned.status is Status.CONVERT and "erofs-converter version 0.2.0, want 99.0" in planned.reason
 
 
 @pytest.mark.parametrize(("recipe", "reason"), [

@@ -161,19 +161,18 @@ def _unknown_pax(img: Image) -> None:
 
 
 def _negative_mtime(img: Image) -> None:
-    st = img.reader.stat("/old")
-    assert (st.mtime_sec, st.mtime_nsec) == (-1000, 0)
-    st = img.reader.stat("/older")
-    assert (st.mtime_sec, st.mtime_nsec) == (-2, 500_000_000)
+    for path in ("/old", "/older"):
+        st = img.reader.stat(path)
+        assert (st.mtime_sec, st.mtime_nsec) == (0, 0)
 
 
 def _negative_mtime_mounted(root: Path) -> None:
-    assert (root / "old").lstat().st_mtime_ns == -1000 * 10**9
-    assert (root / "older").lstat().st_mtime_ns == -1_500_000_000
+    assert (root / "old").lstat().st_mtime_ns == 0
+    assert (root / "older").lstat().st_mtime_ns == 0
 
 
 def _far_future(img: Image) -> None:
-    assert img.reader.stat("/x").mtime_sec == 1 << 62
+    assert img.reader.stat("/x").mtime_sec == 0
 
 
 def _max_uid(img: Image) -> None:
@@ -330,9 +329,10 @@ CATALOGUE: tuple[BadInput, ...] = (
     BadInput("bomb-zstd-file", "zstd holding one 64 MiB file of zeros (limit 16M)",
              lambda: zst(_zero_file_layer(64 * MiB)), "the files add up to more than the limit of 16777216 bytes",
              entry="zeros", args=("--max-expanded", "16M")),
-    BadInput("bomb-sparse", "GNU sparse file claiming 1 TiB of holes in 2 KiB (default limit, 64 GiB)",
-             lambda: archive(_sparse_map(1 << 40, [((1 << 40) - 1, 1)], b"!", b"big")),
-             "the files add up to more than the limit of 68719476736 bytes", entry="big"),
+    BadInput("bomb-sparse", "GNU sparse file claiming 1 PiB of holes in 2 KiB (raw erofs keeps holes as holes but "
+             "caps sizes at 16 TiB; mkfs.erofs is fed zeros, so 64 GiB)",
+             lambda: archive(_sparse_map(1 << 50, [((1 << 50) - 1, 1)], b"!", b"big")),
+             "add up to more than the limit of", entry="big"),
     BadInput("bomb-entries", "3000 empty files (limit 1000 entries)", lambda: gz(_many_entries(3000)),
              "too many entries: the limit is 1000", entry="f01000", args=("--max-entries", "1000")),
     # -- tar structure ------------------------------------------------------------------------
@@ -352,9 +352,9 @@ CATALOGUE: tuple[BadInput, ...] = (
              "invalid header checksum", entry="x"),
     BadInput("negative-size", "base-256 size of -5", lambda: archive(member(b"x", fields={124: base256(-5, 12)})),
              "negative size -5", entry="x"),
-    BadInput("unknown-typeflag", "GNU volume header 'V' (skipped with its data)",
+    BadInput("unknown-typeflag", "GNU volume header 'V' (containerd cannot apply it either)",
              lambda: archive(header(b"vol", typeflag=b"V", size=10) + pad(b"0123456789"), member(b"x", b"y")),
-             CONVERTS, check=_skipped_type),
+             "unsupported typeflag b'V'", entry="vol"),
     BadInput("sparse-overlap", "GNU sparse map with overlapping segments",
              lambda: archive(_sparse_map(100, [(0, 10), (5, 10)], b"a" * 20, b"s")),
              "sparse map entries are negative, overlapping or out of order", entry="s"),
@@ -431,7 +431,8 @@ CATALOGUE: tuple[BadInput, ...] = (
              lambda: archive(pax(pax_record(b"size", b"abc")), member(b"x", b"y")),
              "invalid PAX size b'abc'", entry="x"),
     BadInput("pax-size-huge", "PAX size of 20 nines (beyond 64 bits)",
-             lambda: archive(pax(pax_record(b"size", b"9" * 20)), member(b"x", b"y")), "is out of range", entry="x"),
+             lambda: archive(pax(pax_record(b"size", b"9" * 20)), member(b"x", b"y")),
+             "invalid PAX size b'99999999999999999999'", entry="x"),
     BadInput("pax-size-past-end", "PAX size 1 MiB for a 1-byte member",
              lambda: archive(pax(pax_record(b"size", b"1048576")), member(b"x", b"y")),
              "unexpected end of archive", entry="x"),
@@ -465,22 +466,23 @@ CATALOGUE: tuple[BadInput, ...] = (
              "uid/gid 0/1099511627776 does not fit in 32 bits", entry="x"),
     BadInput("uid-2^64", "PAX uid 2^64",
              lambda: archive(pax(pax_record(b"uid", b"%d" % (1 << 64))), member(b"x", b"y")),
-             "PAX uid b'18446744073709551616' is out of range", entry="x"),
+             "invalid PAX uid b'18446744073709551616'", entry="x"),
     BadInput("uid-max-32bit", "uid/gid 4294967294 (the largest valid ids)",
              lambda: archive(pax(pax_record(b"uid", b"4294967294") + pax_record(b"gid", b"4294967294")),
                              member(b"x", b"y")), CONVERTS, check=_max_uid),
     BadInput("uid-negative", "base-256 uid -5", lambda: archive(member(b"x", fields={108: base256(-5, 8)})),
              "negative uid or gid", entry="x"),
-    BadInput("mtime-negative", "mtimes before 1970: base-256 -1000 and PAX -1.5",
+    BadInput("mtime-negative", "mtimes before 1970: base-256 -1000 and PAX -1.5 (0 in the image, as containerd "
+             "bounds them)",
              lambda: archive(member(b"old", b"y", fields={136: base256(-1000, 12)}),
                              pax(pax_record(b"mtime", b"-1.5")), member(b"older", b"z")),
              CONVERTS, check=_negative_mtime, mount=True, mount_check=_negative_mtime_mounted),
-    BadInput("mtime-far-future", "PAX mtime 2^62 (fits EROFS's 64-bit i_mtime)",
+    BadInput("mtime-far-future", "PAX mtime 2^62, after 2262 (0 in the image, as containerd bounds it)",
              lambda: archive(pax(pax_record(b"mtime", b"%d" % (1 << 62))), member(b"x", b"y")),
              CONVERTS, check=_far_future),
     BadInput("mtime-huge", "base-256 mtime 2^70",
              lambda: archive(member(b"x", b"y", fields={136: base256(1 << 70, 12)})),
-             "does not fit in a signed 64-bit field", entry="x"),
+             "mtime field 1180591620717411303424 is out of range", entry="x"),
     # -- whiteouts ----------------------------------------------------------------------------
     BadInput("whiteout-dotdot", "whiteout of '..' (.wh...)", lambda: archive(member(b".wh...")),
              "'.wh...' is not a valid whiteout name", entry=".wh..."),

@@ -101,8 +101,6 @@ def test_four_sources_same_layers(sources: dict[str, str], dockerd: Dockerd, tmp
     assert not list(Path("/tmp").glob("erofs-convert-daemon-*"))
 
 
-@pytest.mark.xfail(reason="the volume UUID derives from the source blob digest; identical once it derives "
-                          "from the DiffID (issue #8)", strict=False)
 def test_four_sources_identical_layers_across_compressions(sources: dict[str, str], dockerd: Dockerd,
                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:

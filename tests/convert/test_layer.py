@@ -1,0 +1,45 @@
+"""The layer engine's output identity: a layer's bytes depend on its tar, not on how it was compressed."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from converter.convert.layer import LayerOptions, convert_layer, layer_uuid
+from converter.erofs.reader import ErofsImage
+from converter.erofs.target import parse_format
+
+
+def _tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("etc/hostname", b"box\n"), ("usr/bin/tool", bytes(range(256)) * 40)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "builder"), [("erofs", "python"), ("erofs", "mkfs"), ("erofs+lz4", "mkfs")],
+                         ids=["python", "mkfs", "mkfs-lz4"])
+def test_gzip_and_zstd_copies_give_the_same_layer(tmp_path: Path, fmt: str, builder: str) -> None:
+    tar = _tar()
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+    options = LayerOptions(fmt=parse_format(fmt), builder=builder)
+    results = []
+    for name, blob in (("tar", tar), ("gzip", gzip.compress(tar, mtime=0)), ("zstd", zstandard.compress(tar))):
+        result = convert_layer(io.BytesIO(blob), tmp_path / f"{name}.erofs", options=options, layer=name)
+        assert result.diff_id == diff_id
+        assert result.source_digest == "sha256:" + hashlib.sha256(blob).hexdigest()
+        results.append(result)
+    assert len({r.source_digest for r in results}) == 3
+    assert len({r.digest for r in results}) == 1
+    assert (tmp_path / "gzip.erofs").read_bytes() == (tmp_path / "zstd.erofs").read_bytes()
+    with ErofsImage.open(tmp_path / "zstd.erofs") as img:
+        assert img.superblock.uuid == layer_uuid(diff_id).bytes
