@@ -20,13 +20,14 @@ import httpx
 import structlog
 
 from converter import log as logsetup
+from converter.blob.encoding import make_encoding
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
 from converter.erofs.target import parse_format
 from converter.errors import UsageError
 from converter.oci.mediatypes import parse_profile
 from converter.oci.model import Platform
 from converter.pipeline import ConvertOptions, convert_image
-from converter.pipeline.options import default_destination
+from converter.pipeline.options import default_destination, resolve_encoding
 from converter.pipeline.progress import ProgressCallback, ProgressEvent, Stage
 from converter.reference import OciLayoutRef, Reference, parse_location
 from converter.registry.client import DEFAULT_RETRY, DEFAULT_TIMEOUT, RegistryClient
@@ -140,13 +141,17 @@ def run_image_conversion(args: argparse.Namespace) -> int:
     verbosity = -1 if args.quiet else (1 if args.verbose else 0)
     logsetup.configure(fmt=args.log_format or "auto", verbosity=verbosity)
     fmt = parse_format(args.to)
+    profile = parse_profile(args.media_type_profile)
+    encoding = resolve_encoding(make_encoding(args.blob_compression, chunk_size=args.chunk_size,
+                                              verity=args.verity), profile)
     src = parse_location(args.source)
-    dest = parse_location(args.dest) if args.dest else default_destination(src, fmt)
+    dest = parse_location(args.dest) if args.dest else default_destination(src, fmt, encoding)
     if args.jobs < 0:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     options = ConvertOptions(
         fmt=fmt,
-        profile=parse_profile(args.media_type_profile),
+        profile=profile,
+        encoding=encoding,
         platforms=parse_platforms(args.platform),
         merge_index=args.merge_index,
         jobs=args.jobs,

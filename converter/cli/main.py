@@ -45,6 +45,7 @@ def _layer_parser() -> argparse.ArgumentParser:
                    "(suffixes K, M, G, T; 0 = no limit; default 64G)")
     p.add_argument("--max-entries", type=_count, default=None, metavar="N",
                    help="refuse a layer with more than N tar entries (0 = no limit; default 1000000)")
+    _encoding_flags(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -73,6 +74,17 @@ def _limit(value: int | None, default: int) -> int | None:
     if value is None:
         return default
     return value or None
+
+
+def _encoding_flags(p: argparse.ArgumentParser) -> None:
+    """``--blob-compression``, ``--chunk-size``, ``--verity``: how a layer's image goes on the wire."""
+    p.add_argument("--blob-compression", default="none", metavar="none|zstd[,level=N]",
+                   help="wrap each layer blob in zstd (media type +zstd; level 1..22, default 3); default none")
+    p.add_argument("--chunk-size", type=_size, default=None, metavar="SIZE",
+                   help="with zstd: uncompressed bytes per zstd frame, listed in a chunk index for random "
+                   "access (a multiple of 4K; default 1M; 0 = one frame, no index)")
+    p.add_argument("--verity", action="store_true",
+                   help="append a dm-verity hash tree (sha256, 4K blocks) and annotate its root digest")
 
 
 def _ls_parser() -> argparse.ArgumentParser:
@@ -138,6 +150,7 @@ def _image_parser() -> argparse.ArgumentParser:
                    help="refuse a layer with more than N tar entries (0 = no limit; default 1000000)")
     p.add_argument("--workdir", help="temporary files go here (default: a private temp dir)")
     p.add_argument("--log-format", choices=("console", "json"), default=None)
+    _encoding_flags(p)
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"erofs-converter {__version__}")
@@ -159,6 +172,7 @@ def _input(path: str) -> Iterator[BinaryIO]:
 
 def cmd_layer(argv: Sequence[str]) -> int:
     args = _layer_parser().parse_args(argv)
+    from converter.blob.encoding import make_encoding
     from converter.convert.layer import (
         DEFAULT_MAX_ENTRIES,
         DEFAULT_MAX_EXPANDED,
@@ -169,9 +183,10 @@ def cmd_layer(argv: Sequence[str]) -> int:
     from converter.erofs.target import parse_format
 
     fmt = parse_format(args.to)
+    encoding = make_encoding(args.blob_compression, chunk_size=args.chunk_size, verity=args.verity)
     options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time(),
                            max_expanded=_limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
-                           max_entries=_limit(args.max_entries, DEFAULT_MAX_ENTRIES))
+                           max_entries=_limit(args.max_entries, DEFAULT_MAX_ENTRIES), encoding=encoding)
     options.resolved_builder()
     out = Path(args.output)
     name = "stdin" if args.input == "-" else args.input

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from converter.errors import ImageError, InvalidReference, UnsupportedMediaType
@@ -53,6 +53,7 @@ ANN_SOURCE_DIGEST = ANNOTATION_PREFIX + "source.digest"
 ANN_FORMAT = ANNOTATION_PREFIX + "format"
 ANN_PROFILE = ANNOTATION_PREFIX + "profile"
 ANN_VERSION = ANNOTATION_PREFIX + "version"
+ANN_BLOB_ENCODING = ANNOTATION_PREFIX + "blob-encoding"
 
 # BuildKit marks provenance/SBOM manifests this way (and gives them platform unknown/unknown).
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
@@ -68,15 +69,19 @@ class Provenance:
     fmt: str
     profile: Profile
     version: str
+    encoding: str = "none"  # BlobEncoding.canonical(); recorded only when not "none"
 
     def annotations(self) -> dict[str, str]:
-        return {
+        out = {
             ANN_SOURCE_REF: self.source_ref,
             ANN_SOURCE_DIGEST: str(self.source_digest),
             ANN_FORMAT: self.fmt,
             ANN_PROFILE: self.profile.value,
             ANN_VERSION: self.version,
         }
+        if self.encoding != "none":
+            out[ANN_BLOB_ENCODING] = self.encoding
+        return out
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, str]) -> Provenance | None:
@@ -88,6 +93,7 @@ class Provenance:
                 fmt=annotations[ANN_FORMAT],
                 profile=Profile(annotations[ANN_PROFILE]),
                 version=annotations[ANN_VERSION],
+                encoding=annotations.get(ANN_BLOB_ENCODING, "none"),
             )
         except (KeyError, ValueError, InvalidReference):
             return None
@@ -102,6 +108,7 @@ class NewLayer:
     size: int
     zstd: bool = False
     uncompressed_digest: Digest | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)  # verity, chunk index (§2.3)
 
     def __post_init__(self) -> None:
         if self.zstd and self.uncompressed_digest is None:
@@ -189,13 +196,13 @@ def layer_descriptors(layers: Sequence[NewLayer], *, profile: Profile) -> tuple[
     out = []
     last = len(layers) - 1
     for i, layer in enumerate(layers):
-        annotations: dict[str, str] = {}
-        if profile.uses_roles:
-            if i != last:
-                annotations[ROLE_ANNOTATION] = ROLE_OVERLAY_LOWER
-            if layer.zstd:
-                # §8.1-7: every +zstd layer carries its DiffID.
-                annotations[UNCOMPRESSED_DIGEST_ANNOTATION] = str(layer.diff_id)
+        annotations: dict[str, str] = dict(layer.annotations)
+        if profile.uses_roles and i != last:
+            annotations[ROLE_ANNOTATION] = ROLE_OVERLAY_LOWER
+        if layer.zstd:
+            # §8.1-7: every +zstd layer carries its DiffID; consumers that do not know the
+            # key ignore it (§2.3), so the containerd profiles get it too.
+            annotations[UNCOMPRESSED_DIGEST_ANNOTATION] = str(layer.diff_id)
         out.append(Descriptor(media_type=profile.layer_media_type(zstd=layer.zstd), digest=layer.digest,
                               size=layer.size, annotations=annotations))
     return tuple(out)
@@ -341,6 +348,7 @@ def build_index(source: Index | None, converted: Sequence[ConvertedEntry], *, pl
 
 __all__ = [
     "ANNOTATION_PREFIX",
+    "ANN_BLOB_ENCODING",
     "ANN_FORMAT",
     "ANN_PROFILE",
     "ANN_SOURCE_DIGEST",

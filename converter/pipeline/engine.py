@@ -67,6 +67,7 @@ from converter.pipeline.options import (
     Location,
     PlatformResult,
     destination_tag,
+    resolve_encoding,
 )
 from converter.pipeline.progress import ProgressCallback
 from converter.reference import Digest
@@ -114,10 +115,12 @@ class _Run:
         self.image = str(src_ref)
         self._cancel = threading.Event()
         self._blob_seq = 0
+        self.encoding = resolve_encoding(options.encoding, options.profile)
 
     def provenance(self, digest: Digest) -> Provenance:
         return Provenance(source_ref=self.image, source_digest=digest, fmt=str(self.options.fmt),
-                          profile=self.options.profile, version=self.options.tool_version)
+                          profile=self.options.profile, version=self.options.tool_version,
+                          encoding=self.encoding.canonical())
 
     # -- one platform -------------------------------------------------------------------------
 
@@ -142,17 +145,21 @@ class _Run:
             jobs=self.options.resolved_jobs(), run_ahead=self.options.run_ahead, prepass=self.options.prepass,
             convert=self.convert, normalise=self.normalise, progress=self.progress, log=log,
             max_expanded=self.options.max_expanded, max_entries=self.options.max_entries,
+            encoding=self.encoding,
         )
         graph_dir = self.workdir / f"m-{digest.hex[:16]}"
         built = LayerGraph(settings, manifest.layers, workdir=graph_dir).run()
-        layers = [NewLayer(digest=b.digest, size=b.size) for b in built]
+        zstd = self.encoding.zstd
+        layers = [NewLayer(digest=b.digest, size=b.size, zstd=zstd,
+                           uncompressed_digest=(b.diff_id or b.digest) if zstd else None,
+                           annotations=b.annotations) for b in built]
         new_config = rewrite_config(config_bytes, descriptor=manifest.config, layers=layers,
                                     source_layers=len(manifest.layers), image=what)
         new_manifest = build_manifest(manifest, config=new_config, layers=layers,
                                       profile=self.options.profile, provenance=self.provenance(digest))
         self.push_bytes(new_config, new_manifest.config.digest)
         data = new_manifest.to_bytes()
-        media_type = self.options.profile.layer_media_type()
+        media_type = self.options.profile.layer_media_type(zstd=zstd)
         result = PlatformResult(
             platform=platform, source_manifest=digest, manifest=Digest.from_bytes(data),
             manifest_size=len(data), config=new_manifest.config.digest,
