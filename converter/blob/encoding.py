@@ -146,3 +146,15 @@ def make_encoding(compression: str = "none", *, chunk_size: int | None = None, v
     """A BlobEncoding from the CLI/job-file spellings."""
     kind, level = parse_blob_compression(compression)
     return BlobEncoding(compression=kind, level=level, chunk_size=chunk_size, verity=verity)
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """A byte count like ``4096``, ``256K``, ``1M`` (binary multiples; a trailing B or iB is allowed)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (value[:-1], value[-1]) if value[-1:] in ("K", "M", "G") else (value, "")
+    if not number.isdigit():
+        raise UsageError(f"not a size: {text!r} (use e.g. 0, 256K, 1M)")
+    return int(number) * _SIZE_UNITS[unit]

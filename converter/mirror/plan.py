@@ -193,8 +193,8 @@ def expand_job(job: Job, client: RegistryClient, *, page_size: int | None = None
                      tags=chosen)
             sources = [entry.repository.with_tag(tag) for tag in chosen]
         for source in sources:
-            items.append(WorkItem(entry=entry, source=source, dest=entry.settings.dest.render(source,
-                                                                                            entry.settings.fmt)))
+            items.append(WorkItem(entry=entry, source=source, dest=entry.settings.dest.render(
+                source, entry.settings.fmt, entry.settings.encoding)))
     _check_collisions(items)
     return items, failures
 
@@ -241,6 +241,8 @@ def _same_options(prov: Provenance, settings: Settings, tool_version: str) -> st
         return f"made as {prov.fmt}, want {settings.fmt}"
     if prov.profile is not settings.profile:
         return f"made with profile {prov.profile.value}, want {settings.profile.value}"
+    if prov.encoding != settings.encoding.canonical():
+        return f"made with blob encoding {prov.encoding}, want {settings.encoding.canonical()}"
     if prov.version != tool_version:
         return f"made by erofs-converter {prov.version}, this is {tool_version}"
     return ""
