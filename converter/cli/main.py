@@ -87,18 +87,30 @@ def _encoding_flags(p: argparse.ArgumentParser) -> None:
                    help="append a dm-verity hash tree (sha256, 4K blocks) and annotate its root digest")
 
 
+def _image_ref_flags(p: argparse.ArgumentParser) -> None:
+    """Flags for reading an image reference (REG/REPO:TAG or oci:DIR:TAG) instead of a file."""
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index's EROFS manifest (default: this machine's)")
+    p.add_argument("--plain-http", action="append", default=[], metavar="REGISTRY")
+    p.add_argument("--ca-bundle")
+    p.add_argument("-v", "--verbose", action="store_true", help="report the blob bytes fetched")
+
+
 def _ls_parser() -> argparse.ArgumentParser:
-    p = UsageParser(prog="convert ls", description="List an EROFS image like `tar tv`.")
+    p = UsageParser(prog="convert ls", description="List an EROFS image like `tar tv`; an image reference "
+                    "(REGISTRY/REPO:TAG, oci:DIR:TAG) lists its layers merged as a container sees them.")
     p.add_argument("image")
     p.add_argument("path", nargs="?", default="/")
     p.add_argument("-x", "--xattrs", action="store_true", help="show extended attributes")
+    _image_ref_flags(p)
     return p
 
 
 def _cat_parser() -> argparse.ArgumentParser:
-    p = UsageParser(prog="convert cat", description="Write a file of an EROFS image to stdout.")
+    p = UsageParser(prog="convert cat", description="Write a file of an EROFS image to stdout; for an image "
+                    "reference, of its merged layers (symlinks followed inside the image).")
     p.add_argument("image")
     p.add_argument("path")
+    _image_ref_flags(p)
     return p
 
 
@@ -218,8 +230,28 @@ def _esc(name: bytes) -> str:
 
 def cmd_ls(argv: Sequence[str]) -> int:
     args = _ls_parser().parse_args(argv)
-    from converter.erofs.reader import ErofsImage
+    from converter.cli.remote import is_image_reference, remote_ls
+    from converter.erofs.reader import ErofsImage, Stat
 
+    def line(path: bytes, st: Stat, img: ErofsImage) -> str:
+        size: str
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            size = f"{st.rdev_major},{st.rdev_minor}"
+        else:
+            size = str(st.size)
+        text = f"{_fmt_mode(st.st_mode)} {st.uid}/{st.gid} {size:>10} " \
+               f"{_fmt_time(st.mtime_sec, st.mtime_nsec)} {_esc(path)}"
+        if stat.S_ISLNK(st.st_mode):
+            text += " -> " + _esc(img.readlink(path))
+        if st.nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            text += f" [nlink={st.nlink} ino={st.nid}]"
+        if args.xattrs:
+            for key, value in sorted(img.xattrs(path).items()):
+                text += f"\n    {key}={_xattr_value(value)}"
+        return text
+
+    if is_image_reference(args.image):
+        return remote_ls(args, line)
     with ErofsImage.open(args.image) as img:
         out = sys.stdout
         want = b"/" + os.fsencode(args.path).strip(b"/")
@@ -227,21 +259,7 @@ def cmd_ls(argv: Sequence[str]) -> int:
         for path, st in img.walk():
             if want != b"/" and path != want and not path.startswith(want + b"/"):
                 continue
-            size: str
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                size = f"{st.rdev_major},{st.rdev_minor}"
-            else:
-                size = str(st.size)
-            line = f"{_fmt_mode(st.st_mode)} {st.uid}/{st.gid} {size:>10} " \
-                   f"{_fmt_time(st.mtime_sec, st.mtime_nsec)} {_esc(path)}"
-            if stat.S_ISLNK(st.st_mode):
-                line += " -> " + _esc(img.readlink(path))
-            if st.nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                line += f" [nlink={st.nlink} ino={st.nid}]"
-            out.write(line + "\n")
-            if args.xattrs:
-                for key, value in sorted(img.xattrs(path).items()):
-                    out.write(f"    {key}={_xattr_value(value)}\n")
+            out.write(line(path, st, img) + "\n")
     return 0
 
 
@@ -255,8 +273,11 @@ def _xattr_value(value: bytes) -> str:
 
 def cmd_cat(argv: Sequence[str]) -> int:
     args = _cat_parser().parse_args(argv)
+    from converter.cli.remote import is_image_reference, remote_cat
     from converter.erofs.reader import ErofsImage
 
+    if is_image_reference(args.image):
+        return remote_cat(args)
     with ErofsImage.open(args.image) as img:
         out = sys.stdout.buffer
         for chunk in img.read_file(args.path):
