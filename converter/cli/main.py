@@ -82,7 +82,7 @@ def _encoding_flags(p: argparse.ArgumentParser) -> None:
                    help="wrap each layer blob in zstd (media type +zstd; level 1..22, default 3); default none")
     p.add_argument("--chunk-size", type=_size, default=None, metavar="SIZE",
                    help="with zstd: uncompressed bytes per zstd frame, listed in a chunk index for random "
-                   "access (a multiple of 4K; default 1M; 0 = one frame, no index)")
+                   "access (a multiple of 4K; default 4M; 0 = one frame, no index)")
     p.add_argument("--verity", action="store_true",
                    help="append a dm-verity hash tree (sha256, 4K blocks) and annotate its root digest")
 

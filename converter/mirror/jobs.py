@@ -13,7 +13,7 @@ Schema (every key of ``defaults`` may also be given on one image, overriding the
       to: erofs+lz4                  # FORMAT as for `convert --to` (default: erofs)
       profile: spec                  # spec | containerd-2.1 | containerd-2.3 (default: spec)
       blob_compression: zstd         # none | zstd[,level=N], as for `convert --blob-compression`
-      chunk_size: 1M                 # with zstd: bytes per frame, 0 = one frame (`--chunk-size`)
+      chunk_size: 4M                 # with zstd: bytes per frame, 0 = one frame (`--chunk-size`)
       verity: false                  # append a dm-verity tree (`--verity`)
       platforms: [linux/amd64]       # OS/ARCH[/VARIANT] list; absent or []: every platform
       merge_index: false             # keep the source manifests in the pushed index

@@ -344,7 +344,7 @@ def test_key_covers_everything_that_changes_the_bytes() -> None:
         CacheKey(**{**_fields(base), "build_time": 1}),
         CacheKey(**{**_fields(base), "tool_version": "0.2.0"}),
         CacheKey(**{**_fields(base), "erofs_utils": "1.9.4"}),
-        CacheKey(**{**_fields(base), "encoding": "zstd,level=3,chunk=1048576"}),
+        CacheKey(**{**_fields(base), "encoding": "zstd,level=3,chunk=4194304"}),
         CacheKey(**{**_fields(base), "encoding": "zstd,level=3,chunk=0"}),
         CacheKey(**{**_fields(base), "encoding": "none,verity"}),
     ]

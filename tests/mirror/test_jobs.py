@@ -219,7 +219,7 @@ def test_blob_encoding_keys_and_format_placeholder() -> None:
                  '  - source: a.example/y:1\n    chunk_size: 256K\n  - source: a.example/z:1\n'
                  '    blob_compression: none\n    verity: false\n')
     x, y, z = (image.settings for image in parsed.images)
-    assert x.encoding.canonical() == "zstd,level=9,chunk=1048576,verity"
+    assert x.encoding.canonical() == "zstd,level=9,chunk=4194304,verity"
     assert y.encoding.canonical() == "zstd,level=9,chunk=262144,verity"
     assert z.encoding.canonical() == "none"
     dests = [str(image.settings.dest.render(image.ref, image.settings.fmt, image.settings.encoding))
