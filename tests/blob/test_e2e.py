@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import stat
 import subprocess
 import time
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from converter.cli import main
 from tests.blob.indexcheck import check_chunks
-from tests.support.compare import diff, snapshot
+from tests.support.compare import Entry, diff, snapshot
 from tests.support.kernel import fsck, overlay, require_mount
 from tests.support.registry import RegistryServer
-from tests.test_image_e2e import TAG, inspect_raw, push_sample, run_convert, skopeo
+from tests.test_image_e2e import TAG, inspect_raw, push_sample, skopeo
 
 CASES = [
     # (id, --to, extra flags, tag suffix, zstd, index, verity)
@@ -40,13 +42,13 @@ def veritysetup_verify(path: Path, root: str, offset: int) -> subprocess.Complet
 
 @pytest.mark.parametrize(("to", "flags", "suffix", "zstd", "index", "verity"),
                          [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_encoded_layers(tmp_path: Path, registry_open: RegistryServer, capsys: pytest.CaptureFixture[str],
+def test_encoded_layers(tmp_path: Path, registry_open: RegistryServer, capsysbinary: pytest.CaptureFixture[bytes],
                         to: str, flags: list[str], suffix: str, zstd: bool, index: bool, verity: bool) -> None:
     require_mount()
     repo = "blob/enc"
     src_layout = push_sample(tmp_path, registry_open, repo)
     source = f"{registry_open.host}/{repo}:{TAG}"
-    line = run_convert(capsys, source, "--to", to, *flags)
+    line = convert(capsysbinary, source, "--to", to, *flags)
     ref = line.split("@")[0]
     assert ref == f"{source}-{suffix}"
     manifest = inspect_raw(registry_open, ref)
@@ -107,10 +109,55 @@ def test_encoded_layers(tmp_path: Path, registry_open: RegistryServer, capsys: p
         actual = snapshot(mnt)
     touched = {p for p, e in expected.items() if stat.S_ISDIR(e.mode) and e.mtime_ns > (time.time() - 3600) * 1e9}
     assert diff(expected, actual, skip_dir_mtime=touched) == []
+    # `convert ls REF` shows what the kernel's overlay shows; `convert cat REF` reads through symlinks.
+    check_merged_view(capsysbinary, ref, actual, contents=to == "erofs")
     # Reproducible: the same conversion again gives the same manifest (hence the same blobs).
-    assert run_convert(capsys, source, "--to", to, *flags) == line
+    assert convert(capsysbinary, source, "--to", to, *flags) == line
     # The provenance records the encoding, so a mirror job can tell these images apart.
     assert "io.github.erofs-converter.blob-encoding" in json.dumps(manifest["annotations"])
+
+
+def convert(capsysbinary: pytest.CaptureFixture[bytes], *args: str) -> str:
+    rc = main([*args, "--log-format", "json", "-q"])
+    captured = capsysbinary.readouterr()
+    assert rc == 0, captured.err
+    (line,) = captured.out.decode().splitlines()
+    return line
+
+
+def ls_entries(capsysbinary: pytest.CaptureFixture[bytes], *args: str) -> dict[str, tuple[str, str]]:
+    """``convert ls`` output as path → (mode, size)."""
+    assert main(["ls", *args]) == 0, capsysbinary.readouterr().err
+    out: dict[str, tuple[str, str]] = {}
+    for line in capsysbinary.readouterr().out.decode().splitlines():
+        mode, _owner, size, _date, _time, rest = line.split(maxsplit=5)
+        path = re.sub(r" \[nlink=\d+ ino=\d+\]$", "", rest).split(" -> ")[0]
+        out[path] = (mode, size)
+    return out
+
+
+def cat(capsysbinary: pytest.CaptureFixture[bytes], *args: str) -> bytes:
+    rc = main(["cat", *args])
+    captured = capsysbinary.readouterr()
+    assert rc == 0, captured.err
+    return captured.out
+
+
+def check_merged_view(capsysbinary: pytest.CaptureFixture[bytes], ref: str, kernel: dict[str, Entry], *,
+                      contents: bool) -> None:
+    listed = ls_entries(capsysbinary, ref)
+    assert set(listed) == set(kernel)
+    for path, entry in kernel.items():
+        assert listed[path][0] == stat.filemode(entry.mode), path
+        if stat.S_ISREG(entry.mode):
+            assert listed[path][1] == str(entry.size), path
+    assert set(ls_entries(capsysbinary, ref, "/usr/lib")) == {p for p in kernel if p.startswith("/usr/lib")}
+    if contents:
+        for path, entry in kernel.items():
+            if stat.S_ISREG(entry.mode):
+                assert hashlib.sha256(cat(capsysbinary, ref, path)).hexdigest() == entry.sha256, path
+        # a symlink is followed inside the image (usr/lib/libfoo.so -> libfoo.so.1)
+        assert cat(capsysbinary, ref, "/usr/lib/libfoo.so") == cat(capsysbinary, ref, "/usr/lib/libfoo.so.1")
 
 
 def test_tags_stay_distinct(tmp_path: Path) -> None:
