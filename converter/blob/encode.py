@@ -70,8 +70,47 @@ class _HashingSink:
         return "sha256:" + self._hash.hexdigest()
 
 
+def append_verity(image: BinaryIO, *, workdir: Path | None = None) -> EncodedBlob:
+    """Raw blob with dm-verity, in place: hash the image in ``image`` (opened ``r+b``) and append
+    its tree, without copying the image (the blob is the image data itself, §3.1)."""
+    size = os.fstat(image.fileno()).st_size
+    if size % verity.BLOCK_SIZE:
+        raise ErofsFormatError(f"the image is {size} bytes, not a multiple of {verity.BLOCK_SIZE}: "
+                               "no dm-verity tree can follow it")
+    tree = verity.VerityBuilder(workdir=workdir)
+    blob_hash = hashlib.sha256()
+    try:
+        image.seek(0)
+        buf = bytearray(_READ)
+        view = memoryview(buf)
+        got = 0
+        while n := image.readinto(buf):  # type: ignore[attr-defined]
+            blob_hash.update(view[:n])
+            tree.update(view[:n])
+            got += n
+        if got != size:
+            raise ErofsFormatError(f"the image changed while it was read ({got} of {size} bytes)")
+        volume = uuid.uuid5(uuid.NAMESPACE_URL, "erofs:verity/sha256:" + blob_hash.hexdigest())
+        root, pieces = tree.tree(volume=volume)
+        image.seek(size)
+        for piece in pieces:
+            blob_hash.update(piece)
+            image.write(piece)
+            got += len(piece)
+        image.flush()
+    finally:
+        tree.close()
+    digest = "sha256:" + blob_hash.hexdigest()
+    return EncodedBlob(digest=digest, size=got, diff_id=digest, annotations={
+        ANN_VERITY_HASH_OFFSET: str(size),
+        ANN_VERITY_ROOT_DIGEST: "sha256:" + root.hex(),
+        ANN_VERITY_BLOCK_SIZE: str(verity.BLOCK_SIZE),
+    })
+
+
 def encode_blob(image: BinaryIO, out: IO[bytes], *, encoding: BlobEncoding, workdir: Path | None = None) -> EncodedBlob:
-    """Read the EROFS image ``image`` (from its start) and write the layer blob to ``out``."""
+    """Read the EROFS image ``image`` (from its start) and write the layer blob to ``out``
+    (for a raw blob with dm-verity, ``append_verity`` avoids the copy)."""
     size = os.fstat(image.fileno()).st_size
     if encoding.verity and size % verity.BLOCK_SIZE:
         raise ErofsFormatError(f"the image is {size} bytes, not a multiple of {verity.BLOCK_SIZE}: "

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from converter.blob.encode import EncodedBlob, encode_blob
+from converter.blob.encode import EncodedBlob, append_verity, encode_blob
 from converter.blob.encoding import BlobEncoding
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.target import TargetFormat
@@ -230,7 +230,11 @@ def convert_layer(
 
 def _encode(image: Path, out_path: Path, encoding: BlobEncoding, *, layer: str,
             workdir: Path | None) -> tuple[Path, EncodedBlob]:
-    """Encode the built image into a new partial file next to ``out_path``; the image is removed."""
+    """Encode the built image into a new partial file next to ``out_path``; the image is removed.
+    A raw blob with dm-verity is the image with its tree appended, in place."""
+    if not encoding.zstd:
+        with open(image, "r+b") as f:
+            return image, append_verity(f, workdir=workdir)
     blob = _reserve_partial(out_path, layer)
     try:
         with open(image, "rb") as src, open(blob, "wb") as out:

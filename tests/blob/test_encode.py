@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from converter.blob import zstd as blobzstd
-from converter.blob.encode import EncodedBlob, encode_blob
+from converter.blob.encode import EncodedBlob, append_verity, encode_blob
 from converter.blob.encoding import BlobEncoding, make_encoding
 from converter.errors import ErofsFormatError
 from tests.blob.indexcheck import check_chunks
@@ -60,6 +60,11 @@ def test_raw_verity_blob_is_image_then_tree(tmp_path: Path) -> None:
     result, blob = encode(tmp_path, data, make_encoding(verity=True))
     assert blob[:len(data)] == data and result.diff_id == result.digest
     assert len(blob) == len(data) + 2 * 4096  # superblock block + one level-0 block
+    # Appending in place gives the same blob.
+    (tmp_path / "inplace").write_bytes(data)
+    with open(tmp_path / "inplace", "r+b") as f:
+        assert append_verity(f, workdir=tmp_path) == result
+    assert (tmp_path / "inplace").read_bytes() == blob
 
 
 @pytest.mark.parametrize("encoding", [make_encoding("zstd"), make_encoding("zstd", chunk_size=0, verity=True)],
