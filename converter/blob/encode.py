@@ -77,17 +77,15 @@ def append_verity(image: BinaryIO, *, workdir: Path | None = None) -> EncodedBlo
     if size % verity.BLOCK_SIZE:
         raise ErofsFormatError(f"the image is {size} bytes, not a multiple of {verity.BLOCK_SIZE}: "
                                "no dm-verity tree can follow it")
-    tree = verity.VerityBuilder(workdir=workdir)
+    tree = verity.BackgroundVerity(workdir=workdir)
     blob_hash = hashlib.sha256()
     try:
         image.seek(0)
-        buf = bytearray(_READ)
-        view = memoryview(buf)
         got = 0
-        while n := image.readinto(buf):  # type: ignore[attr-defined]
-            blob_hash.update(view[:n])
-            tree.update(view[:n])
-            got += n
+        while piece := image.read(_READ):
+            tree.update(piece)
+            blob_hash.update(piece)
+            got += len(piece)
         if got != size:
             raise ErofsFormatError(f"the image changed while it was read ({got} of {size} bytes)")
         volume = uuid.uuid5(uuid.NAMESPACE_URL, "erofs:verity/sha256:" + blob_hash.hexdigest())
@@ -125,21 +123,18 @@ def encode_blob(image: BinaryIO, out: IO[bytes], *, encoding: BlobEncoding, work
                                                   chunk_size=encoding.resolved_chunk_size)
         else:
             writer = SingleFrameWriter(blob, level=encoding.zstd_level, size=data_size)
-    tree = verity.VerityBuilder(workdir=workdir) if encoding.verity else None
+    tree = verity.BackgroundVerity(workdir=workdir) if encoding.verity else None
     image_hash = hashlib.sha256()
     annotations: dict[str, str] = {}
     try:
         image.seek(0)
-        buf = bytearray(_READ)
-        view = memoryview(buf)
         got = 0
-        while n := image.readinto(buf):  # type: ignore[attr-defined]
-            piece = view[:n]
-            image_hash.update(piece)
+        while piece := image.read(_READ):
             if tree is not None:
                 tree.update(piece)
+            image_hash.update(piece)
             writer.write(piece)
-            got += n
+            got += len(piece)
         if got != size:
             raise ErofsFormatError(f"the image changed while it was read ({got} of {size} bytes)")
         data_hash = image_hash.copy()

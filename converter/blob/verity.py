@@ -16,7 +16,9 @@ import io
 import struct
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -151,3 +153,30 @@ def _pad(data: bytes) -> bytes:
     rest = len(data) % BLOCK_SIZE
     return data + bytes(BLOCK_SIZE - rest) if rest else data
 
+
+
+class BackgroundVerity:
+    """A ``VerityBuilder`` fed on its own thread, so its hashing (hashlib releases the GIL)
+    overlaps the caller's own hashing and compression; at most ``depth`` pieces in flight."""
+
+    def __init__(self, *, workdir: Path | None = None, depth: int = 4) -> None:
+        self.builder = VerityBuilder(workdir=workdir)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="verity")
+        self._pending: deque[Future[None]] = deque()
+        self._depth = depth
+
+    def update(self, piece: bytes) -> None:
+        """Queue ``piece`` (which must not change afterwards: pass bytes, not a reused buffer)."""
+        self._pending.append(self._pool.submit(self.builder.update, piece))
+        while len(self._pending) > self._depth:
+            self._pending.popleft().result()
+
+    def tree(self, *, volume: uuid.UUID) -> tuple[bytes, Iterator[bytes]]:
+        while self._pending:
+            self._pending.popleft().result()
+        return self.builder.tree(volume=volume)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        self.builder.close()
