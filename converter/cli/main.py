@@ -209,6 +209,10 @@ def cmd_layer(argv: Sequence[str]) -> int:
     if args.verbose:
         print(f"{result.digest} {result.size} bytes from {result.source_size} source bytes "
               f"({result.source_digest}) in {time.monotonic() - started:.2f}s", file=sys.stderr)
+        if result.diff_id:
+            print(f"diff_id {result.diff_id}", file=sys.stderr)
+        for key, value in sorted(result.annotations.items()):
+            print(f"{key}={value}", file=sys.stderr)
     return 0
 
 
