@@ -39,7 +39,7 @@ RangeFetch = Callable[[int, int], bytes]
 
 _WINDOW = 64 << 10
 _CACHED_WINDOWS = 64
-_CACHED_CHUNKS = 8
+_CACHE_BYTES = 16 << 20  # decompressed chunks kept per layer (at least one)
 _FEED = 4096  # compressed bytes per decompress call for frames without a content size
 _MAX_INDEX = 64 << 20
 
@@ -207,6 +207,7 @@ class ChunkedImageData(_ImageData):
         self._where = where
         self._starts = [e.uncompressed_offset for e in index.entries]
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._cached = 0
 
     def _read_at(self, pos: int, n: int) -> bytes:
         i = bisect.bisect_right(self._starts, pos) - 1
@@ -229,8 +230,9 @@ class ChunkedImageData(_ImageData):
                 raise ErofsFormatError(f"{self._where}: chunk {i} does not match its checksum")
         data = decompress_frame(frame, expected=d1 - d0, what=f"{self._where}: chunk {i}")
         self._cache[i] = data
-        if len(self._cache) > _CACHED_CHUNKS:
-            self._cache.popitem(last=False)
+        self._cached += len(data)
+        while self._cached > _CACHE_BYTES and len(self._cache) > 1:
+            self._cached -= len(self._cache.popitem(last=False)[1])
         return data
 
 

@@ -52,8 +52,9 @@ class SingleFrameWriter:
 class ChunkedFrameWriter:
     """Every ``chunk_size`` bytes of input (the last may be shorter) as one zstd frame.
 
-    Returns the chunk list (frame offsets relative to ``out.tell()`` at construction plus
-    ``base``, uncompressed offsets, frame SHA-256) for the chunk index.
+    ``close`` returns the chunk list (frame offsets as ``out.tell()`` gives them, uncompressed
+    offsets, frame SHA-256) for the chunk index. At most ``threads`` chunks are being
+    compressed at a time, plus the one being filled: memory is bounded by the chunk size.
     """
 
     def __init__(self, out: FrameSink, *, level: int, chunk_size: int, threads: int | None = None) -> None:
@@ -85,7 +86,7 @@ class ChunkedFrameWriter:
     def _submit(self, chunk: bytes) -> None:
         self._pending.append((self._offset, self._pool.submit(self._compress, chunk)))
         self._offset += len(chunk)
-        self._drain(2 * self._threads)
+        self._drain(self._threads)
 
     def _drain(self, keep: int) -> None:
         while len(self._pending) > keep:

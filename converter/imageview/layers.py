@@ -35,6 +35,8 @@ from converter.oci.model import Descriptor, Index, Manifest, Platform, parse_ima
 from converter.transports.base import ImageSource
 from converter.transports.registry import RegistrySource
 
+#: Bound on a +zstd layer decompressed without an index (as ``convert``'s default --max-expanded).
+MAX_SPOOL = 64 << 30
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 
@@ -159,7 +161,8 @@ def _layer_data(source: ImageSource, desc: Descriptor, *, fetched: Fetched, wher
             return
     with source.open_blob(desc.digest, size=desc.size) as stream:
         spooled = spool_zstd(_Counting(stream, fetched, str(desc.digest)),  # type: ignore[arg-type]
-                             digest=annotations.get(ANN_UNCOMPRESSED_DIGEST), where=where, workdir=workdir)
+                             digest=annotations.get(ANN_UNCOMPRESSED_DIGEST), where=where, workdir=workdir,
+                             limit=MAX_SPOOL)
     with spooled:
         spooled.seek(0, 2)
         size = spooled.tell()
