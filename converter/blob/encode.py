@@ -3,7 +3,7 @@
 One streaming pass over the image (EROFS OCI layer spec (draft) §3.1 to §3.5)::
 
     image data = [EROFS image][dm-verity tree?]            hashed: the DiffID (§5.2)
-    raw blob   = image data                                 (no chunk index on raw blobs, A-15)
+    raw blob   = image data                                 (no chunk index on raw blobs: docs/blob-encoding.md)
     +zstd blob = [frame]…[frame][skippable frame: index?]   hashed: the descriptor digest
 
 The tree's ``hash_offset`` is the image size, which must be a multiple of 4096 (EROFS images

@@ -200,7 +200,7 @@ def layer_descriptors(layers: Sequence[NewLayer], *, profile: Profile) -> tuple[
         if profile.uses_roles and i != last:
             annotations[ROLE_ANNOTATION] = ROLE_OVERLAY_LOWER
         if layer.zstd:
-            # §8.1-7: every +zstd layer carries its DiffID; consumers that do not know the
+            # §8.1-7: every +zstd layer carries its DiffID (docs/blob-encoding.md); consumers that do not know the
             # key ignore it (§2.3), so the containerd profiles get it too.
             annotations[UNCOMPRESSED_DIGEST_ANNOTATION] = str(layer.diff_id)
         out.append(Descriptor(media_type=profile.layer_media_type(zstd=layer.zstd), digest=layer.digest,

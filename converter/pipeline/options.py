@@ -114,7 +114,7 @@ def resolve_encoding(encoding: BlobEncoding, profile: Profile) -> BlobEncoding:
     The containerd profiles name no dm-verity annotations that containerd reads from a layer
     (its EROFS differ builds its own tree), so ``--verity`` is refused there; containerd 2.3
     reads a ``+zstd`` EROFS layer as a plain zstd stream, so it gets one frame and no chunk
-    index (spec A-1); containerd 2.1 has no zstd-wrapped EROFS type at all.
+    index (docs/blob-encoding.md); containerd 2.1 has no zstd-wrapped EROFS type at all.
     """
     if profile is Profile.SPEC:
         return encoding
