@@ -32,7 +32,16 @@ CASES = [
     ("raw-verity", "erofs", ["--verity"], "erofs.verity", False, False, True),
     ("lz4-verity-one-frame", "erofs+lz4", ["--verity", "--blob-compression", "zstd", "--chunk-size", "0"],
      "erofs-lz4.zstd.chunk-0.verity", True, False, True),
+    ("zstd-one-frame", "erofs", ["--blob-compression", "zstd", "--chunk-size", "0"], "erofs.zstd.chunk-0",
+     True, False, False),
+    ("zstd-one-frame-verity", "erofs", ["--blob-compression", "zstd", "--chunk-size", "0", "--verity"],
+     "erofs.zstd.chunk-0.verity", True, False, True),
+    ("lz4-zstd-4k", "erofs+lz4", ["--blob-compression", "zstd", "--chunk-size", "4K"], "erofs-lz4.zstd.chunk-4k",
+     True, True, False),
+    ("lz4-verity", "erofs+lz4", ["--verity"], "erofs-lz4.verity", False, False, True),
 ]
+# With test_image_e2e's plain erofs and erofs+lz4 conversions: every combination of raw/lz4 by
+# none/zstd by chunk index/one frame by verity/none.
 
 
 def veritysetup_verify(path: Path, root: str, offset: int) -> subprocess.CompletedProcess[str]:
