@@ -234,7 +234,7 @@ def _esc(name: bytes) -> str:
 
 def cmd_ls(argv: Sequence[str]) -> int:
     args = _ls_parser().parse_args(argv)
-    from converter.cli.remote import is_image_reference, remote_ls
+    from converter.cli.remote import is_image_reference, open_local, remote_ls
     from converter.erofs.reader import ErofsImage, Stat
 
     def line(path: bytes, st: Stat, img: ErofsImage) -> str:
@@ -256,7 +256,7 @@ def cmd_ls(argv: Sequence[str]) -> int:
 
     if is_image_reference(args.image):
         return remote_ls(args, line)
-    with ErofsImage.open(args.image) as img:
+    with open_local(args.image) as img:
         out = sys.stdout
         want = b"/" + os.fsencode(args.path).strip(b"/")
         img.stat(want)  # a clear error when the path does not exist
@@ -277,12 +277,11 @@ def _xattr_value(value: bytes) -> str:
 
 def cmd_cat(argv: Sequence[str]) -> int:
     args = _cat_parser().parse_args(argv)
-    from converter.cli.remote import is_image_reference, remote_cat
-    from converter.erofs.reader import ErofsImage
+    from converter.cli.remote import is_image_reference, open_local, remote_cat
 
     if is_image_reference(args.image):
         return remote_cat(args)
-    with ErofsImage.open(args.image) as img:
+    with open_local(args.image) as img:
         out = sys.stdout.buffer
         for chunk in img.read_file(args.path):
             out.write(chunk)

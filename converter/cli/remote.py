@@ -21,6 +21,27 @@ from converter.oci.model import Platform
 from converter.reference import OciLayoutRef, Reference, parse_location
 
 LsLine = Callable[[bytes, Stat, ErofsImage], str]
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@contextmanager
+def open_local(path: str) -> Iterator[ErofsImage]:
+    """An EROFS image file, or a ``+zstd`` layer blob (``convert layer --blob-compression zstd``):
+    that one is decompressed into an unnamed temporary file first (a local file carries no
+    chunk-index annotation to seek with); a dm-verity tree after the image is ignored."""
+    from converter.blob.reader import spool_zstd
+    from converter.imageview.layers import MAX_SPOOL
+
+    with open(path, "rb") as f:
+        if f.read(4) != ZSTD_MAGIC:
+            f.seek(0)
+            with ErofsImage(f) as img:
+                yield img
+            return
+        f.seek(0)
+        with spool_zstd(f, digest=None, where=f"reading {path}", limit=MAX_SPOOL) as data, \
+                ErofsImage(data) as img:  # type: ignore[arg-type]
+            yield img
 
 
 def is_image_reference(text: str) -> bool:

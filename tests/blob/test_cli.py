@@ -74,3 +74,19 @@ def test_layer_command_writes_an_encoded_blob(capsys: pytest.CaptureFixture[str]
     assert f"diff_id sha256:{hashlib.sha256(data).hexdigest()}" in err
     assert "org.erofs.dmverity.root_digest=sha256:" in err and "org.erofs.chunk-index.range=" in err
 
+
+
+def test_ls_and_cat_read_a_local_zstd_blob(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "layer.tar"
+    src.write_bytes(sample_layers()[0])
+    plain, wrapped = tmp_path / "layer.erofs", tmp_path / "layer.erofs.zst"
+    assert main(["layer", str(src), "-o", str(plain), "--bottom"]) == 0
+    assert main(["layer", str(src), "-o", str(wrapped), "--bottom", "--blob-compression", "zstd", "--verity"]) == 0
+    capsys.readouterr()
+    listings = []
+    for image in (plain, wrapped):
+        assert main(["ls", str(image)]) == 0
+        listings.append(capsys.readouterr().out)
+    assert listings[0] == listings[1] and "/etc/passwd" in listings[0]
+    assert main(["cat", str(wrapped), "etc/hostname"]) == 0
+    assert capsys.readouterr().out == "sample\n"
