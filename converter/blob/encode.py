@@ -70,13 +70,23 @@ class _HashingSink:
         return "sha256:" + self._hash.hexdigest()
 
 
+def _check_verity_size(size: int) -> None:
+    if size % verity.BLOCK_SIZE:
+        raise ErofsFormatError(f"the image is {size} bytes, not a multiple of {verity.BLOCK_SIZE}: "
+                               "no dm-verity tree can follow it")
+
+
+def _verity_annotations(size: int, root: bytes) -> dict[str, str]:
+    """§2.3: where the tree starts in the image data, its root digest, its block size."""
+    return {ANN_VERITY_HASH_OFFSET: str(size), ANN_VERITY_ROOT_DIGEST: "sha256:" + root.hex(),
+            ANN_VERITY_BLOCK_SIZE: str(verity.BLOCK_SIZE)}
+
+
 def append_verity(image: BinaryIO, *, workdir: Path | None = None) -> EncodedBlob:
     """Raw blob with dm-verity, in place: hash the image in ``image`` (opened ``r+b``) and append
     its tree, without copying the image (the blob is the image data itself, §3.1)."""
     size = os.fstat(image.fileno()).st_size
-    if size % verity.BLOCK_SIZE:
-        raise ErofsFormatError(f"the image is {size} bytes, not a multiple of {verity.BLOCK_SIZE}: "
-                               "no dm-verity tree can follow it")
+    _check_verity_size(size)
     tree = verity.BackgroundVerity(workdir=workdir)
     blob_hash = hashlib.sha256()
     try:
@@ -99,20 +109,15 @@ def append_verity(image: BinaryIO, *, workdir: Path | None = None) -> EncodedBlo
     finally:
         tree.close()
     digest = "sha256:" + blob_hash.hexdigest()
-    return EncodedBlob(digest=digest, size=got, diff_id=digest, annotations={
-        ANN_VERITY_HASH_OFFSET: str(size),
-        ANN_VERITY_ROOT_DIGEST: "sha256:" + root.hex(),
-        ANN_VERITY_BLOCK_SIZE: str(verity.BLOCK_SIZE),
-    })
+    return EncodedBlob(digest=digest, size=got, diff_id=digest, annotations=_verity_annotations(size, root))
 
 
 def encode_blob(image: BinaryIO, out: IO[bytes], *, encoding: BlobEncoding, workdir: Path | None = None) -> EncodedBlob:
     """Read the EROFS image ``image`` (from its start) and write the layer blob to ``out``
     (for a raw blob with dm-verity, ``append_verity`` avoids the copy)."""
     size = os.fstat(image.fileno()).st_size
-    if encoding.verity and size % verity.BLOCK_SIZE:
-        raise ErofsFormatError(f"the image is {size} bytes, not a multiple of {verity.BLOCK_SIZE}: "
-                               "no dm-verity tree can follow it")
+    if encoding.verity:
+        _check_verity_size(size)
     data_size = size + (verity.tree_size(size) if encoding.verity else 0)
     blob = _HashingSink(out)
     writer: Any = blob
@@ -144,9 +149,7 @@ def encode_blob(image: BinaryIO, out: IO[bytes], *, encoding: BlobEncoding, work
             for piece_bytes in pieces:
                 data_hash.update(piece_bytes)
                 writer.write(piece_bytes)
-            annotations[ANN_VERITY_HASH_OFFSET] = str(size)
-            annotations[ANN_VERITY_ROOT_DIGEST] = "sha256:" + root.hex()
-            annotations[ANN_VERITY_BLOCK_SIZE] = str(verity.BLOCK_SIZE)
+            annotations.update(_verity_annotations(size, root))
         if encoding.zstd:
             chunks = writer.close()
             if chunked is not None:
