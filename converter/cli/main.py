@@ -78,8 +78,9 @@ def _limit(value: int | None, default: int) -> int | None:
 
 def _encoding_flags(p: argparse.ArgumentParser) -> None:
     """``--blob-compression``, ``--chunk-size``, ``--verity``: how a layer's image goes on the wire."""
-    p.add_argument("--blob-compression", default="none", metavar="none|zstd[,level=N]",
-                   help="wrap each layer blob in zstd (media type +zstd; level 1..22, default 3); default none")
+    p.add_argument("--blob-compression", default="none", metavar="KIND",
+                   help="none (default), or zstd[,level=N] to wrap each layer blob in zstd (media type +zstd; "
+                   "level 1..22, default 3)")
     p.add_argument("--chunk-size", type=_size, default=None, metavar="SIZE",
                    help="with zstd: uncompressed bytes per zstd frame, listed in a chunk index for random "
                    "access (a multiple of 4K; default 4M; 0 = one frame, no index)")
