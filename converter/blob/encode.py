@@ -131,10 +131,12 @@ def encode_blob(image: BinaryIO, out: IO[bytes], *, encoding: BlobEncoding, work
     tree = verity.BackgroundVerity(workdir=workdir) if encoding.verity else None
     image_hash = hashlib.sha256()
     annotations: dict[str, str] = {}
+    # Whole chunks per read: the frame writer then takes each piece as it is, without copying.
+    step = encoding.resolved_chunk_size or _READ
     try:
         image.seek(0)
         got = 0
-        while piece := image.read(_READ):
+        while piece := image.read(step):
             if tree is not None:
                 tree.update(piece)
             image_hash.update(piece)

@@ -159,7 +159,7 @@ class BackgroundVerity:
     """A ``VerityBuilder`` fed on its own thread, so its hashing (hashlib releases the GIL)
     overlaps the caller's own hashing and compression; at most ``depth`` pieces in flight."""
 
-    def __init__(self, *, workdir: Path | None = None, depth: int = 4) -> None:
+    def __init__(self, *, workdir: Path | None = None, depth: int = 2) -> None:
         self.builder = VerityBuilder(workdir=workdir)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="verity")
         self._pending: deque[Future[None]] = deque()

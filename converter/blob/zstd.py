@@ -29,8 +29,9 @@ class FrameSink(Protocol):
 
 
 def compression_threads() -> int:
-    """Worker threads for compression: the CPU count, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Worker threads per layer blob: the CPU count, at most 2 (the pipeline already encodes
+    several layers at once; each thread holds a chunk and a zstd context, so this bounds memory)."""
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 class SingleFrameWriter:
@@ -65,7 +66,8 @@ class ChunkedFrameWriter:
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="zstd")
         self._local = threading.local()
         self._pending: collections.deque[tuple[int, Future[bytes]]] = collections.deque()
-        self._buf = bytearray()
+        self._parts: list[bytes] = []  # the chunk being filled
+        self._filled = 0
         self._offset = 0  # uncompressed bytes handed to frames
         self._chunks: list[Chunk] = []
 
@@ -78,10 +80,23 @@ class ChunkedFrameWriter:
         return frame
 
     def write(self, data: bytes | memoryview) -> None:
-        self._buf += data
-        while len(self._buf) >= self._size:
-            self._submit(bytes(self._buf[:self._size]))
-            del self._buf[:self._size]
+        """Add bytes; writing exactly one chunk's worth at a chunk boundary copies nothing."""
+        if not self._filled and len(data) == self._size and isinstance(data, bytes):
+            self._submit(data)
+            return
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self._size - self._filled)
+            self._parts.append(bytes(view[:take]))
+            self._filled += take
+            view = view[take:]
+            if self._filled == self._size:
+                self._flush_parts()
+
+    def _flush_parts(self) -> None:
+        chunk = b"".join(self._parts)
+        self._parts, self._filled = [], 0
+        self._submit(chunk)
 
     def _submit(self, chunk: bytes) -> None:
         self._pending.append((self._offset, self._pool.submit(self._compress, chunk)))
@@ -98,9 +113,8 @@ class ChunkedFrameWriter:
 
     def close(self) -> list[Chunk]:
         try:
-            if self._buf:
-                self._submit(bytes(self._buf))
-                self._buf = bytearray()
+            if self._filled:
+                self._flush_parts()
             self._drain(0)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
