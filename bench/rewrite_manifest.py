@@ -8,6 +8,8 @@ pipeline (it is part of the measured time). Stdlib only, like a one-off would be
 image to its own digest, writes a config whose ``rootfs.diff_ids`` are the new layer digests
 (a raw EROFS blob is its own DiffID) and whose ``os.features`` gains ``erofs``, and a
 ``manifest.json`` with the new layer descriptors, ready for ``skopeo copy dir:OUT_DIR docker://…``.
+When ``HEX.erofs.zst`` exists too (the user ran ``zstd`` over the image), that is the blob and
+the image's own digest is the DiffID and ``org.erofs.uncompressed-digest``.
 """
 
 from __future__ import annotations
@@ -44,12 +46,21 @@ def rewrite(src: Path, out: Path, media_type: str = DEFAULT_MEDIA_TYPE) -> None:
     manifest = json.loads((src / "manifest.json").read_text())
     config = json.loads((src / manifest["config"]["digest"].split(":", 1)[1]).read_text())
     layers = []
+    diff_ids = []
     for layer in manifest["layers"]:
         built = out / (layer["digest"].split(":", 1)[1] + ".erofs")
         hexdigest, size = _digest(built)
+        diff_ids.append("sha256:" + hexdigest)
+        desc: dict[str, Any] = {"mediaType": media_type}
+        wrapped = built.with_name(built.name + ".zst")
+        if wrapped.exists():
+            built.unlink()
+            built = wrapped
+            desc["annotations"] = {"org.erofs.uncompressed-digest": "sha256:" + hexdigest}
+            hexdigest, size = _digest(built)
         built.rename(out / hexdigest)
-        layers.append({"mediaType": media_type, "digest": "sha256:" + hexdigest, "size": size})
-    config["rootfs"] = {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]}
+        layers.append({**desc, "digest": "sha256:" + hexdigest, "size": size})
+    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
     features = config.get("os.features") or []
     if "erofs" not in features:
         config["os.features"] = [*features, "erofs"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from converter import log as logsetup
+from converter.blob.encoding import make_encoding
 from converter.cli.args import limit, verbosity
 from converter.cli.progress import LayerBars, summary_line
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
@@ -27,7 +28,7 @@ from converter.mirror.plan import Recipe, existing_conversion, selected_manifest
 from converter.oci.mediatypes import parse_profile
 from converter.oci.model import Index, Platform, parse_manifest
 from converter.pipeline import ConvertOptions, convert_image
-from converter.pipeline.options import default_destination
+from converter.pipeline.options import default_destination, resolve_encoding
 from converter.pipeline.progress import ProgressCallback
 from converter.reference import Digest, Location, OciLayoutRef, Reference, parse_location
 from converter.registry.client import DEFAULT_RETRY, RegistryClient, Timeouts
@@ -151,14 +152,18 @@ def run_image_conversion(args: argparse.Namespace) -> int:
     """Convert one image per the parsed flags; prints ``REF@sha256:…`` on success."""
     logsetup.configure(fmt=args.log_format or "auto", verbosity=verbosity(args))
     fmt = parse_format(args.to)
+    profile = parse_profile(args.media_type_profile)
+    encoding = resolve_encoding(make_encoding(args.blob_compression, chunk_size=args.chunk_size,
+                                              verity=args.verity), profile)
     src = parse_location(args.source)
-    dest = parse_destination(args.dest) if args.dest else default_destination(src, fmt)
+    dest = parse_destination(args.dest) if args.dest else default_destination(src, fmt, encoding)
     if same_image(src, dest) and not args.force:
         raise UsageError(f"--dest {_display(dest)} is the source: converting would replace the source image "
                          "under its tag (give --force to do it anyway)")
     options = ConvertOptions(
         fmt=fmt,
-        profile=parse_profile(args.media_type_profile),
+        profile=profile,
+        encoding=encoding,
         platforms=parse_platforms(args.platform),
         merge_index=args.merge_index,
         referrer=args.referrer,

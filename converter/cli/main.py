@@ -41,6 +41,7 @@ from converter.cli.args import (
     add_registry_flags,
     jobs,
     limit,
+    size,
     suggest,
 )
 from converter.errors import ConverterError, UsageError
@@ -68,24 +69,49 @@ def _layer_parser() -> argparse.ArgumentParser:
     add_limit_flags(p)
     p.add_argument("--holes", action="store_true",
                    help="raw images, python builder: all-zero 4 KiB blocks of files become holes (Linux 5.15+)")
+    _encoding_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="print digest, size and time on stderr")
     return p
 
 
+def _encoding_flags(p: argparse.ArgumentParser) -> None:
+    """``--blob-compression``, ``--chunk-size``, ``--verity``: how a layer's image goes on the wire."""
+    p.add_argument("--blob-compression", default="none", metavar="KIND",
+                   help="none (default), or zstd[,level=N] to wrap each layer blob in zstd (media type +zstd; "
+                   "level 1..22, default 3)")
+    p.add_argument("--chunk-size", type=size, default=None, metavar="SIZE",
+                   help="with zstd: uncompressed bytes per zstd frame, listed in a chunk index for random "
+                   "access (a multiple of 4K; default 4M; 0 = one frame, no index)")
+    p.add_argument("--verity", action="store_true",
+                   help="append a dm-verity hash tree (sha256, 4K blocks) and annotate its root digest")
+
+
+def _image_ref_flags(p: argparse.ArgumentParser) -> None:
+    """Flags for reading an image reference (REG/REPO:TAG or oci:DIR:TAG) instead of a file."""
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index's EROFS manifest (default: this machine's)")
+    p.add_argument("--plain-http", action="append", default=[], metavar="REGISTRY")
+    p.add_argument("--ca-bundle")
+    p.add_argument("-v", "--verbose", action="store_true", help="report the blob bytes fetched")
+
+
 def _ls_parser() -> argparse.ArgumentParser:
-    p = UsageParser(prog="convert ls", description="List an EROFS image like `tar tv`.",
+    p = UsageParser(prog="convert ls", description="List an EROFS image like `tar tv`; an image reference "
+                    "(REGISTRY/REPO:TAG, oci:DIR:TAG) lists its layers merged as a container sees them.",
                     epilog="examples:\n  convert ls layer.erofs\n  convert ls layer.erofs /etc -x")
-    p.add_argument("image", help="the EROFS image file")
+    p.add_argument("image", help="the EROFS image file, or an image reference")
     p.add_argument("path", nargs="?", default="/", help="list only this directory (default /)")
     p.add_argument("-x", "--xattrs", action="store_true", help="show extended attributes")
+    _image_ref_flags(p)
     return p
 
 
 def _cat_parser() -> argparse.ArgumentParser:
-    p = UsageParser(prog="convert cat", description="Write a file of an EROFS image to stdout.",
+    p = UsageParser(prog="convert cat", description="Write a file of an EROFS image to stdout; for an image "
+                    "reference, of its merged layers (symlinks followed inside the image).",
                     epilog="example:\n  convert cat layer.erofs /etc/os-release")
-    p.add_argument("image", help="the EROFS image file")
+    p.add_argument("image", help="the EROFS image file, or an image reference")
     p.add_argument("path", help="the file to print")
+    _image_ref_flags(p)
     return p
 
 
@@ -122,6 +148,7 @@ def _image_parser() -> argparse.ArgumentParser:
     add_limit_flags(p)
     p.add_argument("--workdir", metavar="DIR", help="temporary files go here (default: a private temp dir)")
     add_output_flags(p)
+    _encoding_flags(p)
     p.add_argument("--version", action="version", version=f"erofs-converter {__version__}")
     return p
 
@@ -141,6 +168,7 @@ def _input(path: str) -> Iterator[BinaryIO]:
 
 def cmd_layer(argv: Sequence[str]) -> int:
     args = _layer_parser().parse_args(argv)
+    from converter.blob.encoding import make_encoding
     from converter.convert.layer import (
         DEFAULT_MAX_ENTRIES,
         DEFAULT_MAX_EXPANDED,
@@ -151,9 +179,11 @@ def cmd_layer(argv: Sequence[str]) -> int:
     from converter.erofs.target import parse_format
 
     fmt = parse_format(args.to)
+    encoding = make_encoding(args.blob_compression, chunk_size=args.chunk_size, verity=args.verity)
     options = LayerOptions(fmt=fmt, builder=args.builder, bottom=args.bottom, build_time=default_build_time(),
                            max_expanded=limit(args.max_expanded, DEFAULT_MAX_EXPANDED),
-                           max_entries=limit(args.max_entries, DEFAULT_MAX_ENTRIES), holes=args.holes)
+                           max_entries=limit(args.max_entries, DEFAULT_MAX_ENTRIES), holes=args.holes,
+                           encoding=encoding)
     options.resolved_builder()
     to_stdout = args.output == "-"
     if to_stdout and sys.stdout.isatty():
@@ -175,6 +205,10 @@ def cmd_layer(argv: Sequence[str]) -> int:
     if args.verbose:
         print(f"{result.digest} {result.size} bytes from {result.source_size} source bytes "
               f"({result.source_digest}) in {time.monotonic() - started:.2f}s", file=sys.stderr)
+        if result.diff_id:
+            print(f"diff_id {result.diff_id}", file=sys.stderr)
+        for key, value in sorted(result.annotations.items()):
+            print(f"{key}={value}", file=sys.stderr)
     return 0
 
 
@@ -194,55 +228,38 @@ def _esc(name: bytes) -> str:
     return name.decode("utf-8", "backslashreplace")
 
 
-_LOOKS_LIKE = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bzip2"),
-               (b"\xfd7zXZ\x00", "xz"))
-
-
-def _open_image(path: str) -> ErofsImage:
-    """Open an EROFS image for ls/cat; an error names the file and, for a layer given by mistake,
-    what it looks like."""
-    from converter.erofs.reader import ErofsImage
-    from converter.errors import ErofsFormatError
-
-    try:
-        return ErofsImage.open(path)
-    except ErofsFormatError as exc:
-        with open(path, "rb") as f:
-            head = f.read(512)
-        kind = next((name for magic, name in _LOOKS_LIKE if head.startswith(magic)), None)
-        if kind is None and len(head) == 512 and head[257:262] == b"ustar":
-            kind = "tar"
-        if kind is None:
-            raise ErofsFormatError(f"reading {path}: {exc}") from exc
-        raise ErofsFormatError(f"reading {path}: not an EROFS image, it looks like a {kind} file (a layer? "
-                               f"`convert layer {path} -o OUT.erofs` converts one)") from exc
-
-
 def cmd_ls(argv: Sequence[str]) -> int:
     args = _ls_parser().parse_args(argv)
+    from converter.cli.remote import is_image_reference, open_local, remote_ls
+    from converter.erofs.reader import Stat
 
-    with _open_image(args.image) as img:
+    def line(path: bytes, st: Stat, img: ErofsImage) -> str:
+        size: str
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            size = f"{st.rdev_major},{st.rdev_minor}"
+        else:
+            size = str(st.size)
+        text = f"{_fmt_mode(st.st_mode)} {st.uid}/{st.gid} {size:>10} " \
+               f"{_fmt_time(st.mtime_sec, st.mtime_nsec)} {_esc(path)}"
+        if stat.S_ISLNK(st.st_mode):
+            text += " -> " + _esc(img.readlink(path))
+        if st.nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            text += f" [nlink={st.nlink} ino={st.nid}]"
+        if args.xattrs:
+            for key, value in sorted(img.xattrs(path).items()):
+                text += f"\n    {key}={_xattr_value(value)}"
+        return text
+
+    if is_image_reference(args.image):
+        return remote_ls(args, line)
+    with open_local(args.image) as img:
         out = sys.stdout
         want = b"/" + os.fsencode(args.path).strip(b"/")
         img.stat(want)  # a clear error when the path does not exist
         for path, st in img.walk():
             if want != b"/" and path != want and not path.startswith(want + b"/"):
                 continue
-            size: str
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                size = f"{st.rdev_major},{st.rdev_minor}"
-            else:
-                size = str(st.size)
-            line = f"{_fmt_mode(st.st_mode)} {st.uid}/{st.gid} {size:>10} " \
-                   f"{_fmt_time(st.mtime_sec, st.mtime_nsec)} {_esc(path)}"
-            if stat.S_ISLNK(st.st_mode):
-                line += " -> " + _esc(img.readlink(path))
-            if st.nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                line += f" [nlink={st.nlink} ino={st.nid}]"
-            out.write(line + "\n")
-            if args.xattrs:
-                for key, value in sorted(img.xattrs(path).items()):
-                    out.write(f"    {key}={_xattr_value(value)}\n")
+            out.write(line(path, st, img) + "\n")
     return 0
 
 
@@ -256,8 +273,11 @@ def _xattr_value(value: bytes) -> str:
 
 def cmd_cat(argv: Sequence[str]) -> int:
     args = _cat_parser().parse_args(argv)
+    from converter.cli.remote import is_image_reference, open_local, remote_cat
 
-    with _open_image(args.image) as img:
+    if is_image_reference(args.image):
+        return remote_cat(args)
+    with open_local(args.image) as img:
         out = sys.stdout.buffer
         for chunk in img.read_file(args.path):
             out.write(chunk)

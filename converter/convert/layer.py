@@ -36,10 +36,12 @@ import secrets
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from converter.blob.encode import EncodedBlob, append_verity, encode_blob
+from converter.blob.encoding import BlobEncoding
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.target import TargetFormat
 from converter.erofs.writer import ImageDataArea, choose_chunkbits, write_image
@@ -90,10 +92,12 @@ def layer_uuid(diff_id: str) -> uuid.UUID:
 @dataclass(frozen=True, slots=True)
 class LayerOptions:
     """How to build a layer: format (raw or erofs+ALGO), builder, bottom-layer stripping, epoch,
-    and the limits that stop a hostile layer (``None``: unlimited; see the module docstring)."""
+    the limits that stop a hostile layer (``None``: unlimited; see the module docstring) and
+    how the image goes on the wire (``encoding``: zstd wrapping, dm-verity, chunk index)."""
 
     fmt: TargetFormat
     builder: str = "auto"  # "auto", "python" or "mkfs" (see resolved_builder)
+    encoding: BlobEncoding = field(default_factory=BlobEncoding)
     bottom: bool = False
     build_time: int = 0
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
@@ -122,8 +126,9 @@ class LayerOptions:
 @dataclass(frozen=True, slots=True)
 class LayerResult:
     """The built EROFS blob: where it is, its sha256 digest ("sha256:..."), its size, the digest
-    of the source bytes as read (the source blob digest), the layer's normalised tree and the
-    source's DiffID (the digest of its uncompressed tar)."""
+    of the source bytes as read (the source blob digest), the layer's normalised tree, the
+    source's DiffID (``source_diff_id``, the digest of its uncompressed tar), and for an encoded
+    blob its ``diff_id`` (None: the blob digest) and the descriptor ``annotations``."""
 
     path: Path
     digest: str
@@ -131,7 +136,13 @@ class LayerResult:
     source_digest: str
     source_size: int
     root: Inode
-    diff_id: str
+    source_diff_id: str
+    diff_id: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def layer_diff_id(self) -> str:
+        return self.diff_id or self.digest
 
 
 class ProgressReader:
@@ -227,7 +238,11 @@ def convert_layer(
                 tree = _build_mkfs(src, partial, options=options, lower=lower, media_type=media_type,
                                    layer=layer, workdir=workdir, display_name=out_path.name, progress=progress,
                                    on_tree=on_tree)
-            digest, size = _sha256_file(partial)
+            if options.encoding.is_identity:
+                digest, size = _sha256_file(partial)
+                encoded = EncodedBlob(digest=digest, size=size, diff_id=digest)
+            else:
+                partial, encoded = _encode(partial, out_path, options.encoding, layer=layer, workdir=workdir)
             os.chmod(partial, _new_file_mode())
             os.replace(partial, out_path)
         except ErofsFormatError as exc:
@@ -239,8 +254,29 @@ def convert_layer(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return LayerResult(path=out_path, digest=digest, size=size, source_digest=tree.source_digest,
-                       source_size=tree.source_size, root=tree.root, diff_id=tree.diff_id)
+    return LayerResult(path=out_path, digest=encoded.digest, size=encoded.size, source_digest=tree.source_digest,
+                       source_size=tree.source_size, root=tree.root, source_diff_id=tree.diff_id,
+                       diff_id=None if encoded.diff_id == encoded.digest else encoded.diff_id,
+                       annotations=dict(encoded.annotations))
+
+
+def _encode(image: Path, out_path: Path, encoding: BlobEncoding, *, layer: str,
+            workdir: Path | None) -> tuple[Path, EncodedBlob]:
+    """Encode the built image into a new partial file next to ``out_path``; the image is removed.
+    A raw blob with dm-verity is the image with its tree appended, in place."""
+    if not encoding.zstd:
+        with open(image, "r+b") as f:
+            return image, append_verity(f, workdir=workdir)
+    blob = _reserve_partial(out_path, layer)
+    try:
+        with open(image, "rb") as src, open(blob, "wb") as out:
+            encoded = encode_blob(src, out, encoding=encoding, workdir=workdir)
+    except BaseException:
+        blob.unlink(missing_ok=True)
+        raise
+    finally:
+        image.unlink(missing_ok=True)
+    return blob, encoded
 
 
 def _new_file_mode() -> int:

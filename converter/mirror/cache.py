@@ -66,11 +66,12 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import structlog
+import zstandard
 
 from converter.convert.layer import LayerOptions, LayerResult, LayerTree, layer_uuid, read_layer
 from converter.erofs.format import EROFS_MAGIC, SUPERBLOCK, SUPERBLOCK_OFFSET, Superblock
@@ -120,12 +121,23 @@ class CacheKey:
     build_time: int
     tool_version: str
     erofs_utils: str  # mkfs.erofs version when it builds, the python builder's compression library, or ""
+    encoding: str = "none"  # BlobEncoding.canonical(): zstd wrapping, chunk size, dm-verity
+
+    @property
+    def zstd(self) -> bool:
+        return self.encoding.split(",", 1)[0] == "zstd"
 
     def canonical(self) -> str:
-        """The key as canonical JSON (sorted keys): what the entry carries and what is hashed."""
-        doc = {"v": KEY_VERSION, "layer": str(self.layer), "lower": self.lower, "format": self.fmt,
-               "profile": self.profile, "builder": self.builder, "build_time": self.build_time,
-               "tool": self.tool_version, "erofs_utils": self.erofs_utils}
+        """The key as canonical JSON (sorted keys): what the entry carries and what is hashed.
+
+        ``encoding`` is part of it only when not "none", so keys of plain raw layers stay what
+        they were before blob encodings existed.
+        """
+        doc: dict[str, Any] = {"v": KEY_VERSION, "layer": str(self.layer), "lower": self.lower, "format": self.fmt,
+                               "profile": self.profile, "builder": self.builder, "build_time": self.build_time,
+                               "tool": self.tool_version, "erofs_utils": self.erofs_utils}
+        if self.encoding != "none":
+            doc["encoding"] = self.encoding
         return canonical_json(dict(sorted(doc.items()))).decode("utf-8")
 
     @property
@@ -140,13 +152,15 @@ class CacheKey:
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """A cached result: the converted blob's digest, size and DiffID, and the DiffID of the source
-    layer it was made from (its volume UUID derives from that)."""
+    """A cached result: the converted blob's digest, size and DiffID, the DiffID of the source
+    layer it was made from (its volume UUID derives from that) and the layer descriptor's
+    encoding annotations (dm-verity, chunk index)."""
 
     digest: Digest
     size: int
     diff_id: Digest
     source_diff_id: Digest
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 def next_chain(lower: str, layer: str) -> str:
@@ -203,9 +217,13 @@ class LocalCacheFile:
         entries: dict[str, CacheEntry] = {}
         for hex_, raw in self._read().get(str(repo), {}).items():
             try:
+                annotations = raw.get("annotations", {})
+                if not isinstance(annotations, dict) or not all(
+                        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
+                    raise ValueError("annotations")
                 entries[hex_] = CacheEntry(digest=Digest.parse(raw["digest"]), size=int(raw["size"]),
                                            diff_id=Digest.parse(raw["diff_id"]),
-                                           source_diff_id=Digest.parse(raw["source_diff_id"]))
+                                           source_diff_id=Digest.parse(raw["source_diff_id"]), annotations=annotations)
             except (KeyError, TypeError, ValueError, ConverterError):
                 log.warning("layer_cache_local_entry_ignored", path=str(self.path), key=hex_)
         return entries
@@ -220,6 +238,8 @@ class LocalCacheFile:
             else:
                 repo_entries[hex_] = {"digest": str(entry.digest), "size": entry.size,
                                       "diff_id": str(entry.diff_id), "source_diff_id": str(entry.source_diff_id)}
+                if entry.annotations:
+                    repo_entries[hex_]["annotations"] = dict(entry.annotations)
             self._write(data)
 
     def _read(self) -> dict[str, dict[str, Any]]:
@@ -306,22 +326,31 @@ class LayerCache:
             diff_id = Digest.parse(diff_id_text)
         except ConverterError:
             raise CacheEntryInvalid(f"malformed DiffID {diff_id_text!r}") from None
-        # A raw EROFS blob's DiffID is its own digest (also with internal compression, spec §5.2).
-        if diff_id != blob.digest:
-            raise CacheEntryInvalid(f"DiffID {diff_id.short} does not match the blob {blob.digest.short}")
+        # A raw EROFS blob's DiffID is its own digest (also with internal compression, spec §5.2);
+        # a +zstd blob's is the digest of its decompressed image data, never the blob's.
+        if (diff_id == blob.digest) == key.zstd:
+            raise CacheEntryInvalid(f"DiffID {diff_id.short} does not fit the blob {blob.digest.short}")
         source_text = manifest.annotations.get(ANN_CACHE_SOURCE_DIFF_ID, "")
         try:
             source_diff_id = Digest.parse(source_text)
         except ConverterError:
             raise CacheEntryInvalid(f"malformed source DiffID {source_text!r}") from None
-        return CacheEntry(digest=blob.digest, size=blob.size, diff_id=diff_id, source_diff_id=source_diff_id)
+        return CacheEntry(digest=blob.digest, size=blob.size, diff_id=diff_id, source_diff_id=source_diff_id,
+                          annotations=dict(blob.annotations))
 
     def check_blob(self, key: CacheKey, entry: CacheEntry, *, registry: str, repository: str) -> None:
         """Read the blob's superblock from ``registry/repository``: EROFS, with this layer's UUID."""
         if not self.verify_superblock:
             return
         with self.client.open_blob(registry, repository, entry.digest, size=entry.size) as reader:
-            head = _read_up_to(reader, _HEAD_BYTES)
+            if key.zstd:
+                try:
+                    with zstandard.ZstdDecompressor().stream_reader(reader, closefd=False) as plain:
+                        head = _read_up_to(plain, _HEAD_BYTES)
+                except zstandard.ZstdError:
+                    raise CacheEntryInvalid(f"blob {entry.digest.short} is not zstd") from None
+            else:
+                head = _read_up_to(reader, _HEAD_BYTES)
         try:
             superblock = Superblock.unpack(head[SUPERBLOCK_OFFSET:])
         except ErofsFormatError:
@@ -389,7 +418,8 @@ class LayerCache:
             media_type=MediaType.OCI_MANIFEST,
             artifact_type=ARTIFACT_TYPE,
             config=EMPTY_DESCRIPTOR,
-            layers=(Descriptor(media_type=media_type, digest=entry.digest, size=entry.size),),
+            layers=(Descriptor(media_type=media_type, digest=entry.digest, size=entry.size,
+                               annotations=dict(entry.annotations)),),
             annotations={ANN_CACHE_KEY: key.canonical(), ANN_CACHE_DIFF_ID: str(entry.diff_id),
                          ANN_CACHE_SOURCE_DIFF_ID: str(entry.source_diff_id)},
         )
@@ -528,7 +558,8 @@ def cache_key(layer: str, options: LayerOptions, *, chains: Mapping[str, str | N
     builder = options.resolved_builder()
     return CacheKey(layer=digest, lower=lower, fmt=str(options.fmt), profile=profile.value, builder=builder,
                     build_time=options.build_time, tool_version=tool_version,
-                    erofs_utils=mkfs_version() if builder == "mkfs" else _compressor_version(options))
+                    erofs_utils=mkfs_version() if builder == "mkfs" else _compressor_version(options),
+                    encoding=options.encoding.canonical())
 
 
 def _compressor_version(options: LayerOptions) -> str:
@@ -586,7 +617,9 @@ class CachingConverter:
                     on_tree(tree.root)
                 return LayerResult(path=out_path, digest=str(entry.digest), size=entry.size,
                                    source_digest=tree.source_digest, source_size=tree.source_size, root=tree.root,
-                                   diff_id=tree.diff_id)
+                                   source_diff_id=tree.diff_id,
+                                   diff_id=str(entry.diff_id) if entry.diff_id != entry.digest else None,
+                                   annotations=dict(entry.annotations))
             result = self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
                                  workdir=workdir, progress=progress, on_tree=on_tree)
             self._store(key, result, layer)
@@ -631,9 +664,10 @@ class CachingConverter:
             self.sink.push_blob(result.path, digest, result.size)
         else:
             self.cache.client.push_blob(self.dest.registry, self.dest.repository, digest, result.size, result.path)
-        entry = CacheEntry(digest=digest, size=result.size, diff_id=digest, source_diff_id=Digest.parse(result.diff_id))
+        entry = CacheEntry(digest=digest, size=result.size, diff_id=Digest.parse(result.layer_diff_id),
+                           source_diff_id=Digest.parse(result.source_diff_id), annotations=dict(result.annotations))
         try:
-            self.cache.store(key, entry, media_type=self.profile.layer_media_type(), origin=self.dest,
+            self.cache.store(key, entry, media_type=self.profile.layer_media_type(zstd=key.zstd), origin=self.dest,
                              path=result.path)
         except RegistryError as exc:
             self.log.warning("layer_cache_store_failed", layer=layer, key=key.tag, error=str(exc))

@@ -12,6 +12,9 @@ Schema (every key of ``defaults`` may also be given on one image, overriding the
     defaults:
       to: erofs+lz4                  # FORMAT as for `convert --to` (default: erofs)
       profile: spec                  # spec | containerd-2.1 | containerd-2.3 (default: spec)
+      blob_compression: zstd         # none | zstd[,level=N], as for `convert --blob-compression`
+      chunk_size: 4M                 # with zstd: bytes per frame, 0 = one frame (`--chunk-size`)
+      verity: false                  # append a dm-verity tree (`--verity`)
       platforms: [linux/amd64]       # OS/ARCH[/VARIANT] list; absent or []: every platform
       merge_index: false             # keep the source manifests in the pushed index
       dest: "registry.example/mirror/{repository}:{tag}-{format}"   # required (here or per image)
@@ -28,15 +31,16 @@ Schema (every key of ``defaults`` may also be given on one image, overriding the
 
 ``dest`` is a template: ``{registry}``, ``{repository}`` and ``{tag}`` come from the source
 reference (``docker.io/library/debian:bookworm`` → ``docker.io``, ``library/debian``,
-``bookworm``), ``{format}`` is the format made tag-safe (``erofs+zstd,level=3`` →
-``erofs-zstd-level-3``); ``{{`` and ``}}`` are literal braces. ``source``, ``dest`` and
-``cache_repo`` may refer to environment variables as ``${NAME}`` (``$$`` is a literal ``$``),
-but only to those the job was given (``job_environment``: names allowed on the command line
-with ``--env NAME``, and every ``CONVERT_JOB_*`` variable), so a job file cannot read the
-environment at large; a variable not given is an error. Expanded values are never shown: the
-``Job`` knows them (``Job.redact``) and every message, log line and report shows ``${NAME}``
-instead (see docs/security.md). Credentials never go in a job file: they come from the Docker
-config (``DOCKER_CONFIG``, ``~/.docker/config.json``) or a credential helper.
+``bookworm``), ``{format}`` is the format and blob encoding made tag-safe (``erofs+zstd,level=3``
+→ ``erofs-zstd-level-3``; with ``blob_compression: zstd`` and ``verity: true``,
+``erofs.zstd.verity``: see ``converter.pipeline.options.tag_suffix``); ``{{`` and ``}}`` are
+literal braces. ``source``, ``dest`` and ``cache_repo`` may refer to environment variables as
+``${NAME}`` (``$$`` is a literal ``$``), but only those the job was given (``job_environment``:
+names allowed on the command line with ``--env NAME``, and every ``CONVERT_JOB_*`` variable), so a
+job file cannot read the environment at large; a variable not given is an error. Expanded values
+are never shown: the ``Job`` knows them (``Job.redact``) and every message, log line and report
+shows ``${NAME}`` instead (see docs/security.md). Credentials never go in a job file: they come
+from the Docker config (``DOCKER_CONFIG``, ``~/.docker/config.json``) or a credential helper.
 
 Tag patterns: a glob (``*``, ``?``, ``[...]``) matches the whole tag, case-sensitively; a
 ``/regex/`` is searched for anywhere in the tag (as skopeo sync does: anchor it with ``^…$``).
@@ -59,16 +63,19 @@ from typing import Any
 
 import yaml
 
+from converter.blob.encoding import BlobCompression, BlobEncoding, parse_blob_compression, parse_size
 from converter.erofs.target import TargetFormat, parse_format
-from converter.errors import ConverterError, InvalidFormat, InvalidReference, JobFileError
+from converter.errors import ConverterError, InvalidFormat, InvalidReference, JobFileError, UsageError
 from converter.oci.mediatypes import Profile
 from converter.oci.model import Platform
+from converter.pipeline.options import resolve_encoding, tag_suffix
 from converter.reference import Reference, parse_reference
 
 JOB_VERSION = 1
 JOB_ENV_PREFIX = "CONVERT_JOB_"  # environment variables every job file may read
 PLACEHOLDERS = ("registry", "repository", "tag", "format")
-SETTING_KEYS = ("to", "profile", "platforms", "merge_index", "dest", "cache_repo", "verify")
+SETTING_KEYS = ("to", "profile", "platforms", "merge_index", "dest", "cache_repo", "verify", "blob_compression",
+                "chunk_size", "verity")
 _TOP_KEYS = ("version", "defaults", "images")
 _IMAGE_KEYS = ("source", "tags", *SETTING_KEYS)
 _TAG_KEYS = ("include", "exclude", "newest")
@@ -225,13 +232,13 @@ class DestTemplate:
     def fields(self) -> frozenset[str]:
         return frozenset(m.group(1) for m in _FIELD_RE.finditer(self.text) if m.group(1) is not None)
 
-    def expand(self, source: Reference, fmt: TargetFormat) -> str:
+    def expand(self, source: Reference, fmt: TargetFormat, encoding: BlobEncoding | None = None) -> str:
         """The template with every placeholder filled (not yet parsed as a reference)."""
         values = {
             "registry": source.registry,
             "repository": source.repository,
             "tag": source.tag or "",
-            "format": fmt.tag_suffix,
+            "format": tag_suffix(fmt, encoding),
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -243,11 +250,12 @@ class DestTemplate:
 
         return _FIELD_RE.sub(fill, self.text)
 
-    def render(self, source: Reference, fmt: TargetFormat) -> Reference:
-        """The destination for ``source`` in ``fmt``; a JobFileError at ``dest``'s line if invalid."""
+    def render(self, source: Reference, fmt: TargetFormat, encoding: BlobEncoding | None = None) -> Reference:
+        """The destination for ``source`` in ``fmt`` (and ``encoding``); a JobFileError at ``dest``'s
+        line if invalid."""
         if source.tag is None and "tag" in self.fields:
             raise self.where.error(f"{{tag}} is used but the source {source} has no tag")
-        text = self.expand(source, fmt)
+        text = self.expand(source, fmt, encoding)
         try:
             ref = parse_reference(text)
         except InvalidReference as exc:
@@ -311,6 +319,7 @@ class Settings:
     dest: DestTemplate
     cache_repo: Repository | None = None
     verify: bool = False
+    encoding: BlobEncoding = field(default_factory=BlobEncoding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,6 +480,9 @@ class _Partial:
     cache_repo: Repository | None = None
     cache_repo_given: bool = False
     verify: bool | None = None
+    blob_compression: tuple[BlobCompression, int | None, Where] | None = None
+    chunk_size: tuple[int, Where] | None = None
+    verity: bool | None = None
 
 
 def _settings(entries: Mapping[str, tuple[yaml.Node, Where]], env: Mapping[str, str]) -> _Partial:
@@ -503,6 +515,20 @@ def _settings(entries: Mapping[str, tuple[yaml.Node, Where]], env: Mapping[str, 
             values["merge_index"] = _bool(node, at)
         elif key == "verify":
             values["verify"] = _bool(node, at)
+        elif key == "verity":
+            values["verity"] = _bool(node, at)
+        elif key == "blob_compression":
+            try:
+                values["blob_compression"] = (*parse_blob_compression(_text(node, at)), at)
+            except InvalidFormat as exc:
+                raise at.error(str(exc)) from None
+        elif key == "chunk_size":
+            try:
+                size = _int(node, at) if node.tag.endswith(":int") else parse_size(_text(node, at))
+                BlobEncoding(compression=BlobCompression.ZSTD, chunk_size=size)
+            except UsageError as exc:
+                raise at.error(str(exc)) from None
+            values["chunk_size"] = (size, at)
         elif key == "dest":
             values["dest"] = _check_template(expand_env(_text(node, at), env, at), at)
         elif key == "cache_repo":
@@ -524,15 +550,33 @@ def _merge(defaults: _Partial, own: _Partial, where: Where) -> Settings:
     if dest is None:
         raise where.error("no dest: give dest here or under defaults, e.g. "
                           "\"registry.example/mirror/{repository}:{tag}-{format}\"")
+    profile = own.profile or defaults.profile or Profile.SPEC
     return Settings(
         fmt=own.fmt or defaults.fmt or TargetFormat(),
-        profile=own.profile or defaults.profile or Profile.SPEC,
+        profile=profile,
+        encoding=_encoding(defaults, own, profile, where),
         platforms=own.platforms if own.platforms is not None else (defaults.platforms or ()),
         merge_index=own.merge_index if own.merge_index is not None else bool(defaults.merge_index),
         dest=dest,
         cache_repo=own.cache_repo if own.cache_repo_given else defaults.cache_repo,
         verify=own.verify if own.verify is not None else bool(defaults.verify),
     )
+
+
+def _encoding(defaults: _Partial, own: _Partial, profile: Profile, where: Where) -> BlobEncoding:
+    """The blob encoding from ``blob_compression``, ``chunk_size`` and ``verity`` (each may be a
+    default or the image's own); a combination that cannot be made is an error at its line."""
+    compression = own.blob_compression or defaults.blob_compression
+    chunk = own.chunk_size or defaults.chunk_size
+    verity = own.verity if own.verity is not None else bool(defaults.verity)
+    at = chunk[1] if chunk is not None else compression[2] if compression is not None else where
+    try:
+        encoding = BlobEncoding(compression=compression[0] if compression else BlobCompression.NONE,
+                                level=compression[1] if compression else None,
+                                chunk_size=chunk[0] if chunk else None, verity=verity)
+        return resolve_encoding(encoding, profile)
+    except UsageError as exc:
+        raise at.error(str(exc)) from None
 
 
 # --- tags: ------------------------------------------------------------------------------------
@@ -595,9 +639,9 @@ def _image(index: int, node: yaml.Node, where: Where, defaults: _Partial, env: M
                                         f"{repository}, which would overwrite each other")
     single = ref if tags is None else None
     if single is not None:
-        settings.dest.render(single, settings.fmt)  # fail now, at dest's line, not mid-run
+        settings.dest.render(single, settings.fmt, settings.encoding)  # fail now, at dest's line, not mid-run
     else:
-        settings.dest.render(repository.with_tag("latest"), settings.fmt)
+        settings.dest.render(repository.with_tag("latest"), settings.fmt, settings.encoding)
     return ImageEntry(index=index, where=where, source_text=source_text, repository=repository, ref=single,
                       tags=tags, settings=settings)
 

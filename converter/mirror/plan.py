@@ -17,6 +17,7 @@ from typing import Protocol
 import structlog
 
 from converter import __version__
+from converter.blob.encoding import BlobEncoding
 from converter.cancel import CancelScope, current_scope
 from converter.convert.layer import LayerOptions
 from converter.erofs.target import TargetFormat
@@ -33,6 +34,7 @@ from converter.oci.model import (
     parse_manifest,
 )
 from converter.oci.rewrite import Provenance, check_source_layers, is_erofs_entry, plan_index, platform_selection
+from converter.pipeline.options import resolve_encoding
 from converter.reference import Digest, Reference, is_valid_tag
 from converter.registry.client import RegistryClient
 from converter.transports.base import ImageSource
@@ -230,7 +232,7 @@ def expand_job(job: Job, client: RegistryClient, *, page_size: int | None = None
             sources = [entry.repository.with_tag(tag) for tag in chosen]
         for source in sources:
             try:
-                dest = entry.settings.dest.render(source, entry.settings.fmt)
+                dest = entry.settings.dest.render(source, entry.settings.fmt, entry.settings.encoding)
             except ConverterError as exc:
                 if entry.ref is not None:
                     raise  # the job file's own mistake (checked when it was read)
@@ -290,6 +292,8 @@ class Wanted(Protocol):
     def platforms(self) -> tuple[Platform, ...]: ...
     @property
     def merge_index(self) -> bool: ...
+    @property
+    def encoding(self) -> BlobEncoding: ...
 
 
 def selected_manifests(doc: Manifest | Index, digest: Digest, wanted: Wanted, image: str) -> tuple[Digest, ...]:
@@ -343,7 +347,8 @@ def _same_options(prov: Provenance, wanted: Wanted, recipe: Recipe) -> str:
     want = Provenance(source_digest=prov.source_digest, fmt=str(wanted.fmt),
                       profile=wanted.profile, version=recipe.tool_version,
                       platforms=platform_selection(wanted.platforms), builder=builder,
-                      build_time=recipe.build_time)
+                      build_time=recipe.build_time,
+                      encoding=resolve_encoding(wanted.encoding, wanted.profile).canonical())
     return want.differs(prov)
 
 

@@ -238,7 +238,8 @@ class _Runner:
         src_ref = item.source.with_digest(image.source_digest)
         source = RegistrySource(self.client, src_ref)
         sink = RegistrySink(self.client, item.dest, self.blob_locks)
-        options = ConvertOptions(fmt=settings.fmt, profile=settings.profile, platforms=settings.platforms,
+        options = ConvertOptions(fmt=settings.fmt, profile=settings.profile, encoding=settings.encoding,
+                                 platforms=settings.platforms,
                                  merge_index=settings.merge_index, jobs=self.options.layer_jobs,
                                  builder=self.options.builder, workdir=self.options.workdir,
                                  build_time=self.options.build_time, tool_version=self.options.tool_version,

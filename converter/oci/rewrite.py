@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from converter.errors import ImageError, InvalidReference, UnsupportedMediaType
@@ -58,6 +58,7 @@ ANN_PLATFORMS = ANNOTATION_PREFIX + "platforms"
 ANN_BUILDER = ANNOTATION_PREFIX + "builder"
 ANN_BUILD_TIME = ANNOTATION_PREFIX + "build-time"
 ALL_PLATFORMS = "all"
+ANN_BLOB_ENCODING = ANNOTATION_PREFIX + "blob-encoding"
 
 # BuildKit marks provenance/SBOM manifests this way (and gives them platform unknown/unknown).
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
@@ -80,9 +81,10 @@ class Provenance:
     platforms: str = ALL_PLATFORMS  # the --platform selection, sorted and comma-separated, or "all"
     builder: str = "python"
     build_time: int = 0
+    encoding: str = "none"  # BlobEncoding.canonical(); recorded only when not "none"
 
     def annotations(self) -> dict[str, str]:
-        return {
+        out = {
             ANN_SOURCE_DIGEST: str(self.source_digest),
             ANN_FORMAT: self.fmt,
             ANN_PROFILE: self.profile.value,
@@ -91,6 +93,9 @@ class Provenance:
             ANN_BUILDER: self.builder,
             ANN_BUILD_TIME: str(self.build_time),
         }
+        if self.encoding != "none":
+            out[ANN_BLOB_ENCODING] = self.encoding
+        return out
 
     def differs(self, other: Provenance) -> str:
         """Why a conversion with provenance ``other`` is not what this one asks for ("" if it is),
@@ -98,7 +103,8 @@ class Provenance:
         for what, mine, theirs in (("format", self.fmt, other.fmt), ("profile", self.profile.value,
                                    other.profile.value), ("erofs-converter version", self.version, other.version),
                                    ("platforms", self.platforms, other.platforms), ("builder", self.builder,
-                                   other.builder), ("build time", str(self.build_time), str(other.build_time))):
+                                   other.builder), ("build time", str(self.build_time), str(other.build_time)),
+                                   ("blob encoding", self.encoding, other.encoding)):
             if mine != theirs:
                 return f"made with {what} {theirs}, want {mine}"
         return ""
@@ -116,6 +122,7 @@ class Provenance:
                 platforms=annotations.get(ANN_PLATFORMS, "unknown"),
                 builder=annotations.get(ANN_BUILDER, "unknown"),
                 build_time=int(annotations.get(ANN_BUILD_TIME, "-1")),
+                encoding=annotations.get(ANN_BLOB_ENCODING, "none"),
             )
         except (KeyError, ValueError, InvalidReference):
             return None
@@ -135,6 +142,7 @@ class NewLayer:
     size: int
     zstd: bool = False
     uncompressed_digest: Digest | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)  # verity, chunk index (§2.3)
 
     def __post_init__(self) -> None:
         if self.zstd and self.uncompressed_digest is None:
@@ -222,13 +230,13 @@ def layer_descriptors(layers: Sequence[NewLayer], *, profile: Profile) -> tuple[
     out = []
     last = len(layers) - 1
     for i, layer in enumerate(layers):
-        annotations: dict[str, str] = {}
-        if profile.uses_roles:
-            if i != last:
-                annotations[ROLE_ANNOTATION] = ROLE_OVERLAY_LOWER
-            if layer.zstd:
-                # §8.1-7: every +zstd layer carries its DiffID (docs/oci-layers.md D-5).
-                annotations[UNCOMPRESSED_DIGEST_ANNOTATION] = str(layer.diff_id)
+        annotations: dict[str, str] = dict(layer.annotations)
+        if profile.uses_roles and i != last:
+            annotations[ROLE_ANNOTATION] = ROLE_OVERLAY_LOWER
+        if layer.zstd:
+            # §8.1-7: every +zstd layer carries its DiffID (docs/blob-encoding.md); consumers that do not know the
+            # key ignore it (§2.3), so the containerd profiles get it too.
+            annotations[UNCOMPRESSED_DIGEST_ANNOTATION] = str(layer.diff_id)
         out.append(Descriptor(media_type=profile.layer_media_type(zstd=layer.zstd), digest=layer.digest,
                               size=layer.size, annotations=annotations))
     return tuple(out)
@@ -381,6 +389,7 @@ def build_index(source: Index | None, converted: Sequence[ConvertedEntry], *, pl
 
 __all__ = [
     "ANNOTATION_PREFIX",
+    "ANN_BLOB_ENCODING",
     "ANN_FORMAT",
     "ANN_PROFILE",
     "ANN_SOURCE_DIGEST",

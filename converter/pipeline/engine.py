@@ -69,6 +69,7 @@ from converter.pipeline.options import (
     LayerOutcome,
     PlatformResult,
     destination_tag,
+    resolve_encoding,
 )
 from converter.pipeline.progress import ProgressCallback
 from converter.reference import Digest, Location
@@ -112,13 +113,14 @@ class _Run:
         self._copied: set[Digest] = set()
         self._copied_blobs: set[Digest] = set()
         self._manifests: dict[Digest, tuple[bytes, str]] = {}
+        self.encoding = resolve_encoding(options.encoding, options.profile)
 
     def provenance(self, digest: Digest) -> Provenance:
         return Provenance(source_digest=digest, fmt=str(self.options.fmt),
                           profile=self.options.profile, version=self.options.tool_version,
                           platforms=platform_selection(self.options.platforms),
                           builder=LayerOptions(fmt=self.options.fmt, builder=self.options.builder).resolved_builder(),
-                          build_time=self.options.build_time)
+                          build_time=self.options.build_time, encoding=self.encoding.canonical())
 
     # -- one platform -------------------------------------------------------------------------
 
@@ -147,10 +149,14 @@ class _Run:
             jobs=self.options.resolved_jobs(), run_ahead=self.options.run_ahead, prepass=self.options.prepass,
             convert=self.convert, normalise=self.normalise, progress=self.progress, log=log,
             max_expanded=self.options.max_expanded, max_entries=self.options.max_entries,
+            encoding=self.encoding,
         )
         graph_dir = self.workdir / f"m-{digest.hex[:16]}"
         built = LayerGraph(settings, manifest.layers, workdir=graph_dir).run()
-        layers = [NewLayer(digest=b.digest, size=b.size) for b in built]
+        zstd = self.encoding.zstd
+        layers = [NewLayer(digest=b.digest, size=b.size, zstd=zstd,
+                           uncompressed_digest=(b.diff_id or b.digest) if zstd else None,
+                           annotations=b.annotations) for b in built]
         new_config = rewrite_config(config_bytes, descriptor=manifest.config, layers=layers,
                                     source_layers=len(manifest.layers), image=what)
         new_manifest = build_manifest(manifest, config=new_config, layers=layers,
@@ -158,7 +164,7 @@ class _Run:
                                       subject=subject)
         self.push_bytes(new_config, new_manifest.config.digest)
         data = new_manifest.to_bytes()
-        media_type = self.options.profile.layer_media_type()
+        media_type = self.options.profile.layer_media_type(zstd=zstd)
         result = PlatformResult(
             platform=platform, source_manifest=digest, manifest=Digest.from_bytes(data),
             manifest_size=len(data), config=new_manifest.config.digest,

@@ -56,14 +56,15 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import structlog
 
+from converter.blob.encoding import BlobEncoding
 from converter.cancel import CancelScope, current_scope
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions, LayerResult
 from converter.erofs.target import TargetFormat
@@ -206,6 +207,8 @@ class BuiltLayer:
     digest: Digest
     size: int
     push: PushOutcome
+    diff_id: Digest | None = None  # an encoded (+zstd) blob's DiffID; None: the blob digest
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,7 @@ class GraphSettings:
     # LayerOptions' limits for every layer of the image (None: unlimited).
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
+    encoding: BlobEncoding = field(default_factory=BlobEncoding)
 
 
 class _StageFailed(Exception):
@@ -489,7 +493,7 @@ class LayerGraph:
         started = time.monotonic()
         options = LayerOptions(fmt=self.s.fmt, builder=self.s.builder, bottom=i == 0,
                                build_time=self.s.build_time, max_expanded=self.s.max_expanded,
-                               max_entries=self.s.max_entries)
+                               max_entries=self.s.max_entries, encoding=self.s.encoding)
         spool_dir = self.dir / f"layer-{i:04d}.tmp"
         spool_dir.mkdir(mode=0o700, exist_ok=True)
         try:
@@ -531,7 +535,9 @@ class LayerGraph:
         self.log.info("layer_converted", index=i, source=str(self.layers[i].digest),
                       source_size=self.layers[i].size, digest=str(digest), size=result.size, push=push,
                       **{f"{k}_s": round(v, 3) for k, v in t.items()})
-        return BuiltLayer(index=i, source=self.layers[i], digest=digest, size=result.size, push=push)
+        return BuiltLayer(index=i, source=self.layers[i], digest=digest, size=result.size, push=push,
+                          diff_id=Digest.parse(result.diff_id) if result.diff_id else None,
+                          annotations=dict(result.annotations))
 
     # -- lower files for cross-layer hard links ---------------------------------------------
 

@@ -7,10 +7,11 @@ destinations without importing the thread machinery.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from converter import __version__
+from converter.blob.encoding import BlobEncoding
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
 from converter.erofs.target import TargetFormat
 from converter.errors import UsageError
@@ -57,6 +58,7 @@ class ConvertOptions:
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
     referrer: bool = True
+    encoding: BlobEncoding = field(default_factory=BlobEncoding)
 
     def resolved_jobs(self) -> int:
         if self.jobs < 0:
@@ -109,15 +111,45 @@ class ConvertResult:
     dropped: tuple[tuple[Digest, str], ...] = ()
 
 
-def default_destination(src_ref: Location, fmt: TargetFormat) -> Location:
-    """Same repository (or layout directory), tag ``<tag>-<fmt.tag_suffix>``."""
+def resolve_encoding(encoding: BlobEncoding, profile: Profile) -> BlobEncoding:
+    """``encoding`` as the profile can carry it, or a UsageError saying why not.
+
+    The containerd profiles name no dm-verity annotations that containerd reads from a layer
+    (its EROFS differ builds its own tree), so ``--verity`` is refused there; containerd 2.3
+    reads a ``+zstd`` EROFS layer as a plain zstd stream, so it gets one frame and no chunk
+    index (docs/blob-encoding.md); containerd 2.1 has no zstd-wrapped EROFS type at all.
+    """
+    if profile is Profile.SPEC:
+        return encoding
+    if encoding.verity:
+        raise UsageError(f"--verity needs --media-type-profile spec: profile {profile.value} has no dm-verity "
+                         "annotations a containerd release reads from a layer")
+    if encoding.zstd and profile is Profile.CONTAINERD_21:
+        raise UsageError("--blob-compression zstd needs profile spec or containerd-2.3: containerd-2.1 has "
+                         "no zstd-wrapped EROFS layer type")
+    if encoding.zstd and encoding.chunk_size:
+        raise UsageError(f"--chunk-size needs --media-type-profile spec: profile {profile.value} layers "
+                         "are one zstd frame without a chunk index")
+    if encoding.zstd and encoding.chunk_size is None:
+        return replace(encoding, chunk_size=0)
+    return encoding
+
+
+def tag_suffix(fmt: TargetFormat, encoding: BlobEncoding | None = None) -> str:
+    """The tag-safe name of everything that decides the output bytes: ``erofs-lz4``,
+    ``erofs.zstd``, ``erofs-lz4.zstd-level-9.verity`` (see ``BlobEncoding.tag_suffix``)."""
+    return fmt.tag_suffix + (encoding.tag_suffix if encoding is not None else "")
+
+
+def default_destination(src_ref: Location, fmt: TargetFormat, encoding: BlobEncoding | None = None) -> Location:
+    """Same repository (or layout directory), tag ``<tag>-<tag_suffix(fmt, encoding)>``."""
     if isinstance(src_ref, ArchiveRef | DaemonRef):
         raise UsageError(f"a {str(src_ref).split(':', 1)[0]}: source needs --dest")
     tag = src_ref.tag
     if tag is None:
         what = "a digest-only source" if isinstance(src_ref, Reference) else "an oci: source without a tag"
         raise UsageError(f"{what} needs --dest")
-    new_tag = f"{tag}-{fmt.tag_suffix}"
+    new_tag = f"{tag}-{tag_suffix(fmt, encoding)}"
     if len(new_tag) > _MAX_TAG:
         raise UsageError(f"the default destination tag {new_tag!r} is longer than {_MAX_TAG} characters; "
                          "give --dest")

@@ -35,7 +35,7 @@ def test_gzip_and_zstd_copies_give_the_same_layer(tmp_path: Path, fmt: str, buil
     results = []
     for name, blob in (("tar", tar), ("gzip", gzip.compress(tar, mtime=0)), ("zstd", zstandard.compress(tar))):
         result = convert_layer(io.BytesIO(blob), tmp_path / f"{name}.erofs", options=options, layer=name)
-        assert result.diff_id == diff_id
+        assert result.source_diff_id == diff_id
         assert result.source_digest == "sha256:" + hashlib.sha256(blob).hexdigest()
         results.append(result)
     assert len({r.source_digest for r in results}) == 3

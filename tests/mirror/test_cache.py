@@ -43,9 +43,11 @@ from tests.registry.helpers import fast_retry
 
 
 def mirror(client: RegistryClient, pairs: list[tuple[str, str]], *, cache: str | None, tmp: Path,
-           engine: CountingEngine | None = None, local: Path | None = None, fmt: str = "erofs") -> MirrorReport:
-    """Run a job converting each (source, dest) pair with the given cache repository."""
-    lines = ["defaults:", f"  to: {fmt}", f"  cache_repo: {cache or 'null'}", "images:"]
+           engine: CountingEngine | None = None, local: Path | None = None, fmt: str = "erofs",
+           extra: tuple[str, ...] = ()) -> MirrorReport:
+    """Run a job converting each (source, dest) pair with the given cache repository (``extra``:
+    more ``defaults`` lines, e.g. ``blob_compression: zstd``)."""
+    lines = ["defaults:", f"  to: {fmt}", *(f"  {e}" for e in extra), f"  cache_repo: {cache or 'null'}", "images:"]
     lines += [f'  - {{source: "{s}", dest: "{d}"}}' for s, d in pairs]
     job = parse_job("\n".join(lines) + "\n", filename="job.yaml")
     return run_job(job, client=client, engine_log=None, convert_layer=engine or CountingEngine(),
@@ -110,6 +112,34 @@ def test_hit_is_mounted_not_rebuilt(client: RegistryClient, prefix: str, tmp_pat
     out = parse_reference(f"{prefix}/out/base:1")
     for layer in dest_layers(client, str(out)):
         assert client.blob_exists(out.registry, out.repository, Digest.parse(str(layer["digest"]))) == layer["size"]
+
+
+def test_encoded_layers_are_cached_with_their_annotations(client: RegistryClient, prefix: str, tmp_path: Path,
+                                                          shared: dict[str, Digest]) -> None:
+    """A +zstd/verity/chunk-indexed layer is cached as such: a hit gives the very same image (DiffIDs
+    and the verity/chunk-index annotations included), and a raw entry never serves an encoded build."""
+    extra = ("blob_compression: zstd", "chunk_size: 64K", "verity: true")
+    plain = only(mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/zplain/base:1")], cache=None, tmp=tmp_path,
+                        extra=extra))
+    cache = f"{prefix}/zcache"
+    raw = CountingEngine()  # a raw conversion fills the cache with raw entries first
+    only(mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/zraw/base:1")], cache=cache, tmp=tmp_path, engine=raw))
+    first = CountingEngine()
+    only(mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/zout/base:1")], cache=cache, tmp=tmp_path,
+                engine=first, extra=extra))
+    assert len(raw.built) == 2 and len(first.built) == 2  # the raw entries were not used
+    second = CountingEngine()
+    hit = only(mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/zout2/base:1")], cache=cache, tmp=tmp_path,
+                      engine=second, extra=extra))
+    assert second.built == [] and hit["layers_reused"] == 2
+    assert hit["dest_digest"] == plain["dest_digest"]
+    layers = dest_layers(client, f"{prefix}/zout2/base:1")
+    assert {str(la["mediaType"]) for la in layers} == {"application/vnd.erofs+zstd"}
+    for la in layers:
+        annotations = la["annotations"]
+        assert isinstance(annotations, dict)
+        assert {"org.erofs.uncompressed-digest", "org.erofs.dmverity.root_digest",
+                "org.erofs.chunk-index.range"} <= set(annotations)
 
 
 def test_hit_already_in_destination_is_found_by_head(client: RegistryClient, prefix: str, tmp_path: Path,
@@ -341,11 +371,15 @@ def test_key_covers_everything_that_changes_the_bytes() -> None:
         CacheKey(**{**_fields(base), "build_time": 1}),
         CacheKey(**{**_fields(base), "tool_version": "0.2.0"}),
         CacheKey(**{**_fields(base), "erofs_utils": "1.9.4"}),
+        CacheKey(**{**_fields(base), "encoding": "zstd,level=3,chunk=4194304"}),
+        CacheKey(**{**_fields(base), "encoding": "zstd,level=3,chunk=0"}),
+        CacheKey(**{**_fields(base), "encoding": "none,verity"}),
     ]
     tags = {base.tag, *(v.tag for v in variants)}
     assert len(tags) == len(variants) + 1
     assert json.loads(base.canonical())["layer"] == str(base.layer)
     assert base.tag == CacheKey(**_fields(base)).tag  # stable
+    assert "encoding" not in json.loads(base.canonical())  # raw keys are what they were before encodings
 
 
 def _fields(key: CacheKey) -> dict[str, object]:

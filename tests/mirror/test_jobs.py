@@ -216,6 +216,21 @@ def test_parse_repository() -> None:
         parse_repository("r.example/cache:1")
 
 
+def test_blob_encoding_keys_and_format_placeholder() -> None:
+    parsed = job('defaults:\n  blob_compression: zstd,level=9\n  verity: true\n'
+                 '  dest: "m.example/{repository}:{tag}-{format}"\nimages:\n  - source: a.example/x:1\n'
+                 '  - source: a.example/y:1\n    chunk_size: 256K\n  - source: a.example/z:1\n'
+                 '    blob_compression: none\n    verity: false\n')
+    x, y, z = (image.settings for image in parsed.images)
+    assert x.encoding.canonical() == "zstd,level=9,chunk=4194304,verity"
+    assert y.encoding.canonical() == "zstd,level=9,chunk=262144,verity"
+    assert z.encoding.canonical() == "none"
+    dests = [str(image.settings.dest.render(image.ref, image.settings.fmt, image.settings.encoding))
+             for image in parsed.images if image.ref is not None]
+    assert dests == ["m.example/x:1-erofs.zstd-level-9.verity", "m.example/y:1-erofs.zstd-level-9.chunk-256k.verity",
+                     "m.example/z:1-erofs"]
+
+
 def test_job_errors_are_usage_errors() -> None:
     with pytest.raises(JobFileError) as err:
         job("images: []")
@@ -296,6 +311,18 @@ ERRORS = [
      "images[0].cache_repo", "without tag or digest"),
     ("registry-port-as-path", 'defaults:\n  dest: "localhost:5000/{registry}/{repository}:{tag}"\nimages:\n'
      "  - source: localhost:5001/a:1\n", 2, "defaults.dest", "not a valid reference"),
+    ("blob-compression-unknown", HEAD + "  - source: a.example/x:1\n    blob_compression: gzip\n", 5,
+     "images[0].blob_compression", "unknown compression 'gzip'"),
+    ("blob-compression-level", "defaults:\n  blob_compression: zstd,level=23\n  dest: m.example/{repository}:{tag}\n"
+     "images:\n  - source: a.example/x:1\n", 2, "defaults.blob_compression", "out of range"),
+    ("chunk-size-odd", HEAD + "  - source: a.example/x:1\n    blob_compression: zstd\n    chunk_size: 1000\n", 6,
+     "images[0].chunk_size", "multiple of 4K"),
+    ("chunk-size-without-zstd", HEAD + "  - source: a.example/x:1\n    chunk_size: 1M\n", 5,
+     "images[0].chunk_size", "needs --blob-compression zstd"),
+    ("verity-not-bool", HEAD + "  - source: a.example/x:1\n    verity: yes please\n", 5, "images[0].verity",
+     "want true or false"),
+    ("verity-containerd", HEAD + "  - source: a.example/x:1\n    verity: true\n    profile: containerd-2.3\n", 4,
+     "images[0]", "--verity needs --media-type-profile spec"),
     ("to-null", HEAD + "  - source: a.example/x:1\n    to:\n", 5, "images[0].to", "want a string"),
     ("stray-dollar", 'defaults:\n  dest: "m.example/$HOME/{repository}:{tag}"\nimages:\n'
      "  - source: a.example/x:1\n", 2, "defaults.dest", "${NAME}"),

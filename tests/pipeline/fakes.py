@@ -201,7 +201,7 @@ class FakeEngine:
             return LayerResult(path=out_path, digest=str(Digest.from_bytes(out)), size=len(out),
                                source_digest="sha256:" + hashlib.sha256(data).hexdigest(),
                                source_size=len(data), root=self.tree_for(layer),
-                               diff_id="sha256:" + hashlib.sha256(data).hexdigest())  # uncompressed in the fake
+                               source_diff_id="sha256:" + hashlib.sha256(data).hexdigest())  # uncompressed in the fake
         finally:
             with self.lock:
                 self.active_builds -= 1

@@ -90,6 +90,7 @@ class Seen:
     path: str
     status: int  # what the client was sent (0 if the connection was reset first)
     fault: str  # the action applied, or ""
+    size: int = 0  # body bytes the upstream answered with (what a byte count of the transfer sees)
 
 
 class FaultProxy:
@@ -138,9 +139,9 @@ class FaultProxy:
                     return fault
         return None
 
-    def record(self, method: str, path: str, status: int, fault: Fault | None) -> None:
+    def record(self, method: str, path: str, status: int, fault: Fault | None, size: int = 0) -> None:
         with self.lock:
-            self.log.append(Seen(method, path, status, fault.action.value if fault else ""))
+            self.log.append(Seen(method, path, status, fault.action.value if fault else "", size))
 
     def wait_for(self, predicate: object, timeout: float = 20.0) -> Seen:
         """Block until a logged request satisfies ``predicate(seen)``; return it."""
@@ -277,7 +278,8 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            proxy.record(self.command, self.path, status, fault or applied)
+            proxy.record(self.command, self.path, status, fault or applied,
+                         0 if self.command == "HEAD" else len(payload))
             if self.command == "HEAD":
                 return
             cut = int(len(payload) * fault.fraction) if fault is not None else len(payload)
