@@ -11,6 +11,7 @@ from typing import Any
 
 import zstandard
 
+from converter.blob.encode import ANN_CHUNK_INDEX_RANGE, ANN_VERITY_ROOT_DIGEST
 from converter.erofs import format as fmt
 from converter.erofs.decompress import Algorithm
 from converter.erofs.reader import ErofsImage
@@ -135,8 +136,8 @@ def _platform_info(image: ImageSource, name: str, label: str, manifest: Manifest
                     layer["files"] = _files(image, desc, zstd)
             except (ConverterError, zstandard.ZstdError, OSError) as exc:
                 layer["error"] = str(exc)
-        layer["chunk_count"] = desc.annotations.get("org.erofs.chunk-count", "")
-        layer["verity_root"] = desc.annotations.get("org.erofs.dm-verity.root-digest", "")
+        layer["chunk_index"] = desc.annotations.get(ANN_CHUNK_INDEX_RANGE, "")
+        layer["verity_root"] = desc.annotations.get(ANN_VERITY_ROOT_DIGEST, "")
         info["layers"].append(layer)
     return info
 
@@ -177,7 +178,7 @@ def render(info: dict[str, Any]) -> str:
                          f"erofs-converter {src['tool_version']}")
         for layer in plat["layers"]:
             src_size = f" (source {layer['source_size']} bytes)" if layer.get("source_size") is not None else ""
-            extra = "".join(f", {k} {layer[k]}" for k in ("chunk_count", "verity_root") if layer.get(k))
+            extra = "".join(f", {k} {layer[k]}" for k in ("chunk_index", "verity_root") if layer.get(k))
             lines.append(f"  layer {layer['index'] + 1}: {layer['digest']} {layer['media_type']} "
                          f"{layer['size']} bytes{src_size}, role {layer['role'] or '-'}, fs compression "
                          f"{layer.get('fs_compression', '?')}, blob compression {layer['blob_compression']}{extra}")

@@ -59,3 +59,19 @@ def test_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", f"oci:{out}:{TAG}", "-v"]) == 0
     text = capsys.readouterr().out
     assert "fs compression lzma" in text and " /bin/sh -> busybox" in text
+
+
+def test_zstd_verity_chunked_layers_verify_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """+zstd blobs with a chunk index and a dm-verity tree: verify reads them, inspect shows both."""
+    src = write_oci_layout(tmp_path / "src", sample_layers(), tag=TAG).path
+    out = tmp_path / "out"
+    _convert(src, f"oci:{out}:{TAG}", "--blob-compression", "zstd", "--chunk-size", "4K", "--verity")
+    res = _verify(f"oci:{out}:{TAG}", "--report", str(tmp_path / "r.json"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["layers_checked"] == 3
+    capsys.readouterr()
+    assert main(["inspect", f"oci:{out}:{TAG}", "--json"]) == 0
+    (plat,) = json.loads(capsys.readouterr().out)["platforms"]
+    assert {layer["blob_compression"] for layer in plat["layers"]} == {"zstd"}
+    assert all(layer["verity_root"].startswith("sha256:") for layer in plat["layers"])
+    assert all(":" in layer["chunk_index"] for layer in plat["layers"])  # org.erofs.chunk-index.range
