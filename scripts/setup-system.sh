@@ -5,7 +5,7 @@
 # Idempotent: a second run only checks.
 # Also: a Docker engine (bookworm's docker.io; the tests run a private dockerd) and two client
 # binaries from Debian sid, unpacked with dpkg -x into the cache (not installed): kubectl
-# (kubectl, split out of kubernetes-client) and docker compose v2 (docker-compose).
+# (kubectl, split out of kubernetes-client), docker compose v2 (docker-compose), oras and crane.
 set -euo pipefail
 
 PKGS=(docker-registry skopeo umoci debootstrap pigz jq apache2-utils cryptsetup-bin
@@ -18,7 +18,8 @@ ERofs_MIN=1.9.3
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/erofs-converter"
 PREFIX="$CACHE_ROOT/erofs-utils"
 SID_TOOLS="$CACHE_ROOT/sid-tools"   # <package>/ holds that package's unpacked files
-SID_PKGS=(kubectl docker-compose)  # kubectl: what sid's kubernetes-client now depends on
+SID_PKGS=(kubectl docker-compose oras crane)  # kubectl: what sid's kubernetes-client now depends on;
+# oras and crane: the OCI clients the tests read our images back with
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -39,36 +40,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [ "$created_policy" = 1 ] && as_root rm -f "$policy"
-fi
-
-# oras and crane (OCI clients the tests read our images back with): Debian sid binaries,
-# unpacked with dpkg -x into $CACHE_ROOT/sid-tools/<package>/ (never installed), fetched with a
-# private apt configuration so the system's sources stay untouched.
-SID_TOOLS="$CACHE_ROOT/sid-tools"
-SID_CLIENTS=(oras crane)
-sid_missing=()
-for p in "${SID_CLIENTS[@]}"; do [ -e "$SID_TOOLS/$p/.done" ] || sid_missing+=("$p"); done
-if [ ${#sid_missing[@]} -gt 0 ]; then
-  echo "setup: fetching ${sid_missing[*]} from Debian sid into $SID_TOOLS" >&2
-  sidw=$(mktemp -d)
-  mkdir -p "$sidw/lists/partial" "$sidw/archives/partial"
-  : > "$sidw/status"
-  echo "deb http://deb.debian.org/debian sid main" > "$sidw/sources.list"
-  sidopts=(-o "Dir::Etc::SourceList=$sidw/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-           -o "Dir::State::Lists=$sidw/lists" -o "Dir::State::status=$sidw/status"
-           -o "Dir::Cache::Archives=$sidw/archives" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
-           -o "Acquire::Check-Valid-Until=false" -o "APT::Sandbox::User=root")
-  apt-get "${sidopts[@]}" update -qq >/dev/null
-  for p in "${sid_missing[@]}"; do
-    (cd "$sidw" && apt-get "${sidopts[@]}" download -qq "$p" >/dev/null)
-    deb=$(find "$sidw" -maxdepth 1 -name "${p}_*.deb" | head -n1)
-    [ -n "$deb" ] || { echo "setup: could not download $p from sid" >&2; exit 1; }
-    rm -rf "${SID_TOOLS:?}/$p"
-    mkdir -p "$SID_TOOLS/$p"
-    dpkg -x "$deb" "$SID_TOOLS/$p"
-    basename "$deb" > "$SID_TOOLS/$p/.done"
-  done
-  rm -rf "$sidw"
 fi
 
 version_ok() {  # $1: mkfs.erofs path
@@ -119,7 +90,7 @@ version_ok "$PREFIX/bin/mkfs.erofs" || { echo "setup: built erofs-utils is older
 echo "setup: built $("$PREFIX/bin/mkfs.erofs" -V | head -n1) into $PREFIX" >&2
 }
 
-fetch_sid_tools() {  # kubectl and docker compose v2: sid binaries, unpacked, never installed
+fetch_sid_tools() {  # kubectl, docker compose v2, oras, crane: sid binaries, unpacked, never installed
 local missing=() p work="$WORK/sid-tools" deb
 for p in "${SID_PKGS[@]}"; do
   [ -e "$SID_TOOLS/$p/.done" ] || missing+=("$p")

@@ -74,6 +74,27 @@ def make_client(*, plain_http: Sequence[str] = (), ca_bundle: str | None = None,
                           timeout=timeouts)
 
 
+class LocationOpener:
+    """Opens image locations given as text (``REF``, ``oci:DIR[:TAG]``, archives), making one
+    registry client the first time a registry is named; ``close`` closes it."""
+
+    def __init__(self, *, plain_http: Sequence[str] = (), ca_bundle: str | None = None) -> None:
+        self._plain_http = plain_http
+        self._ca_bundle = ca_bundle
+        self._client: RegistryClient | None = None
+
+    def __call__(self, text: str) -> tuple[ImageSource, Location]:
+        loc = parse_location(text)
+        if isinstance(loc, Reference) and self._client is None:
+            self._client = make_client(plain_http=self._plain_http, ca_bundle=self._ca_bundle)
+        return open_source(loc, client=self._client), loc
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
 def parse_platforms(values: Sequence[str]) -> tuple[Platform, ...]:
     out = []
     for v in values:

@@ -8,11 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from converter.cli.args import UsageParser
-from converter.cli.image import make_client
-from converter.reference import Location, Reference, parse_location
-from converter.registry.client import RegistryClient
-from converter.transports import open_source
-from converter.transports.base import ImageSource
+from converter.cli.image import LocationOpener
 from converter.verify.inspect import inspect_image, render
 
 
@@ -28,21 +24,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    client: RegistryClient | None = None
-
-    def opener(text: str) -> tuple[ImageSource, Location]:
-        nonlocal client
-        loc = parse_location(text)
-        if isinstance(loc, Reference) and client is None:
-            client = make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle)
-        return open_source(loc, client=client), loc
+    opener = LocationOpener(plain_http=args.plain_http, ca_bundle=args.ca_bundle)
 
     try:
         image, _ = opener(args.image)
         info = inspect_image(image, args.image, files=args.verbose, open_location=opener)
     finally:
-        if client is not None:
-            client.close()
+        opener.close()
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -12,12 +12,8 @@ import structlog
 from converter import log as logsetup
 from converter.cli.args import UsageParser
 from converter.cli.args import limit as layer_limit
-from converter.cli.image import make_client, parse_platforms
+from converter.cli.image import LocationOpener, parse_platforms
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
-from converter.reference import Location, Reference, parse_location
-from converter.registry.client import RegistryClient
-from converter.transports import open_source
-from converter.transports.base import ImageSource
 from converter.verify.run import VerifyOptions, verify_image
 
 
@@ -47,22 +43,14 @@ def main(argv: Sequence[str]) -> int:
         max_entries=layer_limit(None, DEFAULT_MAX_ENTRIES),
         workdir=Path(args.workdir) if args.workdir else None,
     )
-    client: RegistryClient | None = None
-
-    def opener(text: str) -> tuple[ImageSource, Location]:
-        nonlocal client
-        loc = parse_location(text)
-        if isinstance(loc, Reference) and client is None:
-            client = make_client(plain_http=args.plain_http, ca_bundle=args.ca_bundle)
-        return open_source(loc, client=client), loc
+    opener = LocationOpener(plain_http=args.plain_http, ca_bundle=args.ca_bundle)
 
     try:
         image, _ = opener(args.image)
         report = verify_image(image, args.image,
                               options=options, open_location=opener, log=structlog.get_logger())
     finally:
-        if client is not None:
-            client.close()
+        opener.close()
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     for problem in report.problems:

@@ -48,6 +48,7 @@ from converter.erofs.writer import ImageDataArea, choose_chunkbits, write_image
 from converter.erofs.zcodec import Codec
 from converter.erofs.zwriter import CompressedDataArea
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
+from converter.files import new_file_mode
 from converter.layers.compression import HashingReader, open_layer_stream
 from converter.layers.model import DataSink, EntryKind, Inode, LowerView, SparseFileData
 from converter.layers.normalise import LayerNormaliser
@@ -243,7 +244,7 @@ def convert_layer(
                 encoded = EncodedBlob(digest=digest, size=size, diff_id=digest)
             else:
                 partial, encoded = _encode(partial, out_path, options.encoding, layer=layer, workdir=workdir)
-            os.chmod(partial, _new_file_mode())
+            os.chmod(partial, new_file_mode())
             os.replace(partial, out_path)
         except ErofsFormatError as exc:
             # The tree holds something EROFS cannot represent (the message names the path).
@@ -277,22 +278,6 @@ def _encode(image: Path, out_path: Path, encoding: BlobEncoding, *, layer: str,
     finally:
         image.unlink(missing_ok=True)
     return blob, encoded
-
-
-def _new_file_mode() -> int:
-    """The mode ``open(path, "w")`` would give a new file: 0666 less the process umask.
-
-    Read from /proc (Linux) because ``os.umask`` can only be queried by changing it, which
-    would race with other threads creating files.
-    """
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o644
 
 
 def _reserve_partial(out_path: Path, layer: str) -> Path:
