@@ -9,18 +9,9 @@ from typing import IO, Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+from converter.mirror.run import human_bytes
 from converter.pipeline.options import ConvertResult
 from converter.pipeline.progress import ProgressEvent, Stage
-
-
-def human_bytes(count: float) -> str:
-    """``1.5 MB`` (decimal units, as registries and Docker print sizes)."""
-    size = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def summary_line(result: ConvertResult, seconds: float) -> str:

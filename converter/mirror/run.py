@@ -419,7 +419,7 @@ def run_job(job: Job, *, client: RegistryClient, options: RunOptions = RunOption
 # --- text output ----------------------------------------------------------------------------------
 
 
-def human_bytes(count: int) -> str:
+def human_bytes(count: float) -> str:
     """``1.5 MB`` (decimal units, as registries and Docker print sizes)."""
     size = float(count)
     for unit in ("B", "kB", "MB", "GB", "TB"):
