@@ -118,6 +118,7 @@ class SearchCompressor:
         self._data = memoryview(data)
         self._capacity = capacity
         self._last = 0
+        self._last_raw = False
         if codec is Codec.ZSTD:
             params = zstandard.ZstdCompressionParameters.from_level(
                 self._level, window_log=ZSTD_WINDOW_LOG, write_content_size=1, write_checksum=0, write_dict_id=0)
@@ -132,17 +133,24 @@ class SearchCompressor:
         z = zlib.compressobj(self._level, zlib.DEFLATED, -15)
         return z.compress(chunk) + z.flush()
 
-    def compress(self, pos: int) -> tuple[int, bytes]:
+    def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
         """Bracket the longest fitting input: each probe aims where the last one's compression
         ratio says the stream would just fill the capacity (the compressed size grows about
-        linearly with the input), falling back to bisection when that does not narrow the bracket."""
+        linearly with the input), falling back to bisection when that does not narrow the bracket.
+
+        Returns (0, b"") as soon as ``floor`` bytes of input are known not to fit (the caller
+        stores such input raw, so the exact length would be wasted work); after such an extent
+        the next search starts by probing ``floor`` bytes, as incompressible data comes in runs.
+        """
         remaining = len(self._data) - pos
         if remaining <= 0:
             raise ValueError("nothing left to compress")
         cap = min(remaining, SEARCH_MAX_INPUT)
+        if cap < floor:
+            return 0, b""
         good, good_out = 0, b""
         bad = cap + 1
-        n = min(cap, max(self._capacity, self._last))
+        n = floor if floor and self._last_raw else min(cap, max(self._capacity, self._last))
         while True:
             out = self._probe(pos, n)
             if len(out) <= self._capacity:
@@ -151,6 +159,9 @@ class SearchCompressor:
             else:
                 bad = n
                 aim = n * self._capacity // len(out) - 64  # just short of it
+            if bad <= floor:
+                self._last_raw = True
+                return 0, b""
             if good == cap or bad - good <= 64:
                 break
             if aim >= bad and bad > cap:
@@ -159,9 +170,12 @@ class SearchCompressor:
                 n = aim
             else:
                 n = (good + bad) // 2
+            if good < floor and n < floor:
+                n = floor  # settle whether anything worth compressing fits before going lower
         if good == 0:  # pragma: no cover - any input of a few KiB fits one block
             raise RuntimeError(f"no input fits in {self._capacity} bytes of {self._codec.value} output")
         self._last = good
+        self._last_raw = False
         return good, good_out
 
 
@@ -188,8 +202,9 @@ class DestSizeCompressor:
         self._consumed = ctypes.c_int(0)
         self._last = 0  # input consumed by the previous call
 
-    def compress(self, pos: int) -> tuple[int, bytes]:
-        """Compress from ``pos``; the input offered grows until the encoder stops well short of it.
+    def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
+        """Compress from ``pos``; the input offered grows until the encoder stops well short of it
+        (``floor`` is accepted for parity with SearchCompressor: one destSize call decides anyway).
 
         Why a window: liblz4's destSize calls cost time in proportion to the input they are
         offered, not to what they consume (LZ4HC took 3 ms per 4 KiB block when offered 1 MiB

@@ -61,7 +61,7 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None) -> Segment
     n = len(data)
     view = memoryview(data)
     while pos < n:
-        consumed, stream = comp.compress(pos)
+        consumed, stream = comp.compress(pos, floor=_BLKSZ + 1)
         # A stream starting with 0 would lose that byte to zero-stripping (§5.4.4): DEFLATE does
         # when it begins with a stored block; such input hardly compresses, so store it raw.
         if consumed > _BLKSZ and stream[0] != 0:

@@ -23,7 +23,7 @@ from converter.convert.layer import LayerOptions, convert_layer
 from converter.erofs import format as fmt
 from converter.erofs.reader import ErofsImage
 from converter.erofs.target import TargetFormat, parse_format
-from converter.erofs.zcodec import Codec
+from converter.erofs.zcodec import Codec, SearchCompressor
 from converter.erofs.zwriter import SEGMENT, CompressedDataArea, compress_segment
 from converter.errors import LayerError, UsageError
 from tests.support.kernel import fsck, mounted, require_mount
@@ -287,3 +287,25 @@ def test_sample_image_layers_through_our_writer(to: str, tmp_path: Path) -> None
         with ErofsImage.open(img) as image:
             layouts |= {st_.layout for _, st_ in image.walk()}
     assert layouts <= {fmt.LAYOUT_FLAT_PLAIN, fmt.LAYOUT_FLAT_INLINE}
+
+
+@pytest.mark.parametrize("codec", [Codec.ZSTD, Codec.DEFLATE])
+def test_search_gives_up_early_on_incompressible_input(codec: Codec) -> None:
+    """Random data is stored raw, so the search must not hunt for its exact fitting length."""
+    probes: list[int] = []
+
+    class Counting(SearchCompressor):
+        def _probe(self, pos: int, n: int) -> bytes:
+            probes.append(n)
+            return super()._probe(pos, n)
+
+    data = payload("random", 64 * fmt.BLOCK_SIZE, 11)
+    comp = Counting(codec, None, data, fmt.BLOCK_SIZE)
+    floor = fmt.BLOCK_SIZE + 1
+    for pos in range(0, len(data) - floor, fmt.BLOCK_SIZE):
+        assert comp.compress(pos, floor=floor) == (0, b"")
+    assert len(probes) <= 63 + 1  # one probe per block once the run of raw blocks has started
+    # Compressible input is still searched to the longest length that fits.
+    text = payload("text", 200000, 3)
+    consumed, stream = Counting(codec, None, text, fmt.BLOCK_SIZE).compress(0, floor=floor)
+    assert consumed > floor and len(stream) <= fmt.BLOCK_SIZE
