@@ -110,14 +110,14 @@ class LayerOptions:
     def resolved_builder(self) -> str:
         """The builder actually used ("python" or "mkfs").
 
-        ``auto``: our writer for raw images, mkfs.erofs for compressed ones. ``python``: our
-        writer, which compresses lz4, lz4hc, zstd and deflate itself; lzma still needs mkfs.erofs.
+        ``auto``: our writer for every format it writes (raw and the PYTHON_ALGORITHMS),
+        mkfs.erofs for the rest. ``python``: our writer, refusing what it cannot write.
         """
         if self.builder not in BUILDERS:
             raise UsageError(f"unknown builder {self.builder!r}; choose one of {', '.join(BUILDERS)}")
         algorithm = self.fmt.algorithm
         if self.builder == "auto":
-            return "python" if algorithm is None else "mkfs"
+            return "python" if algorithm is None or algorithm in PYTHON_ALGORITHMS else "mkfs"
         if self.builder == "python" and algorithm is not None and algorithm not in PYTHON_ALGORITHMS:
             raise UsageError(f"the python builder cannot write {self.fmt} yet (it compresses "
                              f"{', '.join(PYTHON_ALGORITHMS)}); use --builder mkfs")

@@ -196,7 +196,8 @@ def test_worker_count_does_not_change_the_image(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("builder", "to", "resolved"), [
-    ("auto", "erofs", "python"), ("auto", "erofs+lz4", "mkfs"), ("auto", "erofs+zstd", "mkfs"),
+    ("auto", "erofs", "python"), ("auto", "erofs+lz4", "python"), ("auto", "erofs+zstd", "python"),
+    ("auto", "erofs+deflate,level=9", "python"), ("auto", "erofs+lzma", "mkfs"),
     ("python", "erofs", "python"), ("python", "erofs+lz4", "python"), ("python", "erofs+lz4hc,level=3", "python"),
     ("python", "erofs+zstd,level=5", "python"), ("python", "erofs+deflate", "python"),
     ("mkfs", "erofs+lz4", "mkfs"), ("mkfs", "erofs", "mkfs"),

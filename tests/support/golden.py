@@ -27,6 +27,7 @@ CONVERSIONS: dict[str, list[str]] = {
     "erofs": ["--to", "erofs"],
     "erofs-mkfs": ["--to", "erofs", "--builder", "mkfs"],
     "erofs+lz4": ["--to", "erofs+lz4"],
+    "erofs+lz4-mkfs": ["--to", "erofs+lz4", "--builder", "mkfs"],
     "erofs+zstd,level=3": ["--to", "erofs+zstd,level=3"],
 }
 #: the raw conversion's layers small enough to commit (gzip-compressed), by layer index.
