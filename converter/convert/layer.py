@@ -303,7 +303,8 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
     """The layer's normalised tree and its DiffID."""
     limit, logical_limit = options.max_expanded, options.max_logical
     stream = HashingReader(open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit))
-    keeps_holes = options.resolved_builder() == "python"
+    # Only raw images keep holes (chunk-based files); compressed files are fed the holes as zeros.
+    keeps_holes = options.resolved_builder() == "python" and options.fmt.algorithm is None
     stored = logical = 0
     for entry, data in TarReader(stream, layer=layer, max_entries=options.max_entries):
         if entry.kind is EntryKind.REG:

@@ -20,6 +20,7 @@ from functools import cache
 
 import zstandard
 
+from converter.erofs import microlzma
 from converter.errors import ToolError
 
 _MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer
@@ -35,15 +36,16 @@ class Codec(enum.Enum):
     LZ4HC = "lz4hc"
     ZSTD = "zstd"
     DEFLATE = "deflate"
+    LZMA = "lzma"
 
     @property
     def algorithm(self) -> int:
-        """The EROFS algorithm number (docs/erofs-format.md §5.4.1): 0 LZ4, 2 DEFLATE, 3 Zstandard."""
-        return {"lz4": 0, "lz4hc": 0, "deflate": 2, "zstd": 3}[self.value]
+        """The EROFS algorithm number (docs/erofs-format.md §5.4.1): 0 LZ4, 1 LZMA, 2 DEFLATE, 3 Zstandard."""
+        return {"lz4": 0, "lz4hc": 0, "lzma": 1, "deflate": 2, "zstd": 3}[self.value]
 
 
-#: Default levels where mkfs.erofs has its own (zstd 3, its built-in deflate encoder's 1).
-DEFAULT_LEVELS = {Codec.ZSTD: 3, Codec.DEFLATE: 1}
+#: Default levels where mkfs.erofs has its own (zstd 3, its built-in deflate encoder's 1, lzma preset 6).
+DEFAULT_LEVELS = {Codec.ZSTD: 3, Codec.DEFLATE: 1, Codec.LZMA: 6}
 #: Zstandard window: 32 KiB, log2 = 15, recorded as 15 - 10 in the superblock's config (§5.4.7).
 ZSTD_WINDOW_LOG = 15
 #: The largest input one Zstandard/DEFLATE extent may take (mkfs.erofs's order of magnitude).
@@ -86,6 +88,8 @@ def library_version(codec: Codec) -> str:
         return "liblz4 " + (fn() or b"?").decode("ascii", "replace")
     if codec is Codec.ZSTD:
         return "zstd " + ".".join(map(str, zstandard.ZSTD_VERSION))
+    if codec is Codec.LZMA:
+        return microlzma.liblzma_version()
     return "zlib " + zlib.ZLIB_RUNTIME_VERSION
 
 
@@ -93,13 +97,17 @@ def check_available(codec: Codec) -> None:
     """Raise ToolError now if ``codec`` cannot be used (before any layer is read)."""
     if codec in (Codec.LZ4, Codec.LZ4HC):
         _liblz4()
+    elif codec is Codec.LZMA:
+        microlzma.check_available()
 
 
 def make_compressor(codec: Codec, level: int | None, data: bytes,
-                    capacity: int) -> DestSizeCompressor | SearchCompressor:
+                    capacity: int) -> DestSizeCompressor | SearchCompressor | LzmaCompressor:
     """A fixed-output compressor for ``data`` (see ``DestSizeCompressor.compress``)."""
     if codec in (Codec.LZ4, Codec.LZ4HC):
         return DestSizeCompressor(codec, level, data, capacity)
+    if codec is Codec.LZMA:
+        return LzmaCompressor(level, data, capacity)
     return SearchCompressor(codec, level, data, capacity)
 
 
@@ -238,3 +246,22 @@ class DestSizeCompressor:
         if n <= 0 or self._consumed.value <= 0:
             raise RuntimeError(f"liblz4 destSize compression failed (returned {n})")
         return int(n)
+
+
+class LzmaCompressor:
+    """MicroLZMA "as much as fits": liblzma's encoder stops when the output is full, so one call
+    per extent; the dictionary is the one the superblock records (microlzma.dict_size_for)."""
+
+    def __init__(self, level: int | None, data: bytes, capacity: int) -> None:
+        self._data = data  # keeps the buffer alive while liblzma reads its address
+        self._src = ctypes.c_char_p(data)
+        self._base = ctypes.cast(self._src, ctypes.c_void_p).value or 0
+        self._enc = microlzma.MicroLzmaEncoder(level=DEFAULT_LEVELS[Codec.LZMA] if level is None else level,
+                                               dict_size=microlzma.dict_size_for(capacity), capacity=capacity)
+
+    def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
+        """Compress from ``pos`` (``floor`` is accepted for parity with SearchCompressor)."""
+        remaining = len(self._data) - pos
+        if remaining <= 0:
+            raise ValueError("nothing left to compress")
+        return self._enc.compress(self._base + pos, remaining)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from converter.erofs import format as fmt
+from converter.erofs import microlzma
 from converter.erofs.layout import BlockRef
 from converter.erofs.writer import COPY_CHUNK, TAIL_MEMORY, ImageDataArea
 from converter.erofs.zcodec import ZSTD_WINDOW_LOG, Codec, check_available, make_compressor
@@ -181,6 +182,8 @@ class CompressedDataArea(ImageDataArea):
             return fmt.U16.pack(6) + bytes([0, ZSTD_WINDOW_LOG - 10]) + bytes(4)
         if self._codec is Codec.DEFLATE:  # window bits 15
             return fmt.U16.pack(6) + bytes([15]) + bytes(5)
+        if self._codec is Codec.LZMA:  # dictionary size, format 0
+            return fmt.U16.pack(14) + fmt.U32.pack(microlzma.dict_size_for(_BLKSZ)) + bytes(10)
         return b""
 
     def add(self, data: FileData, size: int) -> BlockRef:

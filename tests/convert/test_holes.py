@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from converter.convert.layer import LayerOptions, convert_layer
 from converter.erofs import format as fmt
 from converter.erofs.reader import ErofsImage
-from converter.erofs.target import TargetFormat
+from converter.erofs.target import TargetFormat, parse_format
 from converter.erofs.writer import choose_chunkbits
 from converter.errors import LayerError, UsageError
 from tests.support import tarcraft as tc
@@ -204,6 +204,11 @@ def test_max_expanded_bounds_stored_bytes_for_python_and_logical_bytes_for_mkfs(
     mkfs = LayerOptions(fmt=TargetFormat(), builder="mkfs", max_expanded=1 << 20)
     with pytest.raises(LayerError, match="add up to more than the limit of 1048576 bytes"):
         convert_layer(io.BytesIO(tar), tmp_path / "m.erofs", options=mkfs, layer="m")
+    # Our compressed files have no holes either: the zeros would be compressed one by one.
+    lz4 = LayerOptions(fmt=parse_format("erofs+lz4"), max_expanded=1 << 20)
+    assert lz4.resolved_builder() == "python"
+    with pytest.raises(LayerError, match="add up to more than the limit of 1048576 bytes"):
+        convert_layer(io.BytesIO(tar), tmp_path / "z.erofs", options=lz4, layer="z")
 
 
 # --- --holes: all-zero blocks of ordinary files ----------------------------------------------

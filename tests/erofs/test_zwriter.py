@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +26,14 @@ from converter.erofs.reader import ErofsImage
 from converter.erofs.target import TargetFormat, parse_format
 from converter.erofs.zcodec import Codec, SearchCompressor
 from converter.erofs.zwriter import SEGMENT, CompressedDataArea, compress_segment
-from converter.errors import LayerError, UsageError
+from converter.errors import LayerError
 from tests.support.kernel import fsck, mounted, require_mount
 
 #: Every format the python builder compresses: lz4, lz4hc at its default and every level, and
-#: zstd and DEFLATE (Linux 6.10 / 6.6) at their defaults and low and high levels.
+#: zstd, DEFLATE and lzma (Linux 6.10 / 6.6 / 5.16) at their defaults and low and high levels.
 FORMATS = (["erofs+lz4", "erofs+lz4hc"] + [f"erofs+lz4hc,level={n}" for n in range(13)]
-           + ["erofs+zstd", "erofs+zstd,level=1", "erofs+zstd,level=19", "erofs+deflate", "erofs+deflate,level=9"])
+           + ["erofs+zstd", "erofs+zstd,level=1", "erofs+zstd,level=19", "erofs+deflate", "erofs+deflate,level=9",
+              "erofs+lzma", "erofs+lzma,level=0", "erofs+lzma,level=9", "erofs+lzma,level=109"])
 KINDS = ("random", "zeros", "text", "mixed")
 
 
@@ -107,11 +109,12 @@ def check_tree(files: list[FileSpec], to: str, tmp: Path, *, with_mkfs: bool = T
     tar = make_tar(files)
     img = build(tar, tmp / "a.erofs", to)
     fsck(img)
-    with ErofsImage.open(img) as image:  # ours: full indexes (mkfs.erofs writes compact ones)
-        assert fmt.LAYOUT_COMPRESSED_COMPACT not in {st_.layout for _, st_ in image.walk()}
     with mounted(img) as mnt:
         got = tree_of(mnt)
     assert got == expected_tree(files)
+    with ErofsImage.open(img) as image:  # our reader decodes every file as the kernel does
+        ours = {path.decode()[1:]: image.read_bytes(path) for path, st_ in image.walk() if stat.S_ISREG(st_.st_mode)}
+    assert ours == {name: data.rpartition(b"|")[0] for name, data in got.items() if data is not None}
     again = build(tar, tmp / "b.erofs", to)
     assert img.read_bytes() == again.read_bytes(), "two builds differ"
     if with_mkfs:
@@ -197,7 +200,8 @@ def test_worker_count_does_not_change_the_image(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("builder", "to", "resolved"), [
     ("auto", "erofs", "python"), ("auto", "erofs+lz4", "python"), ("auto", "erofs+zstd", "python"),
-    ("auto", "erofs+deflate,level=9", "python"), ("auto", "erofs+lzma", "mkfs"),
+    ("auto", "erofs+deflate,level=9", "python"), ("auto", "erofs+lzma", "python"),
+    ("python", "erofs+lzma,level=109", "python"), ("mkfs", "erofs+lzma", "mkfs"),
     ("python", "erofs", "python"), ("python", "erofs+lz4", "python"), ("python", "erofs+lz4hc,level=3", "python"),
     ("python", "erofs+zstd,level=5", "python"), ("python", "erofs+deflate", "python"),
     ("mkfs", "erofs+lz4", "mkfs"), ("mkfs", "erofs", "mkfs"),
@@ -206,10 +210,20 @@ def test_builder_selection(builder: str, to: str, resolved: str) -> None:
     assert LayerOptions(fmt=parse_format(to), builder=builder).resolved_builder() == resolved
 
 
-@pytest.mark.parametrize("to", ["erofs+lzma", "erofs+lzma,level=6"])
-def test_python_builder_refuses_what_it_cannot_compress(to: str) -> None:
-    with pytest.raises(UsageError, match=r"python builder cannot write .*use --builder mkfs"):
-        LayerOptions(fmt=parse_format(to), builder="python").resolved_builder()
+def test_lzma_without_liblzma_is_a_tool_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No usable liblzma: one clear message naming what to install, before any layer is read."""
+    import ctypes.util
+
+    from converter.erofs import microlzma
+    from converter.errors import ToolError
+
+    microlzma._liblzma.cache_clear()
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "liblzma-missing.so.5")
+    try:
+        with pytest.raises(ToolError, match=r"liblzma .*--builder mkfs"):
+            CompressedDataArea(io.BytesIO(), codec=Codec.LZMA)
+    finally:
+        microlzma._liblzma.cache_clear()
 
 
 class _Short:
@@ -257,6 +271,7 @@ def test_short_or_long_file_is_refused_and_leaves_nothing_behind(have: int, tmp_
     ("erofs+lz4", 0x1, 0xFFFF, b""),
     ("erofs+zstd", 0x3, 1 << 3, bytes.fromhex("0600 0005 00000000")),
     ("erofs+deflate", 0x3, 1 << 2, bytes.fromhex("0600 0f00 00000000")),
+    ("erofs+lzma", 0x3, 1 << 1, bytes.fromhex("0e00 00800000 0000 0000000000000000")),
 ])
 def test_superblock_declares_the_algorithm(to: str, incompat: int, u1: int, cfgs: bytes, tmp_path: Path) -> None:
     """LZ4 needs only 0-padding; others declare COMPR_CFGS, their bitmap and a config record."""
@@ -267,10 +282,10 @@ def test_superblock_declares_the_algorithm(to: str, incompat: int, u1: int, cfgs
         assert image.stat("/a").layout == fmt.LAYOUT_COMPRESSED_FULL
     raw = img.read_bytes()
     at = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size
-    assert raw[at:at + 8] == cfgs.ljust(8, b"\0")
+    assert raw[at:at + 16] == cfgs.ljust(16, b"\0")
 
 
-@pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc,level=12", "erofs+zstd", "erofs+deflate"])
+@pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc,level=12", "erofs+zstd", "erofs+deflate", "erofs+lzma"])
 def test_sample_image_layers_through_our_writer(to: str, tmp_path: Path) -> None:
     """Every layer of the sample image: fsck clean, the kernel shows GNU tar's extraction. Its files
     are random data, so all of them must be stored plain (as mkfs.erofs stores them too); the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from converter.erofs.target import parse_format
 from converter.errors import NotFound
 from converter.reference import parse_reference
 from converter.registry.client import RegistryClient
@@ -107,17 +109,38 @@ def _mkfs_processes(marker: str) -> list[int]:
     return found
 
 
+def _text(size: int) -> bytes:
+    """Word-like text: compressible, so a high zstd level works hard on every block."""
+    rng = random.Random(1)
+    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(5000)]
+    out = bytearray()
+    while len(out) < size:
+        out += b" ".join(rng.choices(words, k=4096)) + b" "
+    return bytes(out[:size])
+
+
+def _python_builds(workdir: Path) -> list[Path]:
+    """Images our writer is writing under ``workdir`` (its ``.partial`` files, once data is in)."""
+    return [p for p in workdir.rglob("*.partial") if p.is_file() and p.stat().st_size > 0] if workdir.exists() else []
+
+
+@pytest.mark.parametrize("builder", ["python", "mkfs"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_mirror_stops_at_once_on_a_signal(sig: signal.Signals, client: RegistryClient, prefix: str,
+def test_mirror_stops_at_once_on_a_signal(sig: signal.Signals, builder: str, client: RegistryClient, prefix: str,
                                           tmp_path: Path) -> None:
     """A signal to the process (not its group) while images convert: running builds are aborted,
-    nothing new starts, nothing is tagged, the report marks the images interrupted, exit 130."""
-    big = layer_tar([Item("data/", "dir", mode=0o755), Item("data/random", data=os.urandom(24 << 20))])
+    nothing new starts, nothing is tagged, the report marks the images interrupted, exit 130.
+    Both builders: our writer's compression threads, and mkfs.erofs child processes."""
+    if builder == "mkfs":  # mkfs.erofs takes about a minute for this
+        to, data = "erofs+lzma,level=109", os.urandom(24 << 20)
+    else:  # our writer: about 11 s of CPU per image for this (its lzma is fast on random data)
+        to, data = "erofs+zstd,level=22", _text(48 << 20)
+    big = layer_tar([Item("data/", "dir", mode=0o755), Item("data/random", data=data)])
     sources = [f"{prefix}/big{n}:1" for n in range(3)]
     for n, ref in enumerate(sources):
         push_image(client, tmp_path / "images", [big, layer_tar([Item(f"id{n}", data=b"%d" % n)])], [ref])
     job = tmp_path / "job.yaml"
-    job.write_text("defaults:\n  to: erofs+lzma,level=109\n"
+    job.write_text(f"defaults:\n  to: {to}\n"
                    f'  dest: "{prefix}/out/{{repository}}:{{tag}}-{{format}}"\n'
                    "images:\n" + "".join(f"  - source: {ref}\n" for ref in sources))
     report = tmp_path / "report.json"
@@ -125,13 +148,14 @@ def test_mirror_stops_at_once_on_a_signal(sig: signal.Signals, client: RegistryC
     stderr = tmp_path / "stderr"
     with stderr.open("wb") as err_file:
         proc = subprocess.Popen([sys.executable, "-c", MIRROR, str(job), "--jobs", "2", "--log-format", "json",
+                                 "--builder", builder,
                                  "--report", str(report), "--workdir", str(workdir)],
                                 stdout=subprocess.DEVNULL, stderr=err_file, cwd=REPO,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        # Wait until an image's layers are being built (mkfs.erofs running), then signal.
+        # Wait until an image's layers are being built (mkfs.erofs running / our image growing), then signal.
         deadline = time.monotonic() + 120
-        while not _mkfs_processes(str(workdir)):
+        while not (_mkfs_processes(str(workdir)) if builder == "mkfs" else _python_builds(workdir)):
             assert time.monotonic() < deadline and proc.poll() is None, "no build started"
             time.sleep(0.05)
         proc.send_signal(sig)
@@ -147,6 +171,7 @@ def test_mirror_stops_at_once_on_a_signal(sig: signal.Signals, client: RegistryC
     lines = [json.loads(line) for line in err.splitlines()]  # --log-format json: every line, the end too
     assert lines[-1]["event"] == "interrupted" and lines[-1]["exit_status"] == 130, err
     assert not _mkfs_processes(str(workdir))  # the running builds were killed, not left behind
+    assert not _python_builds(workdir)  # and their partial images removed
     document = json.loads(report.read_text())
     statuses = [image["status"] for image in document["images"]]
     assert statuses == ["interrupted"] * 3, document
@@ -154,7 +179,7 @@ def test_mirror_stops_at_once_on_a_signal(sig: signal.Signals, client: RegistryC
     namespace = prefix.partition("/")[2]
     for n in range(3):  # nothing was tagged
         with pytest.raises(NotFound):
-            client.get_manifest(parse_reference(f"{prefix}/out/{namespace}/big{n}:1-erofs-lzma-level-109"))
+            client.get_manifest(parse_reference(f"{prefix}/out/{namespace}/big{n}:1-{parse_format(to).tag_suffix}"))
 
 
 def test_mirror_stops_at_once_while_planning(tmp_path: Path) -> None:
