@@ -397,12 +397,15 @@ def test_cache_key_needs_a_known_unambiguous_layer() -> None:
                      tool_version="1") is None
     # bottom flag and chain disagree: not cached
     assert cache_key(a, LayerOptions(fmt=TargetFormat()), chains=chains, profile=Profile.SPEC, tool_version="1") is None
-    mkfs = cache_key(a, LayerOptions(fmt=parse_format("erofs+lz4"), bottom=True), chains=chains,
+    mkfs = cache_key(a, LayerOptions(fmt=parse_format("erofs+lz4"), builder="mkfs", bottom=True), chains=chains,
                      profile=Profile.SPEC, tool_version="1", mkfs_version=lambda: "1.9.4")
     assert mkfs is not None and (mkfs.builder, mkfs.erofs_utils) == ("mkfs", "1.9.4")
-    ours = cache_key(a, LayerOptions(fmt=parse_format("erofs+lz4"), builder="python", bottom=True), chains=chains,
+    ours = cache_key(a, LayerOptions(fmt=parse_format("erofs+lz4"), bottom=True), chains=chains,
                      profile=Profile.SPEC, tool_version="1", mkfs_version=lambda: "1.9.4")
     assert ours is not None and ours.builder == "python" and ours.erofs_utils.startswith("liblz4 ")
+    lzma = cache_key(a, LayerOptions(fmt=parse_format("erofs+lzma"), bottom=True), chains=chains,
+                     profile=Profile.SPEC, tool_version="1", mkfs_version=lambda: "1.9.4")
+    assert lzma is not None and lzma.builder == "python" and lzma.erofs_utils.startswith("liblzma 5.")
 
 
 def _manifest(source: MemorySource, layers: list[bytes], arch: str) -> Descriptor:
