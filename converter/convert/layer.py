@@ -127,7 +127,8 @@ class LayerOptions:
 @dataclass(frozen=True, slots=True)
 class LayerResult:
     """The built EROFS blob: where it is, its sha256 digest ("sha256:..."), its size, the digest
-    of the source bytes as read (the source blob digest), the layer's normalised tree, the
+    of the source bytes as read (the source blob digest), the layer's normalised tree (None when
+    a cached conversion was reused without reading the source), the
     source's DiffID (``source_diff_id``, the digest of its uncompressed tar), and for an encoded
     blob its ``diff_id`` (None: the blob digest) and the descriptor ``annotations``."""
 
@@ -136,7 +137,7 @@ class LayerResult:
     size: int
     source_digest: str
     source_size: int
-    root: Inode
+    root: Inode | None
     source_diff_id: str
     diff_id: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)

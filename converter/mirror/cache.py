@@ -589,6 +589,7 @@ class CachingConverter:
         self.stats = stats
         self.mkfs_version = mkfs_version
         self.log = log if log is not None else structlog.get_logger()
+        self._rejected: set[CacheKey] = set()  # bad entries: __call__ builds without asking again
 
     def key(self, layer: str, options: LayerOptions) -> CacheKey | None:
         """The key of ``layer`` built with ``options``, or None when it must not be cached."""
@@ -605,7 +606,7 @@ class CachingConverter:
             return self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
                                workdir=workdir, progress=progress, on_tree=on_tree)
         with self.cache.claim(key):
-            entry = self._find(key, layer)
+            entry = None if key in self._rejected else self._find(key, layer)
             if entry is not None:
                 tree = read_tree(src, options=options, lower=lower, media_type=media_type, layer=layer,
                                  progress=progress)
@@ -625,13 +626,31 @@ class CachingConverter:
             self._store(key, result, layer)
             return result
 
+    def reuse(self, layer: str, options: LayerOptions, *, source_diff_id: str, source_size: int,
+              out_path: Path) -> LayerResult | None:
+        """The stored conversion of ``layer``, now in the destination, without reading the layer
+        (pipeline.graph.LayerReuse): only if it was made from a tar with DiffID ``source_diff_id``
+        (the source config's). Otherwise None, and the layer is pulled and goes through ``__call__``."""
+        key = self.key(layer, options)
+        if key is None:
+            return None
+        with self.cache.claim(key):
+            entry = self._find(key, layer, source_diff_id=source_diff_id)
+        if entry is None:
+            return None
+        return LayerResult(path=out_path, digest=str(entry.digest), size=entry.size, source_digest=layer,
+                           source_size=source_size, root=None, source_diff_id=str(entry.source_diff_id),
+                           diff_id=str(entry.diff_id) if entry.diff_id != entry.digest else None,
+                           annotations=dict(entry.annotations))
+
     def _build(self, src: BinaryIO, out_path: Path, **kwargs: Any) -> LayerResult:
         result = self.inner(src, out_path, **kwargs)
         self.stats.add(built=1)
         return result
 
-    def _find(self, key: CacheKey, layer: str) -> CacheEntry | None:
-        """A checked entry whose blob is now in the destination, or None (a miss or a fallback)."""
+    def _find(self, key: CacheKey, layer: str, *, source_diff_id: str | None = None) -> CacheEntry | None:
+        """A checked entry whose blob is now in the destination, or None (a miss or a fallback).
+        With ``source_diff_id``, an entry made from another DiffID is a miss (nothing is mounted)."""
         tried: set[Digest] = set()
         for origin in ("memory", "registry"):
             try:
@@ -639,12 +658,16 @@ class CachingConverter:
                 if entry is None or entry.digest in tried:
                     continue
                 tried.add(entry.digest)
+                if source_diff_id is not None and str(entry.source_diff_id) != source_diff_id:
+                    raise CacheEntryInvalid(f"it was made from DiffID {entry.source_diff_id.short}, the image "
+                                            f"config gives the layer {Digest.parse(source_diff_id).short}")
                 how = self.cache.materialise(key, entry, self.dest)
             except CacheEntryInvalid as exc:
                 self.log.warning("layer_cache_entry_rejected", layer=layer, key=key.tag, origin=origin,
                                  reason=str(exc))
                 self.stats.add(fallbacks=1)
                 self.cache.forget(key)
+                self._rejected.add(key)
                 continue
             except RegistryError as exc:
                 self.log.warning("layer_cache_unavailable", layer=layer, key=key.tag, error=str(exc))

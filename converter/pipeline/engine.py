@@ -61,7 +61,14 @@ from converter.oci.rewrite import (
     platform_selection,
     rewrite_config,
 )
-from converter.pipeline.graph import ConvertLayerFn, GraphSettings, LayerGraph, create_private, fetch_blob
+from converter.pipeline.graph import (
+    ConvertLayerFn,
+    GraphSettings,
+    LayerGraph,
+    LayerReuse,
+    create_private,
+    fetch_blob,
+)
 from converter.pipeline.lower import NormaliseFn, normalise_layer
 from converter.pipeline.options import (
     ConvertOptions,
@@ -149,7 +156,8 @@ class _Run:
             jobs=self.options.resolved_jobs(), run_ahead=self.options.run_ahead, prepass=self.options.prepass,
             convert=self.convert, normalise=self.normalise, progress=self.progress, log=log,
             max_expanded=self.options.max_expanded, max_entries=self.options.max_entries,
-            encoding=self.encoding,
+            encoding=self.encoding, source_diff_ids=tuple(str(d) for d in config.diff_ids),
+            reuse=self.convert if isinstance(self.convert, LayerReuse) else None,
         )
         graph_dir = self.workdir / f"m-{digest.hex[:16]}"
         built = LayerGraph(settings, manifest.layers, workdir=graph_dir).run()

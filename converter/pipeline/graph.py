@@ -60,7 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import structlog
 
@@ -89,6 +89,19 @@ _POLL = 0.25  # seconds; how often waits wake up to notice cancellation or Ctrl-
 
 
 PREPASS_MIN_CPUS = 4
+
+
+@runtime_checkable
+class LayerReuse(Protocol):
+    """A converter that can tell, without reading a layer, that its conversion already exists.
+
+    ``reuse`` returns the result for layer ``layer`` (blob digest) built with ``options`` if a
+    stored conversion of it is now in the destination and was made from a tar with DiffID
+    ``source_diff_id`` (the image config's), else None. The result has no tree (``root`` None).
+    """
+
+    def reuse(self, layer: str, options: LayerOptions, *, source_diff_id: str, source_size: int,
+              out_path: Path) -> LayerResult | None: ...
 
 
 class ConvertLayerFn(Protocol):
@@ -233,6 +246,10 @@ class GraphSettings:
     max_expanded: int | None = DEFAULT_MAX_EXPANDED
     max_entries: int | None = DEFAULT_MAX_ENTRIES
     encoding: BlobEncoding = field(default_factory=BlobEncoding)
+    #: The source config's rootfs.diff_ids and a reuse hook (the mirror's layer cache): layers
+    #: above the highest one that must be built are taken from it without being pulled.
+    source_diff_ids: Sequence[str] = ()
+    reuse: LayerReuse | None = None
 
 
 class _StageFailed(Exception):
@@ -282,6 +299,7 @@ class LayerGraph:
         self._lower_locks_guard = threading.Lock()
         self._lower_cache: dict[int, tuple[Inode, SpoolSink]] = {}
         self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._limit = self.n  # layers below this are pulled and built; the rest were reused
 
     # -- public -----------------------------------------------------------------------------
 
@@ -301,6 +319,8 @@ class LayerGraph:
                        run_ahead=self.run_ahead)
         bug: BaseException | None = None
         try:
+            with self._scope.entered():
+                self._reuse_from_the_top()
             self._loop()
         except _StageFailed as failed:
             self._stop()
@@ -321,10 +341,37 @@ class LayerGraph:
 
     # -- coordinator ------------------------------------------------------------------------
 
+    def _reuse_from_the_top(self) -> None:
+        """Take the top layers from ``settings.reuse`` before anything is pulled.
+
+        Only a layer none of whose upper layers must be built can go unread: a build needs the
+        trees of every layer below it, and a tree needs the layer's bytes. So the layers are
+        asked from the top down, and the first that cannot be reused ends the walk.
+        """
+        reuse, diff_ids = self.s.reuse, self.s.source_diff_ids
+        if reuse is None or len(diff_ids) != self.n:
+            return
+        for i in reversed(range(self.n)):
+            desc = self.layers[i]
+            try:
+                result = reuse.reuse(str(desc.digest), self._options(i), source_diff_id=diff_ids[i],
+                                     source_size=desc.size, out_path=self._out_path(i))
+            except BaseException as exc:
+                raise _StageFailed("cache", i, exc) from exc
+            if result is None:
+                break
+            self._results[i] = result
+            self._limit = i
+            self._report(Stage.CONVERT, i, desc.size, desc.size, done=True, note="cached")
+        if self._limit < self.n:
+            self.log.debug("layers_reused_unread", layers=self.n - self._limit, built=self._limit)
+
     def _loop(self) -> None:
         # The scope of the calling thread (a mirror run's), if any: cancelling it stops the graph.
         outer = current_scope()
         finished = 0
+        for i in range(self._limit, self.n):
+            self._submit("push", i, self._push, i)
         self._pump()
         while finished < self.n:
             if outer is not None and outer.cancelled:
@@ -366,16 +413,16 @@ class LayerGraph:
 
     def _pump(self) -> None:
         """Start every task whose inputs are ready."""
-        while self._next_download < self.n and self._on_disk < self.run_ahead:
+        while self._next_download < self._limit and self._on_disk < self.run_ahead:
             i = self._next_download
             self._next_download += 1
             self._on_disk += 1
             self._submit("pull", i, self._pull, i)
-        if self.prepass and not self._scanning and self._scanned < self.n and self._downloaded[self._scanned]:
+        if self.prepass and not self._scanning and self._scanned < self._limit and self._downloaded[self._scanned]:
             i = self._scanned
             self._scanning = True
             self._submit("scan", i, self._scan, i, StackedLower(self._tree_slice(i), opener=metadata_opener))
-        while self._next_build < self.n:
+        while self._next_build < self._limit:
             i = self._next_build
             ready = self._scanned >= i if self.prepass else self._built_upto >= i
             if not (self._downloaded[i] and ready):
@@ -488,12 +535,15 @@ class LayerGraph:
         self._timings[i]["scan"] = time.monotonic() - started
         return root
 
+    def _options(self, i: int) -> LayerOptions:
+        return LayerOptions(fmt=self.s.fmt, builder=self.s.builder, bottom=i == 0, build_time=self.s.build_time,
+                            max_expanded=self.s.max_expanded, max_entries=self.s.max_entries,
+                            encoding=self.s.encoding)
+
     def _build(self, i: int, lower: StackedLower | None) -> LayerResult:
         desc = self.layers[i]
         started = time.monotonic()
-        options = LayerOptions(fmt=self.s.fmt, builder=self.s.builder, bottom=i == 0,
-                               build_time=self.s.build_time, max_expanded=self.s.max_expanded,
-                               max_entries=self.s.max_entries, encoding=self.s.encoding)
+        options = self._options(i)
         spool_dir = self.dir / f"layer-{i:04d}.tmp"
         spool_dir.mkdir(mode=0o700, exist_ok=True)
         try:

@@ -39,7 +39,7 @@ from converter.testing.sample import sample_layers
 from converter.transports import RegistrySource
 from tests.mirror.helpers import CountingEngine, other_top_layer, push_image, push_shared_base_images
 from tests.pipeline.fakes import MemorySource
-from tests.registry.helpers import fast_retry
+from tests.registry.helpers import Recorder, fast_retry
 
 
 def mirror(client: RegistryClient, pairs: list[tuple[str, str]], *, cache: str | None, tmp: Path,
@@ -243,22 +243,26 @@ def test_poisoned_entry_falls_back_to_converting(client: RegistryClient, prefix:
     assert repaired == CacheEntry(right.digest, right.size, right.digest, stored.source_diff_id)
 
 
-def test_entry_claiming_another_source_fails_the_layer(client: RegistryClient, prefix: str, tmp_path: Path,
-                                                       uncached: dict[str, str]) -> None:
+def test_entry_claiming_another_source_is_rejected(client: RegistryClient, prefix: str, tmp_path: Path,
+                                                   uncached: dict[str, str]) -> None:
     """An entry whose blob and recorded source DiffID agree with each other but not with the
-    layer (only tampering gets there): the source is read by then, so the layer fails, loudly."""
+    layer's DiffID in the image config (only tampering gets there): rejected before anything is
+    mounted or pulled, the layer is converted and the entry repaired."""
     cache = Repository(*parse_reference(f"{prefix}/cache:x").name.split("/", 1))
     only(mirror(client, [(f"{prefix}/app:1.0", f"{prefix}/out/app:1")], cache=str(cache), tmp=tmp_path))
     (key0, _), app_keys = base_keys(client, f"{prefix}/base:1.0"), base_keys(client, f"{prefix}/app:1.0")
+    right = LayerCache(client, cache).fetch(key0)
     top = LayerCache(client, cache).fetch(app_keys[2])
-    assert top is not None
+    assert top is not None and right is not None
     _put_entry(client, cache, key0.tag, layer=Descriptor(MediaType.EROFS, top.digest, top.size),
                annotations={ANN_CACHE_KEY: key0.canonical(), ANN_CACHE_DIFF_ID: str(top.digest),
                             ANN_CACHE_SOURCE_DIFF_ID: str(top.source_diff_id)})
-    report = mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/out/base:1")], cache=str(cache), tmp=tmp_path)
-    (image,) = report.images
-    assert image.status != "converted"
-    assert f"it was made from DiffID {top.source_diff_id.short}" in (image.error or "")
+    engine = CountingEngine()
+    base = only(mirror(client, [(f"{prefix}/base:1.0", f"{prefix}/out/base:1")], cache=str(cache), tmp=tmp_path,
+                       engine=engine))
+    assert base["cache_fallbacks"] == 1 and engine.built == [str(key0.layer)]
+    assert base["dest_digest"] == uncached["base"]
+    assert LayerCache(client, cache).fetch(key0) == right
 
 
 def test_missing_blob_falls_back_and_is_stored_again(client: RegistryClient, prefix: str, tmp_path: Path,
@@ -468,3 +472,35 @@ def test_push_image_helper_is_deterministic(client: RegistryClient, prefix: str,
     one = push_image(client, tmp_path, sample_layers()[:1], [f"{prefix}/d:1"])
     two = push_image(client, tmp_path, sample_layers()[:1], [f"{prefix}/d:2"])
     assert one == two
+
+
+def test_full_hit_downloads_no_layer_blob(client: RegistryClient, prefix: str, tmp_path: Path,
+                                          shared: dict[str, Digest]) -> None:
+    """Every layer cached: hit or miss is decided from the manifest and config before any pull,
+    so no source layer blob is fetched. A new top layer (a miss) needs the trees of the cached
+    layers below it, so those are read then, and only then."""
+    cache = f"{prefix}/cache"
+    only(mirror(client, [(f"{prefix}/app:1.0", f"{prefix}/out/app:1")], cache=cache, tmp=tmp_path))
+    source = RegistrySource(client, parse_reference(f"{prefix}/mid:1.0"))
+    mid_layers = [str(entry["digest"]) for entry in json.loads(source.get_manifest()[0])["layers"]]
+    source = RegistrySource(client, parse_reference(f"{prefix}/base:1.0"))
+    base_layers = [str(entry["digest"]) for entry in json.loads(source.get_manifest()[0])["layers"]]
+
+    def blob_gets(recorder: Recorder) -> set[str]:
+        return {s.url.path.rsplit("/", 1)[1] for s in recorder.seen
+                if s.method == "GET" and "/blobs/sha256:" in s.url.path}
+
+    recorder = Recorder()
+    with RegistryClient(transport=recorder) as counted:
+        engine = CountingEngine()
+        base = only(mirror(counted, [(f"{prefix}/base:1.0", f"{prefix}/out/base:1")], cache=cache, tmp=tmp_path,
+                           engine=engine))
+    assert engine.built == [] and base["layers_reused"] == 2
+    assert not blob_gets(recorder) & set(base_layers), recorder.seen  # the config is fetched, no layer
+    recorder = Recorder()
+    with RegistryClient(transport=recorder) as counted:
+        engine = CountingEngine()
+        mid = only(mirror(counted, [(f"{prefix}/mid:1.0", f"{prefix}/out/mid:1")], cache=cache, tmp=tmp_path,
+                          engine=engine))
+    assert len(engine.built) == 1 and mid["layers_reused"] == 2
+    assert set(mid_layers) <= blob_gets(recorder)  # the top is built on the trees of the two below
