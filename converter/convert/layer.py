@@ -50,7 +50,7 @@ from converter.erofs.zwriter import CompressedDataArea
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
 from converter.files import new_file_mode
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.model import DataSink, EntryKind, Inode, LowerView, SparseFileData
+from converter.layers.model import DataSink, EntryKind, Inode, LowerView, sparse_data
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
@@ -331,8 +331,9 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
 def stored_bytes(size: int, data: object) -> int:
     """The bytes our writer stores for a ``size``-byte file: its chunks with data for a file
     with holes (whatever is smaller: chunks or the whole file), else the file."""
-    if size and isinstance(data, SparseFileData):
-        return min(choose_chunkbits(size, data.segments)[1], size)
+    sparse = sparse_data(data) if size else None
+    if sparse is not None:
+        return min(choose_chunkbits(size, sparse.segments)[1], size)
     return size
 
 
