@@ -52,6 +52,7 @@ from converter.files import new_file_mode
 from converter.layers.compression import HashingReader, open_layer_stream
 from converter.layers.model import DataSink, EntryKind, Inode, LowerView, sparse_data
 from converter.layers.normalise import LayerNormaliser
+from converter.layers.readahead import ReadAhead
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
 
@@ -301,8 +302,24 @@ def _reserve_partial(out_path: Path, layer: str) -> Path:
 def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: LayerOptions,
                 media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> tuple[Inode, str]:
     """The layer's normalised tree and its DiffID."""
-    limit, logical_limit = options.max_expanded, options.max_logical
+    limit = options.max_expanded
     stream = HashingReader(open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit))
+    with ReadAhead(stream, name=f"read-ahead {layer}"[:60]) as ahead:
+        _parse_entries(ahead, normaliser, options=options, layer=layer)
+        # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
+        while ahead.read(_CHUNK):
+            pass
+    while hashed.read(_CHUNK):
+        pass
+    root = normaliser.finish()
+    if on_tree is not None:
+        on_tree(root)
+    return root, stream.digest()
+
+
+def _parse_entries(stream: ReadAhead, normaliser: LayerNormaliser, *, options: LayerOptions, layer: str) -> None:
+    """Every tar entry of ``stream`` into ``normaliser``, within ``options``' limits."""
+    limit, logical_limit = options.max_expanded, options.max_logical
     keeps_holes = options.resolved_builder() == "python"
     stored = logical = 0
     for entry, data in TarReader(stream, layer=layer, max_entries=options.max_entries):
@@ -317,15 +334,6 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
                 raise LayerError(f"the files' sizes, holes included, add up to more than the limit of "
                                  f"{logical_limit} bytes", layer=layer, entry=entry.display_name())
         normaliser.add(entry, data)
-    # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
-    while stream.read(_CHUNK):
-        pass
-    while hashed.read(_CHUNK):
-        pass
-    root = normaliser.finish()
-    if on_tree is not None:
-        on_tree(root)
-    return root, stream.digest()
 
 
 def stored_bytes(size: int, data: object) -> int:
