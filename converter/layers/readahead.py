@@ -10,7 +10,7 @@ from types import TracebackType
 
 from converter.layers.tarstream import ByteSource
 
-PIECE = 1 << 20  # bytes per read of the source: one decompressor call per MiB
+PIECE = 1 << 18  # bytes per read of the source: few calls, little memory
 DEPTH = 4  # pieces read ahead at most: bounds the memory to (DEPTH + 2) pieces
 
 
