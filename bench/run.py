@@ -13,9 +13,14 @@ Modes (each pair runs ours-first in even rounds and baseline-first in odd rounds
 * ``--big-layer-gb N`` — one generated N GiB layer through both, to show that our peak RSS does
   not grow with the layer size.
 
-Reported: median wall time, ratio ours / baseline, MB/s of uncompressed layer (tar) data, peak
-RSS of the process tree (``os.wait4``), median CPU time; PASS/MISS per target. Written to
-stdout and ``bench/results.json`` (with input digests, tool versions and the machine);
+The floor (``bench/floor.py``) is measured after each pair, once per round: the unavoidable work
+of the row on this machine (gunzip with isal, SHA-256 of the tar and, in image mode, of each blob,
+writing and hashing as many output bytes as ours produced), single-threaded.
+
+Reported: median wall time, ratio ours / baseline, the floor and ratio ours / floor, MB/s of
+uncompressed layer (tar) data, peak RSS of the process tree (``os.wait4``), median CPU time;
+PASS/MISS per target. Written to stdout and ``bench/results.json`` (with input digests, tool
+versions and the machine);
 ``--plot`` adds ``bench/throughput.png``.
 """
 
@@ -58,6 +63,7 @@ RESULTS = BENCH_DIR / "results.json"
 PLOT = BENCH_DIR / "throughput.png"
 RSS_LIMIT_BYTES = 200 * 10**6
 TOOLS_ORDER = ("ours", "baseline")
+FLOOR = "floor"
 
 
 def _log(msg: str) -> None:
@@ -196,6 +202,28 @@ def _measure_layer(tools: Tools, case: Case, layer: inputs.LayerInput, tool: str
     return sample
 
 
+def _output_bytes(samples: Sequence[Sample], case: Case, round_no: int) -> int | None:
+    """What this round's ours produced (the baseline's output if ours failed)."""
+    for tool in TOOLS_ORDER:
+        for s in samples:
+            if s.variant == case.variant(tool) and s.round == round_no and s.ok and s.extra.get("output_bytes"):
+                return int(s.extra["output_bytes"])
+    return None
+
+
+def _measure_floor(case: Case, blobs: Sequence[Path], output_bytes: int | None, round_no: int, *,
+                   hash_blobs: bool) -> Sample | None:
+    """The row's floor (``bench.floor``) for ``output_bytes`` of output; None if nothing was produced."""
+    if output_bytes is None:
+        return None
+    with _scratch("floor") as work:
+        argv = [sys.executable, "-m", "bench.floor", "--output-bytes", str(output_bytes), "--out",
+                str(work / "out"), *(["--hash-blobs"] if hash_blobs else []), *map(str, blobs)]
+        sample = run_measured(case.variant(FLOOR), round_no, argv, cwd=BENCH_DIR.parent)
+    _report_sample(sample)
+    return sample
+
+
 def run_layers(tools: Tools, layers: list[inputs.LayerInput], rounds: int, mode: str = "layer") -> Results:
     """(d): every layer and format, ``rounds`` times, ours and baseline alternating who goes first."""
     cases = [Case(mode, layer.name, fmt, layer.tar_size) for layer in layers for fmt in FORMATS]
@@ -206,6 +234,10 @@ def run_layers(tools: Tools, layers: list[inputs.LayerInput], rounds: int, mode:
         for case in cases:
             for tool in _order(round_no):
                 samples.append(_measure_layer(tools, case, by_name[case.input], tool, round_no))
+            floor = _measure_floor(case, [by_name[case.input].gz], _output_bytes(samples, case, round_no),
+                                   round_no, hash_blobs=False)
+            if floor is not None:
+                samples.append(floor)
     return Results(cases=cases, samples=samples, unavailable={})
 
 
@@ -267,6 +299,10 @@ def run_image(tools: Tools, image: inputs.BenchImage, rounds: int, *, jobs: int 
                     _check_pushed(sample, dest, len(image.layers))
                     samples.append(sample)
                     _report_sample(sample)
+                floor = _measure_floor(case, [layer.gz for layer in image.layers],
+                                       _output_bytes(samples, case, round_no), round_no, hash_blobs=True)
+                if floor is not None:
+                    samples.append(floor)
     return Results(cases=cases, samples=samples, unavailable=unavailable)
 
 
@@ -286,8 +322,10 @@ def case_rows(results: Results) -> list[dict[str, Any]]:
     rows = []
     for case in results.cases:
         ours, base = results.summary(case, "ours"), results.summary(case, "baseline")
+        floor = results.summary(case, FLOOR)
         row: dict[str, Any] = {"mode": case.mode, "input": case.input, "format": case.fmt,
-                               "tar_bytes": case.tar_bytes, "ratio": _ratio(ours, base)}
+                               "tar_bytes": case.tar_bytes, "ratio": _ratio(ours, base),
+                               "floor": floor.as_json() if floor else None, "ours_floor_ratio": _ratio(ours, floor)}
         for tool in TOOLS_ORDER:
             outs = [s.extra["output_bytes"] for s in results.samples
                     if s.variant == case.variant(tool) and s.ok and "output_bytes" in s.extra]
@@ -307,8 +345,8 @@ def _cell(value: float | None, fmt: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("mode", "input", "format", "tar MB", "ours s", "base s", "ours/base", "ours MB/s", "base MB/s",
-              "ours RSS MB", "base RSS MB", "ours CPU s", "base CPU s")
+    header = ("mode", "input", "format", "tar MB", "ours s", "base s", "ours/base", "floor s", "ours/floor",
+              "ours MB/s", "base MB/s", "ours RSS MB", "base RSS MB", "ours CPU s", "base CPU s")
     lines = [header]
     for row in rows:
         ours, base = row["ours"], row["baseline"]
@@ -320,7 +358,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         base_s = _cell(get(base, "median_wall_s"), ".2f") if base else row["baseline_note"].split(":")[0]
         lines.append((
             row["mode"], row["input"], row["format"], f"{row['tar_bytes'] / 1e6:.0f}", ours_s, base_s,
-            _cell(row["ratio"], ".2f"),
+            _cell(row["ratio"], ".2f"), _cell(get(row["floor"], "median_wall_s"), ".2f"),
+            _cell(row["ours_floor_ratio"], ".2f"),
             _cell(row["ours_mb_s"], ".0f"), _cell(row["baseline_mb_s"], ".0f"),
             _cell(get(ours, "peak_rss_kb", 1024 / 1e6), ".0f"), _cell(get(base, "peak_rss_kb", 1024 / 1e6), ".0f"),
             _cell(get(ours, "median_cpu_s"), ".2f"), _cell(get(base, "median_cpu_s"), ".2f"),
@@ -503,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tools": tool_versions(tools),
         "commands": {
             "ours_layer": "erofs-convert layer LAYER.tar.gz -o OUT --to FMT [--bottom]",
+            "floor": "python -m bench.floor --output-bytes N --out OUT [--hash-blobs] BLOB... (isal gunzip, SHA-256 of "
+                     "tar [and blob], write + SHA-256 of N output bytes; N = what ours produced that round)",
             "baseline_layer": "gzip -dc LAYER.tar.gz | mkfs.erofs --quiet --tar=f --aufs -b4096 -T0 --mkfs-time "
                               "-Uclear [-zlz4] OUT",
             "ours_image": "erofs-convert HOST/bench/image:tar --dest HOST/bench/ours:TAG --to FMT --plain-http HOST -q",

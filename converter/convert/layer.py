@@ -50,8 +50,9 @@ from converter.erofs.zwriter import CompressedDataArea
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
 from converter.files import new_file_mode
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.model import DataSink, EntryKind, Inode, LowerView, SparseFileData
+from converter.layers.model import DataSink, EntryKind, Inode, LowerView, sparse_data
 from converter.layers.normalise import LayerNormaliser
+from converter.layers.readahead import ReadAhead
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
 
@@ -302,8 +303,24 @@ def _reserve_partial(out_path: Path, layer: str) -> Path:
 def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: LayerOptions,
                 media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> tuple[Inode, str]:
     """The layer's normalised tree and its DiffID."""
-    limit, logical_limit = options.max_expanded, options.max_logical
+    limit = options.max_expanded
     stream = HashingReader(open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit))
+    with ReadAhead(stream, name=f"read-ahead {layer}"[:60]) as ahead:
+        _parse_entries(ahead, normaliser, options=options, layer=layer)
+        # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
+        while ahead.read(_CHUNK):
+            pass
+    while hashed.read(_CHUNK):
+        pass
+    root = normaliser.finish()
+    if on_tree is not None:
+        on_tree(root)
+    return root, stream.digest()
+
+
+def _parse_entries(stream: ReadAhead, normaliser: LayerNormaliser, *, options: LayerOptions, layer: str) -> None:
+    """Every tar entry of ``stream`` into ``normaliser``, within ``options``' limits."""
+    limit, logical_limit = options.max_expanded, options.max_logical
     # Only raw images keep holes (chunk-based files); compressed files are fed the holes as zeros.
     keeps_holes = options.resolved_builder() == "python" and options.fmt.algorithm is None
     stored = logical = 0
@@ -319,22 +336,14 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
                 raise LayerError(f"the files' sizes, holes included, add up to more than the limit of "
                                  f"{logical_limit} bytes", layer=layer, entry=entry.display_name())
         normaliser.add(entry, data)
-    # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
-    while stream.read(_CHUNK):
-        pass
-    while hashed.read(_CHUNK):
-        pass
-    root = normaliser.finish()
-    if on_tree is not None:
-        on_tree(root)
-    return root, stream.digest()
 
 
 def stored_bytes(size: int, data: object) -> int:
     """The bytes our writer stores for a ``size``-byte file: its chunks with data for a file
     with holes (whatever is smaller: chunks or the whole file), else the file."""
-    if size and isinstance(data, SparseFileData):
-        return min(choose_chunkbits(size, data.segments)[1], size)
+    sparse = sparse_data(data) if size else None
+    if sparse is not None:
+        return min(choose_chunkbits(size, sparse.segments)[1], size)
     return size
 
 

@@ -32,7 +32,7 @@ from typing import BinaryIO
 from converter.erofs import format as fmt
 from converter.erofs.layout import MAX_INLINE_TAIL, BlockRef, ChunkRef, Plan, plan_layout
 from converter.errors import ErofsFormatError, LayerError
-from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind, SparseFileData
+from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind, SparseFileData, sparse_data
 
 __all__ = ["BlockRef", "ChunkRef", "ImageDataArea", "choose_chunkbits", "write_image"]
 
@@ -127,10 +127,11 @@ class ImageDataArea:
             raise ErofsFormatError("adding file data: the image was already written")
         if size < 0:
             raise LayerError(f"file size {size} is negative")
-        if size and isinstance(data, SparseFileData):
-            bits, cost = choose_chunkbits(size, data.segments)
+        sparse = sparse_data(data) if size else None
+        if sparse is not None:
+            bits, cost = choose_chunkbits(size, sparse.segments)
             if cost < -(-size // _BLKSZ) * _BLKSZ:  # holes save space: keep them as null chunks
-                return self._add_chunked(data, size, bits)
+                return self._add_chunked(sparse, size, bits)
         if self._holes and size >= _BLKSZ:
             return self._add_finding_zeros(data, size)
         full = size // _BLKSZ

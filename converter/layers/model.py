@@ -96,6 +96,16 @@ class SparseFileData(FileData, Protocol):
         ...
 
 
+def sparse_data(data: object) -> SparseFileData | None:
+    """``data`` if it is a file with holes, else None.
+
+    The attribute test goes first: on Python 3.11 ``isinstance`` against a runtime protocol
+    walks the protocol's members on every call (tens of µs, once per regular file)."""
+    if hasattr(data, "segments") and isinstance(data, SparseFileData):
+        return data
+    return None
+
+
 class NodeKind(enum.IntEnum):
     """Inode types; the values are the EROFS/Linux dirent file_type codes."""
 

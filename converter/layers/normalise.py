@@ -129,6 +129,8 @@ def split_path(name: bytes) -> list[bytes]:
     if b"\0" in name:
         raise _PathError("the path contains a NUL byte")
     parts = [p for p in name.split(b"/") if p and p != b"."]
+    if len(name) < PATH_MAX - 1 and b".." not in parts and (not parts or max(map(len, parts)) <= NAME_MAX):
+        return parts  # the common case, checked in C: "/a/b" is never longer than the name plus one
     length = 0
     for p in parts:
         if p == b"..":

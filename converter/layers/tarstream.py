@@ -432,7 +432,7 @@ class _MemberData(abc.ABC):
 
     __slots__ = ("_closed", "_entry", "_layer", "_src", "size")
 
-    def __init__(self, src: _Source, size: int, layer: str, entry: str) -> None:
+    def __init__(self, src: _Source, size: int, layer: str, entry: bytes) -> None:
         self._src = src
         self._layer = layer
         self._entry = entry
@@ -441,10 +441,10 @@ class _MemberData(abc.ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"file data of {self._entry!r} read after the tar reader advanced")
+            raise ValueError(f"file data of {_display_name(self._entry)!r} read after the tar reader advanced")
 
     def _truncated(self) -> LayerError:
-        return LayerError("unexpected end of archive", layer=self._layer, entry=self._entry)
+        return LayerError("unexpected end of archive", layer=self._layer, entry=_display_name(self._entry))
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all that is left if ``n`` < 0); short only at the end of the file."""
@@ -484,7 +484,7 @@ class _PlainData(_MemberData):
 
     __slots__ = ("_remaining",)
 
-    def __init__(self, src: _Source, size: int, layer: str, entry: str) -> None:
+    def __init__(self, src: _Source, size: int, layer: str, entry: bytes) -> None:
         super().__init__(src, size, layer, entry)
         self._remaining = size
 
@@ -526,7 +526,7 @@ class _SparseData(_MemberData):
         stored: int,
         pad: int,
         layer: str,
-        entry: str,
+        entry: bytes,
     ) -> None:
         super().__init__(src, size, layer, entry)
         self._segments = segments
@@ -647,7 +647,8 @@ class TarReader:
         self._max_pax_size = max_pax_size
         self._drain = drain
         self._started = False
-        self._member = ""  # display name of the member being parsed, for error messages
+        # The raw name of the member being parsed, made a display name only for an error message.
+        self._member = b""
 
     @property
     def bytes_consumed(self) -> int:
@@ -661,7 +662,7 @@ class TarReader:
         return self._members()
 
     def _error(self, message: str) -> LayerError:
-        return LayerError(message, layer=self._layer, entry=self._member)
+        return LayerError(message, layer=self._layer, entry=_display_name(self._member))
 
     def _members(self) -> Iterator[tuple[TarEntry, FileData | None]]:
         count = 0
@@ -711,7 +712,7 @@ class TarReader:
         """
         src = self._src
         while True:
-            self._member = ""
+            self._member = b""
             block = src.read_block()
             if block is None:
                 return None  # a clean end of stream ends the archive (pending extensions too), as in Go
@@ -722,7 +723,7 @@ class TarReader:
                 if following is not None and following != _ZERO_BLOCK:
                     raise _Malformed("a lone zero block is followed by more headers")
                 return None
-            self._member = shorten_name(_cstr(block[:100]).decode("utf-8", "backslashreplace"))
+            self._member = _cstr(block[:100])
             if not _checksum_ok(block):
                 raise _Malformed("invalid header checksum (not a tar archive or corrupt)")
             typeflag = block[156]
@@ -780,7 +781,7 @@ class TarReader:
         name = pending.longname or get(b"path") or _header_name(block)
         if 0 in name:
             raise _Malformed("member name contains a NUL byte")
-        self._member = shorten_name(name.decode("utf-8", "backslashreplace"))
+        self._member = name
 
         if pax is not None:
             if (value := pax.get(b"size")) is not None:
@@ -909,7 +910,7 @@ class TarReader:
             if 0 in name:
                 raise _Malformed("GNU.sparse.name contains a NUL byte")
             entry.name = name
-            self._member = shorten_name(name.decode("utf-8", "backslashreplace"))
+            self._member = name
 
     def _read_sparse_map_10(self, data_size: int) -> tuple[list[int], int]:
         """Read the 1.0 map at the start of the member data: newline-terminated decimals
@@ -952,6 +953,11 @@ class TarReader:
             self._layer,
             self._member,
         )
+
+
+def _display_name(name: bytes) -> str:
+    """A member's name as error messages show it."""
+    return shorten_name(name.decode("utf-8", "backslashreplace"))
 
 
 def _no_records(key: bytes) -> bytes | None:

@@ -158,6 +158,32 @@ def test_split_path() -> None:
     assert split_path(b"a" * 255) == [b"a" * 255]
 
 
+def _long_path(length: int, *, lead: bytes = b"") -> bytes:
+    """A path of ``length`` bytes (with ``lead`` first) made of 200-byte components."""
+    body = length - len(lead)
+    parts = [b"c" * 200] * (body // 201) + [b"t" * (body % 201 or 1)]
+    name = lead + b"/".join(parts)
+    return name[:length] if len(name) > length else name + b"u" * (length - len(name))
+
+
+@pytest.mark.parametrize(("lead", "length", "fits"), [
+    (b"", 4094, True),     # written as "/" + name: 4095 bytes, the most that fits
+    (b"", 4095, False),    # 4096 bytes once a leading "/" is added
+    (b"/", 4095, True),    # already starts with "/"
+    (b"/", 4096, False),
+    (b"./", 4096, True),   # "./" is dropped: "/" + 4094 bytes
+    (b"", 5000, False),
+])
+def test_split_path_length_limit_counts_the_leading_slash(lead: bytes, length: int, fits: bool) -> None:
+    name = _long_path(length, lead=lead)
+    assert len(name) == length and max(len(p) for p in name.split(b"/")) <= 255
+    if fits:
+        assert b"/".join(split_path(name)) == name.removeprefix(lead)
+    else:
+        with pytest.raises(ValueError, match="bytes long"):
+            split_path(name)
+
+
 def test_root_entry_must_be_a_directory() -> None:
     err = error_of([f("./", b"")])
     assert "root entry must be a directory" in str(err)

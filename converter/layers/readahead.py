@@ -1,0 +1,95 @@
+"""A byte source read ahead by a worker thread, so decompression overlaps parsing (docs/architecture.md §3.1)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import queue
+import threading
+from types import TracebackType
+
+from converter.layers.tarstream import ByteSource
+
+PIECE = 1 << 18  # bytes per read of the source: few calls, little memory
+DEPTH = 4  # pieces read ahead at most: bounds the memory to (DEPTH + 2) pieces
+
+
+class ReadAhead:
+    """``read(n)`` over ``source``, which a worker thread reads ``PIECE`` bytes at a time.
+
+    The worker runs in a copy of the caller's context (so a cancel scope that the caller entered
+    still covers its blocking reads) and stays at most ``depth`` pieces ahead. Whatever the
+    source raises is raised by ``read`` once the bytes before it have been returned, as if it
+    had been read directly. Use as a context manager: leaving stops and joins the worker.
+    Reads may be short (any ``ByteSource`` may); only one thread may call ``read``.
+    """
+
+    __slots__ = ("_buf", "_done", "_pos", "_queue", "_stop", "_thread")
+
+    def __init__(self, source: ByteSource, *, piece: int = PIECE, depth: int = DEPTH,
+                 name: str = "read-ahead") -> None:
+        if piece < 1 or depth < 1:
+            raise ValueError(f"read-ahead needs piece >= 1 and depth >= 1 (got {piece}, {depth})")
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._pos = 0
+        self._done = False
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._work, source, piece), name=name,
+                                        daemon=True)
+        self._thread.start()
+
+    def _work(self, source: ByteSource, piece: int) -> None:
+        while not self._stop.is_set():
+            try:
+                data = source.read(piece)
+            except BaseException as exc:  # handed to the reader, which raises it in its own thread
+                self._queue.put(exc)
+                return
+            self._queue.put(data)
+            if not data:
+                return
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (all that is left if ``size`` < 0); empty at the end."""
+        if size < 0:
+            parts = []
+            while piece := self.read(PIECE):
+                parts.append(piece)
+            return b"".join(parts)
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            if self._done or size == 0:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if not item:
+                self._done = True
+                return b""
+            buf, pos = self._buf, self._pos = item, 0
+        end = pos + size
+        if end >= len(buf):
+            self._buf, self._pos = b"", 0
+            return buf if pos == 0 else buf[pos:]
+        self._pos = end
+        return buf[pos:end]
+
+    def close(self) -> None:
+        """Stop the worker (after the read it is in, if any) and wait for it."""
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # make room: a worker blocked handing over a piece sees the stop
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+        self._done = True
+        self._buf, self._pos = b"", 0
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
