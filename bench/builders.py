@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--big-layer-gb", type=float, default=0.0, metavar="N", help="add the generated N GiB layer")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    layers = inputs.layers()
+    layers = list(inputs.build_image(log=lambda msg: None).layers)
     if args.layers:
         layers = [layer for layer in layers if layer.name in args.layers]
     if args.big_layer_gb:

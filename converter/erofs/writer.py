@@ -377,6 +377,10 @@ class ImageDataArea:
         """Whether some tails went to the temporary file because memory was full."""
         return self._spool is not None
 
+    def resolve(self, root: Inode) -> None:
+        """No more files: finish any writes still in flight and give every inode under ``root``
+        its final reference (a subclass may hand out placeholders from ``add``). Raw: nothing to do."""
+
     def seal(self) -> None:
         """No more files: make the tails readable."""
         self._sealed = True
@@ -483,6 +487,7 @@ def write_image(
     if len(volume_name) > 15 or b"\0" in volume_name:
         # §2.1: older kernels want a NUL within the 16 bytes.
         raise ErofsFormatError("the volume name must be at most 15 bytes without NUL")
+    area.resolve(root)
     plan = plan_layout(root, data_end_block=area.next_block, build_time=build_time, area_token=area.token)
     area.seal()
     out = area.out

@@ -18,9 +18,9 @@ from converter.erofs.layout import BlockRef
 from converter.erofs.writer import COPY_CHUNK, TAIL_MEMORY, ImageDataArea
 from converter.erofs.zcodec import ZSTD_WINDOW_LOG, Codec, check_available, make_compressor
 from converter.errors import ErofsFormatError, LayerError
-from converter.layers.model import FileData
+from converter.layers.model import FileData, Inode
 
-__all__ = ["SEGMENT", "CompressedDataArea", "Segment", "compress_segment"]
+__all__ = ["SEGMENT", "CompressedDataArea", "PendingRef", "Segment", "compress_segment"]
 
 _BLKSZ = fmt.BLOCK_SIZE
 _BITS = fmt.BLOCK_SIZE_BITS
@@ -29,6 +29,11 @@ _BITS = fmt.BLOCK_SIZE_BITS
 #: ``workers + 1`` segments (input and output) are held at once. An extent never crosses a
 #: segment boundary, which costs at most one partly filled pcluster per segment (< 0.1 %).
 SEGMENT = 4 << 20
+#: Files of at most one segment are compressed in the background while the next files are read:
+#: at most this many such files (and ``QUEUE_BYTES`` of their data) wait to be written, in file
+#: order. Neither bound changes the image (writes happen in file order whatever the timing).
+QUEUE_FILES = 64
+QUEUE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,26 @@ class _Bytes:
             yield data[i:i + size]
 
 
+class PendingRef:
+    """What ``CompressedDataArea.add`` returns for a file still being compressed; ``resolve``
+    replaces it in the tree by the file's BlockRef once the data is written."""
+
+    __slots__ = ("ref", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ref: BlockRef | None = None
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A small file waiting to be written: its data, and its compression if worth trying."""
+
+    pending: PendingRef
+    data: bytes
+    future: Future[Segment] | None
+
+
 class CompressedDataArea(ImageDataArea):
     """An ``ImageDataArea`` whose regular files are LZ4/LZ4HC-compressed where that saves space.
 
@@ -162,6 +187,8 @@ class CompressedDataArea(ImageDataArea):
         self._level = level
         self._workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
+        self._queue: deque[_Queued] = deque()
+        self._queued_bytes = 0
 
     @property
     def feature_incompat(self) -> int:
@@ -186,11 +213,14 @@ class CompressedDataArea(ImageDataArea):
             return fmt.U16.pack(14) + fmt.U32.pack(microlzma.dict_size_for(_BLKSZ)) + bytes(10)
         return b""
 
-    def add(self, data: FileData, size: int) -> BlockRef:
+    def add(self, data: FileData, size: int) -> BlockRef | PendingRef:  # type: ignore[override]
         if self._sealed:
             raise ErofsFormatError("adding file data: the image was already written")
         if size < 0:
             raise LayerError(f"file size {size} is negative")
+        if size <= SEGMENT:
+            return self._enqueue(self._read_small(data, size), size)
+        self._drain(0)  # the files before this one are written first: blocks follow file order
         start = self._next_block
         pending: deque[tuple[bytes, Future[Segment]]] = deque()
         indexes = _FullIndexes(size, self._codec.algorithm)
@@ -211,8 +241,6 @@ class CompressedDataArea(ImageDataArea):
                 raise LayerError("file data shorter than its header says")
             last = bytes(buf)
             del buf
-            if not pending:
-                return self._add_small(last, size)
             pending.append(self._submit(last))
             while len(pending) > 1:
                 self._write_segment(pending.popleft()[1].result(), indexes)
@@ -232,13 +260,59 @@ class CompressedDataArea(ImageDataArea):
             self._out_pos = None
             raise
 
+    def resolve(self, root: Inode) -> None:
+        """Write every queued file, then replace each PendingRef in the tree by its BlockRef."""
+        self._drain(0)
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if isinstance(node.data, PendingRef):
+                assert node.data.ref is not None, "a queued file was never written"
+                node.data = node.data.ref
+            if node.children:
+                stack.extend(node.children.values())
+
     def close(self) -> None:
+        for queued in self._queue:
+            if queued.future is not None:
+                queued.future.cancel()
+        self._queue.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         super().close()
 
     # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_small(data: FileData, size: int) -> bytes:
+        parts = []
+        got = 0
+        for chunk in data.chunks(COPY_CHUNK):
+            got += len(chunk)
+            if got > size:
+                raise LayerError("file data longer than its header says")
+            parts.append(chunk)
+        if got != size:
+            raise LayerError("file data shorter than its header says")
+        return b"".join(parts)
+
+    def _enqueue(self, data: bytes, size: int) -> PendingRef:
+        """Queue a file of at most one segment; its compression starts now in a worker."""
+        pending = PendingRef(size)
+        future = self._submit(data)[1] if size > _BLKSZ else None  # one block: compression cannot gain
+        self._queue.append(_Queued(pending, data, future))
+        self._queued_bytes += size
+        self._drain(QUEUE_FILES, QUEUE_BYTES)
+        return pending
+
+    def _drain(self, files: int, data_bytes: int = 0) -> None:
+        """Write queued files, oldest first, until at most ``files`` files and ``data_bytes`` wait."""
+        while self._queue and (len(self._queue) > files or self._queued_bytes > data_bytes):
+            queued = self._queue.popleft()
+            self._queued_bytes -= len(queued.data)
+            seg = queued.future.result() if queued.future is not None else None
+            queued.pending.ref = self._write_small(queued.data, seg)
 
     def _plain(self, data: FileData, size: int) -> BlockRef:
         """Store ``data`` as the raw writer does (FLAT blocks: this area never makes holes)."""
@@ -251,15 +325,12 @@ class CompressedDataArea(ImageDataArea):
             self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="erofs-z")
         return segment, self._pool.submit(compress_segment, segment, codec=self._codec, level=self._level)
 
-    def _add_small(self, data: bytes, size: int) -> BlockRef:
-        """A file of one segment: compressed if that takes less room than storing it plain."""
-        if size <= _BLKSZ:  # one block either way: compression cannot gain
-            return self._plain(_Bytes(data), size)
-        seg = compress_segment(data, codec=self._codec, level=self._level)
-        blocks = len(seg.extents)
+    def _write_small(self, data: bytes, seg: Segment | None) -> BlockRef:
+        """A file of one segment: compressed (``seg``) if that takes less room than storing it plain."""
+        size = len(data)
         # mkfs's rule: keep the compressed form only if its blocks and indexes take less than
         # the file's size (otherwise the plain layout is no bigger and reads faster).
-        if not seg.compressed or blocks * _BLKSZ + _FullIndexes.metadata_size(size) >= size:
+        if seg is None or not seg.compressed or len(seg.extents) * _BLKSZ + _FullIndexes.metadata_size(size) >= size:
             return self._plain(_Bytes(data), size)
         start = self._next_block
         indexes = _FullIndexes(size, self._codec.algorithm)

@@ -182,20 +182,32 @@ def test_segments_are_cut_like_mkfs() -> None:
     assert len(zeros.extents) <= 5  # about 1 MB of zeros per 4 KiB LZ4 block
 
 
-def test_worker_count_does_not_change_the_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", [Codec.LZ4, Codec.DEFLATE])
+def test_worker_count_and_queue_do_not_change_the_image(codec: Codec, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small files are compressed in the background and written in file order: neither the
+    number of workers nor how many files wait may change a byte (a big file drains the queue)."""
     from converter.convert.layer import read_layer
+    from converter.erofs import zwriter
     from converter.erofs.writer import write_image
 
-    tar = make_tar([("a", "mixed", 3 * SEGMENT + 5, 1, -1), ("b", "text", 70000, 2, -1)])
+    files: list[FileSpec] = [(f"s{i}", KINDS[i % 4], 4096 * (i % 5) + i, i, -1) for i in range(40)]
+    tar = make_tar([*files[:20], ("a", "mixed", 3 * SEGMENT + 5, 1, -1), *files[20:], ("b", "text", 70000, 2, -1)])
     images = []
-    for workers in (1, 3):
-        path = tmp_path / f"w{workers}.erofs"
-        with open(path, "w+b") as out, CompressedDataArea(out, codec=Codec.LZ4, workers=workers) as area:
-            tree = read_layer(io.BytesIO(tar), sink=area, options=LayerOptions(fmt=TargetFormat("lz4")), lower=None,
-                              media_type=None, layer="w.tar")
-            write_image(tree.root, area, feature_incompat=area.feature_incompat, u1=area.u1)
+    for workers, queue in ((1, 64), (3, 64), (2, 1), (2, 0)):
+        monkeypatch.setattr(zwriter, "QUEUE_FILES", queue)
+        path = tmp_path / f"w{workers}-{queue}.erofs"
+        with open(path, "w+b") as out, CompressedDataArea(out, codec=codec, workers=workers) as area:
+            tree = read_layer(io.BytesIO(tar), sink=area, options=LayerOptions(fmt=TargetFormat(codec.value)),
+                              lower=None, media_type=None, layer="w.tar")
+            write_image(tree.root, area, feature_incompat=area.feature_incompat, u1=area.u1,
+                        compr_cfgs=area.compr_cfgs)
         images.append(path.read_bytes())
-    assert images[0] == images[1]
+        fsck(path)
+    assert all(image == images[0] for image in images[1:])
+    with mounted(tmp_path / "w1-64.erofs") as mnt:
+        assert tree_of(mnt) == expected_tree([*files, ("a", "mixed", 3 * SEGMENT + 5, 1, -1),
+                                              ("b", "text", 70000, 2, -1)])
 
 
 @pytest.mark.parametrize(("builder", "to", "resolved"), [
