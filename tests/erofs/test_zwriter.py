@@ -135,7 +135,8 @@ def test_random_trees(to: str, files: list[FileSpec], tmp_path_factory: pytest.T
     check_tree(files, to, tmp_path_factory.mktemp("z"))
 
 
-@pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc", "erofs+zstd", "erofs+deflate"])
+@pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc", "erofs+zstd", "erofs+deflate", "erofs+lzma",
+                                "erofs+lzma,level=109"])
 def test_multi_mib_files_span_segments(to: str, tmp_path: Path) -> None:
     """Files of several segments: compressible, incompressible (stored plain) and mixed."""
     require_mount()
