@@ -34,6 +34,9 @@ SEGMENT = 4 << 20
 #: order. Neither bound changes the image (writes happen in file order whatever the timing).
 QUEUE_FILES = 64
 QUEUE_BYTES = 32 << 20
+#: Below this size a file is compressed by the reading thread itself: for LZ4 handing a small
+#: file to a worker costs more than compressing it (the small-files bench layer took 10 % longer).
+_INLINE_BELOW = {Codec.LZ4: 64 << 10}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +168,7 @@ class _Queued:
 
     pending: PendingRef
     data: bytes
-    future: Future[Segment] | None
+    segment: Future[Segment] | Segment | None
 
 
 class CompressedDataArea(ImageDataArea):
@@ -189,6 +192,7 @@ class CompressedDataArea(ImageDataArea):
         self._pool: ThreadPoolExecutor | None = None
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
+        self._inline_below = max(_BLKSZ + 1, _INLINE_BELOW.get(codec, 0))
 
     @property
     def feature_incompat(self) -> int:
@@ -219,7 +223,13 @@ class CompressedDataArea(ImageDataArea):
         if size < 0:
             raise LayerError(f"file size {size} is negative")
         if size <= SEGMENT:
-            return self._enqueue(self._read_small(data, size), size)
+            small = self._read_small(data, size)
+            if size < self._inline_below:
+                seg = compress_segment(small, codec=self._codec, level=self._level) if size > _BLKSZ else None
+                if not self._queue:
+                    return self._write_small(small, seg)
+                return self._enqueue(small, seg)
+            return self._enqueue(small, self._submit(small)[1])
         self._drain(0)  # the files before this one are written first: blocks follow file order
         start = self._next_block
         pending: deque[tuple[bytes, Future[Segment]]] = deque()
@@ -274,8 +284,8 @@ class CompressedDataArea(ImageDataArea):
 
     def close(self) -> None:
         for queued in self._queue:
-            if queued.future is not None:
-                queued.future.cancel()
+            if isinstance(queued.segment, Future):
+                queued.segment.cancel()
         self._queue.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -297,12 +307,11 @@ class CompressedDataArea(ImageDataArea):
             raise LayerError("file data shorter than its header says")
         return b"".join(parts)
 
-    def _enqueue(self, data: bytes, size: int) -> PendingRef:
-        """Queue a file of at most one segment; its compression starts now in a worker."""
-        pending = PendingRef(size)
-        future = self._submit(data)[1] if size > _BLKSZ else None  # one block: compression cannot gain
-        self._queue.append(_Queued(pending, data, future))
-        self._queued_bytes += size
+    def _enqueue(self, data: bytes, segment: Future[Segment] | Segment | None) -> PendingRef:
+        """Queue a file of at most one segment, with its compression (running, done, or none)."""
+        pending = PendingRef(len(data))
+        self._queue.append(_Queued(pending, data, segment))
+        self._queued_bytes += len(data)
         self._drain(QUEUE_FILES, QUEUE_BYTES)
         return pending
 
@@ -311,7 +320,7 @@ class CompressedDataArea(ImageDataArea):
         while self._queue and (len(self._queue) > files or self._queued_bytes > data_bytes):
             queued = self._queue.popleft()
             self._queued_bytes -= len(queued.data)
-            seg = queued.future.result() if queued.future is not None else None
+            seg = queued.segment.result() if isinstance(queued.segment, Future) else queued.segment
             queued.pending.ref = self._write_small(queued.data, seg)
 
     def _plain(self, data: FileData, size: int) -> BlockRef:
