@@ -130,7 +130,27 @@ def fuzz_base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     for alg in ("lz4", "zstd", "deflate", "lzma"):
         _mkfs(*MKFS_REPRO, f"-z{alg}", "-C16384", d / alg, src)
         out[alg] = (d / alg).read_bytes()
+    # and our own writer's images of the same files (one-block pclusters, full indexes)
+    import io
+    import tarfile
+
+    from converter.convert.layer import LayerOptions, convert_layer
+    from converter.erofs.target import parse_format
+
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as tf:
+        for f in sorted(src.iterdir()):
+            tf.add(f, arcname=f.name)
+    for alg in OURS:
+        image = d / f"{alg}.erofs"
+        convert_layer(io.BytesIO(tar.getvalue()), image, layer=alg, workdir=d,
+                      options=LayerOptions(fmt=parse_format(f"erofs+{alg}"), builder="python", bottom=True))
+        out[f"ours-{alg}"] = image.read_bytes()
     return out
+
+
+#: Our writer's algorithms, fuzzed as well as mkfs.erofs's images.
+OURS = ("lz4", "lz4hc", "zstd", "deflate", "lzma")
 
 
 def _read_all(data: bytes) -> None:
@@ -143,8 +163,8 @@ def _read_all(data: bytes) -> None:
                     pass
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(alg=hs.sampled_from(["lz4", "zstd", "deflate", "lzma"]),
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(alg=hs.sampled_from(["lz4", "zstd", "deflate", "lzma", *(f"ours-{a}" for a in OURS)]),
        flips=hs.lists(hs.tuples(hs.floats(0, 1, exclude_max=True), hs.integers(1, 255)), min_size=1, max_size=6),
        cut=hs.one_of(hs.none(), hs.floats(0, 1, exclude_max=True)))
 def test_fuzzed_compressed_images_give_format_errors(fuzz_base: dict[str, bytes], alg: str,
@@ -158,9 +178,10 @@ def test_fuzzed_compressed_images_give_format_errors(fuzz_base: dict[str, bytes]
         _read_all(bytes(data))
 
 
-def test_every_index_byte_flipped(fuzz_base: dict[str, bytes]) -> None:
-    """Deterministic sweep over the metadata (inodes, map headers, indexes) of the zstd image."""
-    base = fuzz_base["zstd"]
+@pytest.mark.parametrize("alg", ["zstd", "ours-zstd", "ours-lzma"])
+def test_every_index_byte_flipped(fuzz_base: dict[str, bytes], alg: str) -> None:
+    """Deterministic sweep over the metadata (inodes, map headers, indexes) of a compressed image."""
+    base = fuzz_base[alg]
     sb = fmt.Superblock.unpack(base[1024:1152])
     start = sb.meta_blkaddr * 4096
     for off in range(start, min(start + 4096, len(base))):
