@@ -33,7 +33,7 @@ SEGMENT = 4 << 20
 #: at most this many such files (and ``QUEUE_BYTES`` of their data) wait to be written, in file
 #: order. Neither bound changes the image (writes happen in file order whatever the timing).
 QUEUE_FILES = 64
-QUEUE_BYTES = 16 << 20
+QUEUE_BYTES = 8 << 20
 #: Below this size a file is compressed by the reading thread itself: for LZ4 handing a small
 #: file to a worker costs more than compressing it (the small-files bench layer took 10 % longer).
 _INLINE_BELOW = {Codec.LZ4: 64 << 10}
