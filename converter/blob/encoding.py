@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
 from converter.errors import InvalidFormat, UsageError
+from converter.levels import parse_level_options
 
 #: zstd levels we accept (zstd's own 1..22; 20..22 are its "ultra" levels).
 ZSTD_LEVELS = range(1, 23)
@@ -120,22 +120,10 @@ def parse_blob_compression(text: str) -> tuple[BlobCompression, int | None]:
         lowered = name.lower()
         hint = f" (names are lower case: {lowered})" if lowered in {c.value for c in BlobCompression} else ""
         raise InvalidFormat(f"blob compression {text!r}: unknown compression {name!r}{hint}; {usage}") from None
-    level: int | None = None
-    seen: set[str] = set()
-    for option in options:
-        key, eq, value = option.partition("=")
-        if not eq:
-            raise InvalidFormat(f"blob compression {text!r}: option {option!r} is not KEY=VALUE (e.g. level=9)")
-        if key != "level":
-            raise InvalidFormat(f"blob compression {text!r}: unknown option {key!r}; the only option is level")
-        if key in seen:
-            raise InvalidFormat(f"blob compression {text!r}: option {key!r} is given twice")
-        seen.add(key)
+    level = parse_level_options(options, what=f"blob compression {text!r}", number="whole number")
+    if level is not None:
         if compression is BlobCompression.NONE:
             raise InvalidFormat(f"blob compression {text!r}: none takes no level")
-        if not re.fullmatch(r"[0-9]+", value):
-            raise InvalidFormat(f"blob compression {text!r}: level {value!r} is not a whole number")
-        level = int(value)
         if level not in ZSTD_LEVELS:
             raise InvalidFormat(f"blob compression {text!r}: zstd level {level} is out of range: use "
                                 f"{ZSTD_LEVELS.start}..{ZSTD_LEVELS.stop - 1}")

@@ -10,11 +10,9 @@ calls release the GIL, so worker threads compress in parallel.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-from dataclasses import dataclass
 from functools import cache
 
-from converter.errors import ToolError
+from converter.erofs.clib import load_library
 
 __all__ = ["MicroLzmaEncoder", "dict_size_for", "liblzma_version", "preset_for"]
 
@@ -46,20 +44,12 @@ class _Options(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True, slots=True)
-class _Lib:
-    dll: ctypes.CDLL
-
-
 @cache
-def _liblzma() -> _Lib:
-    name = ctypes.util.find_library("lzma") or "liblzma.so.5"
-    try:
-        dll = ctypes.CDLL(name)
-        enc = dll.lzma_microlzma_encoder
-    except (OSError, AttributeError) as exc:
-        raise ToolError(f"loading liblzma (>= 5.3.3, with lzma_microlzma_encoder) for the python builder's "
-                        f"lzma compression: {exc}; install liblzma (Debian: liblzma5) or use --builder mkfs") from exc
+def _liblzma() -> ctypes.CDLL:
+    dll = load_library("lzma", "liblzma.so.5", needs=("lzma_microlzma_encoder",),
+                       what="liblzma (>= 5.3.3, with lzma_microlzma_encoder) for lzma compression",
+                       install="liblzma (Debian: liblzma5)")
+    enc = dll.lzma_microlzma_encoder
     enc.argtypes = [ctypes.POINTER(_Stream), ctypes.POINTER(_Options)]
     enc.restype = ctypes.c_int
     dll.lzma_code.argtypes = [ctypes.POINTER(_Stream), ctypes.c_int]
@@ -70,7 +60,7 @@ def _liblzma() -> _Lib:
     dll.lzma_lzma_preset.restype = ctypes.c_ubyte
     dll.lzma_version_string.argtypes = []
     dll.lzma_version_string.restype = ctypes.c_char_p
-    return _Lib(dll)
+    return dll
 
 
 def check_available() -> None:
@@ -79,7 +69,7 @@ def check_available() -> None:
 
 
 def liblzma_version() -> str:
-    return "liblzma " + (_liblzma().dll.lzma_version_string() or b"?").decode("ascii", "replace")
+    return "liblzma " + (_liblzma().lzma_version_string() or b"?").decode("ascii", "replace")
 
 
 def preset_for(level: int) -> int:
@@ -105,7 +95,7 @@ class MicroLzmaEncoder:
     def __init__(self, *, level: int, dict_size: int, capacity: int) -> None:
         if capacity < MIN_OUTPUT:
             raise ValueError(f"a MicroLZMA stream needs at least {MIN_OUTPUT} bytes of output")
-        self._lib = _liblzma().dll
+        self._lib = _liblzma()
         self._opts = _Options()
         if self._lib.lzma_lzma_preset(ctypes.byref(self._opts), preset_for(level)):
             raise ValueError(f"liblzma does not support preset {level}")

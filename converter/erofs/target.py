@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from converter.errors import InvalidFormat
+from converter.levels import parse_level_options
 
 BASE = "erofs"
 
@@ -110,20 +111,7 @@ def parse_format(text: str) -> TargetFormat:
         hint = f" (algorithm names are lower case: {lowered})" if lowered in LEVELS else ""
         raise InvalidFormat(f"format {text!r}: unknown compression algorithm {algorithm!r}{hint}; "
                             f"known: {', '.join(ALGORITHMS)}")
-    level: int | None = None
-    seen: set[str] = set()
-    for option in options:
-        key, eq, value = option.partition("=")
-        if not eq:
-            raise InvalidFormat(f"format {text!r}: option {option!r} is not KEY=VALUE (e.g. level=9)")
-        if key != "level":
-            raise InvalidFormat(f"format {text!r}: unknown option {key!r}; the only option is level")
-        if key in seen:
-            raise InvalidFormat(f"format {text!r}: option {key!r} is given twice")
-        seen.add(key)
-        if not re.fullmatch(r"[0-9]+", value):
-            raise InvalidFormat(f"format {text!r}: level {value!r} is not a non-negative whole number")
-        level = int(value)
+    level = parse_level_options(options, what=f"format {text!r}")
     try:
         return TargetFormat(algorithm, level)
     except InvalidFormat as exc:

@@ -12,7 +12,6 @@ the GIL too.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import enum
 import zlib
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from functools import cache
 import zstandard
 
 from converter.erofs import microlzma
-from converter.errors import ToolError
+from converter.erofs.clib import load_library
 
 _MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer
 _MAX_INPUT = 0x7E000000  # liblz4's LZ4_MAX_INPUT_SIZE
@@ -61,14 +60,10 @@ class _Lib:
 @cache
 def _liblz4() -> _Lib:
     """The system liblz4 with the two destSize entry points typed (loaded once per process)."""
-    name = ctypes.util.find_library("lz4") or "liblz4.so.1"
-    try:
-        dll = ctypes.CDLL(name)
-        fast = dll.LZ4_compress_destSize
-        hc = dll.LZ4_compress_HC_destSize
-    except (OSError, AttributeError) as exc:
-        raise ToolError(f"loading liblz4 (>= 1.9.0) for the python builder's lz4 compression: {exc}; "
-                        "install liblz4 (Debian: liblz4-1) or use --builder mkfs") from exc
+    dll = load_library("lz4", "liblz4.so.1", needs=("LZ4_compress_destSize", "LZ4_compress_HC_destSize"),
+                       what="liblz4 (>= 1.9.0) for lz4 compression", install="liblz4 (Debian: liblz4-1)")
+    fast = dll.LZ4_compress_destSize
+    hc = dll.LZ4_compress_HC_destSize
     pint = ctypes.POINTER(ctypes.c_int)
     fast.argtypes = [ctypes.c_void_p, ctypes.c_void_p, pint, ctypes.c_int]
     fast.restype = ctypes.c_int

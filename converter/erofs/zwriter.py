@@ -35,7 +35,7 @@ SEGMENT = 4 << 20
 QUEUE_FILES = 64
 QUEUE_BYTES = 8 << 20
 #: Below this size a file is compressed by the reading thread itself: for LZ4 handing a small
-#: file to a worker costs more than compressing it (the small-files bench layer took 10 % longer).
+#: file to a worker costs more than compressing it (the small-files bench layer: 5.7-6.1 s against 4.1-5.1 s).
 _INLINE_BELOW = {Codec.LZ4: 64 << 10}
 
 
