@@ -1,4 +1,4 @@
-"""The ``,level=N`` options shared by the ``--to`` and ``--blob-compression`` grammars."""
+"""The ``,KEY=N`` options (``level=N``, ``pcluster=N``) of the ``--to`` and ``--blob-compression`` grammars."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from converter.errors import InvalidFormat
 
-__all__ = ["parse_level_options"]
+__all__ = ["parse_int_options", "parse_level_options"]
 
 
 def parse_level_options(options: Sequence[str], *, what: str, number: str = "non-negative whole number") -> int | None:
@@ -17,18 +17,25 @@ def parse_level_options(options: Sequence[str], *, what: str, number: str = "non
     option is an ``InvalidFormat`` starting with ``what`` (e.g. ``format 'erofs+zstd,x=1'``); a bad
     value is "not a ``number``".
     """
-    level: int | None = None
-    seen: set[str] = set()
+    return parse_int_options(options, keys=("level",), what=what, number=number).get("level")
+
+
+def parse_int_options(options: Sequence[str], *, keys: Sequence[str], what: str,
+                      number: str = "non-negative whole number") -> dict[str, int]:
+    """The ``KEY=N`` options in ``options`` with KEY one of ``keys``, each at most once."""
+    found: dict[str, int] = {}
+    example = f"{keys[0]}=9"
+    known = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
     for option in options:
         key, eq, value = option.partition("=")
         if not eq:
-            raise InvalidFormat(f"{what}: option {option!r} is not KEY=VALUE (e.g. level=9)")
-        if key != "level":
-            raise InvalidFormat(f"{what}: unknown option {key!r}; the only option is level")
-        if key in seen:
+            raise InvalidFormat(f"{what}: option {option!r} is not KEY=VALUE (e.g. {example})")
+        if key not in keys:
+            only = f"the only option is {known}" if len(keys) == 1 else f"the options are {known}"
+            raise InvalidFormat(f"{what}: unknown option {key!r}; {only}")
+        if key in found:
             raise InvalidFormat(f"{what}: option {key!r} is given twice")
-        seen.add(key)
         if not re.fullmatch(r"[0-9]+", value):
-            raise InvalidFormat(f"{what}: level {value!r} is not a {number}")
-        level = int(value)
-    return level
+            raise InvalidFormat(f"{what}: {key} {value!r} is not a {number}")
+        found[key] = int(value)
+    return found

@@ -1,6 +1,7 @@
 """Output bytes are pinned: any change to what a conversion produces must be deliberate.
 
-The sample image's conversions must give exactly the digests in tests/data/golden/digests.json,
+The sample image's conversions, and the compressed conversions of a compressible layer, must give
+exactly the digests in tests/data/golden/digests.json,
 and the raw writer must reproduce the committed layer images byte for byte; our reader and
 fsck.erofs read those images. A deliberate change: ``python -m tests.support.golden --update``
 (see its docstring: the mirror cache key must change with the output).
@@ -30,6 +31,17 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 @pytest.mark.parametrize("name", list(golden.CONVERSIONS))
 def test_conversion_digests_are_pinned(converted: tuple[Path, dict[str, dict[str, object]]], name: str) -> None:
     assert converted[1][name] == golden.pinned()[name], HINT
+
+
+@pytest.fixture(scope="module")
+def layers_converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return golden.convert_layers(tmp_path_factory.mktemp("golden-layers"))
+
+
+@pytest.mark.parametrize("fmt", golden.LAYER_FORMATS)
+def test_compressed_layer_digests_are_pinned(layers_converted: dict[str, str], fmt: str) -> None:
+    """Our compressed writer's bytes, on files that do compress (extents, indexes, big pclusters)."""
+    assert layers_converted[f"layer {fmt}"] == golden.pinned()[f"layer {fmt}"], HINT
 
 
 def test_pinned_under_this_version() -> None:

@@ -62,7 +62,7 @@ def _layer_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="the EROFS image to write; - writes it to stdout (not to a terminal)")
     p.add_argument("--to", default="erofs", metavar="FORMAT", help="erofs (raw, default) or "
-                   "erofs+ALGO[,level=N]; ALGO: lz4, lz4hc, zstd, deflate, lzma")
+                   "erofs+ALGO[,level=N][,pcluster=BYTES]; ALGO: lz4, lz4hc, zstd, deflate, lzma")
     p.add_argument("--bottom", action="store_true", help="the bottom layer: keep no whiteouts/opaque markers")
     add_builder_flag(p)
     p.add_argument("--media-type", help="the layer's media type, checked against its magic bytes")
@@ -128,7 +128,8 @@ def _image_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help="registry reference (ghcr.io/x:tag, host:port/x@sha256:...) or oci:DIR[:TAG]")
     p.add_argument("--to", default="erofs", metavar="FORMAT",
-                   help="erofs (raw, default) or erofs+ALGO[,level=N]; ALGO: lz4, lz4hc, zstd, deflate, lzma")
+                   help="erofs (raw, default) or erofs+ALGO[,level=N][,pcluster=BYTES]; "
+                   "ALGO: lz4, lz4hc, zstd, deflate, lzma")
     p.add_argument("--dest", help="destination REPO:TAG or oci:DIR[:TAG]; default: the source repository, "
                    "tag <tag>-<format>")
     p.add_argument("--force", action="store_true", help="convert even if the destination already holds this "

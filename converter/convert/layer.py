@@ -353,7 +353,8 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
     algorithm = options.fmt.algorithm
     with open(out_path, "w+b") as out:
         area = ImageDataArea(out, holes=options.holes) if algorithm is None else \
-            CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level)
+            CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level,
+                               pcluster=options.fmt.pcluster_bytes)
         with area:
             tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
                               progress=progress, on_tree=on_tree)

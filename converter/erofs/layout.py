@@ -31,6 +31,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 from converter.erofs import format as fmt
+from converter.erofs.zindex import compact_meta_size
 from converter.errors import ErofsFormatError
 from converter.layers.model import Inode, NodeKind
 
@@ -433,7 +434,12 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
         need = (fmt.EXTENDED_INODE_SIZE if extended else fmt.COMPACT_INODE_SIZE) + len(xattr_body)
         if tail and layout in fmt.COMPRESSED_LAYOUTS:
             # §5.4.1: the map header is 8-byte aligned; index entries may cross blocks.
-            tail += -len(xattr_body) % 8
+            pad = -len(xattr_body) % 8
+            if layout == fmt.LAYOUT_COMPRESSED_COMPACT:
+                # §5.4.3: the packs' size depends on where they start modulo 32; inodes are
+                # 32-byte aligned and 32 or 64 bytes long, so that is known here.
+                tail = compact_meta_size(size, len(xattr_body) + pad + fmt.Z_MAP_HEADER_SIZE)
+            tail += pad
             need += tail
         elif layout == chunk_layout:
             need += tail  # the block map may span metadata blocks (the kernel reads it by offset)

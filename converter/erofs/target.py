@@ -4,8 +4,9 @@ Why: the format string travels through the CLI, job files and image tags, so it 
 strictly (a typo must not silently build a different image) and print canonically (equal
 formats give equal tags). Grammar::
 
-    FORMAT    := "erofs" [ "+" ALGORITHM [ "," "level=" N ] ]
+    FORMAT    := "erofs" [ "+" ALGORITHM { "," OPTION } ]
     ALGORITHM := "lz4" | "lz4hc" | "zstd" | "deflate" | "lzma"
+    OPTION    := "level=" N | "pcluster=" BYTES
 
 ``erofs`` is an uncompressed image; ``erofs+ALGO`` uses EROFS's internal (per-cluster)
 compression through ``mkfs.erofs -z``. Levels are the ranges mkfs.erofs 1.9.4 really
@@ -18,6 +19,11 @@ accepts, measured rather than copied from its ``--help``:
 * lzma: 0..9, and 100..109 for the "extreme" presets.
 
 Without ``level=`` mkfs.erofs picks its own default for the algorithm.
+
+``pcluster=BYTES`` allows physical clusters (the compressed units) of up to that many bytes, a
+multiple of 4096 up to 1 MiB, like ``mkfs.erofs -C``: bigger ones compress better but need
+Linux 5.13+ (big pclusters) and cost more to read at random. 4096, one block, is the default
+(mounted by Linux 5.4+) and is not printed. Options print in the order level, pcluster.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import re
 from dataclasses import dataclass
 
 from converter.errors import InvalidFormat
-from converter.levels import parse_level_options
+from converter.levels import parse_int_options
 
 BASE = "erofs"
 
@@ -38,6 +44,8 @@ LEVELS: dict[str, tuple[range, ...]] = {
     "lzma": (range(0, 10), range(100, 110)),
 }
 ALGORITHMS = tuple(LEVELS)
+BLOCK = 4096  # one block: the default pcluster, which older kernels need
+MAX_PCLUSTER = 1 << 20  # Z_EROFS_PCLUSTER_MAX_SIZE (fs/erofs/erofs_fs.h)
 
 
 def _describe(ranges: tuple[range, ...]) -> str:
@@ -46,16 +54,28 @@ def _describe(ranges: tuple[range, ...]) -> str:
 
 @dataclass(frozen=True)
 class TargetFormat:
-    """A parsed ``--to`` value: ``algorithm`` None means an uncompressed EROFS image."""
+    """A parsed ``--to`` value: ``algorithm`` None means an uncompressed EROFS image.
+
+    ``pcluster`` is the largest physical cluster in bytes; None (or 4096) is one block.
+    """
 
     algorithm: str | None = None
     level: int | None = None
+    pcluster: int | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm is None:
             if self.level is not None:
                 raise InvalidFormat("an uncompressed erofs format takes no level")
+            if self.pcluster is not None:
+                raise InvalidFormat("an uncompressed erofs format takes no pcluster size")
             return
+        if self.pcluster is not None:
+            if self.pcluster % BLOCK or not BLOCK <= self.pcluster <= MAX_PCLUSTER:
+                raise InvalidFormat(f"pcluster {self.pcluster} is not a multiple of {BLOCK} up to {MAX_PCLUSTER} "
+                                    f"(1 MiB), e.g. pcluster=65536")
+            if self.pcluster == BLOCK:  # the default: equal formats print (and tag) equally
+                object.__setattr__(self, "pcluster", None)
         if self.algorithm not in LEVELS:
             raise InvalidFormat(f"unknown compression algorithm {self.algorithm!r}; "
                                 f"known: {', '.join(ALGORITHMS)}")
@@ -75,11 +95,18 @@ class TargetFormat:
         text = f"{BASE}+{self.algorithm}"
         if self.level is not None:
             text += f",level={self.level}"
+        if self.pcluster is not None:
+            text += f",pcluster={self.pcluster}"
         return text
 
     @property
     def compressed(self) -> bool:
         return self.algorithm is not None
+
+    @property
+    def pcluster_bytes(self) -> int:
+        """The largest pcluster in bytes (one block unless ``pcluster=`` says more)."""
+        return BLOCK if self.pcluster is None else self.pcluster
 
     @property
     def tag_suffix(self) -> str:
@@ -90,14 +117,16 @@ class TargetFormat:
         """The mkfs.erofs options for this format (``[]`` when uncompressed)."""
         if self.algorithm is None:
             return []
-        if self.level is None:
-            return [f"-z{self.algorithm}"]
-        return [f"-z{self.algorithm},level={self.level}"]
+        args = [f"-z{self.algorithm}" if self.level is None else f"-z{self.algorithm},level={self.level}"]
+        if self.pcluster is not None:
+            args.append(f"-C{self.pcluster}")
+        return args
 
 
 def parse_format(text: str) -> TargetFormat:
     """Parse a ``--to`` value strictly; every mistake is an ``InvalidFormat`` saying what to write."""
-    usage = (f"write erofs, or erofs+ALGORITHM[,level=N] with ALGORITHM one of {', '.join(ALGORITHMS)}")
+    usage = (f"write erofs, or erofs+ALGORITHM[,level=N][,pcluster=BYTES] with ALGORITHM one of "
+             f"{', '.join(ALGORITHMS)}")
     if text == BASE:
         return TargetFormat()
     head, plus, rest = text.partition("+")
@@ -111,8 +140,8 @@ def parse_format(text: str) -> TargetFormat:
         hint = f" (algorithm names are lower case: {lowered})" if lowered in LEVELS else ""
         raise InvalidFormat(f"format {text!r}: unknown compression algorithm {algorithm!r}{hint}; "
                             f"known: {', '.join(ALGORITHMS)}")
-    level = parse_level_options(options, what=f"format {text!r}")
+    values = parse_int_options(options, keys=("level", "pcluster"), what=f"format {text!r}")
     try:
-        return TargetFormat(algorithm, level)
+        return TargetFormat(algorithm, values.get("level"), values.get("pcluster"))
     except InvalidFormat as exc:
         raise InvalidFormat(f"format {text!r}: {exc}") from None

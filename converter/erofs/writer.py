@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 from converter.erofs import format as fmt
 from converter.erofs.layout import MAX_INLINE_TAIL, BlockRef, ChunkRef, Plan, plan_layout
+from converter.erofs.zindex import to_compact
 from converter.errors import ErofsFormatError, LayerError
 from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind, SparseFileData, sparse_data
 
@@ -575,8 +576,12 @@ def _write_metadata(out: BinaryIO, plan: Plan, area: ImageDataArea) -> None:
                 else:
                     assert isinstance(ref, BlockRef)
                     tail = read_tail(ref)
-                    if ref.z_layout and len(tail) < tail_len:  # §5.4.1: pad to the 8-byte aligned map header
-                        tail = bytes(tail_len - len(tail)) + bytes(tail)
+                    if ref.z_layout:
+                        pad = -len(xattr_body) % 8  # §5.4.1: the map header is 8-byte aligned
+                        if ref.z_layout == fmt.LAYOUT_COMPRESSED_COMPACT:  # §5.4.3: packed here, where ebase is known
+                            tail = to_compact(tail, size=size[i], ebase=offset[i] + head + pad + fmt.Z_MAP_HEADER_SIZE)
+                        if pad:
+                            tail = bytes(pad) + bytes(tail)
             elif kind is dir_kind:
                 tail = _dir_block(plan, i, len(plan.dirs[i][1]) - 1, nid, kinds)
             else:

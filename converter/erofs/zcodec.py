@@ -47,7 +47,8 @@ class Codec(enum.Enum):
 DEFAULT_LEVELS = {Codec.ZSTD: 3, Codec.DEFLATE: 1, Codec.LZMA: 6}
 #: Zstandard window: 32 KiB, log2 = 15, recorded as 15 - 10 in the superblock's config (§5.4.7).
 ZSTD_WINDOW_LOG = 15
-#: The largest input one Zstandard/DEFLATE extent may take (mkfs.erofs's order of magnitude).
+#: The largest input one Zstandard/DEFLATE extent may take (mkfs.erofs's order of magnitude), or
+#: four pclusters' worth for big pclusters.
 SEARCH_MAX_INPUT = 1 << 20
 
 
@@ -148,7 +149,7 @@ class SearchCompressor:
         remaining = len(self._data) - pos
         if remaining <= 0:
             raise ValueError("nothing left to compress")
-        cap = min(remaining, SEARCH_MAX_INPUT)
+        cap = min(remaining, max(SEARCH_MAX_INPUT, 4 * self._capacity))
         if cap < floor:
             return 0, b""
         good, good_out = 0, b""

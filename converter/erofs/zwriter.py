@@ -1,4 +1,4 @@
-"""The pure-Python writer's compressed data area: LZ4/LZ4HC/zstd/DEFLATE pclusters, full indexes.
+"""The pure-Python writer's compressed data area: LZ4/LZ4HC/zstd/DEFLATE/LZMA pclusters and their indexes.
 
 See docs/erofs-format.md §5.4 for the format and §5.4.6 for this writer's profile and design.
 """
@@ -6,6 +6,7 @@ See docs/erofs-format.md §5.4 for the format and §5.4.6 for this writer's prof
 from __future__ import annotations
 
 import os
+import struct
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,10 +18,11 @@ from converter.erofs import microlzma
 from converter.erofs.layout import BlockRef
 from converter.erofs.writer import COPY_CHUNK, TAIL_MEMORY, ImageDataArea
 from converter.erofs.zcodec import ZSTD_WINDOW_LOG, Codec, check_available, make_compressor
+from converter.erofs.zindex import FullIndexes, meta_size_bound
 from converter.errors import ErofsFormatError, LayerError
 from converter.layers.model import FileData, Inode
 
-__all__ = ["SEGMENT", "CompressedDataArea", "PendingRef", "Segment", "compress_segment"]
+__all__ = ["MAX_PCLUSTER", "SEGMENT", "CompressedDataArea", "PendingRef", "Segment", "compress_segment"]
 
 _BLKSZ = fmt.BLOCK_SIZE
 _BITS = fmt.BLOCK_SIZE_BITS
@@ -34,6 +36,8 @@ SEGMENT = 4 << 20
 #: order. Neither bound changes the image (writes happen in file order whatever the timing).
 QUEUE_FILES = 64
 QUEUE_BYTES = 8 << 20
+#: The largest pcluster the format allows (Z_EROFS_PCLUSTER_MAX_SIZE in fs/erofs/erofs_fs.h).
+MAX_PCLUSTER = 1 << 20
 #: Below this size a file is compressed by the reading thread itself: for LZ4 handing a small
 #: file to a worker costs more than compressing it (the small-files bench layer: 5.7-6.1 s against 4.1-5.1 s).
 _INLINE_BELOW = {Codec.LZ4: 64 << 10}
@@ -41,31 +45,32 @@ _INLINE_BELOW = {Codec.LZ4: 64 << 10}
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One compressed segment: its pclusters (one block each, in order) and their extents.
+    """One compressed segment: its pclusters (in order, back to back in ``blocks``) and their extents.
 
-    ``extents[k]`` is (lcluster type, decoded length) of the pcluster in block ``k`` of
-    ``blocks``: HEAD1 for an LZ4 stream right-aligned in its block (LZ4_0PADDING), PLAIN for
-    raw bytes stored from the start of the block ("shifted") and zero-filled after.
+    ``extents[k]`` is (lcluster type, decoded length, blocks) of the ``k``-th pcluster: HEAD1
+    for a compressed stream right-aligned in its blocks (0PADDING), PLAIN for raw bytes stored
+    from the start of one block ("shifted") and zero-filled after.
     """
 
     blocks: bytes
-    extents: tuple[tuple[int, int], ...]
+    extents: tuple[tuple[int, int, int], ...]
 
     @property
     def compressed(self) -> bool:
-        return any(kind == fmt.Z_LCLUSTER_HEAD1 for kind, _ in self.extents)
+        return any(kind == fmt.Z_LCLUSTER_HEAD1 for kind, _, _ in self.extents)
 
 
-def compress_segment(data: bytes, *, codec: Codec, level: int | None) -> Segment:
-    """Cut ``data`` into extents as mkfs.erofs does and compress each into one block.
+def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_blocks: int = 1) -> Segment:
+    """Cut ``data`` into extents as mkfs.erofs does and compress each into one pcluster.
 
-    Each extent is as much input as LZ4 fits into one block. If that is not more than one
-    block of input, compressing gains nothing and the next ``min(blksz, rest)`` bytes are
-    stored raw instead (the kernel requires a raw extent to fit its block).
+    Each extent is as much input as fits ``pcluster_blocks`` blocks once compressed; its
+    stream takes the fewest whole blocks that hold it. If the extent's input is not more
+    than those blocks, compressing gains nothing and the next ``min(blksz, rest)`` bytes are
+    stored raw instead (the kernel requires a raw extent to fit its one block).
     """
-    comp = make_compressor(codec, level, data, _BLKSZ)
+    comp = make_compressor(codec, level, data, _BLKSZ * pcluster_blocks)
     out = bytearray()
-    extents: list[tuple[int, int]] = []
+    extents: list[tuple[int, int, int]] = []
     pos = 0
     n = len(data)
     view = memoryview(data)
@@ -73,66 +78,19 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None) -> Segment
         consumed, stream = comp.compress(pos, floor=_BLKSZ + 1)
         # A stream starting with 0 would lose that byte to zero-stripping (§5.4.4): DEFLATE does
         # when it begins with a stored block; such input hardly compresses, so store it raw.
-        if consumed > _BLKSZ and stream[0] != 0:
-            out += bytes(_BLKSZ - len(stream))
+        nblocks = -(-len(stream) // _BLKSZ)
+        if consumed > nblocks * _BLKSZ and stream[0] != 0:
+            out += bytes(nblocks * _BLKSZ - len(stream))
             out += stream
-            extents.append((fmt.Z_LCLUSTER_HEAD1, consumed))
+            extents.append((fmt.Z_LCLUSTER_HEAD1, consumed, nblocks))
             pos += consumed
         else:
             take = min(_BLKSZ, n - pos)
             out += view[pos:pos + take]
             out += bytes(_BLKSZ - take)
-            extents.append((fmt.Z_LCLUSTER_PLAIN, take))
+            extents.append((fmt.Z_LCLUSTER_PLAIN, take, 1))
             pos += take
     return Segment(bytes(out), tuple(extents))
-
-
-class _FullIndexes:
-    """Builds a COMPRESSED_FULL index array extent by extent (docs/erofs-format.md §5.4.2)."""
-
-    def __init__(self, size: int, algorithm: int = 0) -> None:
-        self._size = size
-        self._algorithm = algorithm
-        self._la = 0
-        self._entries = bytearray()
-        self.compressed = False
-
-    def add(self, kind: int, llen: int, blkaddr: int) -> None:
-        la = self._la
-        head = la >> _BITS
-        cofs = la & (_BLKSZ - 1)
-        if len(self._entries) != head * fmt.Z_FULL_INDEX_SIZE:
-            raise ErofsFormatError("two extents start in one logical cluster")  # pragma: no cover - invariant
-        self._entries += fmt.Z_FULL_HEAD.pack(kind, cofs, blkaddr)
-        end = la + llen
-        nxt = end >> _BITS
-        pack = fmt.Z_FULL_NONHEAD.pack
-        for lcn in range(head + 1, nxt):  # lclusters wholly inside the extent
-            self._entries += pack(fmt.Z_LCLUSTER_NONHEAD, cofs, min(lcn - head, fmt.Z_DELTA_MAX), nxt - lcn)
-        self._la = end
-        if kind == fmt.Z_LCLUSTER_HEAD1:
-            self.compressed = True
-
-    @staticmethod
-    def metadata_size(size: int) -> int:
-        """Bytes after the (aligned) map header position: header, reserved bytes, entries."""
-        return fmt.Z_FULL_INDEX_START + fmt.Z_FULL_INDEX_SIZE * -(-size // _BLKSZ)
-
-    def finish(self) -> bytes:
-        """The map header, its 8 reserved bytes and the entries, ending with the EOF marker."""
-        if self._la != self._size:
-            raise ErofsFormatError(f"compressed extents cover {self._la} of {self._size} bytes")  # pragma: no cover
-        count = -(-self._size // _BLKSZ)
-        if len(self._entries) // fmt.Z_FULL_INDEX_SIZE == count - 1:
-            # The last extent started in an earlier lcluster and ends inside the last one:
-            # that lcluster gets a PLAIN head at i_size that is never mapped (as mkfs writes it).
-            self._entries += fmt.Z_FULL_HEAD.pack(fmt.Z_LCLUSTER_PLAIN, self._size & (_BLKSZ - 1), 0)
-        if len(self._entries) != count * fmt.Z_FULL_INDEX_SIZE:
-            raise ErofsFormatError("the lcluster index array has the wrong length")  # pragma: no cover
-        # Map header: no advise flags, the algorithm of HEAD1 lclusters, lcluster = block.
-        header = bytearray(fmt.Z_FULL_INDEX_START)
-        header[6] = self._algorithm
-        return bytes(header) + bytes(self._entries)
 
 
 class _Bytes:
@@ -182,12 +140,17 @@ class CompressedDataArea(ImageDataArea):
     the raw writer stores it.
     """
 
-    def __init__(self, out: BinaryIO, *, codec: Codec, level: int | None = None, workers: int | None = None,
-                 tail_memory: int = TAIL_MEMORY) -> None:
+    def __init__(self, out: BinaryIO, *, codec: Codec, level: int | None = None, pcluster: int = _BLKSZ,
+                 compact: bool = True, workers: int | None = None, tail_memory: int = TAIL_MEMORY) -> None:
         check_available(codec)
+        if pcluster % _BLKSZ or not _BLKSZ <= pcluster <= MAX_PCLUSTER:
+            raise ValueError(f"pcluster must be a multiple of {_BLKSZ} up to {MAX_PCLUSTER}, not {pcluster}")
         super().__init__(out, tail_memory=tail_memory)
         self._codec = codec
         self._level = level
+        self._pcluster_blocks = pcluster // _BLKSZ
+        self._big = pcluster > _BLKSZ
+        self._compact = compact
         self._workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._queue: deque[_Queued] = deque()
@@ -196,26 +159,33 @@ class CompressedDataArea(ImageDataArea):
 
     @property
     def feature_incompat(self) -> int:
-        """Superblock incompat bits for this area's images (as mkfs.erofs sets them)."""
-        if self._codec.algorithm == 0:
+        """Superblock incompat bits for this area's images (as mkfs.erofs sets them); the config
+        records' bit is also the big-pcluster bit."""
+        if self._codec.algorithm == 0 and not self._big:
             return fmt.INCOMPAT_LZ4_0PADDING
         return fmt.INCOMPAT_LZ4_0PADDING | fmt.INCOMPAT_COMPR_CFGS
 
     @property
     def u1(self) -> int:
-        """``lz4_max_distance`` for LZ4, else the ``available_compr_algs`` bitmap (§5.4.7)."""
-        return fmt.LZ4_MAX_DISTANCE if self._codec.algorithm == 0 else 1 << self._codec.algorithm
+        """``lz4_max_distance`` for LZ4 without config records, else the ``available_compr_algs`` bitmap (§5.4.7)."""
+        if self._codec.algorithm == 0 and not self._big:
+            return fmt.LZ4_MAX_DISTANCE
+        return 1 << self._codec.algorithm
 
     @property
     def compr_cfgs(self) -> bytes:
         """The per-algorithm config records stored after the superblock (§5.4.7), or b""."""
+        if self._codec.algorithm == 0:  # max distance, largest pcluster in blocks
+            if not self._big:
+                return b""
+            return struct.pack("<HHH10x", 14, fmt.LZ4_MAX_DISTANCE, self._pcluster_blocks)
         if self._codec is Codec.ZSTD:  # format 0, window log - 10
             return fmt.U16.pack(6) + bytes([0, ZSTD_WINDOW_LOG - 10]) + bytes(4)
         if self._codec is Codec.DEFLATE:  # window bits 15
             return fmt.U16.pack(6) + bytes([15]) + bytes(5)
         if self._codec is Codec.LZMA:  # dictionary size, format 0
-            return fmt.U16.pack(14) + fmt.U32.pack(microlzma.dict_size_for(_BLKSZ)) + bytes(10)
-        return b""
+            return fmt.U16.pack(14) + fmt.U32.pack(microlzma.dict_size_for(self._pcluster_blocks * _BLKSZ)) + bytes(10)
+        return b""  # pragma: no cover - every Codec is handled above
 
     def add(self, data: FileData, size: int) -> BlockRef | PendingRef:  # type: ignore[override]
         if self._sealed:
@@ -225,7 +195,7 @@ class CompressedDataArea(ImageDataArea):
         if size <= SEGMENT:
             small = self._read_small(data, size)
             if size < self._inline_below:
-                seg = compress_segment(small, codec=self._codec, level=self._level) if size > _BLKSZ else None
+                seg = self._compress(small) if size > _BLKSZ else None
                 if not self._queue:
                     return self._write_small(small, seg)
                 return self._enqueue(small, seg)
@@ -233,7 +203,7 @@ class CompressedDataArea(ImageDataArea):
         self._drain(0)  # the files before this one are written first: blocks follow file order
         start = self._next_block
         pending: deque[tuple[bytes, Future[Segment]]] = deque()
-        indexes = _FullIndexes(size, self._codec.algorithm)
+        indexes = FullIndexes(size, self._codec.algorithm, big=self._big)
         try:
             buf = bytearray()
             got = 0
@@ -332,34 +302,38 @@ class CompressedDataArea(ImageDataArea):
     def _submit(self, segment: bytes) -> tuple[bytes, Future[Segment]]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="erofs-z")
-        return segment, self._pool.submit(compress_segment, segment, codec=self._codec, level=self._level)
+        return segment, self._pool.submit(self._compress, segment)
+
+    def _compress(self, data: bytes) -> Segment:
+        return compress_segment(data, codec=self._codec, level=self._level, pcluster_blocks=self._pcluster_blocks)
 
     def _write_small(self, data: bytes, seg: Segment | None) -> BlockRef:
         """A file of one segment: compressed (``seg``) if that takes less room than storing it plain."""
         size = len(data)
         # mkfs's rule: keep the compressed form only if its blocks and indexes take less than
         # the file's size (otherwise the plain layout is no bigger and reads faster).
-        if seg is None or not seg.compressed or len(seg.extents) * _BLKSZ + _FullIndexes.metadata_size(size) >= size:
+        if seg is None or not seg.compressed or len(seg.blocks) + meta_size_bound(size, compact=self._compact) >= size:
             return self._plain(_Bytes(data), size)
         start = self._next_block
-        indexes = _FullIndexes(size, self._codec.algorithm)
+        indexes = FullIndexes(size, self._codec.algorithm, big=self._big)
         self._write_segment(seg, indexes)
         return self._finish_compressed(start, size, indexes)
 
-    def _write_segment(self, seg: Segment, indexes: _FullIndexes) -> None:
+    def _write_segment(self, seg: Segment, indexes: FullIndexes) -> None:
         self._seek_out(self._next_block * _BLKSZ)
         self._write_out(seg.blocks)
-        for kind, llen in seg.extents:
-            indexes.add(kind, llen, self._next_block)
-            self._next_block += 1
+        for kind, llen, nblocks in seg.extents:
+            indexes.add(kind, llen, self._next_block, nblocks)
+            self._next_block += nblocks
         if self._next_block >= fmt.MAX_BLOCKS:
             raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
 
-    def _finish_compressed(self, start: int, size: int, indexes: _FullIndexes) -> BlockRef:
+    def _finish_compressed(self, start: int, size: int, indexes: FullIndexes) -> BlockRef:
         meta = indexes.finish()
         self._tail_sink(len(meta), False)(meta)
         ref = BlockRef(size=size, start_block=start, full_blocks=0, tail_offset=self._tail_end,
                        tail_len=len(meta), tail_in_block=False, area_token=self._token,
-                       z_layout=fmt.LAYOUT_COMPRESSED_FULL, z_blocks=self._next_block - start)
+                       z_layout=fmt.LAYOUT_COMPRESSED_COMPACT if self._compact else fmt.LAYOUT_COMPRESSED_FULL,
+                       z_blocks=self._next_block - start)
         self._tail_end += len(meta)
         return ref

@@ -25,6 +25,12 @@ from converter.errors import InvalidFormat, UsageError
     ("erofs+lzma", TargetFormat("lzma", None), "erofs-lzma", ["-zlzma"]),
     ("erofs+lzma,level=0", TargetFormat("lzma", 0), "erofs-lzma-level-0", ["-zlzma,level=0"]),
     ("erofs+lzma,level=109", TargetFormat("lzma", 109), "erofs-lzma-level-109", ["-zlzma,level=109"]),
+    ("erofs+lz4,pcluster=65536", TargetFormat("lz4", None, 65536), "erofs-lz4-pcluster-65536",
+     ["-zlz4", "-C65536"]),
+    ("erofs+zstd,level=9,pcluster=1048576", TargetFormat("zstd", 9, 1 << 20), "erofs-zstd-level-9-pcluster-1048576",
+     ["-zzstd,level=9", "-C1048576"]),
+    ("erofs+deflate,pcluster=8192", TargetFormat("deflate", None, 8192), "erofs-deflate-pcluster-8192",
+     ["-zdeflate", "-C8192"]),
 ])
 def test_valid_formats(text: str, fmt: TargetFormat, suffix: str, args: list[str]) -> None:
     got = parse_format(text)
@@ -38,6 +44,14 @@ def test_valid_formats(text: str, fmt: TargetFormat, suffix: str, args: list[str
 
 def test_canonical_form_drops_leading_zeros() -> None:
     assert str(parse_format("erofs+zstd,level=007")) == "erofs+zstd,level=7"
+
+
+def test_canonical_form_orders_options_and_drops_the_default_pcluster() -> None:
+    assert str(parse_format("erofs+zstd,pcluster=16384,level=5")) == "erofs+zstd,level=5,pcluster=16384"
+    assert parse_format("erofs+lz4,pcluster=4096") == parse_format("erofs+lz4") == TargetFormat("lz4", None, 4096)
+    assert str(parse_format("erofs+lz4,pcluster=4096")) == "erofs+lz4"
+    assert parse_format("erofs+lz4").pcluster_bytes == 4096
+    assert parse_format("erofs+lz4,pcluster=0065536").pcluster_bytes == 65536
 
 
 @pytest.mark.parametrize(("text", "words"), [
@@ -68,6 +82,12 @@ def test_canonical_form_drops_leading_zeros() -> None:
     ("erofs+lzma,level=110", "use 0..9 or 100..109"),
     (" erofs", "unknown format"),
     ("erofs+zstd+lz4", "unknown compression algorithm"),
+    ("erofs+lz4,pcluster=0", "not a multiple of 4096"),
+    ("erofs+lz4,pcluster=6000", "not a multiple of 4096"),
+    ("erofs+lz4,pcluster=2097152", "up to 1048576"),
+    ("erofs+lz4,pcluster=64k", "pcluster '64k' is not a non-negative whole number"),
+    ("erofs+lz4,pcluster=8192,pcluster=8192", "given twice"),
+    ("erofs+zstd,window=15", "the options are level and pcluster"),
 ])
 def test_invalid_formats(text: str, words: str) -> None:
     with pytest.raises(InvalidFormat) as info:
@@ -81,6 +101,8 @@ def test_format_constructor_validates() -> None:
         TargetFormat("brotli")
     with pytest.raises(InvalidFormat):
         TargetFormat(None, 3)
+    with pytest.raises(InvalidFormat):
+        TargetFormat(None, None, 65536)
     assert TargetFormat("zstd", 3) == parse_format("erofs+zstd,level=3")
     assert hash(TargetFormat("zstd", 3)) == hash(parse_format("erofs+zstd,level=3"))
 

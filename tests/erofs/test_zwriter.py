@@ -14,12 +14,14 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lz4.block
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from converter.convert import layer as layer_module
 from converter.convert.layer import LayerOptions, convert_layer
 from converter.erofs import format as fmt
 from converter.erofs.reader import ErofsImage
@@ -30,10 +32,13 @@ from converter.errors import LayerError
 from tests.support.kernel import fsck, mounted, require_mount
 
 #: Every format the python builder compresses: lz4, lz4hc at its default and every level, and
-#: zstd, DEFLATE and lzma (Linux 6.10 / 6.6 / 5.16) at their defaults and low and high levels.
+#: zstd, DEFLATE and lzma (Linux 6.10 / 6.6 / 5.16) at their defaults and low and high levels;
+#: then each algorithm with big pclusters (Linux 5.13), from two blocks to the 1 MiB maximum.
+BIG = ["erofs+lz4,pcluster=16384", "erofs+lz4,pcluster=1048576", "erofs+lz4hc,level=12,pcluster=65536",
+       "erofs+zstd,pcluster=131072", "erofs+deflate,pcluster=8192", "erofs+lzma,pcluster=65536"]
 FORMATS = (["erofs+lz4", "erofs+lz4hc"] + [f"erofs+lz4hc,level={n}" for n in range(13)]
            + ["erofs+zstd", "erofs+zstd,level=1", "erofs+zstd,level=19", "erofs+deflate", "erofs+deflate,level=9",
-              "erofs+lzma", "erofs+lzma,level=0", "erofs+lzma,level=9", "erofs+lzma,level=109"])
+              "erofs+lzma", "erofs+lzma,level=0", "erofs+lzma,level=9", "erofs+lzma,level=109"] + BIG)
 KINDS = ("random", "zeros", "text", "mixed")
 
 
@@ -75,9 +80,19 @@ def make_tar(files: list[FileSpec]) -> bytes:
     return buf.getvalue()
 
 
-def build(tar: bytes, out: Path, to: str, *, builder: str = "python") -> Path:
+class FullIndexArea(CompressedDataArea):
+    """Our writer with COMPRESSED_FULL indexes (8 bytes per lcluster) instead of compact packs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, compact=False, **kwargs)
+
+
+def build(tar: bytes, out: Path, to: str, *, builder: str = "python", full_indexes: bool = False) -> Path:
     opts = LayerOptions(fmt=parse_format(to), builder=builder, bottom=True, build_time=1700000000)
-    convert_layer(io.BytesIO(tar), out, options=opts, layer="test.tar", workdir=out.parent)
+    with pytest.MonkeyPatch.context() as mp:
+        if full_indexes:
+            mp.setattr(layer_module, "CompressedDataArea", FullIndexArea)
+        convert_layer(io.BytesIO(tar), out, options=opts, layer="test.tar", workdir=out.parent)
     return out
 
 
@@ -104,10 +119,11 @@ def expected_tree(files: list[FileSpec]) -> dict[str, bytes | None]:
     return want
 
 
-def check_tree(files: list[FileSpec], to: str, tmp: Path, *, with_mkfs: bool = True) -> Path:
+def check_tree(files: list[FileSpec], to: str, tmp: Path, *, with_mkfs: bool = True,
+               full_indexes: bool = False) -> Path:
     """The whole oracle: fsck, kernel contents, reproducibility and agreement with mkfs."""
     tar = make_tar(files)
-    img = build(tar, tmp / "a.erofs", to)
+    img = build(tar, tmp / "a.erofs", to, full_indexes=full_indexes)
     fsck(img)
     with mounted(img) as mnt:
         got = tree_of(mnt)
@@ -115,7 +131,7 @@ def check_tree(files: list[FileSpec], to: str, tmp: Path, *, with_mkfs: bool = T
     with ErofsImage.open(img) as image:  # our reader decodes every file as the kernel does
         ours = {path.decode()[1:]: image.read_bytes(path) for path, st_ in image.walk() if stat.S_ISREG(st_.st_mode)}
     assert ours == {name: data.rpartition(b"|")[0] for name, data in got.items() if data is not None}
-    again = build(tar, tmp / "b.erofs", to)
+    again = build(tar, tmp / "b.erofs", to, full_indexes=full_indexes)
     assert img.read_bytes() == again.read_bytes(), "two builds differ"
     if with_mkfs:
         ref = build(tar, tmp / "m.erofs", to, builder="mkfs")
@@ -135,8 +151,24 @@ def test_random_trees(to: str, files: list[FileSpec], tmp_path_factory: pytest.T
     check_tree(files, to, tmp_path_factory.mktemp("z"))
 
 
+@pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc,level=12", "erofs+zstd", "erofs+deflate", "erofs+lzma",
+                                "erofs+lz4,pcluster=65536", "erofs+zstd,pcluster=16384"])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                               HealthCheck.function_scoped_fixture])
+@given(files=FILES)
+@example(files=[("a", "mixed", 70000, 1, 20), ("b", "zeros", 4097, 2, 28), ("d/c", "text", 60000, 3, 36),
+                ("h", "text", 50000, 0, 44)])
+def test_random_trees_with_full_indexes(to: str, files: list[FileSpec],
+                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The other index format, COMPRESSED_FULL (what Linux 5.4-5.12 read without a map header)."""
+    require_mount()
+    img = check_tree(files, to, tmp_path_factory.mktemp("f"), full_indexes=True)
+    with ErofsImage.open(img) as image:
+        assert fmt.LAYOUT_COMPRESSED_COMPACT not in {st_.layout for _, st_ in image.walk()}
+
+
 @pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc", "erofs+zstd", "erofs+deflate", "erofs+lzma",
-                                "erofs+lzma,level=109"])
+                                "erofs+lzma,level=109", "erofs+lz4,pcluster=1048576", "erofs+zstd,pcluster=65536"])
 def test_multi_mib_files_span_segments(to: str, tmp_path: Path) -> None:
     """Files of several segments: compressible, incompressible (stored plain) and mixed."""
     require_mount()
@@ -146,7 +178,7 @@ def test_multi_mib_files_span_segments(to: str, tmp_path: Path) -> None:
     with ErofsImage.open(img) as image:
         layouts = {name: image.stat("/" + name).layout for name, *_ in files}
     assert layouts["b"] == fmt.LAYOUT_FLAT_INLINE  # incompressible: stored like the raw writer does
-    assert {layouts[n] for n in "agh"} == {fmt.LAYOUT_COMPRESSED_FULL}
+    assert {layouts[n] for n in "agh"} == {fmt.LAYOUT_COMPRESSED_COMPACT}
     assert img.stat().st_size < 2 * SEGMENT + SEGMENT + 4097 + SEGMENT  # zeros and text shrink
 
 
@@ -159,26 +191,35 @@ def test_sizes_and_layouts(tmp_path: Path) -> None:
     with ErofsImage.open(img) as image:
         assert image.superblock.feature_incompat == fmt.INCOMPAT_LZ4_0PADDING
         layouts = {name: image.stat("/" + name).layout for name, *_ in files}
-    assert layouts == {"a": fmt.LAYOUT_FLAT_PLAIN, "b": fmt.LAYOUT_FLAT_INLINE, "g": fmt.LAYOUT_COMPRESSED_FULL,
-                       "h": fmt.LAYOUT_FLAT_INLINE, "d/c": fmt.LAYOUT_COMPRESSED_FULL}
+    assert layouts == {"a": fmt.LAYOUT_FLAT_PLAIN, "b": fmt.LAYOUT_FLAT_INLINE, "g": fmt.LAYOUT_COMPRESSED_COMPACT,
+                       "h": fmt.LAYOUT_FLAT_INLINE, "d/c": fmt.LAYOUT_COMPRESSED_COMPACT}
 
 
-def test_segments_are_cut_like_mkfs() -> None:
+@pytest.mark.parametrize("pcluster_blocks", [1, 4, 256])
+def test_segments_are_cut_like_mkfs(pcluster_blocks: int) -> None:
     data = payload("mixed", 300000, 5)
-    seg = compress_segment(data, codec=Codec.LZ4, level=None)
-    assert sum(n for _, n in seg.extents) == len(data)
-    assert len(seg.blocks) == len(seg.extents) * fmt.BLOCK_SIZE
-    la = 0
-    for k, (kind, n) in enumerate(seg.extents):
-        block = seg.blocks[k * fmt.BLOCK_SIZE:(k + 1) * fmt.BLOCK_SIZE]
+    seg = compress_segment(data, codec=Codec.LZ4, level=None, pcluster_blocks=pcluster_blocks)
+    assert sum(n for _, n, _ in seg.extents) == len(data)
+    assert len(seg.blocks) == sum(nblocks for _, _, nblocks in seg.extents) * fmt.BLOCK_SIZE
+    la = at = 0
+    for k, (kind, n, nblocks) in enumerate(seg.extents):
+        blocks = seg.blocks[at:at + nblocks * fmt.BLOCK_SIZE]
         if kind == fmt.Z_LCLUSTER_HEAD1:  # an LZ4 block right-aligned after zeros (0-padding)
-            assert n > fmt.BLOCK_SIZE
-            assert lz4.block.decompress(block.lstrip(b"\0"), uncompressed_size=n) == data[la:la + n]
+            assert n > nblocks * fmt.BLOCK_SIZE and 1 <= nblocks <= pcluster_blocks
+            stream = blocks.lstrip(b"\0")
+            assert len(blocks) - len(stream) < fmt.BLOCK_SIZE  # in the fewest blocks that hold it
+            assert lz4.block.decompress(stream, uncompressed_size=n) == data[la:la + n]
         else:  # raw: one block of input from the start of the block, zero-filled
-            assert kind == fmt.Z_LCLUSTER_PLAIN and (n == fmt.BLOCK_SIZE or k == len(seg.extents) - 1)
-            assert block == data[la:la + n] + bytes(fmt.BLOCK_SIZE - n)
+            assert kind == fmt.Z_LCLUSTER_PLAIN and nblocks == 1
+            assert n == fmt.BLOCK_SIZE or k == len(seg.extents) - 1
+            assert blocks == data[la:la + n] + bytes(fmt.BLOCK_SIZE - n)
         la += n
-    assert {kind for kind, _ in seg.extents} == {fmt.Z_LCLUSTER_HEAD1, fmt.Z_LCLUSTER_PLAIN}
+        at += len(blocks)
+    kinds = {kind for kind, _, _ in seg.extents}
+    # Random runs of up to 9000 bytes are stored raw, unless a 1 MiB pcluster absorbs them.
+    assert kinds == {fmt.Z_LCLUSTER_HEAD1} | ({fmt.Z_LCLUSTER_PLAIN} if pcluster_blocks < 256 else set())
+    if pcluster_blocks > 1:
+        assert max(nblocks for _, _, nblocks in seg.extents) > 1
     zeros = compress_segment(bytes(SEGMENT), codec=Codec.LZ4HC, level=12)
     assert len(zeros.extents) <= 5  # about 1 MB of zeros per 4 KiB LZ4 block
 
@@ -285,6 +326,12 @@ def test_short_or_long_file_is_refused_and_leaves_nothing_behind(have: int, tmp_
     ("erofs+zstd", 0x3, 1 << 3, bytes.fromhex("0600 0005 00000000")),
     ("erofs+deflate", 0x3, 1 << 2, bytes.fromhex("0600 0f00 00000000")),
     ("erofs+lzma", 0x3, 1 << 1, bytes.fromhex("0e00 00800000 0000 0000000000000000")),
+    # Big pclusters (as mkfs.erofs -C writes them): LZ4 then needs a record with its pcluster
+    # size in blocks; lzma's dictionary is 4 pclusters; zstd and DEFLATE records are unchanged.
+    ("erofs+lz4,pcluster=65536", 0x3, 1 << 0, bytes.fromhex("0e00 ffff 1000 00000000000000000000")),
+    ("erofs+lz4hc,pcluster=1048576", 0x3, 1 << 0, bytes.fromhex("0e00 ffff 0001 00000000000000000000")),
+    ("erofs+lzma,pcluster=65536", 0x3, 1 << 1, bytes.fromhex("0e00 00000400 0000 0000000000000000")),
+    ("erofs+zstd,pcluster=16384", 0x3, 1 << 3, bytes.fromhex("0600 0005 00000000")),
 ])
 def test_superblock_declares_the_algorithm(to: str, incompat: int, u1: int, cfgs: bytes, tmp_path: Path) -> None:
     """LZ4 needs only 0-padding; others declare COMPR_CFGS, their bitmap and a config record."""
@@ -292,7 +339,7 @@ def test_superblock_declares_the_algorithm(to: str, incompat: int, u1: int, cfgs
     with ErofsImage.open(img) as image:
         sb = image.superblock
         assert (sb.feature_incompat, sb.u1) == (incompat, u1)
-        assert image.stat("/a").layout == fmt.LAYOUT_COMPRESSED_FULL
+        assert image.stat("/a").layout == fmt.LAYOUT_COMPRESSED_COMPACT
     raw = img.read_bytes()
     at = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size
     assert raw[at:at + 16] == cfgs.ljust(16, b"\0")
