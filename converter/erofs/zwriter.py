@@ -65,8 +65,9 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
 
     Each extent is as much input as fits ``pcluster_blocks`` blocks once compressed; its
     stream takes the fewest whole blocks that hold it. If the extent's input is not more
-    than those blocks, compressing gains nothing and the next ``min(blksz, rest)`` bytes are
-    stored raw instead (the kernel requires a raw extent to fit its one block).
+    than those blocks, compressing gains nothing and that input's whole blocks (at least the
+    next ``min(blksz, rest)`` bytes) are stored raw instead, one block per extent (the kernel
+    requires a raw extent to fit its one block).
     """
     comp = make_compressor(codec, level, data, _BLKSZ * pcluster_blocks)
     out = bytearray()
@@ -85,11 +86,16 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
             extents.append((fmt.Z_LCLUSTER_HEAD1, consumed, nblocks))
             pos += consumed
         else:
-            take = min(_BLKSZ, n - pos)
-            out += view[pos:pos + take]
-            out += bytes(_BLKSZ - take)
-            extents.append((fmt.Z_LCLUSTER_PLAIN, take, 1))
-            pos += take
+            # The input this attempt covered does not shrink into fewer blocks: store its whole
+            # blocks raw (at least one) rather than compress nearly the same input again from
+            # the next block (with 16-block pclusters that re-encoded random data 16 times).
+            span = max(1, consumed // _BLKSZ) if consumed <= nblocks * _BLKSZ else 1
+            for _ in range(span):
+                take = min(_BLKSZ, n - pos)
+                out += view[pos:pos + take]
+                out += bytes(_BLKSZ - take)
+                extents.append((fmt.Z_LCLUSTER_PLAIN, take, 1))
+                pos += take
     return Segment(bytes(out), tuple(extents))
 
 

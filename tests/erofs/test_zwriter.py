@@ -385,3 +385,32 @@ def test_search_gives_up_early_on_incompressible_input(codec: Codec) -> None:
     text = payload("text", 200000, 3)
     consumed, stream = Counting(codec, None, text, fmt.BLOCK_SIZE).compress(0, floor=floor)
     assert consumed > floor and len(stream) <= fmt.BLOCK_SIZE
+
+
+@pytest.mark.parametrize("codec", [Codec.LZ4, Codec.ZSTD, Codec.LZMA])
+def test_big_pclusters_store_incompressible_input_raw_without_recompressing(codec: Codec,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attempt that does not shrink covers many blocks with big pclusters: they are all stored
+    raw, instead of compressing nearly the same input again from each next block."""
+    from converter.erofs import zwriter
+
+    calls: list[int] = []
+    real = zwriter.make_compressor
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        comp = real(*args, **kwargs)
+        inner = comp.compress
+
+        def compress(pos: int, *, floor: int = 0) -> tuple[int, bytes]:
+            calls.append(pos)
+            return inner(pos, floor=floor)
+
+        comp.compress = compress  # type: ignore[method-assign]
+        return comp
+
+    monkeypatch.setattr(zwriter, "make_compressor", counting)
+    data = payload("random", 64 * fmt.BLOCK_SIZE, 12)
+    seg = compress_segment(data, codec=codec, level=None, pcluster_blocks=16)
+    assert [kind for kind, _, _ in seg.extents] == [fmt.Z_LCLUSTER_PLAIN] * 64
+    assert seg.blocks == data
+    assert len(calls) <= 64 // 15 + 2  # one attempt per ~16 blocks, not one per block
