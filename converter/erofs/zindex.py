@@ -104,7 +104,7 @@ def to_compact(full: bytes | memoryview, *, size: int, ebase: int) -> bytes:
 
     Each 4B pack holds 2 entries of 16 bits and each 2B pack 16 entries of 14 bits (type above a
     12-bit ``lo``), then the u32 block address the pack's HEADs count from (§5.4.3). The packs are
-    decoded back to the same extents by the kernel's rules; ``_check_pack`` verifies the addresses.
+    decoded back to the same extents by the kernel's rules; ``_pack_base`` checks the addresses.
     """
     count = -(-size // _BLKSZ)
     full = bytes(full)
@@ -115,8 +115,7 @@ def to_compact(full: bytes | memoryview, *, size: int, ebase: int) -> bytes:
     lasts: list[int] = []  # lo for positions last in a pack (NONHEAD: delta[1] instead of delta[0])
     blkaddrs: list[int] = []  # HEAD: its pcluster's block (0 for the EOF marker); NONHEAD: 0
     at = fmt.Z_FULL_INDEX_START
-    for lcn in range(count):
-        kind, cofs, u = struct.unpack_from("<HHI", full, at + fmt.Z_FULL_INDEX_SIZE * lcn)
+    for kind, cofs, u in fmt.Z_FULL_HEAD.iter_unpack(full[at:at + fmt.Z_FULL_INDEX_SIZE * count]):
         kind &= 3
         kinds.append(kind)
         if kind == fmt.Z_LCLUSTER_NONHEAD:
@@ -154,10 +153,8 @@ def to_compact(full: bytes | memoryview, *, size: int, ebase: int) -> bytes:
     return bytes(out)
 
 
-def _nblk(decoded: list[tuple[int, int]], i: int, big: bool) -> int:
-    """What the kernel adds to a pack's base for the HEAD at position ``i`` (§5.4.3)."""
-    if not big:
-        return 1 + sum(1 for kind, _ in decoded[:i] if kind != fmt.Z_LCLUSTER_NONHEAD)
+def _nblk_big(decoded: list[tuple[int, int]], i: int) -> int:
+    """What the kernel adds to a big-pcluster pack's base for the HEAD at position ``i`` (§5.4.3)."""
     nblk = 0
     while i > 0:
         i -= 1
@@ -176,10 +173,14 @@ def _nblk(decoded: list[tuple[int, int]], i: int, big: bool) -> int:
 def _pack_base(decoded: list[tuple[int, int]], blkaddrs: list[int], big: bool, previous: int) -> int:
     """The pack's u32: a base from which every real HEAD's block follows; ``previous`` if none."""
     base: int | None = None
+    heads = 0  # without big pclusters a HEAD's block is base + 1 + the HEADs before it in the pack
     for i, (kind, _) in enumerate(decoded):
-        if kind == fmt.Z_LCLUSTER_NONHEAD or not blkaddrs[i]:  # blkaddr 0: the EOF marker
+        if kind == fmt.Z_LCLUSTER_NONHEAD:
             continue
-        this = blkaddrs[i] - _nblk(decoded, i, big)
+        heads += 1
+        if not blkaddrs[i]:  # blkaddr 0: the EOF marker, whose derived block is never used
+            continue
+        this = blkaddrs[i] - (_nblk_big(decoded, i) if big else heads)
         if base is None:
             base = this
         elif base != this:
