@@ -565,7 +565,7 @@ def cache_key(layer: str, options: LayerOptions, *, chains: Mapping[str, str | N
 def _compressor_version(options: LayerOptions) -> str:
     """For the python builder's compressed formats, the library whose version decides the bytes."""
     algorithm = options.fmt.algorithm
-    return "" if algorithm is None else library_version(Codec(algorithm))
+    return "" if algorithm is None else library_version(Codec(algorithm), options.fmt.level)
 
 
 class CachingConverter:
