@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from converter.convert.layer import Builder
 from converter.errors import UsageError
 
 INTERNAL_ERROR = 70  # exit status for a bug (EX_SOFTWARE in sysexits.h); its traceback is printed
@@ -106,10 +107,18 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
                    help="refuse a layer with more than N tar entries (0 = no limit; default 1000000)")
 
 
+def _builder(text: str) -> Builder:
+    try:
+        return Builder(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown builder {text!r}; choose one of "
+                                         f"{', '.join(b.value for b in Builder)}") from None
+
+
 def add_builder_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--builder", choices=("auto", "python", "mkfs"), default="auto",
-                   help="auto (default): our writer for raw erofs, mkfs.erofs for compressed; python: our "
-                   "writer (raw, lz4, lz4hc, zstd, deflate); mkfs: mkfs.erofs")
+    p.add_argument("--builder", type=_builder, choices=list(Builder), default=Builder.AUTO,
+                   help="auto (default) and python: our own writer, for every format; mkfs: mkfs.erofs "
+                   "(>= 1.9.3), fed a normalised tar")
 
 
 def add_registry_flags(p: argparse.ArgumentParser, *, plain_http_env: str) -> None:

@@ -37,6 +37,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,7 +57,16 @@ from converter.layers.readahead import ReadAhead
 from converter.layers.spool import SpoolSink
 from converter.layers.tarstream import TarReader
 
-BUILDERS = ("auto", "python", "mkfs")
+
+class Builder(StrEnum):
+    """Who writes the image (``--builder``): AUTO resolves to PYTHON or MKFS per format."""
+
+    AUTO = "auto"
+    PYTHON = "python"  # our writer (erofs/writer.py, erofs/zwriter.py)
+    MKFS = "mkfs"  # mkfs.erofs fed a normalised tar (erofs/mkfs.py)
+
+
+BUILDERS = tuple(b.value for b in Builder)
 #: Compression algorithms the python builder writes itself (``--builder python``).
 PYTHON_ALGORITHMS = {codec.value: codec for codec in Codec}
 #: Default bound on a layer's decompressed tar and on the sum of its file sizes (64 GiB):
@@ -98,7 +108,7 @@ class LayerOptions:
     how the image goes on the wire (``encoding``: zstd wrapping, dm-verity, chunk index)."""
 
     fmt: TargetFormat
-    builder: str = "auto"  # "auto", "python" or "mkfs" (see resolved_builder)
+    builder: Builder = Builder.AUTO  # a string is accepted and converted (see __post_init__)
     encoding: BlobEncoding = field(default_factory=BlobEncoding)
     bottom: bool = False
     build_time: int = 0
@@ -108,18 +118,23 @@ class LayerOptions:
     #: python builder: all-zero 4 KiB blocks of regular files become holes too (docs/holes.md)
     holes: bool = False
 
-    def resolved_builder(self) -> str:
-        """The builder actually used ("python" or "mkfs").
+    def __post_init__(self) -> None:
+        if not isinstance(self.builder, Builder):  # a job file's or caller's string
+            try:
+                object.__setattr__(self, "builder", Builder(self.builder))
+            except ValueError:
+                raise UsageError(f"unknown builder {self.builder!r}; choose one of {', '.join(BUILDERS)}") from None
 
-        ``auto``: our writer for every format it writes (raw and the PYTHON_ALGORITHMS),
-        mkfs.erofs for the rest. ``python``: our writer, refusing what it cannot write.
+    def resolved_builder(self) -> Builder:
+        """The builder actually used (PYTHON or MKFS).
+
+        AUTO: our writer for every format it writes (raw and the PYTHON_ALGORITHMS),
+        mkfs.erofs for the rest. PYTHON: our writer, refusing what it cannot write.
         """
-        if self.builder not in BUILDERS:
-            raise UsageError(f"unknown builder {self.builder!r}; choose one of {', '.join(BUILDERS)}")
         algorithm = self.fmt.algorithm
-        if self.builder == "auto":
-            return "python" if algorithm is None or algorithm in PYTHON_ALGORITHMS else "mkfs"
-        if self.builder == "python" and algorithm is not None and algorithm not in PYTHON_ALGORITHMS:
+        if self.builder is Builder.AUTO:
+            return Builder.PYTHON if algorithm is None or algorithm in PYTHON_ALGORITHMS else Builder.MKFS
+        if self.builder is Builder.PYTHON and algorithm is not None and algorithm not in PYTHON_ALGORITHMS:
             raise UsageError(f"the python builder cannot write {self.fmt} yet (it compresses "
                              f"{', '.join(PYTHON_ALGORITHMS)}); use --builder mkfs")
         return self.builder
@@ -225,7 +240,7 @@ def convert_layer(
     removing a failed output would delete).
     """
     builder = options.resolved_builder()
-    if options.holes and builder != "python":
+    if options.holes and builder is not Builder.PYTHON:
         raise UsageError("--holes needs the python builder (raw erofs); mkfs.erofs gets zeros")
     for name in ("max_expanded", "max_entries", "max_logical"):
         limit = getattr(options, name)
@@ -234,7 +249,7 @@ def convert_layer(
     partial = _reserve_partial(out_path, layer)
     try:
         try:
-            if builder == "python":
+            if builder is Builder.PYTHON:
                 tree = _build_python(src, partial, options=options, lower=lower, media_type=media_type,
                                      layer=layer, progress=progress, on_tree=on_tree)
             else:
@@ -322,7 +337,7 @@ def _parse_entries(stream: ReadAhead, normaliser: LayerNormaliser, *, options: L
     """Every tar entry of ``stream`` into ``normaliser``, within ``options``' limits."""
     limit, logical_limit = options.max_expanded, options.max_logical
     # Only raw images keep holes (chunk-based files); compressed files are fed the holes as zeros.
-    keeps_holes = options.resolved_builder() == "python" and options.fmt.algorithm is None
+    keeps_holes = options.resolved_builder() is Builder.PYTHON and options.fmt.algorithm is None
     stored = logical = 0
     for entry, data in TarReader(stream, layer=layer, max_entries=options.max_entries):
         if entry.kind is EntryKind.REG:

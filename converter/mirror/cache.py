@@ -73,7 +73,7 @@ from typing import Any, BinaryIO
 import structlog
 import zstandard
 
-from converter.convert.layer import LayerOptions, LayerResult, LayerTree, layer_uuid, read_layer
+from converter.convert.layer import Builder, LayerOptions, LayerResult, LayerTree, layer_uuid, read_layer
 from converter.erofs.format import EROFS_MAGIC, SUPERBLOCK, SUPERBLOCK_OFFSET, Superblock
 from converter.erofs.tools import erofs_utils
 from converter.erofs.zcodec import Codec, library_version
@@ -558,7 +558,7 @@ def cache_key(layer: str, options: LayerOptions, *, chains: Mapping[str, str | N
     builder = options.resolved_builder()
     return CacheKey(layer=digest, lower=lower, fmt=str(options.fmt), profile=profile.value, builder=builder,
                     build_time=options.build_time, tool_version=tool_version,
-                    erofs_utils=mkfs_version() if builder == "mkfs" else _compressor_version(options),
+                    erofs_utils=mkfs_version() if builder is Builder.MKFS else _compressor_version(options),
                     encoding=options.encoding.canonical())
 
 

@@ -19,7 +19,7 @@ import structlog
 from converter import __version__
 from converter.blob.encoding import BlobEncoding
 from converter.cancel import CancelScope, current_scope
-from converter.convert.layer import LayerOptions
+from converter.convert.layer import Builder, LayerOptions
 from converter.erofs.target import TargetFormat
 from converter.errors import ConverterError, ImageError, NotFound, UsageError
 from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
@@ -336,7 +336,7 @@ class Recipe:
     """What decides a conversion's bytes besides the job's settings: the run's options."""
 
     tool_version: str = __version__
-    builder: str = "auto"
+    builder: Builder = Builder.AUTO
     build_time: int = 0
 
 

@@ -19,7 +19,7 @@ import structlog
 
 from converter import __version__
 from converter.cancel import CancelScope
-from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, Builder
 from converter.convert.layer import convert_layer as default_convert_layer
 from converter.errors import Cancelled, ConverterError
 from converter.mirror.cache import (
@@ -65,7 +65,7 @@ class RunOptions:
 
     jobs: int = 2
     layer_jobs: int = 0
-    builder: str = "auto"
+    builder: Builder = Builder.AUTO
     workdir: Path | None = None
     build_time: int = 0
     local_cache: Path | None = None

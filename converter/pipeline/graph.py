@@ -66,7 +66,7 @@ import structlog
 
 from converter.blob.encoding import BlobEncoding
 from converter.cancel import CancelScope, current_scope
-from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, LayerOptions, LayerResult
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, Builder, LayerOptions, LayerResult
 from converter.erofs.target import TargetFormat
 from converter.errors import Cancelled, ConverterError, DigestMismatch, ImageError, LayerFailed
 from converter.layers.model import FileData, Inode, LowerView, NodeKind
@@ -233,7 +233,7 @@ class GraphSettings:
     image: str
     platform: str
     fmt: TargetFormat
-    builder: str
+    builder: Builder
     build_time: int
     jobs: int
     run_ahead: int

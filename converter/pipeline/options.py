@@ -12,7 +12,7 @@ from pathlib import Path
 
 from converter import __version__
 from converter.blob.encoding import BlobEncoding
-from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED
+from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, Builder
 from converter.erofs.target import TargetFormat
 from converter.errors import UsageError
 from converter.oci.mediatypes import MediaType, Profile
@@ -49,7 +49,7 @@ class ConvertOptions:
     platforms: tuple[Platform, ...] = ()
     merge_index: bool = False
     jobs: int = 0
-    builder: str = "auto"
+    builder: Builder = Builder.AUTO
     workdir: Path | None = None
     build_time: int = 0
     prepass: bool | None = None

@@ -151,6 +151,14 @@ def test_abbreviated_options_are_refused(capsys: pytest.CaptureFixture[str], arg
     assert "unrecognized arguments" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["layer", "in.tar", "-o", "x.erofs", "--builder", "rust"],
+                                  ["r.example/app:1", "--builder", "Python"], ["mirror", "job.yaml", "--builder", ""]])
+def test_an_unknown_builder_is_refused_naming_the_choices(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--builder: unknown builder {argv[-1]!r}; choose one of auto, python, mkfs" in err, err
+
+
 @pytest.mark.parametrize("argv", [["r.example/app:1", "-q", "-v"], ["mirror", "job.yaml", "-v", "-q"]])
 def test_quiet_and_verbose_exclude_each_other(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     assert main(argv) == 2

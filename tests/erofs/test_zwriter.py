@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from converter.convert import layer as layer_module
-from converter.convert.layer import LayerOptions, convert_layer
+from converter.convert.layer import Builder, LayerOptions, convert_layer
 from converter.erofs import format as fmt
 from converter.erofs.reader import ErofsImage
 from converter.erofs.target import TargetFormat, parse_format
@@ -261,7 +261,9 @@ def test_worker_count_and_queue_do_not_change_the_image(codec: Codec, tmp_path: 
     ("mkfs", "erofs+lz4", "mkfs"), ("mkfs", "erofs", "mkfs"),
 ])
 def test_builder_selection(builder: str, to: str, resolved: str) -> None:
-    assert LayerOptions(fmt=parse_format(to), builder=builder).resolved_builder() == resolved
+    options = LayerOptions(fmt=parse_format(to), builder=builder)  # a string is converted to the enum
+    assert options.builder is Builder(builder)
+    assert options.resolved_builder() is Builder(resolved)
 
 
 def test_lzma_without_liblzma_is_a_tool_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
