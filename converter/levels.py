@@ -21,20 +21,28 @@ def parse_level_options(options: Sequence[str], *, what: str, number: str = "non
 
 
 def parse_int_options(options: Sequence[str], *, keys: Sequence[str], what: str,
-                      number: str = "non-negative whole number") -> dict[str, int]:
-    """The ``KEY=N`` options in ``options`` with KEY one of ``keys``, each at most once."""
+                      number: str = "non-negative whole number", flags: Sequence[str] = ()) -> dict[str, int]:
+    """The ``KEY=N`` options in ``options`` with KEY one of ``keys``, each at most once; an option
+    in ``flags`` (a bare word) maps to 1."""
     found: dict[str, int] = {}
     example = f"{keys[0]}=9"
-    known = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+    names = [*keys, *flags]
+    known = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     for option in options:
         key, eq, value = option.partition("=")
-        if not eq:
-            raise InvalidFormat(f"{what}: option {option!r} is not KEY=VALUE (e.g. {example})")
-        if key not in keys:
-            only = f"the only option is {known}" if len(keys) == 1 else f"the options are {known}"
-            raise InvalidFormat(f"{what}: unknown option {key!r}; {only}")
         if key in found:
             raise InvalidFormat(f"{what}: option {key!r} is given twice")
+        if key in flags:
+            if eq:
+                raise InvalidFormat(f"{what}: option {key!r} takes no value")
+            found[key] = 1
+            continue
+        if not eq:
+            raise InvalidFormat(f"{what}: option {option!r} is not KEY=VALUE (e.g. {example})"
+                                + (f" or one of {', '.join(flags)}" if flags else ""))
+        if key not in keys:
+            only = f"the only option is {known}" if len(names) == 1 else f"the options are {known}"
+            raise InvalidFormat(f"{what}: unknown option {key!r}; {only}")
         if not re.fullmatch(r"[0-9]+", value):
             raise InvalidFormat(f"{what}: {key} {value!r} is not a {number}")
         found[key] = int(value)

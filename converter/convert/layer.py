@@ -369,7 +369,7 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
     with open(out_path, "w+b") as out:
         area = ImageDataArea(out, holes=options.holes) if algorithm is None else \
             CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level,
-                               pcluster=options.fmt.pcluster_bytes)
+                               pcluster=options.fmt.pcluster_bytes, ztailpacking=options.fmt.ztailpacking)
         with area:
             tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
                               progress=progress, on_tree=on_tree)

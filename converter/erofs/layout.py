@@ -67,6 +67,8 @@ class BlockRef:
     #: (its ``i_u``); the tail store then holds its map header and indexes, not a data tail.
     z_layout: int = 0
     z_blocks: int = 0
+    #: ztailpacking: the inline pcluster's size, at the end of the tail store's bytes
+    z_inline: int = 0
 
     @property
     def tail_size(self) -> int:
@@ -406,6 +408,7 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
     chunked = False
     nlink = tree.nlink
     entry_names = tree.entry_names
+    inline_pcluster = 0
     for i in range(n):
         node = nodes[i]
         kind = node.kind
@@ -435,10 +438,13 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
         if tail and layout in fmt.COMPRESSED_LAYOUTS:
             # §5.4.1: the map header is 8-byte aligned; index entries may cross blocks.
             pad = -len(xattr_body) % 8
+            ref = node.data
+            assert isinstance(ref, BlockRef)
+            inline_pcluster = ref.z_inline
             if layout == fmt.LAYOUT_COMPRESSED_COMPACT:
                 # §5.4.3: the packs' size depends on where they start modulo 32; inodes are
                 # 32-byte aligned and 32 or 64 bytes long, so that is known here.
-                tail = compact_meta_size(size, len(xattr_body) + pad + fmt.Z_MAP_HEADER_SIZE)
+                tail = compact_meta_size(size, len(xattr_body) + pad + fmt.Z_MAP_HEADER_SIZE) + inline_pcluster
             tail += pad
             need += tail
         elif layout == chunk_layout:
@@ -459,7 +465,17 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
                     extra = len(dirs[i][1])
                 else:  # symlink: one zero-padded block (§7.1)
                     extra = 1
-        off = place(need)
+        if inline_pcluster and need > blksz:
+            # §5.4.4: the inline pcluster (the item's last bytes) must not cross a block. An item
+            # of a block or less stays inside one; a longer one starts a block, so slide its
+            # inode forward by 32-byte slots until the inline pcluster fits.
+            shift = 0
+            while (shift + need - inline_pcluster) // blksz != (shift + need - 1) // blksz:
+                shift += fmt.SLOT_SIZE
+            off = place(shift + need) + shift
+        else:
+            off = place(need)
+        inline_pcluster = 0
         size_col[i] = size
         layout_col[i] = layout
         i_u_col[i] = i_u

@@ -6,7 +6,7 @@ formats give equal tags). Grammar::
 
     FORMAT    := "erofs" [ "+" ALGORITHM { "," OPTION } ]
     ALGORITHM := "lz4" | "lz4hc" | "zstd" | "deflate" | "lzma"
-    OPTION    := "level=" N | "pcluster=" BYTES
+    OPTION    := "level=" N | "pcluster=" BYTES | "ztailpacking"
 
 ``erofs`` is an uncompressed image; ``erofs+ALGO`` uses EROFS's internal (per-cluster)
 compression through ``mkfs.erofs -z``. Levels are the ranges mkfs.erofs 1.9.4 really
@@ -23,7 +23,10 @@ Without ``level=`` mkfs.erofs picks its own default for the algorithm.
 ``pcluster=BYTES`` allows physical clusters (the compressed units) of up to that many bytes, a
 multiple of 4096 up to 1 MiB, like ``mkfs.erofs -C``: bigger ones compress better but need
 Linux 5.13+ (big pclusters) and cost more to read at random. 4096, one block, is the default
-(mounted by Linux 5.4+) and is not printed. Options print in the order level, pcluster.
+(mounted by Linux 5.4+) and is not printed. ``ztailpacking`` (like ``mkfs.erofs -Eztailpacking``)
+stores a file's last compressed extent inline after its inode when that is smaller than a
+block, which saves most of a block per compressed file and lets files of a block or less be
+compressed at all; Linux 5.17+. Options print in the order level, pcluster, ztailpacking.
 """
 
 from __future__ import annotations
@@ -57,11 +60,13 @@ class TargetFormat:
     """A parsed ``--to`` value: ``algorithm`` None means an uncompressed EROFS image.
 
     ``pcluster`` is the largest physical cluster in bytes; None (or 4096) is one block.
+    ``ztailpacking``: last extents inline after the inode (Linux 5.17+).
     """
 
     algorithm: str | None = None
     level: int | None = None
     pcluster: int | None = None
+    ztailpacking: bool = False
 
     def __post_init__(self) -> None:
         if self.algorithm is None:
@@ -69,6 +74,8 @@ class TargetFormat:
                 raise InvalidFormat("an uncompressed erofs format takes no level")
             if self.pcluster is not None:
                 raise InvalidFormat("an uncompressed erofs format takes no pcluster size")
+            if self.ztailpacking:
+                raise InvalidFormat("ztailpacking needs a compression algorithm (raw images always inline tails)")
             return
         if self.pcluster is not None:
             if self.pcluster % BLOCK or not BLOCK <= self.pcluster <= MAX_PCLUSTER:
@@ -97,6 +104,8 @@ class TargetFormat:
             text += f",level={self.level}"
         if self.pcluster is not None:
             text += f",pcluster={self.pcluster}"
+        if self.ztailpacking:
+            text += ",ztailpacking"
         return text
 
     @property
@@ -120,12 +129,14 @@ class TargetFormat:
         args = [f"-z{self.algorithm}" if self.level is None else f"-z{self.algorithm},level={self.level}"]
         if self.pcluster is not None:
             args.append(f"-C{self.pcluster}")
+        if self.ztailpacking:
+            args.append("-Eztailpacking")
         return args
 
 
 def parse_format(text: str) -> TargetFormat:
     """Parse a ``--to`` value strictly; every mistake is an ``InvalidFormat`` saying what to write."""
-    usage = (f"write erofs, or erofs+ALGORITHM[,level=N][,pcluster=BYTES] with ALGORITHM one of "
+    usage = (f"write erofs, or erofs+ALGORITHM[,level=N][,pcluster=BYTES][,ztailpacking] with ALGORITHM one of "
              f"{', '.join(ALGORITHMS)}")
     if text == BASE:
         return TargetFormat()
@@ -140,8 +151,8 @@ def parse_format(text: str) -> TargetFormat:
         hint = f" (algorithm names are lower case: {lowered})" if lowered in LEVELS else ""
         raise InvalidFormat(f"format {text!r}: unknown compression algorithm {algorithm!r}{hint}; "
                             f"known: {', '.join(ALGORITHMS)}")
-    values = parse_int_options(options, keys=("level", "pcluster"), what=f"format {text!r}")
+    values = parse_int_options(options, keys=("level", "pcluster"), flags=("ztailpacking",), what=f"format {text!r}")
     try:
-        return TargetFormat(algorithm, values.get("level"), values.get("pcluster"))
+        return TargetFormat(algorithm, values.get("level"), values.get("pcluster"), "ztailpacking" in values)
     except InvalidFormat as exc:
         raise InvalidFormat(f"format {text!r}: {exc}") from None

@@ -10,7 +10,8 @@ import struct
 from converter.erofs import format as fmt
 from converter.errors import ErofsFormatError
 
-__all__ = ["ADVISE_BIG_PCLUSTER_1", "ADVISE_BIG_PCLUSTER_2", "ADVISE_COMPACTED_2B", "FullIndexes",
+__all__ = ["ADVISE_BIG_PCLUSTER_1", "ADVISE_BIG_PCLUSTER_2", "ADVISE_COMPACTED_2B", "ADVISE_INLINE_PCLUSTER",
+           "FullIndexes",
            "compact_meta_size", "meta_size_bound", "to_compact"]
 
 _BLKSZ = fmt.BLOCK_SIZE
@@ -18,6 +19,7 @@ _BITS = fmt.BLOCK_SIZE_BITS
 ADVISE_COMPACTED_2B = 0x0001
 ADVISE_BIG_PCLUSTER_1 = 0x0002
 ADVISE_BIG_PCLUSTER_2 = 0x0004
+ADVISE_INLINE_PCLUSTER = 0x0008
 _CBLKCNT = 0x0800  # a NONHEAD delta[0] with this bit holds the pcluster's block count
 _LOBITS = 12  # lcluster = block = 4 KiB: 12 bits of clusterofs / delta, then the 2-bit type
 _U32 = struct.Struct("<I")
@@ -37,6 +39,8 @@ class FullIndexes:
         self._la = 0
         self._entries = bytearray()
         self.compressed = False
+        #: ztailpacking: the last extent's stream, stored right after the index (§5.4.4)
+        self.inline = b""
 
     def add(self, kind: int, llen: int, blkaddr: int, nblocks: int = 1) -> None:
         """The next extent: ``llen`` bytes of file from a pcluster of ``nblocks`` at ``blkaddr``."""
@@ -71,7 +75,8 @@ class FullIndexes:
             raise ErofsFormatError("the lcluster index array has the wrong length")  # pragma: no cover
         # Map header: advise, the algorithm of HEAD1 lclusters, lcluster = block (h_clusterbits 0).
         header = bytearray(fmt.Z_FULL_INDEX_START)
-        struct.pack_into("<H", header, 4, ADVISE_BIG_PCLUSTER_1 if self._big else 0)
+        advise = (ADVISE_BIG_PCLUSTER_1 if self._big else 0) | (ADVISE_INLINE_PCLUSTER if self.inline else 0)
+        struct.pack_into("<HH", header, 2, len(self.inline), advise)
         header[6] = self._algorithm
         return bytes(header) + bytes(self._entries)
 
@@ -134,7 +139,8 @@ def to_compact(full: bytes | memoryview, *, size: int, ebase: int) -> bytes:
     c4init, c2b, c4end = _runs(count, ebase)
     out = bytearray(fmt.Z_MAP_HEADER_SIZE)
     out[:8] = full[:8]
-    struct.pack_into("<H", out, 4, ADVISE_COMPACTED_2B | (ADVISE_BIG_PCLUSTER_1 | ADVISE_BIG_PCLUSTER_2 if big else 0))
+    big_bits = ADVISE_BIG_PCLUSTER_1 | ADVISE_BIG_PCLUSTER_2
+    struct.pack_into("<H", out, 4, (advise & ~big_bits) | ADVISE_COMPACTED_2B | (big_bits if big else 0))
     base = 0
     start = 0
     for run, (vcnt, bits) in ((c4init, (2, 16)), (c2b, (16, 14)), (c4end, (2, 16))):
@@ -150,6 +156,7 @@ def to_compact(full: bytes | memoryview, *, size: int, ebase: int) -> bytes:
             base = _pack_base(decoded, blkaddrs[first:first + used], big, base)
             out += packed.to_bytes(bits * vcnt // 8, "little") + _U32.pack(base)
         start += run
+    out += full[at + fmt.Z_FULL_INDEX_SIZE * count:]  # an inline tail follows the packs (ztailpacking)
     return bytes(out)
 
 

@@ -38,9 +38,15 @@ QUEUE_FILES = 64
 QUEUE_BYTES = 8 << 20
 #: The largest pcluster the format allows (Z_EROFS_PCLUSTER_MAX_SIZE in fs/erofs/erofs_fs.h).
 MAX_PCLUSTER = 1 << 20
+#: The longest inline (ztailpacking) stream: the planner can always place it inside one block,
+#: as the kernel requires, by starting its inode at one of the block's 32-byte slots.
+MAX_INLINE = _BLKSZ - 32
 #: Below this size a file is compressed by the reading thread itself: for LZ4 handing a small
 #: file to a worker costs more than compressing it (the small-files bench layer: 5.7-6.1 s against 4.1-5.1 s).
 _INLINE_BELOW = {Codec.LZ4: 64 << 10}
+#: With ztailpacking, files of a block or less are compressed from this size on (smaller ones
+#: gain nothing once the map header and index are counted).
+_INLINE_MIN = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +60,26 @@ class Segment:
 
     blocks: bytes
     extents: tuple[tuple[int, int, int], ...]
+    #: ztailpacking: the last extent's stream, stored after the inode instead of in a block
+    #: (its entry in ``extents`` has 0 blocks).
+    inline: bytes = b""
 
     @property
     def compressed(self) -> bool:
         return any(kind == fmt.Z_LCLUSTER_HEAD1 for kind, _, _ in self.extents)
 
 
-def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_blocks: int = 1) -> Segment:
+def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_blocks: int = 1,
+                     inline_tail: bool = False) -> Segment:
     """Cut ``data`` into extents as mkfs.erofs does and compress each into one pcluster.
 
     Each extent is as much input as fits ``pcluster_blocks`` blocks once compressed; its
     stream takes the fewest whole blocks that hold it. If the extent's input is not more
     than those blocks, compressing gains nothing and that input's whole blocks (at least the
     next ``min(blksz, rest)`` bytes) are stored raw instead, one block per extent (the kernel
-    requires a raw extent to fit its one block).
+    requires a raw extent to fit its one block). With ``inline_tail`` (the file's last segment,
+    ztailpacking), an extent that reaches the end of ``data`` and whose stream is shorter than
+    its input and at most MAX_INLINE bytes becomes ``Segment.inline`` instead of a pcluster.
     """
     comp = make_compressor(codec, level, data, _BLKSZ * pcluster_blocks)
     out = bytearray()
@@ -76,10 +88,15 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
     n = len(data)
     view = memoryview(data)
     while pos < n:
-        consumed, stream = comp.compress(pos, floor=_BLKSZ + 1)
+        # Less than a block plus a byte is worth compressing only as an inline tail.
+        consumed, stream = comp.compress(pos, floor=min(_BLKSZ + 1, n - pos) if inline_tail else _BLKSZ + 1)
         # A stream starting with 0 would lose that byte to zero-stripping (§5.4.4): DEFLATE does
         # when it begins with a stored block; such input hardly compresses, so store it raw.
         nblocks = -(-len(stream) // _BLKSZ)
+        if inline_tail and pos + consumed == n and consumed > len(stream) and len(stream) <= MAX_INLINE \
+                and stream[0] != 0:
+            extents.append((fmt.Z_LCLUSTER_HEAD1, consumed, 0))
+            return Segment(bytes(out), tuple(extents), stream)
         if consumed > nblocks * _BLKSZ and stream[0] != 0:
             out += bytes(nblocks * _BLKSZ - len(stream))
             out += stream
@@ -147,7 +164,8 @@ class CompressedDataArea(ImageDataArea):
     """
 
     def __init__(self, out: BinaryIO, *, codec: Codec, level: int | None = None, pcluster: int = _BLKSZ,
-                 compact: bool = True, workers: int | None = None, tail_memory: int = TAIL_MEMORY) -> None:
+                 compact: bool = True, ztailpacking: bool = False, workers: int | None = None,
+                 tail_memory: int = TAIL_MEMORY) -> None:
         check_available(codec)
         if pcluster % _BLKSZ or not _BLKSZ <= pcluster <= MAX_PCLUSTER:
             raise ValueError(f"pcluster must be a multiple of {_BLKSZ} up to {MAX_PCLUSTER}, not {pcluster}")
@@ -157,6 +175,7 @@ class CompressedDataArea(ImageDataArea):
         self._pcluster_blocks = pcluster // _BLKSZ
         self._big = pcluster > _BLKSZ
         self._compact = compact
+        self._inline = ztailpacking
         self._workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._queue: deque[_Queued] = deque()
@@ -167,9 +186,10 @@ class CompressedDataArea(ImageDataArea):
     def feature_incompat(self) -> int:
         """Superblock incompat bits for this area's images (as mkfs.erofs sets them); the config
         records' bit is also the big-pcluster bit."""
+        bits = fmt.INCOMPAT_LZ4_0PADDING | (fmt.INCOMPAT_ZTAILPACKING if self._inline else 0)
         if self._codec.algorithm == 0 and not self._big:
-            return fmt.INCOMPAT_LZ4_0PADDING
-        return fmt.INCOMPAT_LZ4_0PADDING | fmt.INCOMPAT_COMPR_CFGS
+            return bits
+        return bits | fmt.INCOMPAT_COMPR_CFGS
 
     @property
     def u1(self) -> int:
@@ -201,11 +221,13 @@ class CompressedDataArea(ImageDataArea):
         if size <= SEGMENT:
             small = self._read_small(data, size)
             if size < self._inline_below:
-                seg = self._compress(small) if size > _BLKSZ else None
+                # One block or less can only shrink inline (ztailpacking).
+                worth = size > _BLKSZ or (self._inline and size >= _INLINE_MIN)
+                seg = self._compress(small, last=True) if worth else None
                 if not self._queue:
                     return self._write_small(small, seg)
                 return self._enqueue(small, seg)
-            return self._enqueue(small, self._submit(small)[1])
+            return self._enqueue(small, self._submit(small, last=True)[1])
         self._drain(0)  # the files before this one are written first: blocks follow file order
         start = self._next_block
         pending: deque[tuple[bytes, Future[Segment]]] = deque()
@@ -227,7 +249,7 @@ class CompressedDataArea(ImageDataArea):
                 raise LayerError("file data shorter than its header says")
             last = bytes(buf)
             del buf
-            pending.append(self._submit(last))
+            pending.append(self._submit(last, last=True))
             while len(pending) > 1:
                 self._write_segment(pending.popleft()[1].result(), indexes)
             seg = pending.popleft()[1].result()
@@ -305,20 +327,23 @@ class CompressedDataArea(ImageDataArea):
         assert isinstance(ref, BlockRef), "a compressed area is built without holes"
         return ref
 
-    def _submit(self, segment: bytes) -> tuple[bytes, Future[Segment]]:
+    def _submit(self, segment: bytes, *, last: bool = False) -> tuple[bytes, Future[Segment]]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="erofs-z")
-        return segment, self._pool.submit(self._compress, segment)
+        return segment, self._pool.submit(self._compress, segment, last=last)
 
-    def _compress(self, data: bytes) -> Segment:
-        return compress_segment(data, codec=self._codec, level=self._level, pcluster_blocks=self._pcluster_blocks)
+    def _compress(self, data: bytes, *, last: bool = False) -> Segment:
+        """Compress one segment; ``last``: the file's last, whose last extent may go inline."""
+        return compress_segment(data, codec=self._codec, level=self._level, pcluster_blocks=self._pcluster_blocks,
+                                inline_tail=last and self._inline)
 
     def _write_small(self, data: bytes, seg: Segment | None) -> BlockRef:
         """A file of one segment: compressed (``seg``) if that takes less room than storing it plain."""
         size = len(data)
         # mkfs's rule: keep the compressed form only if its blocks and indexes take less than
         # the file's size (otherwise the plain layout is no bigger and reads faster).
-        if seg is None or not seg.compressed or len(seg.blocks) + meta_size_bound(size, compact=self._compact) >= size:
+        if seg is None or not seg.compressed or \
+                len(seg.blocks) + meta_size_bound(size, compact=self._compact) + len(seg.inline) >= size:
             return self._plain(_Bytes(data), size)
         start = self._next_block
         indexes = FullIndexes(size, self._codec.algorithm, big=self._big)
@@ -329,17 +354,21 @@ class CompressedDataArea(ImageDataArea):
         self._seek_out(self._next_block * _BLKSZ)
         self._write_out(seg.blocks)
         for kind, llen, nblocks in seg.extents:
+            if not nblocks:  # the inline tail: no block (the kernel ignores its address)
+                indexes.add(kind, llen, 0, 1)
+                indexes.inline = seg.inline
+                continue
             indexes.add(kind, llen, self._next_block, nblocks)
             self._next_block += nblocks
         if self._next_block >= fmt.MAX_BLOCKS:
             raise ErofsFormatError("file data exceeds the 16 TiB that 32-bit block addresses reach")
 
     def _finish_compressed(self, start: int, size: int, indexes: FullIndexes) -> BlockRef:
-        meta = indexes.finish()
+        meta = indexes.finish() + indexes.inline
         self._tail_sink(len(meta), False)(meta)
         ref = BlockRef(size=size, start_block=start, full_blocks=0, tail_offset=self._tail_end,
                        tail_len=len(meta), tail_in_block=False, area_token=self._token,
                        z_layout=fmt.LAYOUT_COMPRESSED_COMPACT if self._compact else fmt.LAYOUT_COMPRESSED_FULL,
-                       z_blocks=self._next_block - start)
+                       z_blocks=self._next_block - start, z_inline=len(indexes.inline))
         self._tail_end += len(meta)
         return ref

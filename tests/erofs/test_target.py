@@ -31,6 +31,10 @@ from converter.errors import InvalidFormat, UsageError
      ["-zzstd,level=9", "-C1048576"]),
     ("erofs+deflate,pcluster=8192", TargetFormat("deflate", None, 8192), "erofs-deflate-pcluster-8192",
      ["-zdeflate", "-C8192"]),
+    ("erofs+lz4,ztailpacking", TargetFormat("lz4", None, None, True), "erofs-lz4-ztailpacking",
+     ["-zlz4", "-Eztailpacking"]),
+    ("erofs+lzma,level=9,pcluster=65536,ztailpacking", TargetFormat("lzma", 9, 65536, True),
+     "erofs-lzma-level-9-pcluster-65536-ztailpacking", ["-zlzma,level=9", "-C65536", "-Eztailpacking"]),
 ])
 def test_valid_formats(text: str, fmt: TargetFormat, suffix: str, args: list[str]) -> None:
     got = parse_format(text)
@@ -50,6 +54,7 @@ def test_canonical_form_orders_options_and_drops_the_default_pcluster() -> None:
     assert str(parse_format("erofs+zstd,pcluster=16384,level=5")) == "erofs+zstd,level=5,pcluster=16384"
     assert parse_format("erofs+lz4,pcluster=4096") == parse_format("erofs+lz4") == TargetFormat("lz4", None, 4096)
     assert str(parse_format("erofs+lz4,pcluster=4096")) == "erofs+lz4"
+    assert str(parse_format("erofs+lz4,ztailpacking,pcluster=8192")) == "erofs+lz4,pcluster=8192,ztailpacking"
     assert parse_format("erofs+lz4").pcluster_bytes == 4096
     assert parse_format("erofs+lz4,pcluster=0065536").pcluster_bytes == 65536
 
@@ -87,7 +92,10 @@ def test_canonical_form_orders_options_and_drops_the_default_pcluster() -> None:
     ("erofs+lz4,pcluster=2097152", "up to 1048576"),
     ("erofs+lz4,pcluster=64k", "pcluster '64k' is not a non-negative whole number"),
     ("erofs+lz4,pcluster=8192,pcluster=8192", "given twice"),
-    ("erofs+zstd,window=15", "the options are level and pcluster"),
+    ("erofs+zstd,window=15", "the options are level, pcluster and ztailpacking"),
+    ("erofs+lz4,ztailpacking=1", "option 'ztailpacking' takes no value"),
+    ("erofs+lz4,ztailpacking,ztailpacking", "given twice"),
+    ("erofs+lz4,tailpacking", "is not KEY=VALUE (e.g. level=9) or one of ztailpacking"),
 ])
 def test_invalid_formats(text: str, words: str) -> None:
     with pytest.raises(InvalidFormat) as info:
@@ -103,6 +111,8 @@ def test_format_constructor_validates() -> None:
         TargetFormat(None, 3)
     with pytest.raises(InvalidFormat):
         TargetFormat(None, None, 65536)
+    with pytest.raises(InvalidFormat, match="ztailpacking needs a compression algorithm"):
+        TargetFormat(None, None, None, True)
     assert TargetFormat("zstd", 3) == parse_format("erofs+zstd,level=3")
     assert hash(TargetFormat("zstd", 3)) == hash(parse_format("erofs+zstd,level=3"))
 

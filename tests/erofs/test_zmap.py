@@ -150,7 +150,8 @@ def fuzz_base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 #: Our writer's formats (compact indexes; two with big pclusters), fuzzed as well as mkfs.erofs's images.
-OURS = ("lz4", "lz4hc", "zstd", "deflate", "lzma", "lz4,pcluster=16384", "zstd,pcluster=65536")
+OURS = ("lz4", "lz4hc", "zstd", "deflate", "lzma", "lz4,pcluster=16384", "zstd,pcluster=65536", "lz4,ztailpacking",
+        "lzma,pcluster=16384,ztailpacking")
 
 
 def _read_all(data: bytes) -> None:
@@ -178,7 +179,7 @@ def test_fuzzed_compressed_images_give_format_errors(fuzz_base: dict[str, bytes]
         _read_all(bytes(data))
 
 
-@pytest.mark.parametrize("alg", ["zstd", "ours-zstd", "ours-lzma", "ours-lz4,pcluster=16384"])
+@pytest.mark.parametrize("alg", ["zstd", "ours-zstd", "ours-lzma", "ours-lz4,pcluster=16384", "ours-lz4,ztailpacking"])
 def test_every_index_byte_flipped(fuzz_base: dict[str, bytes], alg: str) -> None:
     """Deterministic sweep over the metadata (inodes, map headers, indexes) of a compressed image."""
     base = fuzz_base[alg]

@@ -37,9 +37,12 @@ from tests.support.kernel import fsck, mounted, require_mount
 #: then each algorithm with big pclusters (Linux 5.13), from two blocks to the 1 MiB maximum.
 BIG = ["erofs+lz4,pcluster=16384", "erofs+lz4,pcluster=1048576", "erofs+lz4hc,level=12,pcluster=65536",
        "erofs+zstd,pcluster=131072", "erofs+deflate,pcluster=8192", "erofs+lzma,pcluster=65536"]
+#: Last extents inline after the inode (ztailpacking, Linux 5.17), with and without big pclusters.
+ZTAIL = ["erofs+lz4,ztailpacking", "erofs+lz4hc,ztailpacking", "erofs+zstd,ztailpacking", "erofs+deflate,ztailpacking",
+         "erofs+lzma,ztailpacking", "erofs+lz4,pcluster=65536,ztailpacking", "erofs+zstd,pcluster=16384,ztailpacking"]
 FORMATS = (["erofs+lz4", "erofs+lz4hc"] + [f"erofs+lz4hc,level={n}" for n in range(13)]
            + ["erofs+zstd", "erofs+zstd,level=1", "erofs+zstd,level=19", "erofs+deflate", "erofs+deflate,level=9",
-              "erofs+lzma", "erofs+lzma,level=0", "erofs+lzma,level=9", "erofs+lzma,level=109"] + BIG)
+              "erofs+lzma", "erofs+lzma,level=0", "erofs+lzma,level=9", "erofs+lzma,level=109"] + BIG + ZTAIL)
 KINDS = ("random", "zeros", "text", "mixed")
 
 
@@ -153,7 +156,8 @@ def test_random_trees(to: str, files: list[FileSpec], tmp_path_factory: pytest.T
 
 
 @pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc,level=12", "erofs+zstd", "erofs+deflate", "erofs+lzma",
-                                "erofs+lz4,pcluster=65536", "erofs+zstd,pcluster=16384"])
+                                "erofs+lz4,pcluster=65536", "erofs+zstd,pcluster=16384", "erofs+lz4,ztailpacking",
+                                "erofs+lzma,pcluster=16384,ztailpacking"])
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                HealthCheck.function_scoped_fixture])
 @given(files=FILES)
@@ -169,7 +173,8 @@ def test_random_trees_with_full_indexes(to: str, files: list[FileSpec],
 
 
 @pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc", "erofs+zstd", "erofs+deflate", "erofs+lzma",
-                                "erofs+lzma,level=109", "erofs+lz4,pcluster=1048576", "erofs+zstd,pcluster=65536"])
+                                "erofs+lzma,level=109", "erofs+lz4,pcluster=1048576", "erofs+zstd,pcluster=65536",
+                                "erofs+lz4,ztailpacking", "erofs+deflate,pcluster=65536,ztailpacking"])
 def test_multi_mib_files_span_segments(to: str, tmp_path: Path) -> None:
     """Files of several segments: compressible, incompressible (stored plain) and mixed."""
     require_mount()
@@ -335,6 +340,8 @@ def test_short_or_long_file_is_refused_and_leaves_nothing_behind(have: int, tmp_
     ("erofs+lz4hc,pcluster=1048576", 0x3, 1 << 0, bytes.fromhex("0e00 ffff 0001 00000000000000000000")),
     ("erofs+lzma,pcluster=65536", 0x3, 1 << 1, bytes.fromhex("0e00 00000400 0000 0000000000000000")),
     ("erofs+zstd,pcluster=16384", 0x3, 1 << 3, bytes.fromhex("0600 0005 00000000")),
+    ("erofs+lz4,ztailpacking", 0x11, 0xFFFF, b""),  # ZTAILPACKING (Linux 5.17)
+    ("erofs+zstd,ztailpacking", 0x13, 1 << 3, bytes.fromhex("0600 0005 00000000")),
 ])
 def test_superblock_declares_the_algorithm(to: str, incompat: int, u1: int, cfgs: bytes, tmp_path: Path) -> None:
     """LZ4 needs only 0-padding; others declare COMPR_CFGS, their bitmap and a config record."""
@@ -432,7 +439,8 @@ def bench_small_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("to", ["erofs+lz4", "erofs+lz4hc", "erofs+zstd", "erofs+deflate", "erofs+lzma",
-                                "erofs+lz4,pcluster=65536", "erofs+zstd,pcluster=1048576"])
+                                "erofs+lz4,pcluster=65536", "erofs+zstd,pcluster=1048576", "erofs+lz4,ztailpacking",
+                                "erofs+zstd,pcluster=65536,ztailpacking"])
 def test_bench_small_files_layer_through_our_writer(to: str, bench_small_files: Path, tmp_path: Path) -> None:
     """The bench's node_modules/site-packages shaped layer: fsck clean, the kernel shows GNU tar's
     extraction, our reader agrees with the kernel, and its text files of over a block are compressed
@@ -529,3 +537,29 @@ def test_a_file_over_4_gib(to: str, tmp_path: Path) -> None:
         for chunk in image.read_file("/huge", chunk_size=64 << 20):
             ours.update(chunk)
         assert ours.hexdigest() == want.hexdigest()
+
+
+@pytest.mark.parametrize("to", ["erofs+lz4,ztailpacking", "erofs+zstd,pcluster=16384,ztailpacking"])
+def test_ztailpacking_puts_last_extents_inline(to: str, tmp_path: Path) -> None:
+    """Compressed tails go after the inode: files of a block or less are compressed too, no
+    file spends a block on its last extent, and an inode whose index is longer than a block
+    still gets its inline pcluster inside one block (the kernel requires it)."""
+    require_mount()
+    files: list[FileSpec] = [("a", "text", 3000, 1, -1), ("b", "text", 9000, 2, 7), ("g", "text", 9 << 20, 3, 11),
+                             ("h", "random", 3000, 4, -1), ("d/c", "text", 600, 5, -1)]
+    img = check_tree(files, to, tmp_path)
+    (tmp_path / "p").mkdir()
+    plain = check_tree(files, to.replace(",ztailpacking", ""), tmp_path / "p", with_mkfs=False)
+    with ErofsImage.open(img) as image:
+        assert image.superblock.feature_incompat & fmt.INCOMPAT_ZTAILPACKING
+        st_ = {name: image.stat("/" + name) for name, *_ in files}
+    assert {st_[n].layout for n in ("a", "b", "g", "d/c")} == {fmt.LAYOUT_COMPRESSED_COMPACT}
+    assert st_["h"].layout == fmt.LAYOUT_FLAT_INLINE  # random: stays plain
+    blocks = {}
+    for image_path in (img, plain):  # st_blocks counts pcluster blocks (i_u): not the inline ones
+        with mounted(image_path) as mnt:
+            blocks[image_path] = [os.stat(mnt / name).st_blocks for name in ("a", "b", "g")]
+    assert blocks[img][0] == 0  # 3000 bytes: wholly inline
+    assert blocks[img][1] < blocks[plain][1] and blocks[img][2] <= blocks[plain][2]
+    if "pcluster" not in to:  # with one-block pclusters the 9 MiB file's last extent always fits inline
+        assert blocks[img][2] < blocks[plain][2]

@@ -38,7 +38,8 @@ CONVERSIONS: dict[str, list[str]] = {
 #: Formats pinned on ``compressible_tar()`` with ``convert layer``: the sample image's files are
 #: random, so every compressed conversion above stores them plain.
 LAYER_FORMATS = ("erofs+lz4", "erofs+lz4hc", "erofs+zstd", "erofs+deflate", "erofs+lzma",
-                 "erofs+lz4,pcluster=65536", "erofs+zstd,level=9,pcluster=16384")
+                 "erofs+lz4,pcluster=65536", "erofs+zstd,level=9,pcluster=16384", "erofs+lz4,ztailpacking",
+                 "erofs+lzma,pcluster=16384,ztailpacking")
 #: the raw conversion's layers small enough to commit (gzip-compressed), by layer index.
 IMAGE_LAYERS = (1, 2)
 
