@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import threading
 import zlib
 from dataclasses import dataclass
 from functools import cache
@@ -123,6 +124,23 @@ def make_compressor(codec: Codec, level: int | None, data: bytes,
     return SearchCompressor(codec, level, data, capacity)
 
 
+_local = threading.local()
+
+
+def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's Zstandard compressor for ``level`` (a compressor is not thread-safe, and
+    making one per file cost more than compressing a small file)."""
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zstd", None)
+    if cache is None:
+        cache = _local.zstd = {}
+    comp = cache.get(level)
+    if comp is None:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, window_log=ZSTD_WINDOW_LOG, write_content_size=1, write_checksum=0, write_dict_id=0)
+        comp = cache[level] = zstandard.ZstdCompressor(compression_params=params)
+    return comp
+
+
 class SearchCompressor:
     """Zstandard or raw DEFLATE "as much as fits": grow the input while it fits, then bisect.
 
@@ -140,12 +158,7 @@ class SearchCompressor:
         self._last = 0
         self._last_raw = False
         self._isal = level_uses_isal(codec, self._level)
-        if codec is Codec.ZSTD:
-            params = zstandard.ZstdCompressionParameters.from_level(
-                self._level, window_log=ZSTD_WINDOW_LOG, write_content_size=1, write_checksum=0, write_dict_id=0)
-            self._zstd: zstandard.ZstdCompressor | None = zstandard.ZstdCompressor(compression_params=params)
-        else:
-            self._zstd = None
+        self._zstd = _zstd_compressor(self._level) if codec is Codec.ZSTD else None
 
     def _probe(self, pos: int, n: int) -> bytes:
         chunk = self._data[pos:pos + n]
