@@ -71,6 +71,8 @@ DEFAULT_MAX_LOGICAL = 16 << 40
 DEFAULT_MAX_ENTRIES = 1_000_000
 UUID_NAMESPACE = uuid.NAMESPACE_URL
 _CHUNK = 1 << 20
+#: Write buffer of the output image (the data area writes each small file separately).
+OUT_BUFFER = 1 << 20
 
 
 def default_build_time(env: Mapping[str, str] | None = None) -> int:
@@ -351,7 +353,7 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
                   media_type: str | None, layer: str, progress: Callable[[int], None] | None,
                   on_tree: Callable[[Inode], None] | None) -> LayerTree:
     algorithm = options.fmt.algorithm
-    with open(out_path, "w+b") as out:
+    with open(out_path, "w+b", buffering=OUT_BUFFER) as out:
         area = ImageDataArea(out, holes=options.holes) if algorithm is None else \
             CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level)
         with area:
