@@ -21,6 +21,7 @@ Linux 5.15 only when a layer has such a file (``docs/holes.md``).
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import tempfile
@@ -437,7 +438,8 @@ class ImageDataArea:
             if len(self._tails) + tail <= self._tail_memory:
                 return self._tails.extend
             # A big buffer: tails are small, and each would otherwise cost a write syscall.
-            self._spool = tempfile.TemporaryFile(prefix="erofs-tails-", buffering=SPOOL_BUFFER)  # noqa: SIM115
+            raw = tempfile.TemporaryFile(buffering=0, prefix="erofs-tails-")  # noqa: SIM115 (closed by close())
+            self._spool = io.BufferedRandom(raw, SPOOL_BUFFER)
             self._spill_from = self._tail_end
         return self._spool.write  # positioned at the end of the spool
 
