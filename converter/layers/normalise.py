@@ -240,9 +240,11 @@ class LayerNormaliser:
                 if i < len(parts) - 1 and comp.startswith(WHITEOUT_PREFIX):
                     raise self._error(f"the whiteout name {_show(parts[:i + 1])!r} is used as a directory",
                                       entry)
-        problem = check_numbers(entry)
-        if problem is not None:
-            raise self._error(problem, entry)
+        if (entry.kind is EntryKind.CHR or entry.kind is EntryKind.BLK
+                or not (0 <= entry.uid < ID_LIMIT and 0 <= entry.gid < ID_LIMIT)):  # else nothing to check
+            problem = check_numbers(entry)
+            if problem is not None:
+                raise self._error(problem, entry)
         if not 0 <= entry.mtime_sec * 1_000_000_000 + entry.mtime_nsec <= BOUND_TIME_NS:
             entry.mtime_sec, entry.mtime_nsec = 0, 0
         if not parts:
