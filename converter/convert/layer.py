@@ -81,6 +81,8 @@ DEFAULT_MAX_LOGICAL = 16 << 40
 DEFAULT_MAX_ENTRIES = 1_000_000
 UUID_NAMESPACE = uuid.NAMESPACE_URL
 _CHUNK = 1 << 20
+#: Write buffer of the output image (the data area writes each small file separately).
+OUT_BUFFER = 1 << 20
 
 
 def default_build_time(env: Mapping[str, str] | None = None) -> int:
@@ -343,7 +345,8 @@ def _parse_entries(stream: ReadAhead, normaliser: LayerNormaliser, *, options: L
         if entry.kind is EntryKind.REG:
             # Checked before any byte is stored: sparse holes cost no tar bytes but may cost disk.
             logical += entry.size
-            stored += stored_bytes(entry.size, data) if keeps_holes else entry.size
+            # (the attribute test first: a call less for the ordinary files of a raw image)
+            stored += stored_bytes(entry.size, data) if keeps_holes and hasattr(data, "segments") else entry.size
             if limit is not None and stored > limit:
                 raise LayerError(f"the files add up to more than the limit of {limit} bytes",
                                  layer=layer, entry=entry.display_name())
@@ -366,7 +369,7 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
                   media_type: str | None, layer: str, progress: Callable[[int], None] | None,
                   on_tree: Callable[[Inode], None] | None) -> LayerTree:
     algorithm = options.fmt.algorithm
-    with open(out_path, "w+b") as out:
+    with open(out_path, "w+b", buffering=OUT_BUFFER) as out:
         area = ImageDataArea(out, holes=options.holes) if algorithm is None else \
             CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level,
                                pcluster=options.fmt.pcluster_bytes, ztailpacking=options.fmt.ztailpacking)

@@ -104,6 +104,10 @@ XATTR_SIZE_MAX = 65535  # EROFS stores value lengths in a u16
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 ESCAPED_XATTR_PREFIX = "trusted.overlay.overlay."
 AUFS_PREFIX = b".wh..wh."
+#: Directories whose paths ``LayerNormaliser`` remembers at most (then it starts over): a
+#: layer's entries come directory by directory, so a small window finds nearly every parent,
+#: and memory stays bounded (remembering all 18,000 directories of a layer cost 8 MB).
+DIR_CACHE_MAX = 1024
 
 _KIND_BY_ENTRY = {
     EntryKind.REG: NodeKind.REG,
@@ -128,9 +132,13 @@ def split_path(name: bytes) -> list[bytes]:
     """
     if b"\0" in name:
         raise _PathError("the path contains a NUL byte")
-    parts = [p for p in name.split(b"/") if p and p != b"."]
+    parts = name.split(b"/")
+    if b"" in parts or b"." in parts:  # checked in C: most names need no filtering
+        parts = [p for p in parts if p and p != b"."]
+    if len(name) <= NAME_MAX and b".." not in parts:
+        return parts  # the common case: no component, nor "/a/b" (at most the name plus one), is too long
     if len(name) < PATH_MAX - 1 and b".." not in parts and (not parts or max(map(len, parts)) <= NAME_MAX):
-        return parts  # the common case, checked in C: "/a/b" is never longer than the name plus one
+        return parts  # "/a/b" is never longer than the name plus one
     length = 0
     for p in parts:
         if p == b"..":
@@ -203,7 +211,9 @@ class LayerNormaliser:
         self._opaque: dict[int, Inode] = {}  # directories with a .wh..wh..opq marker
         self._markers: dict[int, Inode] = {}  # whiteouts made from .wh.NAME entries
         self._generation = 0  # bumped whenever an existing child is replaced
-        self._dir_cache: tuple[tuple[bytes, ...], Inode, int] | None = None  # (parts, dir, generation)
+        # Directories reached so far, by path, valid while ``_generation`` is ``_dirs_generation``.
+        self._dirs: dict[tuple[bytes, ...], Inode] = {}
+        self._dirs_generation = 0
         self._deleted: dict[int, tuple[Inode, set[bytes]]] = {}  # names deleted below a dir
         self._pending: dict[int, tuple[Inode, _PendingLink]] = {}  # forward hard links
         self._copies: dict[tuple[bytes, ...], Inode] = {}  # materialised lower files
@@ -223,15 +233,18 @@ class LayerNormaliser:
             parts = split_path(entry.name)
         except _PathError as exc:
             raise self._error(str(exc), entry) from None
-        for i, comp in enumerate(parts if WHITEOUT_PREFIX in entry.name else ()):
-            if comp.startswith(AUFS_PREFIX) and not (i == len(parts) - 1 and comp == OPAQUE_MARKER):
-                return  # AUFS internals (.wh..wh.plnk, .wh..wh.aufs, ...) and their contents
-            if i < len(parts) - 1 and comp.startswith(WHITEOUT_PREFIX):
-                raise self._error(f"the whiteout name {_show(parts[:i + 1])!r} is used as a directory",
-                                  entry)
-        problem = check_numbers(entry)
-        if problem is not None:
-            raise self._error(problem, entry)
+        if WHITEOUT_PREFIX in entry.name:
+            for i, comp in enumerate(parts):
+                if comp.startswith(AUFS_PREFIX) and not (i == len(parts) - 1 and comp == OPAQUE_MARKER):
+                    return  # AUFS internals (.wh..wh.plnk, .wh..wh.aufs, ...) and their contents
+                if i < len(parts) - 1 and comp.startswith(WHITEOUT_PREFIX):
+                    raise self._error(f"the whiteout name {_show(parts[:i + 1])!r} is used as a directory",
+                                      entry)
+        if (entry.kind is EntryKind.CHR or entry.kind is EntryKind.BLK
+                or not (0 <= entry.uid < ID_LIMIT and 0 <= entry.gid < ID_LIMIT)):  # else nothing to check
+            problem = check_numbers(entry)
+            if problem is not None:
+                raise self._error(problem, entry)
         if not 0 <= entry.mtime_sec * 1_000_000_000 + entry.mtime_nsec <= BOUND_TIME_NS:
             entry.mtime_sec, entry.mtime_nsec = 0, 0
         if not parts:
@@ -253,6 +266,7 @@ class LayerNormaliser:
         if self._finished:
             raise RuntimeError("LayerNormaliser.finish called twice")
         self._finished = True
+        self._dirs = {}
         self._resolve_links()
         self._finalise_dirs()
         return self._root
@@ -316,19 +330,30 @@ class LayerNormaliser:
             slot[1].add(name)
 
     def _ensure_dir(self, parts: list[bytes], entry: TarEntry) -> Inode:
-        # Archives list siblings together, so the parent of this entry is usually the parent of
-        # the last one: remember it until some node is replaced (``_generation``).
+        # Directories reached are remembered by path until some node is replaced (``_generation``)
+        # or ``DIR_CACHE_MAX`` are remembered, and a new one is reached from its parent's entry:
+        # archives list a directory's entries together, then come back to its parent (one walk
+        # per directory, one step long, instead of a walk from the root whenever the parent changes).
+        dirs = self._dirs
+        if self._dirs_generation != self._generation or len(dirs) >= DIR_CACHE_MAX:
+            dirs.clear()
+            self._dirs_generation = self._generation
         key = tuple(parts)
-        cached = self._dir_cache
-        if cached is not None and cached[0] == key and cached[2] == self._generation:
-            return cached[1]
-        node = self._walk_dirs(parts, entry)
-        self._dir_cache = (key, node, self._generation)
+        node = dirs.get(key)
+        if node is None:
+            parent = dirs.get(key[:-1]) if len(key) > 1 else None
+            node = self._walk_dirs(parts, entry) if parent is None else \
+                self._walk_dirs(parts, entry, start=len(parts) - 1, node=parent)
+            dirs[key] = node
         return node
 
-    def _walk_dirs(self, parts: list[bytes], entry: TarEntry) -> Inode:
-        node = self._root
-        for i, comp in enumerate(parts):
+    def _walk_dirs(self, parts: list[bytes], entry: TarEntry, *, start: int = 0, node: Inode | None = None) -> Inode:
+        """The directory ``parts`` names, from ``node`` (the directory ``parts[:start]``; default
+        the root), creating missing ones as implicit directories."""
+        if node is None:
+            node = self._root
+        for i in range(start, len(parts)):
+            comp = parts[i]
             assert node.children is not None
             child = node.children.get(comp)
             if child is None or id(child) in self._markers:
@@ -368,10 +393,12 @@ class LayerNormaliser:
         node.xattrs = self._xattrs(entry)
 
     def _new_node(self, entry: TarEntry, data: FileData | None) -> Inode:
-        kind = _KIND_BY_ENTRY[entry.kind]
+        # Once per entry: the common kind and "no xattrs" skip a dict lookup (EntryKind hashes
+        # in Python) and a call.
+        kind = NodeKind.REG if entry.kind is EntryKind.REG else _KIND_BY_ENTRY[entry.kind]
         mode = 0o777 if kind is NodeKind.LNK else entry.mode & 0o7777
         node = Inode(kind, mode, uid=entry.uid, gid=entry.gid, mtime_sec=entry.mtime_sec,
-                     mtime_nsec=entry.mtime_nsec, xattrs=self._xattrs(entry))
+                     mtime_nsec=entry.mtime_nsec, xattrs=self._xattrs(entry) if entry.xattrs else {})
         if kind is NodeKind.REG:
             if entry.size < 0:
                 raise self._error(f"negative size {entry.size}", entry)

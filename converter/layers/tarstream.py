@@ -485,7 +485,12 @@ class _PlainData(_MemberData):
     __slots__ = ("_remaining",)
 
     def __init__(self, src: _Source, size: int, layer: str, entry: bytes) -> None:
-        super().__init__(src, size, layer, entry)
+        # _MemberData.__init__ inlined: one of these is made per regular file.
+        self._src = src
+        self._layer = layer
+        self._entry = entry
+        self._closed = False
+        self.size = size
         self._remaining = size
 
     @property
@@ -647,8 +652,10 @@ class TarReader:
         self._max_pax_size = max_pax_size
         self._drain = drain
         self._started = False
-        # The raw name of the member being parsed, made a display name only for an error message.
+        # The raw name of the member being parsed, made a display name only for an error message;
+        # until its name is known (b""), the name field of the header block being parsed.
         self._member = b""
+        self._header: bytes | None = None
 
     @property
     def bytes_consumed(self) -> int:
@@ -662,7 +669,10 @@ class TarReader:
         return self._members()
 
     def _error(self, message: str) -> LayerError:
-        return LayerError(message, layer=self._layer, entry=_display_name(self._member))
+        member = self._member
+        if not member and self._header is not None:
+            member = _cstr(self._header[:100])
+        return LayerError(message, layer=self._layer, entry=_display_name(member))
 
     def _members(self) -> Iterator[tuple[TarEntry, FileData | None]]:
         count = 0
@@ -681,7 +691,8 @@ class TarReader:
                 break
             seen = True
             entry, data = item
-            pending = _Pending()
+            if pending.size or pending.pax is not None or pending.longname is not None or pending.longlink is not None:
+                pending = _Pending()  # used up (most members have no extensions: keep the empty one)
             if entry is None:
                 continue
             count += 1
@@ -713,6 +724,7 @@ class TarReader:
         src = self._src
         while True:
             self._member = b""
+            self._header = None
             block = src.read_block()
             if block is None:
                 return None  # a clean end of stream ends the archive (pending extensions too), as in Go
@@ -723,7 +735,7 @@ class TarReader:
                 if following is not None and following != _ZERO_BLOCK:
                     raise _Malformed("a lone zero block is followed by more headers")
                 return None
-            self._member = _cstr(block[:100])
+            self._header = block
             if not _checksum_ok(block):
                 raise _Malformed("invalid header checksum (not a tar archive or corrupt)")
             typeflag = block[156]
@@ -773,12 +785,17 @@ class TarReader:
     ) -> tuple[TarEntry | None, _MemberData | None]:
         mode, uid, gid, data_size, mtime_sec = _header_numbers(block)
         mtime_nsec = 0
-        pax = self._effective_pax(pending)
-        get = pax.get if pax is not None else _no_records
-
         # Go's order: the header's name (with its prefix), then a PAX path, then a GNU long name;
         # a PAX sparse member's GNU.sparse.name is applied in _pax_sparse.
-        name = pending.longname or get(b"path") or _header_name(block)
+        if pending.pax is None:
+            pax = None
+            get: _Lookup = _no_records
+            name = pending.longname or _header_name(block)
+        else:
+            pax = self._effective_pax(pending)
+            assert pax is not None
+            get = pax.get
+            name = pending.longname or get(b"path") or _header_name(block)
         if 0 in name:
             raise _Malformed("member name contains a NUL byte")
         self._member = name

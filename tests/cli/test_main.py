@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pty
@@ -14,6 +15,7 @@ import pytest
 
 import converter.convert.layer as layer_module
 from converter.cli import main
+from converter.cli.main import GC_GEN0_THRESHOLD
 from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,6 +141,23 @@ def test_a_mistyped_subcommand_is_refused_with_a_suggestion(capsys: pytest.Captu
     assert main([word, "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"convert: unknown command {word!r}: did you mean 'convert {meant}'?"), err
+
+
+def test_a_command_runs_with_a_higher_first_collector_threshold(capsys: pytest.CaptureFixture[str]) -> None:
+    # A layer's tree is tens of thousands of long-lived objects: at CPython's default of 700 the
+    # collector runs hundreds of times per layer (README, Performance).
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, saved[1], saved[2])
+        assert main(["layr", "x"]) == 2
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, saved[1], saved[2])
+        assert GC_GEN0_THRESHOLD >= 10_000
+        gc.set_threshold(0, saved[1], saved[2])  # switched off: left off
+        assert main(["layr", "x"]) == 2
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*saved)
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("argv", [

@@ -184,6 +184,39 @@ def test_split_path_length_limit_counts_the_leading_slash(lead: bytes, length: i
             split_path(name)
 
 
+def test_split_path_fast_and_careful_paths_agree() -> None:
+    # Names of at most 255 bytes skip the length checks; longer ones take the careful path.
+    assert split_path(b"a/b/c") == [b"a", b"b", b"c"]
+    assert split_path(b"a//b/./c/") == [b"a", b"b", b"c"]
+    assert split_path(b".") == [] and split_path(b"") == [] and split_path(b"./") == []
+    assert split_path(b"x/" * 127 + b"y") == [b"x"] * 127 + [b"y"]  # 255 bytes
+    assert split_path(b"x/" * 200 + b"y") == [b"x"] * 200 + [b"y"]  # 401 bytes
+    for name in (b"a/..", b"../a", b"a/../" + b"b" * 300):
+        with pytest.raises(ValueError, match=r"'\.\.' component"):
+            split_path(name)
+    with pytest.raises(ValueError, match="256 bytes long"):
+        split_path(b"c" * 256)
+
+
+def test_parents_are_found_again_after_many_directories_and_replacements() -> None:
+    # More directories than the normaliser remembers, coming back to early ones, and a
+    # remembered directory replaced by a file: the tree is what the entries say.
+    root = build([f("p/q/x", b"1"), f("p/q/r/y", b"2"), f("p/q/r/s/z", b"3"), f("p/t", b"4")])
+    assert names(root) == [b"p", b"p/q", b"p/q/r", b"p/q/r/s", b"p/q/r/s/z", b"p/q/r/y", b"p/q/x", b"p/t"]
+    many = [f"top/d{i:04d}/f" for i in range(1500)]
+    entries: list[TarEntry | tuple[TarEntry, bytes]] = [f(name, b"x") for name in many]
+    entries += [f("top/d0000/g", b"y"), f("top/d0001/sub/deep/h", b"z"), f("top/d0001/i", b"w")]
+    root = build(entries)
+    assert get(root, "top/d0000/g").size == 1 and get(root, "top/d1499/f").size == 1
+    assert get(root, "top/d0001/sub/deep/h").size == 1 and get(root, "top/d0001/i").size == 1
+    assert len(get(root, "top").children or {}) == 1500
+    # a/b is remembered; then a becomes a file: a/b/x must not land in the old directory
+    err = error_of([d("a"), d("a/b"), f("a/b/x", b"1"), f("a", b"file"), f("a/b/y", b"2")])
+    assert "parent 'a' is a reg, not a directory" in str(err)
+    root = build([d("a"), d("a/b"), f("a/b/x", b"1"), f("a", b"file"), d("a"), f("a/b/y", b"2")])
+    assert names(root) == [b"a", b"a/b", b"a/b/y"]
+
+
 def test_root_entry_must_be_a_directory() -> None:
     err = error_of([f("./", b"")])
     assert "root entry must be a directory" in str(err)
