@@ -35,7 +35,7 @@ SEGMENT = 4 << 20
 #: at most this many such files (and ``QUEUE_BYTES`` of their data) wait to be written, in file
 #: order. Neither bound changes the image (writes happen in file order whatever the timing).
 QUEUE_FILES = 64
-QUEUE_BYTES = 8 << 20
+QUEUE_BYTES = 4 << 20
 #: The largest pcluster the format allows (Z_EROFS_PCLUSTER_MAX_SIZE in fs/erofs/erofs_fs.h).
 MAX_PCLUSTER = 1 << 20
 #: The longest inline (ztailpacking) stream: the planner can always place it inside one block,
