@@ -511,5 +511,7 @@ Z_FULL_NONHEAD = struct.Struct("<HHHH")
 Z_FULL_INDEX_SIZE = 8
 #: §5.4.2 a NONHEAD delta[0] with this bit set is a CBLKCNT (big pclusters only): stay below it.
 Z_DELTA_MAX = 0x7FF
+#: §5.4.4 the largest pcluster (Z_EROFS_PCLUSTER_MAX_SIZE in fs/erofs/erofs_fs.h).
+Z_MAX_PCLUSTER = 1 << 20
 #: §5.4.1 ``u1`` without COMPR_CFGS: the largest LZ4 match distance (mkfs writes 65535).
 LZ4_MAX_DISTANCE = 0xFFFF

@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from converter.erofs import format as fmt
 from converter.errors import InvalidFormat
 from converter.levels import parse_int_options
 
@@ -47,8 +48,7 @@ LEVELS: dict[str, tuple[range, ...]] = {
     "lzma": (range(0, 10), range(100, 110)),
 }
 ALGORITHMS = tuple(LEVELS)
-BLOCK = 4096  # one block: the default pcluster, which older kernels need
-MAX_PCLUSTER = 1 << 20  # Z_EROFS_PCLUSTER_MAX_SIZE (fs/erofs/erofs_fs.h)
+BLOCK = fmt.BLOCK_SIZE  # one block: the default pcluster, which older kernels need
 
 
 def _describe(ranges: tuple[range, ...]) -> str:
@@ -78,8 +78,8 @@ class TargetFormat:
                 raise InvalidFormat("ztailpacking needs a compression algorithm (raw images always inline tails)")
             return
         if self.pcluster is not None:
-            if self.pcluster % BLOCK or not BLOCK <= self.pcluster <= MAX_PCLUSTER:
-                raise InvalidFormat(f"pcluster {self.pcluster} is not a multiple of {BLOCK} up to {MAX_PCLUSTER} "
+            if self.pcluster % BLOCK or not BLOCK <= self.pcluster <= fmt.Z_MAX_PCLUSTER:
+                raise InvalidFormat(f"pcluster {self.pcluster} is not a multiple of {BLOCK} up to {fmt.Z_MAX_PCLUSTER} "
                                     f"(1 MiB), e.g. pcluster=65536")
             if self.pcluster == BLOCK:  # the default: equal formats print (and tag) equally
                 object.__setattr__(self, "pcluster", None)

@@ -8,19 +8,22 @@ from __future__ import annotations
 import struct
 
 from converter.erofs import format as fmt
+from converter.erofs.zmap import (
+    ADVISE_BIG_PCLUSTER_1,
+    ADVISE_BIG_PCLUSTER_2,
+    ADVISE_COMPACTED_2B,
+    ADVISE_INLINE_PCLUSTER,
+    CBLKCNT,
+    big_pcluster_nblk,
+    compact_packs_size,
+    compact_runs,
+)
 from converter.errors import ErofsFormatError
 
-__all__ = ["ADVISE_BIG_PCLUSTER_1", "ADVISE_BIG_PCLUSTER_2", "ADVISE_COMPACTED_2B", "ADVISE_INLINE_PCLUSTER",
-           "FullIndexes",
-           "compact_meta_size", "meta_size_bound", "to_compact"]
+__all__ = ["FullIndexes", "compact_meta_size", "meta_size_bound", "to_compact"]
 
 _BLKSZ = fmt.BLOCK_SIZE
 _BITS = fmt.BLOCK_SIZE_BITS
-ADVISE_COMPACTED_2B = 0x0001
-ADVISE_BIG_PCLUSTER_1 = 0x0002
-ADVISE_BIG_PCLUSTER_2 = 0x0004
-ADVISE_INLINE_PCLUSTER = 0x0008
-_CBLKCNT = 0x0800  # a NONHEAD delta[0] with this bit holds the pcluster's block count
 _LOBITS = 12  # lcluster = block = 4 KiB: 12 bits of clusterofs / delta, then the 2-bit type
 _U32 = struct.Struct("<I")
 
@@ -56,7 +59,7 @@ class FullIndexes:
         nxt = end >> _BITS
         pack = fmt.Z_FULL_NONHEAD.pack
         for lcn in range(head + 1, nxt):  # lclusters wholly inside the extent
-            d0 = _CBLKCNT | nblocks if self._big and lcn == head + 1 else min(lcn - head, fmt.Z_DELTA_MAX)
+            d0 = CBLKCNT | nblocks if self._big and lcn == head + 1 else min(lcn - head, fmt.Z_DELTA_MAX)
             self._entries += pack(fmt.Z_LCLUSTER_NONHEAD, cofs, d0, nxt - lcn)
         self._la = end
         if kind == fmt.Z_LCLUSTER_HEAD1:
@@ -81,20 +84,10 @@ class FullIndexes:
         return bytes(header) + bytes(self._entries)
 
 
-def _runs(count: int, ebase: int) -> tuple[int, int, int]:
-    """(4B entries first, 2B entries, 4B entries last) for ``count`` entries from ``ebase`` (§5.4.3)."""
-    c4init = ((32 - ebase % 32) // 4) % 8
-    if c4init >= count:
-        return count, 0, 0
-    c2b = (count - c4init) // 16 * 16
-    return c4init, c2b, count - c4init - c2b
-
-
 def compact_meta_size(size: int, ebase: int) -> int:
     """Bytes of map header and compact index packs for a ``size``-byte file whose packs start at
     absolute offset ``ebase`` (only ``ebase % 32`` matters: it decides the first 4B run)."""
-    c4init, c2b, c4end = _runs(-(-size // _BLKSZ), ebase)
-    return fmt.Z_MAP_HEADER_SIZE + 8 * -(-c4init // 2) + 2 * c2b + 8 * -(-c4end // 2)
+    return fmt.Z_MAP_HEADER_SIZE + compact_packs_size(compact_runs(-(-size // _BLKSZ), ebase))
 
 
 def meta_size_bound(size: int, *, compact: bool) -> int:
@@ -125,7 +118,7 @@ def to_compact(full: bytes | memoryview, *, size: int, ebase: int) -> bytes:
         kinds.append(kind)
         if kind == fmt.Z_LCLUSTER_NONHEAD:
             d0, d1 = u & 0xFFFF, u >> 16
-            if d0 & _CBLKCNT:
+            if d0 & CBLKCNT:
                 los.append(d0)
                 lasts.append(d0)
             else:
@@ -136,7 +129,7 @@ def to_compact(full: bytes | memoryview, *, size: int, ebase: int) -> bytes:
             los.append(cofs)
             lasts.append(cofs)
             blkaddrs.append(u)
-    c4init, c2b, c4end = _runs(count, ebase)
+    c4init, c2b, c4end = compact_runs(count, ebase)
     out = bytearray(fmt.Z_MAP_HEADER_SIZE)
     out[:8] = full[:8]
     big_bits = ADVISE_BIG_PCLUSTER_1 | ADVISE_BIG_PCLUSTER_2
@@ -160,23 +153,6 @@ def to_compact(full: bytes | memoryview, *, size: int, ebase: int) -> bytes:
     return bytes(out)
 
 
-def _nblk_big(decoded: list[tuple[int, int]], i: int) -> int:
-    """What the kernel adds to a big-pcluster pack's base for the HEAD at position ``i`` (§5.4.3)."""
-    nblk = 0
-    while i > 0:
-        i -= 1
-        kind, lo = decoded[i]
-        if kind == fmt.Z_LCLUSTER_NONHEAD:
-            if lo & _CBLKCNT:
-                i -= 1  # the HEAD it belongs to is counted by this entry
-                nblk += lo & (_CBLKCNT - 1)
-            else:
-                i -= lo - 2  # back to just after its HEAD (the CBLKCNT entry)
-            continue
-        nblk += 1
-    return nblk
-
-
 def _pack_base(decoded: list[tuple[int, int]], blkaddrs: list[int], big: bool, previous: int) -> int:
     """The pack's u32: a base from which every real HEAD's block follows; ``previous`` if none."""
     base: int | None = None
@@ -187,7 +163,7 @@ def _pack_base(decoded: list[tuple[int, int]], blkaddrs: list[int], big: bool, p
         heads += 1
         if not blkaddrs[i]:  # blkaddr 0: the EOF marker, whose derived block is never used
             continue
-        this = blkaddrs[i] - (_nblk_big(decoded, i) if big else heads)
+        this = blkaddrs[i] - (big_pcluster_nblk(decoded, i, where="packing a compact index") if big else heads)
         if base is None:
             base = this
         elif base != this:

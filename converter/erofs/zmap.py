@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from converter.erofs import format as fmt
 from converter.erofs.decompress import MAX_EXTENT_SIZE, Algorithm
 from converter.errors import ErofsFormatError, ErofsUnsupported
 
@@ -31,7 +32,6 @@ MAP_HEADER = struct.Struct("<IHBB")
 MAP_HEADER_SIZE = 8
 FULL_INDEX = struct.Struct("<HHI")
 FULL_INDEX_SIZE = 8
-MAX_PCLUSTER = 1 << 20  # Z_EROFS_PCLUSTER_MAX_SIZE
 _BATCH = 4096
 
 
@@ -83,6 +83,44 @@ class _Entry:
     partial: bool = False
     cblkcnt: int = -1  # NONHEAD with CBLKCNT: the pcluster's size in blocks (0 for fragment tails)
     delta0: int = 0  # NONHEAD without CBLKCNT: the look-back distance
+
+
+def compact_runs(count: int, ebase: int, *, two_byte: bool = True) -> tuple[int, int, int]:
+    """How many of ``count`` compact entries whose packs start at absolute offset ``ebase`` go in
+    4B packs first, then in 2B packs, then in 4B packs again (``fs/erofs/zmap.c``): 4B packs until
+    the 2B packs would start 32-byte aligned, whole 2B packs (if ``two_byte``), 4B for the rest."""
+    c4init = ((32 - ebase % 32) // 4) % 8
+    if c4init >= count:
+        return count, 0, 0
+    c2b = (count - c4init) // 16 * 16 if two_byte else 0
+    return c4init, c2b, count - c4init - c2b
+
+
+def compact_packs_size(runs: tuple[int, int, int]) -> int:
+    """Bytes of the packs holding ``compact_runs``' entries (a half-used last 4B pack is whole)."""
+    c4init, c2b, c4end = runs
+    return 8 * -(-c4init // 2) + 2 * c2b + 8 * -(-c4end // 2)
+
+
+def big_pcluster_nblk(decoded: Sequence[tuple[int, int]], i: int, *, where: str) -> int:
+    """Blocks the kernel adds to a big-pcluster pack's base for the HEAD at position ``i`` of its
+    ``(type, lo)`` entries: a CBLKCNT counts its pcluster (and skips its HEAD), a plain NONHEAD
+    jumps back to just after its HEAD (the CBLKCNT), any other HEAD counts one block."""
+    nblk = 0
+    while i > 0:
+        i -= 1
+        kind, lo = decoded[i]
+        if kind == LclusterType.NONHEAD:
+            if lo & CBLKCNT:
+                i -= 1
+                nblk += lo & (CBLKCNT - 1)
+                continue
+            if lo <= 1:
+                raise ErofsFormatError(f"{where}: plain delta[0] {lo} in a big-pcluster pack")
+            i -= lo - 2
+            continue
+        nblk += 1
+    return nblk
 
 
 def header_position(body_end: int) -> int:
@@ -157,16 +195,9 @@ class ExtentMap:
             self._ebase = self._hpos + 16  # the header, then 8 reserved bytes
             return self._ebase + FULL_INDEX_SIZE * n
         self._ebase = self._hpos + MAP_HEADER_SIZE
-        c4init = ((32 - self._ebase % 32) // 4) % 8
-        if c4init >= n:
-            c4init, c2b = n, 0
-        elif self.header.advise & ADVISE_COMPACTED_2B:
-            c2b = (n - c4init) // 16 * 16
-        else:
-            c2b = 0
-        c4end = n - c4init - c2b
-        self._runs = [(c4init, False), (c2b, True), (c4end, False)]
-        return self._ebase + 8 * ((c4init + 1) // 2) + 2 * c2b + 8 * ((c4end + 1) // 2)
+        runs = compact_runs(n, self._ebase, two_byte=bool(self.header.advise & ADVISE_COMPACTED_2B))
+        self._runs = [(runs[0], False), (runs[1], True), (runs[2], False)]
+        return self._ebase + compact_packs_size(runs)
 
     # -- entries ---------------------------------------------------------------------------------
 
@@ -244,21 +275,7 @@ class ExtentMap:
                 if i >= 0:
                     nblk += 1
             return nblk
-        nblk = 0
-        while i > 0:
-            i -= 1
-            kind, lo = decoded[i]
-            if kind == LclusterType.NONHEAD:
-                if lo & CBLKCNT:
-                    i -= 1
-                    nblk += lo & (CBLKCNT - 1)
-                    continue
-                if lo <= 1:
-                    raise ErofsFormatError(f"{self._where}: plain delta[0] {lo} in a big-pcluster pack")
-                i -= lo - 2
-                continue
-            nblk += 1
-        return nblk
+        return big_pcluster_nblk(decoded, i, where=self._where)
 
     # -- extents ---------------------------------------------------------------------------------
 
@@ -329,7 +346,7 @@ class ExtentMap:
         if nblocks < 1:
             raise ErofsFormatError(f"{where}: a pcluster of {nblocks} blocks")
         plen = nblocks << self._blkszbits
-        if plen > MAX_PCLUSTER:
+        if plen > fmt.Z_MAX_PCLUSTER:
             raise ErofsFormatError(f"{where}: a pcluster of {nblocks} blocks is bigger than 1 MiB")
         if algorithm is None and length > plen:
             raise ErofsFormatError(f"{where}: an uncompressed extent of {length} bytes in a {plen}-byte pcluster")

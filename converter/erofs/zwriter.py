@@ -22,7 +22,7 @@ from converter.erofs.zindex import FullIndexes, meta_size_bound
 from converter.errors import ErofsFormatError, LayerError
 from converter.layers.model import FileData, Inode
 
-__all__ = ["MAX_PCLUSTER", "SEGMENT", "CompressedDataArea", "PendingRef", "Segment", "compress_segment"]
+__all__ = ["SEGMENT", "CompressedDataArea", "PendingRef", "Segment", "compress_segment"]
 
 _BLKSZ = fmt.BLOCK_SIZE
 _BITS = fmt.BLOCK_SIZE_BITS
@@ -36,8 +36,6 @@ SEGMENT = 4 << 20
 #: order. Neither bound changes the image (writes happen in file order whatever the timing).
 QUEUE_FILES = 64
 QUEUE_BYTES = 4 << 20
-#: The largest pcluster the format allows (Z_EROFS_PCLUSTER_MAX_SIZE in fs/erofs/erofs_fs.h).
-MAX_PCLUSTER = 1 << 20
 #: The longest inline (ztailpacking) stream: the planner can always place it inside one block,
 #: as the kernel requires, by starting its inode at one of the block's 32-byte slots.
 MAX_INLINE = _BLKSZ - 32
@@ -167,8 +165,8 @@ class CompressedDataArea(ImageDataArea):
                  compact: bool = True, ztailpacking: bool = False, workers: int | None = None,
                  tail_memory: int = TAIL_MEMORY) -> None:
         check_available(codec)
-        if pcluster % _BLKSZ or not _BLKSZ <= pcluster <= MAX_PCLUSTER:
-            raise ValueError(f"pcluster must be a multiple of {_BLKSZ} up to {MAX_PCLUSTER}, not {pcluster}")
+        if pcluster % _BLKSZ or not _BLKSZ <= pcluster <= fmt.Z_MAX_PCLUSTER:
+            raise ValueError(f"pcluster must be a multiple of {_BLKSZ} up to {fmt.Z_MAX_PCLUSTER}, not {pcluster}")
         super().__init__(out, tail_memory=tail_memory)
         self._codec = codec
         self._level = level
@@ -227,10 +225,10 @@ class CompressedDataArea(ImageDataArea):
                 if not self._queue:
                     return self._write_small(small, seg)
                 return self._enqueue(small, seg)
-            return self._enqueue(small, self._submit(small, last=True)[1])
+            return self._enqueue(small, self._submit(small, last=True))
         self._drain(0)  # the files before this one are written first: blocks follow file order
         start = self._next_block
-        pending: deque[tuple[bytes, Future[Segment]]] = deque()
+        pending: deque[Future[Segment]] = deque()
         indexes = FullIndexes(size, self._codec.algorithm, big=self._big)
         try:
             buf = bytearray()
@@ -244,15 +242,15 @@ class CompressedDataArea(ImageDataArea):
                     pending.append(self._submit(bytes(buf[:SEGMENT])))
                     del buf[:SEGMENT]
                     while len(pending) > self._workers:
-                        self._write_segment(pending.popleft()[1].result(), indexes)
+                        self._write_segment(pending.popleft().result(), indexes)
             if got != size:
                 raise LayerError("file data shorter than its header says")
             last = bytes(buf)
             del buf
             pending.append(self._submit(last, last=True))
             while len(pending) > 1:
-                self._write_segment(pending.popleft()[1].result(), indexes)
-            seg = pending.popleft()[1].result()
+                self._write_segment(pending.popleft().result(), indexes)
+            seg = pending.popleft().result()
             if not (indexes.compressed or seg.compressed):
                 # Every extent is raw: the blocks written so far are the file's plain blocks.
                 piece = self._plain(_Bytes(last), len(last))
@@ -262,7 +260,7 @@ class CompressedDataArea(ImageDataArea):
             self._write_segment(seg, indexes)
             return self._finish_compressed(start, size, indexes)
         except BaseException:
-            for _, future in pending:
+            for future in pending:
                 future.cancel()
             self._next_block = start  # later files overwrite whatever this one wrote
             self._out_pos = None
@@ -327,10 +325,10 @@ class CompressedDataArea(ImageDataArea):
         assert isinstance(ref, BlockRef), "a compressed area is built without holes"
         return ref
 
-    def _submit(self, segment: bytes, *, last: bool = False) -> tuple[bytes, Future[Segment]]:
+    def _submit(self, segment: bytes, *, last: bool = False) -> Future[Segment]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="erofs-z")
-        return segment, self._pool.submit(self._compress, segment, last=last)
+        return self._pool.submit(self._compress, segment, last=last)
 
     def _compress(self, data: bytes, *, last: bool = False) -> Segment:
         """Compress one segment; ``last``: the file's last, whose last extent may go inline."""
