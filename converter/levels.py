@@ -1,4 +1,5 @@
-"""The ``,KEY=N`` options (``level=N``, ``pcluster=N``) of the ``--to`` and ``--blob-compression`` grammars."""
+"""The ``,KEY=N`` and bare-word options (``level=N``, ``pcluster=N``, ``ztailpacking``) of the
+``--to`` and ``--blob-compression`` grammars."""
 
 from __future__ import annotations
 

@@ -53,6 +53,11 @@ if TYPE_CHECKING:
 SUBCOMMANDS = ("layer", "ls", "cat", "mirror", "verify", "inspect")
 
 
+#: ``--to``'s help, for ``convert`` and ``convert layer`` (the grammar: erofs/target.py).
+TO_HELP = ("erofs (raw, default) or erofs+ALGO[,level=N][,pcluster=BYTES][,ztailpacking]; "
+           "ALGO: lz4, lz4hc, zstd, deflate, lzma")
+
+
 def _layer_parser() -> argparse.ArgumentParser:
     p = UsageParser(prog="convert layer", description="Convert one tar layer (tar, tar+gzip, tar+zstd) to EROFS.",
                     epilog="examples:\n"
@@ -62,8 +67,7 @@ def _layer_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="layer file, or - for stdin")
     p.add_argument("-o", "--output", required=True,
                    help="the EROFS image to write; - writes it to stdout (not to a terminal)")
-    p.add_argument("--to", default="erofs", metavar="FORMAT", help="erofs (raw, default) or "
-                   "erofs+ALGO[,level=N][,pcluster=BYTES]; ALGO: lz4, lz4hc, zstd, deflate, lzma")
+    p.add_argument("--to", default="erofs", metavar="FORMAT", help=TO_HELP)
     p.add_argument("--bottom", action="store_true", help="the bottom layer: keep no whiteouts/opaque markers")
     add_builder_flag(p)
     p.add_argument("--media-type", help="the layer's media type, checked against its magic bytes")
@@ -128,9 +132,7 @@ def _image_parser() -> argparse.ArgumentParser:
         "exit status: 0 done, 1 failed, 2 usage, 70 internal error (a bug), 130 interrupted",
     )
     p.add_argument("source", help="registry reference (ghcr.io/x:tag, host:port/x@sha256:...) or oci:DIR[:TAG]")
-    p.add_argument("--to", default="erofs", metavar="FORMAT",
-                   help="erofs (raw, default) or erofs+ALGO[,level=N][,pcluster=BYTES]; "
-                   "ALGO: lz4, lz4hc, zstd, deflate, lzma")
+    p.add_argument("--to", default="erofs", metavar="FORMAT", help=TO_HELP)
     p.add_argument("--dest", help="destination REPO:TAG or oci:DIR[:TAG]; default: the source repository, "
                    "tag <tag>-<format>")
     p.add_argument("--force", action="store_true", help="convert even if the destination already holds this "

@@ -345,8 +345,7 @@ def _parse_entries(stream: ReadAhead, normaliser: LayerNormaliser, *, options: L
         if entry.kind is EntryKind.REG:
             # Checked before any byte is stored: sparse holes cost no tar bytes but may cost disk.
             logical += entry.size
-            # (the attribute test first: a call less for the ordinary files of a raw image)
-            stored += stored_bytes(entry.size, data) if keeps_holes and hasattr(data, "segments") else entry.size
+            stored += stored_bytes(entry.size, data) if keeps_holes else entry.size
             if limit is not None and stored > limit:
                 raise LayerError(f"the files add up to more than the limit of {limit} bytes",
                                  layer=layer, entry=entry.display_name())

@@ -413,11 +413,11 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
     chunked = False
     nlink = tree.nlink
     entry_names = tree.entry_names
-    inline_pcluster = 0
     for i in range(n):
         node = nodes[i]
         kind = node.kind
         extra = 0
+        inline_pcluster = 0  # ztailpacking: the compressed tail that must not cross a block
         try:
             if kind is dir_kind:
                 first, stop = tree.dir_spans[i]
@@ -480,7 +480,6 @@ def plan_layout(root: Inode, *, data_end_block: int, build_time: int = 0,
             off = place(shift + need) + shift
         else:
             off = place(need)
-        inline_pcluster = 0
         size_col[i] = size
         layout_col[i] = layout
         i_u_col[i] = i_u

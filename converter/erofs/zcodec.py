@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 from functools import cache
 
+import isal
 import zstandard
 from isal import isal_zlib
 
@@ -101,8 +102,6 @@ def level_uses_isal(codec: Codec, level: int | None) -> bool:
 
 
 def isal_version() -> str:
-    import isal
-
     return str(isal.__version__)
 
 

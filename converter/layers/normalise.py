@@ -155,7 +155,7 @@ def check_numbers(entry: TarEntry) -> str | None:
     """Why ``entry`` has an owner, time or device number an EROFS image cannot hold, or None."""
     if not (0 <= entry.uid < ID_LIMIT and 0 <= entry.gid < ID_LIMIT):
         return f"uid/gid {entry.uid}/{entry.gid} does not fit in 32 bits"
-    if entry.kind in (EntryKind.CHR, EntryKind.BLK) and not (
+    if (entry.kind is EntryKind.CHR or entry.kind is EntryKind.BLK) and not (
         0 <= entry.devmajor < MAJOR_LIMIT and 0 <= entry.devminor < MINOR_LIMIT
     ):
         return (f"device number {entry.devmajor}:{entry.devminor} does not fit Linux's 12-bit major / "
@@ -240,11 +240,9 @@ class LayerNormaliser:
                 if i < len(parts) - 1 and comp.startswith(WHITEOUT_PREFIX):
                     raise self._error(f"the whiteout name {_show(parts[:i + 1])!r} is used as a directory",
                                       entry)
-        if (entry.kind is EntryKind.CHR or entry.kind is EntryKind.BLK
-                or not (0 <= entry.uid < ID_LIMIT and 0 <= entry.gid < ID_LIMIT)):  # else nothing to check
-            problem = check_numbers(entry)
-            if problem is not None:
-                raise self._error(problem, entry)
+        problem = check_numbers(entry)
+        if problem is not None:
+            raise self._error(problem, entry)
         if not 0 <= entry.mtime_sec * 1_000_000_000 + entry.mtime_nsec <= BOUND_TIME_NS:
             entry.mtime_sec, entry.mtime_nsec = 0, 0
         if not parts:

@@ -485,12 +485,7 @@ class _PlainData(_MemberData):
     __slots__ = ("_remaining",)
 
     def __init__(self, src: _Source, size: int, layer: str, entry: bytes) -> None:
-        # _MemberData.__init__ inlined: one of these is made per regular file.
-        self._src = src
-        self._layer = layer
-        self._entry = entry
-        self._closed = False
-        self.size = size
+        super().__init__(src, size, layer, entry)
         self._remaining = size
 
     @property
