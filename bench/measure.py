@@ -12,15 +12,28 @@ Python process starts as a copy of (or, with vfork, borrows) the harness, so eve
 be at least the harness's own peak (64 MB after generating the big layer). That direct method
 is kept only as a fallback when GNU time is missing, and samples say which method was used.
 Wall time is ``time.perf_counter`` around the whole run.
+
+Build processes (``convert`` builds each layer in a process of its own, started by a fork
+server) break both figures: the processes run side by side, so the peak of the biggest is not
+the peak of the conversion, and the fork server outlives the command (it exits once its parent
+has), so nobody waits for it and its CPU time and its children's would be lost. So the harness
+makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``: orphans of the command become its
+children), samples the summed RSS of the command's whole process tree every 20 ms, waits for
+the orphans it saw in that tree, and takes the CPU time of everything it waited for from
+``getrusage(RUSAGE_CHILDREN)``. Peak RSS is the larger of GNU time's figure and the sampled
+sum (the sum counts pages that forked processes share once per process: it errs high).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +41,90 @@ from pathlib import Path
 from typing import Any
 
 _TIME_TAG = "bench-rusage"
+_SAMPLE_EVERY = 0.02  # seconds
+_PR_SET_CHILD_SUBREAPER = 36
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process now."""
+    out: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        out[int(entry.name)] = int(fields[1])
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_KB
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _TreeSampler:
+    """Samples the summed RSS of ``root``'s process tree (and of the orphans it leaves, which a
+    subreaper harness adopts) until stopped; remembers every pid it saw."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.peak_kb = 0
+        self.seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> set[int]:
+        parents = _parents()
+        tree = {self.root} | (self.seen & parents.keys())
+        grew = True
+        while grew:
+            grew = False
+            for pid, ppid in parents.items():
+                if ppid in tree and pid not in tree:
+                    tree.add(pid)
+                    grew = True
+        return tree
+
+    def _run(self) -> None:
+        while not self._stop.wait(_SAMPLE_EVERY):
+            tree = self._tree()
+            self.seen |= tree
+            self.peak_kb = max(self.peak_kb, sum(_rss_kb(pid) for pid in tree))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _reap(pids: set[int], *, timeout: float = 30.0) -> None:
+    """Wait for those of ``pids`` that became our children (orphans adopted as subreaper)."""
+    deadline = time.monotonic() + timeout
+    for pid in sorted(pids):
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break  # not ours, or already reaped
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
 
 
 @dataclass(slots=True)
@@ -83,12 +180,15 @@ def run_measured(variant: str, round_no: int, argv: Sequence[str], *, cwd: Path 
                  env: Mapping[str, str] | None = None) -> Sample:
     """Run ``argv`` to completion; stdout/stderr go to temp files (no pipe can stall the child)."""
     timer = gnu_time()
+    subreaper = _become_subreaper()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(prefix="bench-rusage-") as report:
         cmd = [timer, "-f", f"{_TIME_TAG} %M %U %S", "-o", report.name, "--", *argv] if timer else list(argv)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
                                 env=dict(env) if env is not None else None)
+        sampler = _TreeSampler(proc.pid)
         while True:
             try:
                 _, status, usage = os.wait4(proc.pid, 0)
@@ -96,6 +196,10 @@ def run_measured(variant: str, round_no: int, argv: Sequence[str], *, cwd: Path 
             except InterruptedError:
                 continue
         wall = time.perf_counter() - started
+        sampler.stop()
+        if subreaper:
+            _reap(sampler.seen - {proc.pid})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
         out.seek(0)
         err.seek(0)
@@ -108,6 +212,10 @@ def run_measured(variant: str, round_no: int, argv: Sequence[str], *, cwd: Path 
     else:
         max_rss_kb, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
         method = "os.wait4 (floor: the harness's own RSS)"
+    if subreaper:  # everything the command started, the adopted orphans included
+        cpu = max(cpu, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+    max_rss_kb = max(max_rss_kb, sampler.peak_kb)
+    method += " and the sampled sum over the process tree"
     return Sample(variant=variant, round=round_no, wall_s=wall, cpu_s=cpu, max_rss_kb=max_rss_kb,
                   returncode=proc.returncode, stdout=stdout[-2000:], stderr_tail=stderr[-3000:],
                   extra={"rss_method": method})

@@ -4,4 +4,5 @@ import sys
 
 from converter.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a build process's fork server imports the main module
+    sys.exit(main())

@@ -121,6 +121,12 @@ def add_builder_flag(p: argparse.ArgumentParser) -> None:
                    "(>= 1.9.3), fed a normalised tar")
 
 
+def add_process_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-build-processes", dest="build_processes", action="store_const", const=False,
+                   default=None, help="build every layer in this process (default: each layer in a "
+                   "process of its own when more than one layer job runs, to use several cores)")
+
+
 def add_registry_flags(p: argparse.ArgumentParser, *, plain_http_env: str) -> None:
     p.add_argument("--plain-http", action="append", default=[], metavar="REGISTRY",
                    help=f"allow plain HTTP to this registry (repeatable; also ${plain_http_env}); "

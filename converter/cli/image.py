@@ -189,6 +189,7 @@ def run_image_conversion(args: argparse.Namespace) -> int:
         merge_index=args.merge_index,
         referrer=args.referrer,
         jobs=args.layer_jobs,
+        processes=args.build_processes,
         builder=args.builder,
         workdir=Path(args.workdir) if args.workdir else None,
         build_time=default_build_time(),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import gc
 import json
 import os
 import shutil
@@ -39,12 +38,14 @@ from converter.cli.args import (
     add_builder_flag,
     add_limit_flags,
     add_output_flags,
+    add_process_flag,
     add_registry_flags,
     jobs,
     limit,
     size,
     suggest,
 )
+from converter.convert.gctune import raise_gc_threshold
 from converter.errors import ConverterError, UsageError
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ def _image_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-jobs", "--jobs", dest="layer_jobs", type=jobs, default=0, metavar="N",
                    help="layers converted at once (0 = default: by CPU count)")
     add_builder_flag(p)
+    add_process_flag(p)
     add_limit_flags(p)
     p.add_argument("--workdir", metavar="DIR", help="temporary files go here (default: a private temp dir)")
     add_output_flags(p)
@@ -375,19 +377,9 @@ class _Stderr:
             print(trace, end="", file=sys.stderr)
 
 
-#: The collector's first-generation threshold for a command's run (CPython's default is 700).
-#: A layer's tree is tens of thousands of small objects that live until the image is written,
-#: so the default threshold runs the collector hundreds of times per layer, mostly to find
-#: nothing: 0.19 s of 2.9 s on the 50,000-small-files layer, 0.27-0.35 s in image mode;
-#: 10,000 halves that (README.md, Performance). Set once per process by ``main``.
-GC_GEN0_THRESHOLD = 10_000
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    gen0, gen1, gen2 = gc.get_threshold()
-    if 0 < gen0 < GC_GEN0_THRESHOLD:  # 0: the collector was switched off; leave it so
-        gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    raise_gc_threshold()  # once per process
     _install_signal_handlers()
     say = _Stderr(_wants_json(argv))
     try:

@@ -35,6 +35,7 @@ from converter.cli.args import (
     add_builder_flag,
     add_limit_flags,
     add_output_flags,
+    add_process_flag,
     add_registry_flags,
     jobs,
     limit,
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "on this machine")
     add_registry_flags(p, plain_http_env=PLAIN_HTTP_ENV)
     add_builder_flag(p)
+    add_process_flag(p)
     add_limit_flags(p)
     p.add_argument("--workdir", metavar="DIR", help="temporary files go here (default: the temp dir)")
     add_output_flags(p)
@@ -159,6 +161,7 @@ def run_mirror(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
         build_time=default_build_time(environ),
         local_cache=Path(args.local_cache) if args.local_cache else None,
         verify=args.verify,
+        build_processes=args.build_processes,
     )
     client = RegistryClient(credentials=DockerConfigCredentials(env=environ),
                             plain_http=plain_http_hosts(args.plain_http, environ), ca_bundle=args.ca_bundle,

@@ -495,6 +495,11 @@ class CountingConverter:
         self.inner = inner
         self.stats = stats
 
+    @property
+    def separate_process(self) -> bool:
+        """Whether the wrapped engine builds in processes of its own (the graph overlaps builds)."""
+        return bool(getattr(self.inner, "separate_process", False))
+
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
@@ -590,6 +595,11 @@ class CachingConverter:
         self.mkfs_version = mkfs_version
         self.log = log if log is not None else structlog.get_logger()
         self._rejected: set[CacheKey] = set()  # bad entries: __call__ builds without asking again
+
+    @property
+    def separate_process(self) -> bool:
+        """Whether the wrapped engine builds in processes of its own (the graph overlaps builds)."""
+        return bool(getattr(self.inner, "separate_process", False))
 
     def key(self, layer: str, options: LayerOptions) -> CacheKey | None:
         """The key of ``layer`` built with ``options``, or None when it must not be cached."""

@@ -33,6 +33,7 @@ from converter.mirror.cache import (
 from converter.mirror.jobs import Job, Repository
 from converter.mirror.plan import Plan, PlannedImage, Recipe, Shard, Status, make_plan
 from converter.pipeline import ConvertOptions, convert_image
+from converter.pipeline.engine import layer_engine
 from converter.pipeline.graph import ConvertLayerFn
 from converter.reference import OciLayoutRef, Reference, parse_location
 from converter.registry.client import RegistryClient
@@ -74,6 +75,7 @@ class RunOptions:
     max_expanded: int | None = DEFAULT_MAX_EXPANDED  # the layer limits (None: unlimited)
     max_entries: int | None = DEFAULT_MAX_ENTRIES
     verify: bool = False  # verify every image after pushing it (as if each had ``verify: true``)
+    build_processes: bool | None = None  # ConvertOptions.processes
 
     @property
     def recipe(self) -> Recipe:
@@ -193,7 +195,8 @@ class _Runner:
         self.scope = CancelScope()
         self.client = client
         self.options = options
-        self.convert_layer = convert_layer
+        self.convert_layer = layer_engine(convert_layer, ConvertOptions(jobs=options.layer_jobs,
+                                                                        processes=options.build_processes))
         self.engine_log = engine_log
         self._caches: dict[Repository, LayerCache] = {}
         self._lock = threading.Lock()
@@ -241,6 +244,7 @@ class _Runner:
         options = ConvertOptions(fmt=settings.fmt, profile=settings.profile, encoding=settings.encoding,
                                  platforms=settings.platforms,
                                  merge_index=settings.merge_index, jobs=self.options.layer_jobs,
+                                 processes=self.options.build_processes,
                                  builder=self.options.builder, workdir=self.options.workdir,
                                  build_time=self.options.build_time, tool_version=self.options.tool_version,
                                  max_expanded=self.options.max_expanded, max_entries=self.options.max_entries)

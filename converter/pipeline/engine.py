@@ -61,6 +61,7 @@ from converter.oci.rewrite import (
     platform_selection,
     rewrite_config,
 )
+from converter.pipeline.buildproc import ProcessConvert
 from converter.pipeline.graph import (
     ConvertLayerFn,
     GraphSettings,
@@ -95,6 +96,14 @@ def private_workdir(parent: Path | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def layer_engine(convert: ConvertLayerFn, options: ConvertOptions) -> ConvertLayerFn:
+    """The layer engine to run: ``convert``, or for the default engine with
+    ``options.resolved_processes()``, the same engine in build processes of its own."""
+    if convert is default_convert_layer and options.resolved_processes():
+        return ProcessConvert()
+    return convert
+
+
 class _Run:
     """State of one ``convert_image`` call."""
 
@@ -109,7 +118,7 @@ class _Run:
         self.progress = progress
         self.log = log
         self.workdir = workdir
-        self.convert = convert
+        self.convert = layer_engine(convert, options)
         self.normalise = normalise
         self.image = str(src_ref)
         self._cancel = threading.Event()
@@ -158,6 +167,7 @@ class _Run:
             max_expanded=self.options.max_expanded, max_entries=self.options.max_entries,
             encoding=self.encoding, source_diff_ids=tuple(str(d) for d in config.diff_ids),
             reuse=self.convert if isinstance(self.convert, LayerReuse) else None,
+            overlap_builds=getattr(self.convert, "separate_process", False),
         )
         graph_dir = self.workdir / f"m-{digest.hex[:16]}"
         built = LayerGraph(settings, manifest.layers, workdir=graph_dir).run()

@@ -40,6 +40,8 @@ class ConvertOptions:
     ``SOURCE_DATE_EPOCH``; libraries never read the environment). ``max_expanded`` and
     ``max_entries`` bound what one layer may cost, as ``LayerOptions`` does for ``convert
     layer`` (same defaults; None: unlimited): layers come from registries we do not control.
+    ``processes`` builds each layer in a process of its own (``pipeline/buildproc.py``), so
+    that builds of several layers use several cores (None: when more than one job runs).
     ``referrer`` makes the source manifest the ``subject`` of what is pushed and lists the
     conversion among the source's referrers (OCI 1.1); off, the output has no ``subject``.
     """
@@ -59,11 +61,15 @@ class ConvertOptions:
     max_entries: int | None = DEFAULT_MAX_ENTRIES
     referrer: bool = True
     encoding: BlobEncoding = field(default_factory=BlobEncoding)
+    processes: bool | None = None
 
     def resolved_jobs(self) -> int:
         if self.jobs < 0:
             raise UsageError(f"--jobs must be at least 1, got {self.jobs}")
         return self.jobs or default_jobs()
+
+    def resolved_processes(self) -> bool:
+        return self.resolved_jobs() > 1 if self.processes is None else self.processes
 
     def check_limits(self) -> None:
         """Refuse negative layer limits before anything is fetched (not after a layer's download)."""

@@ -15,7 +15,7 @@ import pytest
 
 import converter.convert.layer as layer_module
 from converter.cli import main
-from converter.cli.main import GC_GEN0_THRESHOLD
+from converter.convert.gctune import GC_GEN0_THRESHOLD
 from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +32,10 @@ def test_a_bug_in_a_worker_is_an_internal_error_with_a_traceback(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
+    # A patch reaches builds in this process only (build processes fork from a server that
+    # imported the engine before it; tests/pipeline/test_buildproc.py has their bug path).
     monkeypatch.setattr(layer_module, "_parse_into", broken)
-    rc = main([f"oci:{sample.path}:v1", "--dest", f"oci:{tmp_path / 'out'}:conv", "-q"])
+    rc = main([f"oci:{sample.path}:v1", "--dest", f"oci:{tmp_path / 'out'}:conv", "-q", "--no-build-processes"])
     out, err = capsys.readouterr()
     assert rc == 70 and out == ""
     lines = err.splitlines()
@@ -95,7 +97,8 @@ def test_json_internal_error_carries_the_traceback(monkeypatch: pytest.MonkeyPat
         raise TypeError("a bug")
 
     monkeypatch.setattr(layer_module, "_parse_into", broken)
-    rc = main([f"oci:{sample.path}:v1", "--dest", f"oci:{tmp_path / 'out'}:conv", "--log-format", "json"])
+    rc = main([f"oci:{sample.path}:v1", "--dest", f"oci:{tmp_path / 'out'}:conv", "--log-format", "json",
+               "--no-build-processes"])  # the patch reaches builds in this process only
     records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert rc == 70
     assert records[-1]["event"] == "internal_error" and "Traceback" in records[-1]["exception"]

@@ -80,9 +80,13 @@ def test_two_layer_image(two_layer: Path, tmp_path: Path) -> None:
 def test_prepass_and_chain_give_identical_bytes(two_layer: Path, tmp_path: Path) -> None:
     # The pre-pass computes lower trees by scanning, the chain mode takes them from the builds:
     # both must yield the same image, byte for byte.
+    # Builds in processes of their own (the default with 2 jobs) overlap, the lower trees
+    # crossing between processes: the same bytes again.
     a = convert(two_layer, tmp_path / "a", jobs=2, prepass=True)
     b = convert(two_layer, tmp_path / "b", jobs=1, prepass=False)
-    assert a.digest == b.digest
+    c = convert(two_layer, tmp_path / "c", jobs=2, processes=True)
+    d = convert(two_layer, tmp_path / "d", jobs=2, processes=False)
+    assert a.digest == b.digest == c.digest == d.digest
 
 
 def test_cross_layer_hard_link(tmp_path: Path) -> None:
@@ -91,15 +95,18 @@ def test_cross_layer_hard_link(tmp_path: Path) -> None:
              Item("data/extra", data=b"new")]
     src = tmp_path / "src"
     write_oci_layout(src, [layer_tar(lower), layer_tar(upper)])
-    for prepass in (True, False):
-        dest = tmp_path / f"dest-{prepass}"
-        result = convert(src, dest, jobs=2, prepass=prepass)
+    digests = set()
+    for prepass, processes in ((True, False), (False, False), (False, True)):
+        dest = tmp_path / f"dest-{prepass}-{processes}"
+        result = convert(src, dest, jobs=2, prepass=prepass, processes=processes)
+        digests.add(result.digest)
         manifest = read_json(dest, result.digest)
         with ErofsImage.open(blob(dest, manifest["layers"][1]["digest"])) as top:
             assert top.read_bytes("/links/big") == b"x" * 5000  # materialised from layer 0
             assert top.stat("/links/big").st_mode & 0o7777 == 0o640
             data_dir = top.stat("/data")  # implicit in layer 1: inherits layer 0's metadata
             assert data_dir.st_mode & 0o7777 == 0o750 and data_dir.uid == 7
+    assert len(digests) == 1
 
 
 def test_internally_compressed_format(two_layer: Path, tmp_path: Path) -> None:
