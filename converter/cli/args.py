@@ -122,9 +122,9 @@ def add_builder_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_process_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-build-processes", dest="build_processes", action="store_const", const=False,
-                   default=None, help="build every layer in this process (default: each layer in a "
-                   "process of its own when more than one layer job runs, to use several cores)")
+    p.add_argument("--build-processes", action=argparse.BooleanOptionalAction, default=None,
+                   help="build each layer in a process of its own, so that layers use several cores "
+                   "(default: on with more than one layer job and at least 4 CPUs)")
 
 
 def add_registry_flags(p: argparse.ArgumentParser, *, plain_http_env: str) -> None:

@@ -23,6 +23,14 @@ from converter.reference import ArchiveKind, ArchiveRef, DaemonRef, Digest, Loca
 _MAX_TAG = 128
 
 
+#: Build processes are on by default from this many CPUs. Measured on 2 cores (README.md,
+#: Performance; 3 alternating rounds of the bench image, registry to registry): raw 5.68 s in
+#: one process against 6.18 s with 2 build processes (5.60 s with 4), erofs+lz4 7.33 s against
+#: 6.92 s (6.69 s); the processes cost ~1 s more CPU (fork server, tree hand-over) and ~100 MB
+#: more memory, which two cores do not win back.
+PROCESSES_MIN_CPUS = 4
+
+
 def default_jobs() -> int:
     """Layers converted at once by default: min(4, CPU count)."""
     return max(1, min(4, os.cpu_count() or 1))
@@ -41,7 +49,8 @@ class ConvertOptions:
     ``max_entries`` bound what one layer may cost, as ``LayerOptions`` does for ``convert
     layer`` (same defaults; None: unlimited): layers come from registries we do not control.
     ``processes`` builds each layer in a process of its own (``pipeline/buildproc.py``), so
-    that builds of several layers use several cores (None: when more than one job runs).
+    that builds of several layers use several cores (None: when more than one job runs on at
+    least ``PROCESSES_MIN_CPUS`` CPUs).
     ``referrer`` makes the source manifest the ``subject`` of what is pushed and lists the
     conversion among the source's referrers (OCI 1.1); off, the output has no ``subject``.
     """
@@ -69,7 +78,9 @@ class ConvertOptions:
         return self.jobs or default_jobs()
 
     def resolved_processes(self) -> bool:
-        return self.resolved_jobs() > 1 if self.processes is None else self.processes
+        if self.processes is not None:
+            return self.processes
+        return self.resolved_jobs() > 1 and (os.cpu_count() or 1) >= PROCESSES_MIN_CPUS
 
     def check_limits(self) -> None:
         """Refuse negative layer limits before anything is fetched (not after a layer's download)."""

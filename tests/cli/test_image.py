@@ -47,9 +47,12 @@ def layer_digests(sample: SampleLayout) -> list[str]:
     (("--max-entries", "5"), "too many entries: the limit is 5"),
     (("--max-expanded", "100K"), "layer expands to more than the limit of 102400 bytes"),
 ], ids=["max-entries", "max-expanded"])
+@pytest.mark.parametrize("mode", ["--build-processes", "--no-build-processes"])
 def test_layer_limits_fail_the_image_in_one_line(capsys: pytest.CaptureFixture[str], sample: SampleLayout,
-                                                 tmp_path: Path, flags: tuple[str, ...], cause: str) -> None:
-    rc, out, err = convert(capsys, sample, tmp_path / "out", *flags)
+                                                 tmp_path: Path, flags: tuple[str, ...], cause: str,
+                                                 mode: str) -> None:
+    # Every layer is over the limit; overlapping builds (build processes) name the lowest too.
+    rc, out, err = convert(capsys, sample, tmp_path / "out", *flags, mode)
     assert rc == 1 and out == ""
     [line] = err.splitlines()
     first = layer_digests(sample)[0]
@@ -166,6 +169,19 @@ def test_a_rerun_skips_an_identical_conversion(client: RegistryClient, prefix: s
     assert main([*argv, "--force"]) == 0
     forced = capsys.readouterr()
     assert "image_conversion_started" in _events(forced.err) and forced.out == first.out
+
+
+def test_build_processes_give_the_same_image(client: RegistryClient, prefix: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Registry to registry, through build processes and without: the same manifest digest.
+    push_image(client, tmp_path / "images", sample_layers(), [f"{prefix}/app:1"])
+    capsys.readouterr()
+    outs = []
+    for n, mode in enumerate(["--build-processes", "--no-build-processes"]):
+        assert main([f"{prefix}/app:1", "--dest", f"{prefix}/out{n}:x", "--to", "erofs+lz4", "--jobs", "3",
+                     "-q", mode]) == 0
+        outs.append(capsys.readouterr().out.split("@")[1])
+    assert outs[0] == outs[1]
 
 
 def test_a_layout_rerun_skips_too(capsys: pytest.CaptureFixture[str], sample: SampleLayout, tmp_path: Path) -> None:

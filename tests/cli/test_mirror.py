@@ -200,3 +200,19 @@ def test_no_push_access_fails_the_image_before_pulling(registry_token: RegistryS
     [image] = json.loads(report.read_text())["images"]
     assert image["status"] == "failed" and image["layers_converted"] == 0
     assert image["error"].startswith(f"checking push access to {registry_token.host}/public/out before "), image
+
+
+def test_build_processes_behind_the_layer_cache(client: RegistryClient, prefix: str, tmp_path: Path) -> None:
+    # The mirror's caching wrapper around build processes: the graph overlaps the builds (the
+    # wrapper says its engine runs apart), and the result is the image made without them.
+    push_image(client, tmp_path / "images", sample_layers(), [f"{prefix}/app:1"])
+    digests = []
+    for n, mode in enumerate(["--build-processes", "--no-build-processes"]):
+        job = write_job(tmp_path / f"job{n}.yaml", prefix, f"{prefix}/app:1", cache=f"{prefix}/cache{n}")
+        job.write_text(job.read_text().replace("/out/", f"/out{n}/"))
+        report = tmp_path / f"r{n}.json"
+        assert run_mirror([str(job), "--report", str(report), "--layer-jobs", "3", mode]) == 0
+        [image] = json.loads(report.read_text())["images"]
+        assert image["status"] == "converted"
+        digests.append(image["dest_digest"])
+    assert digests[0] == digests[1]

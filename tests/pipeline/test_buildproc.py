@@ -151,3 +151,25 @@ def test_a_killed_build_process_is_reported(tmp_path: Path) -> None:
     src = layer_tar([Item("implicit/file", data=b"1")])
     with pytest.raises(BuildProcessError, match="killed by signal 9"):
         ProcessConvert()(io.BytesIO(src), tmp_path / "o", options=LayerOptions(fmt=TargetFormat()), lower=Killer())
+
+
+def test_which_engine_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from converter.mirror.cache import CountingConverter, LayerStats
+    from converter.pipeline import ConvertOptions
+    from converter.pipeline.engine import layer_engine
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert isinstance(layer_engine(convert_layer, ConvertOptions(jobs=2)), ProcessConvert)
+    assert layer_engine(convert_layer, ConvertOptions(jobs=1)) is convert_layer
+    assert layer_engine(convert_layer, ConvertOptions(jobs=2, processes=False)) is convert_layer
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # not worth its cost on 2 cores (options.py)
+    assert layer_engine(convert_layer, ConvertOptions(jobs=2)) is convert_layer
+    assert isinstance(layer_engine(convert_layer, ConvertOptions(jobs=2, processes=True)), ProcessConvert)
+
+    def seam(*args: object, **kwargs: object) -> LayerResult:
+        raise AssertionError
+
+    assert layer_engine(seam, ConvertOptions(jobs=2, processes=True)) is seam  # a test's seam stays
+    # the mirror's wrappers tell the graph that the engine they wrap builds apart
+    assert CountingConverter(ProcessConvert(), LayerStats()).separate_process
+    assert not CountingConverter(convert_layer, LayerStats()).separate_process
