@@ -120,7 +120,12 @@ class ProcessConvert:
         data_recv, data_send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_child_main, args=(ctl_child, data_recv, request), daemon=True,
                            name=f"build {layer or out_path.name}")
-        proc.start()
+        try:
+            proc.start()
+        except BaseException:
+            for conn in (ctl, ctl_child, data_recv, data_send):
+                conn.close()
+            raise
         ctl_child.close()
         data_recv.close()
         feeder = _Feeder(src, data_send)
