@@ -45,7 +45,7 @@ from converter.cli.args import (
     size,
     suggest,
 )
-from converter.convert.gctune import raise_gc_threshold
+from converter.convert.tuning import one_layer_at_a_time, raise_gc_threshold
 from converter.errors import ConverterError, UsageError
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def cmd_layer(argv: Sequence[str]) -> int:
             out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="erofs-layer-"))) / "layer.erofs"
         else:
             out = Path(args.output)
-        with _input(args.input) as src:
+        with _input(args.input) as src, one_layer_at_a_time():
             result = convert_layer(src, out, options=options, media_type=args.media_type, layer=name,
                                    workdir=out.parent)
         if to_stdout:

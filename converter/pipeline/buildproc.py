@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from converter.cancel import current_scope
-from converter.convert.gctune import raise_gc_threshold
 from converter.convert.layer import LayerOptions, LayerResult, convert_layer
+from converter.convert.tuning import one_layer_at_a_time, raise_gc_threshold
 from converter.errors import Cancelled, ConverterError
 from converter.layers.model import DirMeta, FileData, Inode, LowerView
 from converter.layers.treecodec import decode_tree, encode_tree
@@ -347,13 +347,14 @@ def _child_main(ctl: Connection, data: Connection, request: _Request) -> None:
     raise_gc_threshold()
     channel = _Channel(ctl)
     try:
-        result = convert_layer(
-            io.BufferedReader(_ConnReader(data), _CHUNK), request.out_path, options=request.options,
-            lower=_RemoteLower(channel) if request.has_lower else None, media_type=request.media_type,
-            layer=request.layer, workdir=request.workdir,
-            progress=_Progress(channel) if request.progress else None,
-            on_tree=(lambda root: channel.send("tree", encode_tree(root))) if request.on_tree else None,
-        )
+        with one_layer_at_a_time():
+            result = convert_layer(
+                io.BufferedReader(_ConnReader(data), _CHUNK), request.out_path, options=request.options,
+                lower=_RemoteLower(channel) if request.has_lower else None, media_type=request.media_type,
+                layer=request.layer, workdir=request.workdir,
+                progress=_Progress(channel) if request.progress else None,
+                on_tree=(lambda root: channel.send("tree", encode_tree(root))) if request.on_tree else None,
+            )
         channel.send("result", dataclasses.replace(result, root=None, annotations=dict(result.annotations)))
     except (ConverterError, OSError) as exc:
         channel.send("error", _picklable(exc))

@@ -15,7 +15,8 @@ import pytest
 
 import converter.convert.layer as layer_module
 from converter.cli import main
-from converter.convert.gctune import GC_GEN0_THRESHOLD
+from converter.convert.tuning import GC_GEN0_THRESHOLD, LAYER_SWITCH_INTERVAL
+from converter.errors import ConverterError
 from converter.testing.sample import SampleLayout, sample_layers, write_oci_layout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,3 +242,22 @@ def test_ls_of_a_layer_names_the_file_and_what_it_looks_like(capsys: pytest.Capt
     err = capsys.readouterr().err
     assert err == (f"convert: reading {layer}: not an EROFS image, it looks like a {kind} file (a layer? "
                    f"`convert layer {layer} -o OUT.erofs` converts one)\n")
+
+
+def test_convert_layer_hands_the_gil_over_sooner(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    # One layer in one process: the read-ahead thread gets the GIL within LAYER_SWITCH_INTERVAL
+    # (converter/convert/tuning.py); the process's own setting comes back afterwards.
+    seen: list[float] = []
+
+    def recording(*args: Any, **kwargs: Any) -> None:
+        seen.append(sys.getswitchinterval())
+        raise ConverterError("stopped here")
+
+    monkeypatch.setattr(layer_module, "convert_layer", recording)
+    before = sys.getswitchinterval()
+    (tmp_path / "in.tar").write_bytes(bytes(1024))
+    assert main(["layer", str(tmp_path / "in.tar"), "-o", str(tmp_path / "out.erofs")]) == 1
+    assert seen == [pytest.approx(LAYER_SWITCH_INTERVAL)] and before > LAYER_SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before
+    capsys.readouterr()
