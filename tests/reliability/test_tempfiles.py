@@ -155,9 +155,9 @@ def image_env() -> Iterator[ImageEnv]:
             probe.close()
 
 
-def _start(env: ImageEnv, workdir: Path, repo: str) -> subprocess.Popen[bytes]:
+def _start(env: ImageEnv, workdir: Path, repo: str, *flags: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "converter.cli", f"{env.proxy.host}/sample:v1", "--dest",
-                             f"{env.proxy.host}/{repo}:conv", "--workdir", str(workdir), "-q"],
+                             f"{env.proxy.host}/{repo}:conv", "--workdir", str(workdir), "-q", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -192,6 +192,53 @@ def test_image_workdir_private_and_removed_on_sigint(image_env: ImageEnv, tmp_pa
     assert list(workdir.iterdir()) == []
     assert env.probe.tag_digest("out-sigint", "conv") is None
     assert elapsed < INTERRUPT_BUDGET, f"SIGINT took {elapsed:.1f}s to end a conversion with a stalled download"
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat_line = (entry / "stat").read_bytes()
+                parents[int(entry.name)] = int(stat_line[stat_line.rindex(b")") + 2:].split()[1])
+    found, grew = set(), True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if (parent == pid or parent in found) and child not in found:
+                found.add(child)
+                grew = True
+    return found
+
+
+def test_sigint_with_build_processes_leaves_no_process(image_env: ImageEnv, tmp_path: Path) -> None:
+    # Layer 1's download stalls after layer 0 went to a build process: Ctrl-C ends the conversion
+    # as fast as without build processes, and the fork server and its processes go with it.
+    env = image_env
+    workdir = tmp_path / "work"
+    stall = Fault(Action.STALL, rf"/v2/sample/blobs/{env.sample.layers[1]}$", "GET", stall=STALL, fraction=0.5)
+    with env.proxy.scripted([stall]):
+        proc = _start(env, workdir, "out-sigint-procs", "--build-processes", "--jobs", "2")
+        env.proxy.wait_for(lambda seen: seen.fault == "stall")
+        time.sleep(0.5)
+        helpers = _descendants(proc.pid)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().splitlines()[-1] == "convert: interrupted", err.decode()
+    assert helpers, "the fork server was running"
+    deadline = time.monotonic() + 10
+    while (left := {pid for pid in helpers if Path(f"/proc/{pid}").exists()}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"processes left behind: {left}"
+    assert list(workdir.iterdir()) == []
+    assert env.probe.tag_digest("out-sigint-procs", "conv") is None
+    assert elapsed < INTERRUPT_BUDGET
 
 
 def test_image_workdir_removed_after_success_and_failure(image_env: ImageEnv, tmp_path: Path) -> None:
