@@ -23,8 +23,8 @@ server, not a fork of the threaded caller):
 
 The child ignores SIGINT (Ctrl-C reaches the whole process group; the caller decides) and
 leads a process group of its own, so that cancelling kills it together with any mkfs.erofs it
-runs. If the child dies without an answer (killed, out of memory), the call fails with
-``BuildProcessError``.
+runs. If the child dies without an answer (killed, out of memory), the call fails with a
+``ConverterError`` that says so.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ _context: ForkServerContext | None = None
 
 
 class BuildProcessError(Exception):
-    """A build process failed in a way that is not the input's fault: it died without an
-    answer, or raised something other than a ``ConverterError``/``OSError`` (a bug)."""
+    """A build process raised something other than a ``ConverterError``/``OSError``: a bug,
+    reported as one (not as a user error), with the child's traceback as a note."""
 
 
 def _fork_server() -> ForkServerContext:
@@ -220,11 +220,13 @@ def _serve(proc: Any, ctl: Connection, feeder: _Feeder, *, lower: LowerView | No
 
 
 def _died(proc: Any, feeder: _Feeder) -> BaseException:
-    """The error for a build process that went away without an answer."""
+    """The error for a build process that went away without an answer: not the input's fault
+    and not a bug of ours, but the machine's (most often the kernel's out-of-memory killer)."""
     proc.join()
     if feeder.error is not None:
         return feeder.error
-    return BuildProcessError(f"the build process exited without an answer ({_exit_text(proc.exitcode)})")
+    return ConverterError(f"the build process exited without an answer ({_exit_text(proc.exitcode)}; "
+                          "out of memory? fewer --layer-jobs or --no-build-processes use less)")
 
 
 def _exit_text(code: int | None) -> str:
