@@ -20,9 +20,7 @@ import zlib
 from dataclasses import dataclass
 from functools import cache
 
-import isal
 import zstandard
-from isal import isal_zlib
 
 from converter.erofs import microlzma
 from converter.erofs.clib import load_library
@@ -91,18 +89,11 @@ def library_version(codec: Codec, level: int | None = None) -> str:
         return "zstd " + ".".join(map(str, zstandard.ZSTD_VERSION))
     if codec is Codec.LZMA:
         return microlzma.liblzma_version()
-    if level_uses_isal(codec, level):
-        return "isal " + isal_version()
+    # DEFLATE is zlib's at every level. ISA-L's level 1 (5x faster, as small) was used in
+    # 0.4.0 and taken out: with several compressing threads it once gave a different stream
+    # for the same input (tests/erofs/test_zwriter.py, worker counts; not reproduced in
+    # isolation), and an image must be a pure function of its input and options.
     return "zlib " + zlib.ZLIB_RUNTIME_VERSION
-
-
-def level_uses_isal(codec: Codec, level: int | None) -> bool:
-    """Whether ``codec`` at ``level`` is compressed by ISA-L (DEFLATE level 1) rather than zlib."""
-    return codec is Codec.DEFLATE and (DEFAULT_LEVELS[codec] if level is None else level) == 1
-
-
-def isal_version() -> str:
-    return str(isal.__version__)
 
 
 def check_available(codec: Codec) -> None:
@@ -113,13 +104,15 @@ def check_available(codec: Codec) -> None:
         microlzma.check_available()
 
 
-def make_compressor(codec: Codec, level: int | None, data: bytes,
-                    capacity: int) -> DestSizeCompressor | SearchCompressor | LzmaCompressor:
-    """A fixed-output compressor for ``data`` (see ``DestSizeCompressor.compress``)."""
+def make_compressor(codec: Codec, level: int | None, data: bytes, capacity: int, *,
+                    pcluster: int | None = None) -> DestSizeCompressor | SearchCompressor | LzmaCompressor:
+    """A fixed-output compressor for ``data`` (see ``DestSizeCompressor.compress``) whose streams
+    take at most ``capacity`` bytes; ``pcluster`` is the image's pcluster size when ``capacity`` is
+    smaller (lzma's dictionary, which the superblock records, follows the pcluster size)."""
     if codec in (Codec.LZ4, Codec.LZ4HC):
         return DestSizeCompressor(codec, level, data, capacity)
     if codec is Codec.LZMA:
-        return LzmaCompressor(level, data, capacity)
+        return LzmaCompressor(level, data, capacity, dict_for=pcluster or capacity)
     return SearchCompressor(codec, level, data, capacity)
 
 
@@ -156,16 +149,12 @@ class SearchCompressor:
         self._capacity = capacity
         self._last = 0
         self._last_raw = False
-        self._isal = level_uses_isal(codec, self._level)
         self._zstd = _zstd_compressor(self._level) if codec is Codec.ZSTD else None
 
     def _probe(self, pos: int, n: int) -> bytes:
         chunk = self._data[pos:pos + n]
         if self._zstd is not None:
             return self._zstd.compress(chunk)
-        if self._isal:
-            zi = isal_zlib.compressobj(self._level, isal_zlib.DEFLATED, -15)
-            return zi.compress(chunk) + zi.flush()
         z = zlib.compressobj(self._level, zlib.DEFLATED, -15)
         return z.compress(chunk) + z.flush()
 
@@ -280,12 +269,13 @@ class LzmaCompressor:
     """MicroLZMA "as much as fits": liblzma's encoder stops when the output is full, so one call
     per extent; the dictionary is the one the superblock records (microlzma.dict_size_for)."""
 
-    def __init__(self, level: int | None, data: bytes, capacity: int) -> None:
+    def __init__(self, level: int | None, data: bytes, capacity: int, *, dict_for: int | None = None) -> None:
         self._data = data  # keeps the buffer alive while liblzma reads its address
         self._src = ctypes.c_char_p(data)
         self._base = ctypes.cast(self._src, ctypes.c_void_p).value or 0
         self._enc = microlzma.MicroLzmaEncoder(level=DEFAULT_LEVELS[Codec.LZMA] if level is None else level,
-                                               dict_size=microlzma.dict_size_for(capacity), capacity=capacity)
+                                               dict_size=microlzma.dict_size_for(dict_for or capacity),
+                                               capacity=capacity)
 
     def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
         """Compress from ``pos`` (``floor`` is accepted for parity with SearchCompressor)."""

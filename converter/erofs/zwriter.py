@@ -95,6 +95,16 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
                 and stream[0] != 0:
             extents.append((fmt.Z_LCLUSTER_HEAD1, consumed, 0))
             return Segment(bytes(out), tuple(extents), stream)
+        if inline_tail and pos + consumed == n and nblocks > 1 and len(stream) % _BLKSZ and stream[0] != 0:
+            split = _trailing_fewer_blocks(data, pos, consumed, nblocks, codec=codec, level=level,
+                                           pcluster_blocks=pcluster_blocks)
+            if split is not None:
+                (head_len, head), (tail_len, tail) = split
+                out += bytes(-len(head) % _BLKSZ)
+                out += head
+                extents.append((fmt.Z_LCLUSTER_HEAD1, head_len, -(-len(head) // _BLKSZ)))
+                extents.append((fmt.Z_LCLUSTER_HEAD1, tail_len, 0))
+                return Segment(bytes(out), tuple(extents), tail)
         if consumed > nblocks * _BLKSZ and stream[0] != 0:
             out += bytes(nblocks * _BLKSZ - len(stream))
             out += stream
@@ -112,6 +122,29 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
                 extents.append((fmt.Z_LCLUSTER_PLAIN, take, 1))
                 pos += take
     return Segment(bytes(out), tuple(extents))
+
+
+_Piece = tuple[int, bytes]  # (input length, stream)
+
+
+def _trailing_fewer_blocks(data: bytes, pos: int, consumed: int, nblocks: int, *, codec: Codec,
+                           level: int | None, pcluster_blocks: int) -> tuple[_Piece, _Piece] | None:
+    """ztailpacking, a file's last extent (``consumed`` bytes from ``pos``) in a big pcluster of
+    ``nblocks`` blocks whose last block is partly empty: compress it again into one block fewer,
+    so that the input left over becomes an inline tail. mkfs.erofs -Eztailpacking does the same
+    (erofs-utils lib/compress.c). Returns ((length, stream) of the shorter extent, (length,
+    stream) of the inline tail), or None when the rest would not go inline: stored in a block of
+    its own, it would take the block saved."""
+    fewer = make_compressor(codec, level, data, (nblocks - 1) * _BLKSZ, pcluster=pcluster_blocks * _BLKSZ)
+    got, head = fewer.compress(pos, floor=_BLKSZ + 1)
+    if not (0 < got < consumed and got > -(-len(head) // _BLKSZ) * _BLKSZ and head[0] != 0):
+        return None
+    rest_at = pos + got
+    rest, tail = make_compressor(codec, level, data, pcluster_blocks * _BLKSZ).compress(
+        rest_at, floor=min(_BLKSZ + 1, len(data) - rest_at))
+    if rest_at + rest == len(data) and rest > len(tail) and len(tail) <= MAX_INLINE and tail[0] != 0:
+        return (got, head), (rest, tail)
+    return None
 
 
 class _Bytes:

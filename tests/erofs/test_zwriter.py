@@ -563,3 +563,24 @@ def test_ztailpacking_puts_last_extents_inline(to: str, tmp_path: Path) -> None:
     assert blocks[img][1] < blocks[plain][1] and blocks[img][2] <= blocks[plain][2]
     if "pcluster" not in to:  # with one-block pclusters the 9 MiB file's last extent always fits inline
         assert blocks[img][2] < blocks[plain][2]
+
+
+@pytest.mark.parametrize("to", ["erofs+lz4,pcluster=65536,ztailpacking", "erofs+zstd,pcluster=65536,ztailpacking",
+                                "erofs+lzma,pcluster=65536,ztailpacking"])
+def test_ztailpacking_recompresses_a_long_last_extent(to: str, tmp_path: Path) -> None:
+    """A last extent in a big pcluster whose last block is partly empty is compressed again into
+    one block fewer, and what that leaves over goes inline (as mkfs.erofs -Eztailpacking does):
+    the file takes fewer blocks than without ztailpacking, and the image checks out as always."""
+    require_mount()
+    files: list[FileSpec] = [("t", "text", 100_000, 1, -1), ("u", "text", 300_000, 2, -1),
+                             ("v", "text", 70_000, 3, -1)]
+    img = check_tree(files, to, tmp_path)
+    (tmp_path / "p").mkdir()
+    plain = check_tree(files, to.replace(",ztailpacking", ""), tmp_path / "p", with_mkfs=False)
+    blocks = {}
+    for image_path in (img, plain):
+        with mounted(image_path) as mnt:
+            blocks[image_path] = [os.stat(mnt / name).st_blocks for name, *_ in files]
+    # (a rest that would not fit inline keeps the longer extent: never more blocks)
+    assert all(ours <= without for ours, without in zip(blocks[img], blocks[plain], strict=True)), blocks
+    assert sum(blocks[img]) < sum(blocks[plain]), blocks
