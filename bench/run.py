@@ -266,7 +266,8 @@ def _check_pushed(sample: Sample, ref: str, expect_layers: int) -> None:
         sample.stderr_tail = f"bench check: {ref} has {len(layers)} layers, expected {expect_layers}"
 
 
-def run_image(tools: Tools, image: inputs.BenchImage, rounds: int, *, jobs: int = 0) -> Results:
+def run_image(tools: Tools, image: inputs.BenchImage, rounds: int, *, jobs: int = 0,
+              build_processes: bool | None = None) -> Results:
     """(a)/(b) against (c): registry → registry, both formats, a fresh registry per round."""
     from converter.testing.localregistry import local_registry
 
@@ -291,6 +292,8 @@ def run_image(tools: Tools, image: inputs.BenchImage, rounds: int, *, jobs: int 
                         argv = ours_image_argv(tools, src, dest, case.fmt, host)
                         if jobs:
                             argv += ["--jobs", str(jobs)]
+                        if build_processes is not None:
+                            argv += ["--build-processes" if build_processes else "--no-build-processes"]
                         sample = run_measured(case.variant(tool), round_no, argv)
                     else:
                         with _scratch("image") as work:
@@ -493,6 +496,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also generate an N GiB layer and race `convert layer` on it (peak RSS vs size)")
     p.add_argument("--jobs", type=int, default=0, metavar="N",
                    help="pass --jobs N to `erofs-convert SOURCE` in image mode (default: its own default)")
+    p.add_argument("--build-processes", action=argparse.BooleanOptionalAction, default=None,
+                   help="pass --[no-]build-processes to `erofs-convert SOURCE` in image mode (default: its own "
+                   "default, which is off below 4 CPUs)")
     p.add_argument("--plot", action="store_true", help=f"write {PLOT.name} (installs matplotlib if missing)")
     p.add_argument("--results", type=Path, default=RESULTS, help=f"where to write the JSON (default {RESULTS})")
     args = p.parse_args(argv)
@@ -525,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if big:
         parts.append(run_layers(tools, big, args.rounds, mode="big"))
     if args.only in (None, "image"):
-        parts.append(run_image(tools, image, args.rounds, jobs=args.jobs))
+        parts.append(run_image(tools, image, args.rounds, jobs=args.jobs, build_processes=args.build_processes))
 
     rows = [row for part in parts for row in case_rows(part)]
     targets = evaluate_targets(rows, [layer.name for layer in big],
@@ -537,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "args": {"rounds": args.rounds, "only": args.only, "big_layer_gb": args.big_layer_gb, "jobs": args.jobs},
+        "args": {"rounds": args.rounds, "only": args.only, "big_layer_gb": args.big_layer_gb, "jobs": args.jobs,
+                 "build_processes": args.build_processes},
         "machine": {**machine_before, "loadavg_after": machine_info()["loadavg_1_5_15"]},
         "tools": tool_versions(tools),
         "commands": {
