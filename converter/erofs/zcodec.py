@@ -140,6 +140,12 @@ class SearchCompressor:
     content size and a 32 KiB window, no checksum or dictionary id; or raw DEFLATE (RFC 1951)
     with a 32 KiB window. The search ends when the fitting and the overflowing lengths are
     within 64 bytes. Deterministic for a given library version.
+
+    DEFLATE probes after the first that fits continue from that one: zlib's state after the
+    fitting input (before its flush) is kept, and a longer probe copies it and compresses only
+    the input beyond. zlib's stream does not depend on how its input is split across calls
+    without a flush, so the bytes are those of compressing the whole probe at once, for a
+    fraction of the work (the probes of one extent share most of their input).
     """
 
     def __init__(self, codec: Codec, level: int | None, data: bytes, capacity: int) -> None:
@@ -150,13 +156,24 @@ class SearchCompressor:
         self._last = 0
         self._last_raw = False
         self._zstd = _zstd_compressor(self._level) if codec is Codec.ZSTD else None
+        # DEFLATE: (pos, n, zlib state after data[pos:pos+n] unflushed, its output so far) of the
+        # last probe, and of the longest fitting probe of the current search.
+        self._probed: tuple[int, int, zlib._Compress, bytes] | None = None
+        self._fits: tuple[int, int, zlib._Compress, bytes] | None = None
 
     def _probe(self, pos: int, n: int) -> bytes:
         chunk = self._data[pos:pos + n]
         if self._zstd is not None:
             return self._zstd.compress(chunk)
-        z = zlib.compressobj(self._level, zlib.DEFLATED, -15)
-        return z.compress(chunk) + z.flush()
+        base = self._fits
+        if base is not None and base[0] == pos and base[1] <= n:
+            z = base[2].copy()
+            head = base[3] + z.compress(self._data[pos + base[1]:pos + n])
+        else:
+            z = zlib.compressobj(self._level, zlib.DEFLATED, -15)
+            head = z.compress(chunk)
+        self._probed = (pos, n, z.copy(), head)
+        return head + z.flush()
 
     def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
         """Bracket the longest fitting input: each probe aims where the last one's compression
@@ -180,12 +197,14 @@ class SearchCompressor:
             out = self._probe(pos, n)
             if len(out) <= self._capacity:
                 good, good_out = n, out
+                self._fits = self._probed  # later probes are longer: they continue from here
                 aim = n * self._capacity // max(len(out), 1) + 64  # just past the estimate
             else:
                 bad = n
                 aim = n * self._capacity // len(out) - 64  # just short of it
             if bad <= floor:
                 self._last_raw = True
+                self._probed = self._fits = None
                 return 0, b""
             if good == cap or bad - good <= 64:
                 break
@@ -201,6 +220,7 @@ class SearchCompressor:
             raise RuntimeError(f"no input fits in {self._capacity} bytes of {self._codec.value} output")
         self._last = good
         self._last_raw = False
+        self._probed = self._fits = None
         return good, good_out
 
 

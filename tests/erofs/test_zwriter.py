@@ -584,3 +584,25 @@ def test_ztailpacking_recompresses_a_long_last_extent(to: str, tmp_path: Path) -
     # (a rest that would not fit inline keeps the longer extent: never more blocks)
     assert all(ours <= without for ours, without in zip(blocks[img], blocks[plain], strict=True)), blocks
     assert sum(blocks[img]) < sum(blocks[plain]), blocks
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_deflate_streams_are_one_shot_compressions_of_their_input(level: int) -> None:
+    """The DEFLATE search continues longer probes from the longest fitting one's zlib state:
+    every stream must still be exactly zlib's one-shot compression of its extent's input."""
+    import zlib
+
+    rng = random.Random(level)
+    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randrange(2, 9))) for _ in range(2000)]
+    data = b" ".join(rng.choice(words) for _ in range(60_000)) + os.urandom(20_000) + bytes(50_000)
+    seg = compress_segment(data, codec=Codec.DEFLATE, level=level)
+    pos = block = 0
+    for kind, length, nblocks in seg.extents:
+        raw = seg.blocks[block * 4096:(block + nblocks) * 4096]
+        if kind == fmt.Z_LCLUSTER_HEAD1:
+            z = zlib.compressobj(level, zlib.DEFLATED, -15)
+            want = z.compress(data[pos:pos + length]) + z.flush()
+            assert raw.endswith(want) and not raw[:-len(want)].strip(b"\0"), (pos, length)
+        pos += length
+        block += nblocks
+    assert pos == len(data)
