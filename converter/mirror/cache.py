@@ -84,7 +84,7 @@ from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Descriptor, Manifest, canonical_json, parse_image_manifest, parse_manifest
 from converter.oci.rewrite import ANNOTATION_PREFIX
 from converter.pipeline.graph import ConvertLayerFn
-from converter.pipeline.lower import DiscardSink, EmptyData, StackedLower
+from converter.pipeline.lower import DiscardSink, EmptyData, NodeFinder
 from converter.reference import Digest, Reference
 from converter.registry.client import RegistryClient
 from converter.transports.base import ImageSink, ImageSource
@@ -524,7 +524,7 @@ class _MetadataLower:
         return self._inner.dir_meta(path)
 
     def open_file(self, path: bytes) -> tuple[Inode, FileData] | None:
-        if isinstance(self._inner, StackedLower):
+        if isinstance(self._inner, NodeFinder):  # the graph's views: the node without its bytes
             found = self._inner.find(path)
             if found is None or found[1].kind is not NodeKind.REG:
                 return None

@@ -697,3 +697,6 @@ class _DeferredLower:
 
     def open_file(self, path: bytes) -> tuple[Inode, FileData] | None:
         return self._stacked().open_file(path)
+
+    def find(self, path: bytes) -> tuple[int, Inode] | None:
+        return self._stacked().find(path)

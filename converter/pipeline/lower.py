@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from converter.convert.layer import LayerOptions, read_layer
 from converter.erofs.target import TargetFormat
@@ -21,6 +21,13 @@ FileOpener = Callable[[int, bytes, Inode], FileData]
 
 def _is_opaque(node: Inode) -> bool:
     return node.xattrs.get(OPAQUE_XATTR) == b"y"
+
+
+@runtime_checkable
+class NodeFinder(Protocol):
+    """A lower view that can also say which node a path is and in which layer (no contents)."""
+
+    def find(self, path: bytes) -> tuple[int, Inode] | None: ...
 
 
 class StackedLower:

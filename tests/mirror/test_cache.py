@@ -504,3 +504,33 @@ def test_full_hit_downloads_no_layer_blob(client: RegistryClient, prefix: str, t
                           engine=engine))
     assert len(engine.built) == 1 and mid["layers_reused"] == 2
     assert set(mid_layers) <= blob_gets(recorder)  # the top is built on the trees of the two below
+
+
+def test_a_cache_hit_reads_lower_hard_links_without_their_bytes() -> None:
+    # Reading a reused layer's tree needs a cross-layer hard link's metadata only: through any
+    # lower view that can find nodes (StackedLower, and the graph's deferred view when builds
+    # overlap), the lower file's contents are never opened (that would fetch the layer again).
+    import io
+
+    from converter.layers.model import DirMeta, FileData, Inode, NodeKind
+    from converter.mirror.cache import read_tree
+    from converter.testing.sample import Item, layer_tar
+
+    target = Inode(NodeKind.REG, 0o640, uid=5, size=5000)
+
+    class Finder:  # not a StackedLower
+        def dir_meta(self, path: bytes) -> DirMeta | None:
+            return None
+
+        def open_file(self, path: bytes) -> tuple[Inode, FileData] | None:
+            raise AssertionError("the lower file's bytes were asked for")
+
+        def find(self, path: bytes) -> tuple[int, Inode] | None:
+            return (0, target) if path == b"data/big" else None
+
+    tar = layer_tar([Item("links/", "dir"), Item("links/big", "hardlink", link="data/big")])
+    tree = read_tree(io.BytesIO(tar), options=LayerOptions(fmt=TargetFormat()), lower=Finder(), media_type=None,
+                     layer="sha256:up")
+    assert tree.root.children is not None
+    links = tree.root.children[b"links"].children
+    assert links is not None and links[b"big"].size == 5000 and links[b"big"].uid == 5

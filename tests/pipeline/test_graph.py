@@ -21,6 +21,7 @@ from converter.erofs.target import TargetFormat
 from converter.errors import ConverterError, DigestMismatch, ImageError, LayerError
 from converter.oci.model import Descriptor
 from converter.pipeline.graph import GraphSettings, LayerFailed, LayerGraph, fetch_blob
+from converter.pipeline.lower import NodeFinder
 from converter.pipeline.progress import ProgressEvent, Stage
 from converter.reference import Digest
 
@@ -409,6 +410,7 @@ def test_overlapping_builds_start_before_the_trees_below(tmp_path: Path) -> None
         lower = kw["lower"]
         if lower is not None:
             lower.dir_meta(b"")  # waits for the trees below
+            assert isinstance(lower, NodeFinder)  # a cache hit reads its hard links' metadata only
             asked[[str(d.digest) for d in layers].index(kw["layer"])] = len(lower._stacked())
         return real(src, out_path, **kw)
 
