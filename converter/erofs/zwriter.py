@@ -45,6 +45,9 @@ _INLINE_BELOW = {Codec.LZ4: 64 << 10}
 #: With ztailpacking, files of a block or less are compressed from this size on (smaller ones
 #: gain nothing once the map header and index are counted).
 _INLINE_MIN = 64
+#: The longest uncompressed inline tail: less than a block (the kernel maps an uncompressed
+#: extent into at most its pcluster) and within what the planner can place.
+_INLINE_PLAIN_MAX = min(MAX_INLINE, _BLKSZ - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +102,18 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
             split = _trailing_fewer_blocks(data, pos, consumed, nblocks, codec=codec, level=level,
                                            pcluster_blocks=pcluster_blocks)
             if split is not None:
-                (head_len, head), (tail_len, tail) = split
+                (head_len, head), (tail_kind, tail_len, tail) = split
                 out += bytes(-len(head) % _BLKSZ)
                 out += head
                 extents.append((fmt.Z_LCLUSTER_HEAD1, head_len, -(-len(head) // _BLKSZ)))
-                extents.append((fmt.Z_LCLUSTER_HEAD1, tail_len, 0))
+                extents.append((tail_kind, tail_len, 0))
                 return Segment(bytes(out), tuple(extents), tail)
+        if inline_tail and n - pos <= _INLINE_PLAIN_MAX:
+            # The rest of the file, less than a block, does not shrink: inline it uncompressed
+            # (a PLAIN extent in the inline pcluster, as mkfs.erofs -Eztailpacking stores such a
+            # tail) rather than spend a block on it.
+            extents.append((fmt.Z_LCLUSTER_PLAIN, n - pos, 0))
+            return Segment(bytes(out), tuple(extents), bytes(view[pos:n]))
         if consumed > nblocks * _BLKSZ and stream[0] != 0:
             out += bytes(nblocks * _BLKSZ - len(stream))
             out += stream
@@ -124,17 +133,16 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
     return Segment(bytes(out), tuple(extents))
 
 
-_Piece = tuple[int, bytes]  # (input length, stream)
-
-
 def _trailing_fewer_blocks(data: bytes, pos: int, consumed: int, nblocks: int, *, codec: Codec,
-                           level: int | None, pcluster_blocks: int) -> tuple[_Piece, _Piece] | None:
+                           level: int | None, pcluster_blocks: int
+                           ) -> tuple[tuple[int, bytes], tuple[int, int, bytes]] | None:
     """ztailpacking, a file's last extent (``consumed`` bytes from ``pos``) in a big pcluster of
     ``nblocks`` blocks whose last block is partly empty: compress it again into one block fewer,
     so that the input left over becomes an inline tail. mkfs.erofs -Eztailpacking does the same
-    (erofs-utils lib/compress.c). Returns ((length, stream) of the shorter extent, (length,
-    stream) of the inline tail), or None when the rest would not go inline: stored in a block of
-    its own, it would take the block saved."""
+    (erofs-utils lib/compress.c). Returns ((length, stream) of the shorter extent, (lcluster
+    type, length, stream) of the inline tail: compressed, or stored if it does not shrink and is
+    less than a block), or None when the rest would not go
+    inline: stored in a block of its own, it would take the block saved."""
     fewer = make_compressor(codec, level, data, (nblocks - 1) * _BLKSZ, pcluster=pcluster_blocks * _BLKSZ)
     got, head = fewer.compress(pos, floor=_BLKSZ + 1)
     if not (0 < got < consumed and got > -(-len(head) // _BLKSZ) * _BLKSZ and head[0] != 0):
@@ -143,7 +151,9 @@ def _trailing_fewer_blocks(data: bytes, pos: int, consumed: int, nblocks: int, *
     rest, tail = make_compressor(codec, level, data, pcluster_blocks * _BLKSZ).compress(
         rest_at, floor=min(_BLKSZ + 1, len(data) - rest_at))
     if rest_at + rest == len(data) and rest > len(tail) and len(tail) <= MAX_INLINE and tail[0] != 0:
-        return (got, head), (rest, tail)
+        return (got, head), (fmt.Z_LCLUSTER_HEAD1, rest, tail)
+    if len(data) - rest_at <= _INLINE_PLAIN_MAX:
+        return (got, head), (fmt.Z_LCLUSTER_PLAIN, len(data) - rest_at, data[rest_at:])
     return None
 
 

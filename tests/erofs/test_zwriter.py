@@ -53,6 +53,8 @@ def payload(kind: str, size: int, seed: int) -> bytes:
         return rng.randbytes(size)
     if kind == "zeros":
         return bytes(size)
+    if kind == "text+random-tail":  # compressible, but its last 2,000 bytes are not
+        return payload("text", size - 2000, seed) + rng.randbytes(2000)
     if kind == "text":
         words = [b"erofs", b"layer", b"block", b"cluster", b"\n", b"lz4", b"0123", b"  "]
         out = bytearray()
@@ -606,3 +608,34 @@ def test_deflate_streams_are_one_shot_compressions_of_their_input(level: int) ->
         pos += length
         block += nblocks
     assert pos == len(data)
+
+
+@pytest.mark.parametrize("to", ["erofs+lz4,ztailpacking", "erofs+deflate,ztailpacking",
+                                "erofs+zstd,pcluster=16384,ztailpacking"])
+def test_ztailpacking_inlines_a_short_tail_that_does_not_compress(to: str, tmp_path: Path) -> None:
+    """A last extent of less than a block that does not shrink goes inline uncompressed (a PLAIN
+    inline pcluster, as mkfs.erofs -Eztailpacking writes it) instead of taking a block."""
+    require_mount()
+    files: list[FileSpec] = [("t", "text+random-tail", 30_000, 1, -1), ("u", "text+random-tail", 9_000, 2, 7)]
+    img = check_tree(files, to, tmp_path)
+    (tmp_path / "p").mkdir()
+    plain = check_tree(files, to.replace(",ztailpacking", ""), tmp_path / "p", with_mkfs=False)
+    with ErofsImage.open(img) as image:
+        assert {image.stat("/" + name).layout for name, *_ in files} == {fmt.LAYOUT_COMPRESSED_COMPACT}
+    blocks = {}
+    for image_path in (img, plain):
+        with mounted(image_path) as mnt:
+            blocks[image_path] = [os.stat(mnt / name).st_blocks for name, *_ in files]
+    assert all(ours < without for ours, without in zip(blocks[img], blocks[plain], strict=True)), blocks
+
+
+@pytest.mark.parametrize("codec", list(Codec))
+def test_a_short_tail_that_does_not_shrink_is_inlined_as_is(codec: Codec) -> None:
+    data = random.Random(3).randbytes(2 * 4096 + 1000)
+    seg = compress_segment(data, codec=codec, level=None, inline_tail=True)
+    assert seg.extents == ((fmt.Z_LCLUSTER_PLAIN, 4096, 1), (fmt.Z_LCLUSTER_PLAIN, 4096, 1),
+                           (fmt.Z_LCLUSTER_PLAIN, 1000, 0))
+    assert seg.inline == data[-1000:] and seg.blocks == data[:8192]
+    # without ztailpacking the tail takes a block of its own, zero-filled
+    seg = compress_segment(data, codec=codec, level=None)
+    assert seg.extents[-1] == (fmt.Z_LCLUSTER_PLAIN, 1000, 1) and seg.inline == b""
