@@ -24,9 +24,10 @@ Without ``level=`` mkfs.erofs picks its own default for the algorithm.
 multiple of 4096 up to 1 MiB, like ``mkfs.erofs -C``: bigger ones compress better but need
 Linux 5.13+ (big pclusters) and cost more to read at random. 4096, one block, is the default
 (mounted by Linux 5.4+) and is not printed. ``ztailpacking`` (like ``mkfs.erofs -Eztailpacking``)
-stores a file's last compressed extent inline after its inode when that is smaller than a
-block, which saves most of a block per compressed file and lets files of a block or less be
-compressed at all; Linux 5.17+. Options print in the order level, pcluster, ztailpacking.
+stores a file's last extent inline after its inode, compressed when that is smaller than a
+block, else as it is when it is less than a block; that saves most of a block per compressed
+file and lets files of a block or less be compressed at all; Linux 5.17+. Options print in the
+order level, pcluster, ztailpacking.
 """
 
 from __future__ import annotations

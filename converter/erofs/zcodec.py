@@ -6,9 +6,10 @@ Why liblz4 through ctypes: EROFS pclusters are filled by destination-size compre
 every Linux system that has systemd, and ctypes calls release the GIL, so worker threads use
 every core. Zstandard and DEFLATE have no such mode, so the longest fitting input is found by
 search (the compressed size grows with the input almost monotonically); both libraries release
-the GIL too. DEFLATE level 1, the default, is ISA-L's level 1 (``isal``, already our gzip
-decoder): on 4 MiB of /usr/share text and binaries cut in 8 KiB pieces it compressed 5 times faster
-than zlib's level 1 (0.017 s against 0.087 s) to the same size (within 0.05 %); levels 2-9 are zlib's.
+the GIL too. DEFLATE is zlib's at every level: ISA-L's level 1, 5 times faster and as small,
+was used in 0.4.0 and taken out because with several compressing threads it once gave a
+different stream for the same input (tests/erofs/test_zwriter.py, worker counts; not reproduced
+in isolation), and an image must be a pure function of its input and options.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def _liblz4() -> _Lib:
     return _Lib(dll, dll.LZ4_sizeofStateHC())
 
 
-def library_version(codec: Codec, level: int | None = None) -> str:
-    """The compression library and version that decide ``codec``'s output bytes at ``level`` (for cache keys)."""
+def library_version(codec: Codec) -> str:
+    """The compression library and version that decide ``codec``'s output bytes (for cache keys)."""
     if codec in (Codec.LZ4, Codec.LZ4HC):
         fn = _liblz4().dll.LZ4_versionString
         fn.argtypes = []
@@ -89,10 +90,6 @@ def library_version(codec: Codec, level: int | None = None) -> str:
         return "zstd " + ".".join(map(str, zstandard.ZSTD_VERSION))
     if codec is Codec.LZMA:
         return microlzma.liblzma_version()
-    # DEFLATE is zlib's at every level. ISA-L's level 1 (5x faster, as small) was used in
-    # 0.4.0 and taken out: with several compressing threads it once gave a different stream
-    # for the same input (tests/erofs/test_zwriter.py, worker counts; not reproduced in
-    # isolation), and an image must be a pure function of its input and options.
     return "zlib " + zlib.ZLIB_RUNTIME_VERSION
 
 
@@ -133,6 +130,15 @@ def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
     return comp
 
 
+@dataclass(frozen=True, slots=True)
+class _Unflushed:
+    """zlib's state after the first ``length`` bytes of a probe, before its flush, and its output so far."""
+
+    length: int
+    state: zlib._Compress
+    out: bytes
+
+
 class SearchCompressor:
     """Zstandard or raw DEFLATE "as much as fits": grow the input while it fits, then bisect.
 
@@ -156,24 +162,19 @@ class SearchCompressor:
         self._last = 0
         self._last_raw = False
         self._zstd = _zstd_compressor(self._level) if codec is Codec.ZSTD else None
-        # DEFLATE: (pos, n, zlib state after data[pos:pos+n] unflushed, its output so far) of the
-        # last probe, and of the longest fitting probe of the current search.
-        self._probed: tuple[int, int, zlib._Compress, bytes] | None = None
-        self._fits: tuple[int, int, zlib._Compress, bytes] | None = None
 
-    def _probe(self, pos: int, n: int) -> bytes:
-        chunk = self._data[pos:pos + n]
+    def _probe(self, pos: int, n: int, base: _Unflushed | None) -> tuple[bytes, _Unflushed | None]:
+        """The stream of ``data[pos:pos+n]``, and (DEFLATE) zlib's state before its flush, for
+        longer probes to continue from; ``base`` is such a state of a shorter probe at ``pos``."""
         if self._zstd is not None:
-            return self._zstd.compress(chunk)
-        base = self._fits
-        if base is not None and base[0] == pos and base[1] <= n:
-            z = base[2].copy()
-            head = base[3] + z.compress(self._data[pos + base[1]:pos + n])
+            return self._zstd.compress(self._data[pos:pos + n]), None
+        if base is not None:
+            z = base.state.copy()
+            head = base.out + z.compress(self._data[pos + base.length:pos + n])
         else:
             z = zlib.compressobj(self._level, zlib.DEFLATED, -15)
-            head = z.compress(chunk)
-        self._probed = (pos, n, z.copy(), head)
-        return head + z.flush()
+            head = z.compress(self._data[pos:pos + n])
+        return head + z.copy().flush(), _Unflushed(n, z, head)
 
     def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
         """Bracket the longest fitting input: each probe aims where the last one's compression
@@ -191,20 +192,19 @@ class SearchCompressor:
         if cap < floor:
             return 0, b""
         good, good_out = 0, b""
+        fits: _Unflushed | None = None  # the longest fitting probe's state: later probes are longer
         bad = cap + 1
         n = floor if floor and self._last_raw else min(cap, max(self._capacity, self._last))
         while True:
-            out = self._probe(pos, n)
+            out, state = self._probe(pos, n, fits)
             if len(out) <= self._capacity:
-                good, good_out = n, out
-                self._fits = self._probed  # later probes are longer: they continue from here
+                good, good_out, fits = n, out, state
                 aim = n * self._capacity // max(len(out), 1) + 64  # just past the estimate
             else:
                 bad = n
                 aim = n * self._capacity // len(out) - 64  # just short of it
             if bad <= floor:
                 self._last_raw = True
-                self._probed = self._fits = None
                 return 0, b""
             if good == cap or bad - good <= 64:
                 break
@@ -220,7 +220,6 @@ class SearchCompressor:
             raise RuntimeError(f"no input fits in {self._capacity} bytes of {self._codec.value} output")
         self._last = good
         self._last_raw = False
-        self._probed = self._fits = None
         return good, good_out
 
 

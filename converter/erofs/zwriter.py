@@ -79,8 +79,9 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
     than those blocks, compressing gains nothing and that input's whole blocks (at least the
     next ``min(blksz, rest)`` bytes) are stored raw instead, one block per extent (the kernel
     requires a raw extent to fit its one block). With ``inline_tail`` (the file's last segment,
-    ztailpacking), an extent that reaches the end of ``data`` and whose stream is shorter than
-    its input and at most MAX_INLINE bytes becomes ``Segment.inline`` instead of a pcluster.
+    ztailpacking), the rest of ``data`` becomes ``Segment.inline`` instead of pclusters when it
+    can (``_inline_tail``), if need be after its last extent is compressed again into one block
+    fewer (``_trailing_fewer_blocks``).
     """
     comp = make_compressor(codec, level, data, _BLKSZ * pcluster_blocks)
     out = bytearray()
@@ -94,26 +95,20 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
         # A stream starting with 0 would lose that byte to zero-stripping (§5.4.4): DEFLATE does
         # when it begins with a stored block; such input hardly compresses, so store it raw.
         nblocks = -(-len(stream) // _BLKSZ)
-        if inline_tail and pos + consumed == n and consumed > len(stream) and len(stream) <= MAX_INLINE \
-                and stream[0] != 0:
-            extents.append((fmt.Z_LCLUSTER_HEAD1, consumed, 0))
-            return Segment(bytes(out), tuple(extents), stream)
-        if inline_tail and pos + consumed == n and nblocks > 1 and len(stream) % _BLKSZ and stream[0] != 0:
-            split = _trailing_fewer_blocks(data, pos, consumed, nblocks, codec=codec, level=level,
-                                           pcluster_blocks=pcluster_blocks)
-            if split is not None:
-                (head_len, head), (tail_kind, tail_len, tail) = split
-                out += bytes(-len(head) % _BLKSZ)
-                out += head
-                extents.append((fmt.Z_LCLUSTER_HEAD1, head_len, -(-len(head) // _BLKSZ)))
-                extents.append((tail_kind, tail_len, 0))
-                return Segment(bytes(out), tuple(extents), tail)
-        if inline_tail and n - pos <= _INLINE_PLAIN_MAX:
-            # The rest of the file, less than a block, does not shrink: inline it uncompressed
-            # (a PLAIN extent in the inline pcluster, as mkfs.erofs -Eztailpacking stores such a
-            # tail) rather than spend a block on it.
-            extents.append((fmt.Z_LCLUSTER_PLAIN, n - pos, 0))
-            return Segment(bytes(out), tuple(extents), bytes(view[pos:n]))
+        if inline_tail:
+            tail = _inline_tail(data, pos, consumed, stream)
+            if tail is None and pos + consumed == n and nblocks > 1 and len(stream) % _BLKSZ and stream[0] != 0:
+                fewer = _trailing_fewer_blocks(data, pos, consumed, nblocks, codec=codec, level=level,
+                                               pcluster_blocks=pcluster_blocks)
+                if fewer is not None:
+                    head_len, head, tail = fewer
+                    out += bytes(-len(head) % _BLKSZ)
+                    out += head
+                    extents.append((fmt.Z_LCLUSTER_HEAD1, head_len, -(-len(head) // _BLKSZ)))
+            if tail is not None:
+                kind, length, stored = tail
+                extents.append((kind, length, 0))
+                return Segment(bytes(out), tuple(extents), stored)
         if consumed > nblocks * _BLKSZ and stream[0] != 0:
             out += bytes(nblocks * _BLKSZ - len(stream))
             out += stream
@@ -133,28 +128,39 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
     return Segment(bytes(out), tuple(extents))
 
 
+_Tail = tuple[int, int, bytes]  # (lcluster type, input length, inline bytes)
+
+
+def _inline_tail(data: bytes, pos: int, consumed: int, stream: bytes) -> _Tail | None:
+    """How ``data[pos:]``, the rest of a file, goes inline after its inode (ztailpacking), given
+    one compression attempt from ``pos`` (``consumed`` bytes into ``stream``): compressed if the
+    attempt reached the end, shrank and fits; else uncompressed if it is less than a block (a
+    PLAIN extent in the inline pcluster, as mkfs.erofs -Eztailpacking stores such a tail); else
+    None, the rest goes into blocks."""
+    if pos + consumed == len(data) and consumed > len(stream) and len(stream) <= MAX_INLINE and stream[0] != 0:
+        return fmt.Z_LCLUSTER_HEAD1, consumed, stream
+    if len(data) - pos <= _INLINE_PLAIN_MAX:
+        return fmt.Z_LCLUSTER_PLAIN, len(data) - pos, data[pos:]
+    return None
+
+
 def _trailing_fewer_blocks(data: bytes, pos: int, consumed: int, nblocks: int, *, codec: Codec,
-                           level: int | None, pcluster_blocks: int
-                           ) -> tuple[tuple[int, bytes], tuple[int, int, bytes]] | None:
+                           level: int | None, pcluster_blocks: int) -> tuple[int, bytes, _Tail] | None:
     """ztailpacking, a file's last extent (``consumed`` bytes from ``pos``) in a big pcluster of
     ``nblocks`` blocks whose last block is partly empty: compress it again into one block fewer,
     so that the input left over becomes an inline tail. mkfs.erofs -Eztailpacking does the same
-    (erofs-utils lib/compress.c). Returns ((length, stream) of the shorter extent, (lcluster
-    type, length, stream) of the inline tail: compressed, or stored if it does not shrink and is
-    less than a block), or None when the rest would not go
-    inline: stored in a block of its own, it would take the block saved."""
+    (erofs-utils lib/compress.c). Returns the shorter extent's input length and stream and the
+    inline tail, or None when the rest would not go inline: stored in a block of its own, it
+    would take the block saved."""
     fewer = make_compressor(codec, level, data, (nblocks - 1) * _BLKSZ, pcluster=pcluster_blocks * _BLKSZ)
     got, head = fewer.compress(pos, floor=_BLKSZ + 1)
     if not (0 < got < consumed and got > -(-len(head) // _BLKSZ) * _BLKSZ and head[0] != 0):
         return None
     rest_at = pos + got
-    rest, tail = make_compressor(codec, level, data, pcluster_blocks * _BLKSZ).compress(
+    rest, stream = make_compressor(codec, level, data, pcluster_blocks * _BLKSZ).compress(
         rest_at, floor=min(_BLKSZ + 1, len(data) - rest_at))
-    if rest_at + rest == len(data) and rest > len(tail) and len(tail) <= MAX_INLINE and tail[0] != 0:
-        return (got, head), (fmt.Z_LCLUSTER_HEAD1, rest, tail)
-    if len(data) - rest_at <= _INLINE_PLAIN_MAX:
-        return (got, head), (fmt.Z_LCLUSTER_PLAIN, len(data) - rest_at, data[rest_at:])
-    return None
+    tail = _inline_tail(data, rest_at, rest, stream)
+    return None if tail is None else (got, head, tail)
 
 
 class _Bytes:

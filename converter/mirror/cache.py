@@ -83,6 +83,7 @@ from converter.mirror.jobs import Repository
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Descriptor, Manifest, canonical_json, parse_image_manifest, parse_manifest
 from converter.oci.rewrite import ANNOTATION_PREFIX
+from converter.pipeline.buildproc import builds_apart
 from converter.pipeline.graph import ConvertLayerFn
 from converter.pipeline.lower import DiscardSink, EmptyData, NodeFinder
 from converter.reference import Digest, Reference
@@ -488,17 +489,23 @@ class LayerStats:
                     "fallbacks": self.fallbacks, "stored": self.stored}
 
 
-class CountingConverter:
+class _Wrapper:
+    """A ``convert_layer`` wrapped around another (``inner``), which may build apart."""
+
+    inner: ConvertLayerFn
+
+    @property
+    def separate_process(self) -> bool:
+        """Whether the wrapped engine builds in processes of its own (the graph overlaps builds)."""
+        return builds_apart(self.inner)
+
+
+class CountingConverter(_Wrapper):
     """``convert_layer`` counting builds, for images converted without a cache."""
 
     def __init__(self, inner: ConvertLayerFn, stats: LayerStats) -> None:
         self.inner = inner
         self.stats = stats
-
-    @property
-    def separate_process(self) -> bool:
-        """Whether the wrapped engine builds in processes of its own (the graph overlaps builds)."""
-        return bool(getattr(self.inner, "separate_process", False))
 
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
@@ -570,10 +577,10 @@ def cache_key(layer: str, options: LayerOptions, *, chains: Mapping[str, str | N
 def _compressor_version(options: LayerOptions) -> str:
     """For the python builder's compressed formats, the library whose version decides the bytes."""
     algorithm = options.fmt.algorithm
-    return "" if algorithm is None else library_version(Codec(algorithm), options.fmt.level)
+    return "" if algorithm is None else library_version(Codec(algorithm))
 
 
-class CachingConverter:
+class CachingConverter(_Wrapper):
     """The ``convert_layer`` of one image conversion, in front of a LayerCache.
 
     ``dest`` is the image's destination (where hits are mounted and builds pushed, through
@@ -595,11 +602,6 @@ class CachingConverter:
         self.mkfs_version = mkfs_version
         self.log = log if log is not None else structlog.get_logger()
         self._rejected: set[CacheKey] = set()  # bad entries: __call__ builds without asking again
-
-    @property
-    def separate_process(self) -> bool:
-        """Whether the wrapped engine builds in processes of its own (the graph overlaps builds)."""
-        return bool(getattr(self.inner, "separate_process", False))
 
     def key(self, layer: str, options: LayerOptions) -> CacheKey | None:
         """The key of ``layer`` built with ``options``, or None when it must not be cached."""

@@ -44,6 +44,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -78,6 +79,12 @@ def _fork_server() -> ForkServerContext:
             ctx.set_forkserver_preload([__name__])
             _context = ctx
         return _context
+
+
+def builds_apart(convert: object) -> bool:
+    """Whether a ``ConvertLayerFn`` builds in processes of its own (``ProcessConvert``, or a
+    wrapper around one that says so), so that the graph may overlap its builds."""
+    return bool(getattr(convert, "separate_process", False))
 
 
 def _start_fork_server() -> None:
@@ -177,7 +184,7 @@ class _Feeder:
         self._thread.join()
 
 
-def _serve(proc: Any, ctl: Connection, feeder: _Feeder, *, lower: LowerView | None, workdir: Path | None,
+def _serve(proc: BaseProcess, ctl: Connection, feeder: _Feeder, *, lower: LowerView | None, workdir: Path | None,
            progress: Callable[[int], None] | None, on_tree: Callable[[Inode], None] | None) -> LayerResult:
     """Answer the child until it sends its result; raise what it or the feeder raised."""
     scope = current_scope()
@@ -219,7 +226,7 @@ def _serve(proc: Any, ctl: Connection, feeder: _Feeder, *, lower: LowerView | No
             raise AssertionError(f"unknown message from the build process: {kind!r}")
 
 
-def _died(proc: Any, feeder: _Feeder) -> BaseException:
+def _died(proc: BaseProcess, feeder: _Feeder) -> BaseException:
     """The error for a build process that went away without an answer: not the input's fault
     and not a bug of ours, but the machine's (most often the kernel's out-of-memory killer)."""
     proc.join()

@@ -61,7 +61,7 @@ from converter.oci.rewrite import (
     platform_selection,
     rewrite_config,
 )
-from converter.pipeline.buildproc import ProcessConvert
+from converter.pipeline.buildproc import ProcessConvert, builds_apart
 from converter.pipeline.graph import (
     ConvertLayerFn,
     GraphSettings,
@@ -167,7 +167,7 @@ class _Run:
             max_expanded=self.options.max_expanded, max_entries=self.options.max_entries,
             encoding=self.encoding, source_diff_ids=tuple(str(d) for d in config.diff_ids),
             reuse=self.convert if isinstance(self.convert, LayerReuse) else None,
-            overlap_builds=getattr(self.convert, "separate_process", False),
+            overlap_builds=builds_apart(self.convert),
         )
         graph_dir = self.workdir / f"m-{digest.hex[:16]}"
         built = LayerGraph(settings, manifest.layers, workdir=graph_dir).run()

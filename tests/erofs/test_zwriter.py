@@ -383,9 +383,9 @@ def test_search_gives_up_early_on_incompressible_input(codec: Codec) -> None:
     probes: list[int] = []
 
     class Counting(SearchCompressor):
-        def _probe(self, pos: int, n: int) -> bytes:
+        def _probe(self, pos: int, n: int, base: Any) -> Any:
             probes.append(n)
-            return super()._probe(pos, n)
+            return super()._probe(pos, n, base)
 
     data = payload("random", 64 * fmt.BLOCK_SIZE, 11)
     comp = Counting(codec, None, data, fmt.BLOCK_SIZE)

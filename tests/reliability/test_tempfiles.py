@@ -21,10 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeVar, cast
 
 import pytest
 
@@ -166,22 +166,35 @@ def _tree_modes(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode) for p in root.rglob("*")}
 
 
-def test_image_workdir_private_and_removed_on_sigint(image_env: ImageEnv, tmp_path: Path) -> None:
-    env = image_env
-    workdir = tmp_path / "work"
-    stall = Fault(Action.STALL, rf"/v2/sample/blobs/{env.sample.layers[0]}$", "GET", stall=STALL, fraction=0.5)
+T = TypeVar("T")
+
+
+def _interrupt_stalled(env: ImageEnv, workdir: Path, repo: str, layer: int, *flags: str, settle: float,
+                       observe: Callable[[subprocess.Popen[bytes]], T]) -> tuple[subprocess.Popen[bytes], bytes,
+                                                                                 float, T]:
+    """Convert with layer ``layer``'s download stalled; once it stalls (and ``settle`` seconds
+    more), ``observe`` the running conversion, send SIGINT and wait for the end. Returns the
+    process, its stderr, the seconds SIGINT took to end it and what ``observe`` returned."""
+    stall = Fault(Action.STALL, rf"/v2/sample/blobs/{env.sample.layers[layer]}$", "GET", stall=STALL, fraction=0.5)
     with env.proxy.scripted([stall]):
-        proc = _start(env, workdir, "out-sigint")
+        proc = _start(env, workdir, repo, *flags)
         env.proxy.wait_for(lambda seen: seen.fault == "stall")
-        time.sleep(0.3)
-        modes = _tree_modes(workdir)
+        time.sleep(settle)
+        seen = observe(proc)
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         try:
             _, err = proc.communicate(timeout=60)
         finally:
             proc.kill()
-        elapsed = time.monotonic() - started
+        return proc, err, time.monotonic() - started, seen
+
+
+def test_image_workdir_private_and_removed_on_sigint(image_env: ImageEnv, tmp_path: Path) -> None:
+    env = image_env
+    workdir = tmp_path / "work"
+    proc, err, elapsed, modes = _interrupt_stalled(env, workdir, "out-sigint", 0, settle=0.3,
+                                                   observe=lambda proc: _tree_modes(workdir))
     private = [name for name in modes if "/" not in name]
     assert len(private) == 1 and private[0].startswith("erofs-convert-"), modes
     assert modes[private[0]] == 0o700, oct(modes[private[0]])
@@ -216,19 +229,9 @@ def test_sigint_with_build_processes_leaves_no_process(image_env: ImageEnv, tmp_
     # as fast as without build processes, and the fork server and its processes go with it.
     env = image_env
     workdir = tmp_path / "work"
-    stall = Fault(Action.STALL, rf"/v2/sample/blobs/{env.sample.layers[1]}$", "GET", stall=STALL, fraction=0.5)
-    with env.proxy.scripted([stall]):
-        proc = _start(env, workdir, "out-sigint-procs", "--build-processes", "--jobs", "2")
-        env.proxy.wait_for(lambda seen: seen.fault == "stall")
-        time.sleep(0.5)
-        helpers = _descendants(proc.pid)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=60)
-        finally:
-            proc.kill()
-        elapsed = time.monotonic() - started
+    proc, err, elapsed, helpers = _interrupt_stalled(env, workdir, "out-sigint-procs", 1, "--build-processes",
+                                                     "--jobs", "2", settle=0.5,
+                                                     observe=lambda proc: _descendants(proc.pid))
     assert proc.returncode == 130, err.decode()
     assert err.decode().splitlines()[-1] == "convert: interrupted", err.decode()
     assert helpers, "the fork server was running"
