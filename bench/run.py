@@ -136,6 +136,7 @@ def tool_versions(tools: Tools) -> dict[str, str]:
         "erofs-converter": f"{dist('erofs-converter')} @ {_git_revision()}",
         "isal": dist("isal"),
         "zstandard": dist("zstandard"),
+        "deflate": dist("deflate"),
     }
 
 

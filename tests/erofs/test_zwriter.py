@@ -383,9 +383,9 @@ def test_search_gives_up_early_on_incompressible_input(codec: Codec) -> None:
     probes: list[int] = []
 
     class Counting(SearchCompressor):
-        def _probe(self, pos: int, n: int, base: Any) -> Any:
+        def _probe(self, pos: int, n: int) -> Any:
             probes.append(n)
-            return super()._probe(pos, n, base)
+            return super()._probe(pos, n)
 
     data = payload("random", 64 * fmt.BLOCK_SIZE, 11)
     comp = Counting(codec, None, data, fmt.BLOCK_SIZE)
@@ -590,9 +590,12 @@ def test_ztailpacking_recompresses_a_long_last_extent(to: str, tmp_path: Path) -
 
 @pytest.mark.parametrize("level", [1, 6, 9])
 def test_deflate_streams_are_one_shot_compressions_of_their_input(level: int) -> None:
-    """The DEFLATE search continues longer probes from the longest fitting one's zlib state:
-    every stream must still be exactly zlib's one-shot compression of its extent's input."""
+    """Every DEFLATE stream is libdeflate's compression of its extent's input at the level asked
+    (a pure function of input and level), decodes to it, and fills its block: 64 more bytes of
+    input would not have fitted (the search stops within 64 bytes)."""
     import zlib
+
+    import deflate
 
     rng = random.Random(level)
     words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randrange(2, 9))) for _ in range(2000)]
@@ -602,9 +605,11 @@ def test_deflate_streams_are_one_shot_compressions_of_their_input(level: int) ->
     for kind, length, nblocks in seg.extents:
         raw = seg.blocks[block * 4096:(block + nblocks) * 4096]
         if kind == fmt.Z_LCLUSTER_HEAD1:
-            z = zlib.compressobj(level, zlib.DEFLATED, -15)
-            want = z.compress(data[pos:pos + length]) + z.flush()
+            want = bytes(deflate.deflate_compress(data[pos:pos + length], level))
             assert raw.endswith(want) and not raw[:-len(want)].strip(b"\0"), (pos, length)
+            assert zlib.decompressobj(-15).decompress(want) == data[pos:pos + length]
+            if pos + length + 64 <= len(data):
+                assert len(deflate.deflate_compress(data[pos:pos + length + 64], level)) > 4096, (pos, length)
         pos += length
         block += nblocks
     assert pos == len(data)
