@@ -31,9 +31,10 @@ _BITS = fmt.BLOCK_SIZE_BITS
 #: ``workers + 1`` segments (input and output) are held at once. An extent never crosses a
 #: segment boundary, which costs at most one partly filled pcluster per segment (< 0.1 %).
 SEGMENT = 4 << 20
-#: Files of at most one segment are compressed in the background while the next files are read:
-#: at most this many such files (and ``QUEUE_BYTES`` of their data) wait to be written, in file
-#: order. Neither bound changes the image (writes happen in file order whatever the timing).
+#: Files (and the segments of bigger files) are compressed in the background while the next ones
+#: are read: at most this many wait to be written, in file order, with at most ``QUEUE_BYTES``
+#: of input, or one segment more than there are workers, whichever is more. No bound changes the
+#: image (writes happen in file order whatever the timing).
 QUEUE_FILES = 64
 QUEUE_BYTES = 4 << 20
 #: The longest inline (ztailpacking) stream: the planner can always place it inside one block,
@@ -191,20 +192,38 @@ class PendingRef:
 
 
 @dataclass(slots=True)
-class _Queued:
-    """A small file waiting to be written: its data, and its compression if worth trying."""
+class _BigFile:
+    """A file of more than one segment, while its segments wait to be written."""
 
     pending: PendingRef
+    indexes: FullIndexes
+    #: Its first block, set when its first segment is written.
+    start: int | None = None
+
+
+@dataclass(slots=True)
+class _Queued:
+    """One unit waiting to be written, in file order: a file of one segment (``big`` None), or one
+    segment of a bigger file (``pending`` only on its last).
+
+    ``data`` is the input kept for storing it plain instead (a small file, or a big file's last
+    segment); ``nbytes`` is the input this unit counts against the queue's byte budget.
+    """
+
+    pending: PendingRef | None
     data: bytes
+    nbytes: int
     segment: Future[Segment] | Segment | None
+    big: _BigFile | None = None
 
 
 class CompressedDataArea(ImageDataArea):
     """An ``ImageDataArea`` whose regular files are LZ4/LZ4HC-compressed where that saves space.
 
-    Each file is read in segments; segments are compressed by worker threads (liblz4 releases
-    the GIL) and their pclusters written in file order at the next free blocks, so the image
-    stays data-first and a pure function of the input. The map header and full index array
+    Each file is read in segments; segments are compressed by worker threads (the compressors
+    release the GIL), queued with those of the files before and after, and their pclusters
+    written in file order at the next free blocks, so the image stays data-first and a pure
+    function of the input. The map header and full index array
     go to the tail store and are placed after the inode by the planner. A file none of whose
     extents compresses, or whose compressed form would not be smaller, is stored exactly as
     the raw writer stores it.
@@ -227,6 +246,7 @@ class CompressedDataArea(ImageDataArea):
         self._pool: ThreadPoolExecutor | None = None
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
+        self._budget = max(QUEUE_BYTES, (self._workers + 1) * SEGMENT)
         self._inline_below = max(_BLKSZ + 1, _INLINE_BELOW.get(codec, 0))
 
     @property
@@ -275,10 +295,9 @@ class CompressedDataArea(ImageDataArea):
                     return self._write_small(small, seg)
                 return self._enqueue(small, seg)
             return self._enqueue(small, self._submit(small, last=True))
-        self._drain(0)  # the files before this one are written first: blocks follow file order
-        start = self._next_block
-        pending: deque[Future[Segment]] = deque()
-        indexes = FullIndexes(size, self._codec.algorithm, big=self._big)
+        # Bigger: each segment is compressed by a worker and queued like a small file, so the
+        # workers keep busy across files (the files before it and after it included).
+        big = _BigFile(PendingRef(size), FullIndexes(size, self._codec.algorithm, big=self._big))
         try:
             buf = bytearray()
             got = 0
@@ -288,31 +307,17 @@ class CompressedDataArea(ImageDataArea):
                     raise LayerError("file data longer than its header says")
                 buf += chunk
                 while len(buf) > SEGMENT:  # keep the last segment back: its handling differs
-                    pending.append(self._submit(bytes(buf[:SEGMENT])))
+                    part = bytes(buf[:SEGMENT])
                     del buf[:SEGMENT]
-                    while len(pending) > self._workers:
-                        self._write_segment(pending.popleft().result(), indexes)
+                    self._push(_Queued(None, b"", SEGMENT, self._submit(part), big))
             if got != size:
                 raise LayerError("file data shorter than its header says")
             last = bytes(buf)
             del buf
-            pending.append(self._submit(last, last=True))
-            while len(pending) > 1:
-                self._write_segment(pending.popleft().result(), indexes)
-            seg = pending.popleft().result()
-            if not (indexes.compressed or seg.compressed):
-                # Every extent is raw: the blocks written so far are the file's plain blocks.
-                piece = self._plain(_Bytes(last), len(last))
-                return BlockRef(size=size, start_block=start, full_blocks=size // _BLKSZ,
-                                tail_offset=piece.tail_offset, tail_len=piece.tail_len,
-                                tail_in_block=piece.tail_in_block, area_token=self._token)
-            self._write_segment(seg, indexes)
-            return self._finish_compressed(start, size, indexes)
+            self._push(_Queued(big.pending, last, len(last), self._submit(last, last=True), big))
+            return big.pending
         except BaseException:
-            for future in pending:
-                future.cancel()
-            self._next_block = start  # later files overwrite whatever this one wrote
-            self._out_pos = None
+            self._abandon(big)
             raise
 
     def resolve(self, root: Inode) -> None:
@@ -355,18 +360,61 @@ class CompressedDataArea(ImageDataArea):
     def _enqueue(self, data: bytes, segment: Future[Segment] | Segment | None) -> PendingRef:
         """Queue a file of at most one segment, with its compression (running, done, or none)."""
         pending = PendingRef(len(data))
-        self._queue.append(_Queued(pending, data, segment))
-        self._queued_bytes += len(data)
-        self._drain(QUEUE_FILES, QUEUE_BYTES)
+        self._push(_Queued(pending, data, len(data), segment))
         return pending
 
-    def _drain(self, files: int, data_bytes: int = 0) -> None:
-        """Write queued files, oldest first, until at most ``files`` files and ``data_bytes`` wait."""
-        while self._queue and (len(self._queue) > files or self._queued_bytes > data_bytes):
-            queued = self._queue.popleft()
-            self._queued_bytes -= len(queued.data)
+    def _push(self, queued: _Queued) -> None:
+        self._queue.append(queued)
+        self._queued_bytes += queued.nbytes
+        self._drain(QUEUE_FILES, self._budget)
+
+    def _drain(self, units: int, data_bytes: int = 0) -> None:
+        """Write queued units, oldest first, until at most ``units`` and ``data_bytes`` of input wait."""
+        while self._queue and (len(self._queue) > units or self._queued_bytes > data_bytes):
+            queued = self._queue[0]
             seg = queued.segment.result() if isinstance(queued.segment, Future) else queued.segment
-            queued.pending.ref = self._write_small(queued.data, seg)
+            self._queue.popleft()
+            self._queued_bytes -= queued.nbytes
+            if queued.big is None:
+                assert queued.pending is not None
+                queued.pending.ref = self._write_small(queued.data, seg)
+            else:
+                assert seg is not None
+                self._write_part(queued, seg, queued.big)
+
+    def _write_part(self, queued: _Queued, seg: Segment, big: _BigFile) -> None:
+        """Write one segment of a big file; after its last, the file's reference."""
+        if big.start is None:
+            big.start = self._next_block
+        if queued.pending is None:
+            self._write_segment(seg, big.indexes)
+            return
+        size = queued.pending.size
+        if not (big.indexes.compressed or seg.compressed):
+            # Every extent is raw: the blocks written so far are the file's plain blocks.
+            piece = self._plain(_Bytes(queued.data), len(queued.data))
+            queued.pending.ref = BlockRef(size=size, start_block=big.start, full_blocks=size // _BLKSZ,
+                                          tail_offset=piece.tail_offset, tail_len=piece.tail_len,
+                                          tail_in_block=piece.tail_in_block, area_token=self._token)
+            return
+        self._write_segment(seg, big.indexes)
+        queued.pending.ref = self._finish_compressed(big.start, size, big.indexes)
+
+    def _abandon(self, big: _BigFile) -> None:
+        """Drop the queued segments of ``big``, whose data could not be read; if some were already
+        written, later files overwrite them. (Units of earlier files stay queued.)"""
+        keep: deque[_Queued] = deque()
+        for queued in self._queue:
+            if queued.big is big:
+                if isinstance(queued.segment, Future):
+                    queued.segment.cancel()
+                self._queued_bytes -= queued.nbytes
+            else:
+                keep.append(queued)
+        self._queue = keep
+        if big.start is not None:
+            self._next_block = big.start
+            self._out_pos = None
 
     def _plain(self, data: FileData, size: int) -> BlockRef:
         """Store ``data`` as the raw writer does (FLAT blocks: this area never makes holes)."""

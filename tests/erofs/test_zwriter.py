@@ -235,14 +235,16 @@ def test_segments_are_cut_like_mkfs(pcluster_blocks: int) -> None:
 @pytest.mark.parametrize("codec", [Codec.LZ4, Codec.DEFLATE])
 def test_worker_count_and_queue_do_not_change_the_image(codec: Codec, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small files are compressed in the background and written in file order: neither the
-    number of workers nor how many files wait may change a byte (a big file drains the queue)."""
+    """Files, and the segments of bigger ones, are compressed in the background and written in
+    file order: neither the number of workers nor how many units wait may change a byte (two big
+    files in a row, small files before, between and after them)."""
     from converter.convert.layer import read_layer
     from converter.erofs import zwriter
     from converter.erofs.writer import write_image
 
     files: list[FileSpec] = [(f"s{i}", KINDS[i % 4], 4096 * (i % 5) + i, i, -1) for i in range(40)]
-    tar = make_tar([*files[:20], ("a", "mixed", 3 * SEGMENT + 5, 1, -1), *files[20:], ("b", "text", 70000, 2, -1)])
+    tar = make_tar([*files[:20], ("a", "mixed", 3 * SEGMENT + 5, 1, -1), ("c", "random", SEGMENT + 9, 3, -1),
+                    *files[20:], ("b", "text", 70000, 2, -1)])
     images = []
     for workers, queue in ((1, 64), (3, 64), (2, 1), (2, 0)):
         monkeypatch.setattr(zwriter, "QUEUE_FILES", queue)
@@ -257,7 +259,7 @@ def test_worker_count_and_queue_do_not_change_the_image(codec: Codec, tmp_path: 
     assert all(image == images[0] for image in images[1:])
     with mounted(tmp_path / "w1-64.erofs") as mnt:
         assert tree_of(mnt) == expected_tree([*files, ("a", "mixed", 3 * SEGMENT + 5, 1, -1),
-                                              ("b", "text", 70000, 2, -1)])
+                                              ("c", "random", SEGMENT + 9, 3, -1), ("b", "text", 70000, 2, -1)])
 
 
 @pytest.mark.parametrize(("builder", "to", "resolved"), [
