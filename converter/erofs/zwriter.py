@@ -369,9 +369,14 @@ class CompressedDataArea(ImageDataArea):
         self._drain(QUEUE_FILES, self._budget)
 
     def _drain(self, units: int, data_bytes: int = 0) -> None:
-        """Write queued units, oldest first, until at most ``units`` and ``data_bytes`` of input wait."""
-        while self._queue and (len(self._queue) > units or self._queued_bytes > data_bytes):
+        """Write queued units, oldest first, until at most ``units`` and ``data_bytes`` of input
+        wait, and then those whose compression is done: once the queue is empty, the next small
+        files are written directly, without a placeholder (on the small-files layer most are)."""
+        while self._queue:
             queued = self._queue[0]
+            if len(self._queue) <= units and self._queued_bytes <= data_bytes and \
+                    isinstance(queued.segment, Future) and not queued.segment.done():
+                return
             seg = queued.segment.result() if isinstance(queued.segment, Future) else queued.segment
             self._queue.popleft()
             self._queued_bytes -= queued.nbytes
