@@ -30,7 +30,6 @@ errors included, so a caller never sees a bare ``OSError``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import tempfile
@@ -43,6 +42,7 @@ from typing import BinaryIO
 
 from converter.blob.encode import EncodedBlob, append_verity, encode_blob
 from converter.blob.encoding import BlobEncoding
+from converter.convert.imagehash import ImageHasher
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.target import TargetFormat
 from converter.erofs.writer import ImageDataArea, choose_chunkbits, write_image
@@ -205,18 +205,6 @@ def read_layer(src: BinaryIO, *, sink: DataSink, options: LayerOptions, lower: L
     return LayerTree(root=root, source_digest=hashed.digest(), source_size=hashed.bytes_read, diff_id=diff_id)
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(_CHUNK * 4)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return "sha256:" + h.hexdigest(), size
-
-
 def convert_layer(
     src: BinaryIO,
     out_path: Path,
@@ -251,17 +239,20 @@ def convert_layer(
     partial = _reserve_partial(out_path, layer)
     try:
         try:
-            if builder is Builder.PYTHON:
-                tree = _build_python(src, partial, options=options, lower=lower, media_type=media_type,
-                                     layer=layer, progress=progress, on_tree=on_tree)
-            else:
-                tree = _build_mkfs(src, partial, options=options, lower=lower, media_type=media_type,
-                                   layer=layer, workdir=workdir, display_name=out_path.name, progress=progress,
-                                   on_tree=on_tree)
-            if options.encoding.is_identity:
-                digest, size = _sha256_file(partial)
-                encoded = EncodedBlob(digest=digest, size=size, diff_id=digest)
-            else:
+            with ImageHasher(partial) as hasher:
+                if builder is Builder.PYTHON:
+                    # The image's digest is taken while its metadata is written (imagehash.py).
+                    tree = _build_python(src, partial, options=options, lower=lower, media_type=media_type,
+                                         layer=layer, progress=progress, on_tree=on_tree,
+                                         on_planned=hasher.start if options.encoding.is_identity else None)
+                else:
+                    tree = _build_mkfs(src, partial, options=options, lower=lower, media_type=media_type,
+                                       layer=layer, workdir=workdir, display_name=out_path.name,
+                                       progress=progress, on_tree=on_tree)
+                if options.encoding.is_identity:
+                    digest, size = hasher.finish()
+                    encoded = EncodedBlob(digest=digest, size=size, diff_id=digest)
+            if not options.encoding.is_identity:
                 partial, encoded = _encode(partial, out_path, options.encoding, layer=layer, workdir=workdir)
             os.chmod(partial, new_file_mode())
             os.replace(partial, out_path)
@@ -366,7 +357,8 @@ def stored_bytes(size: int, data: object) -> int:
 
 def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
                   media_type: str | None, layer: str, progress: Callable[[int], None] | None,
-                  on_tree: Callable[[Inode], None] | None) -> LayerTree:
+                  on_tree: Callable[[Inode], None] | None,
+                  on_planned: Callable[[bytes, int], object] | None = None) -> LayerTree:
     algorithm = options.fmt.algorithm
     with open(out_path, "w+b", buffering=OUT_BUFFER) as out:
         area = ImageDataArea(out, holes=options.holes) if algorithm is None else \
@@ -380,7 +372,7 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
                 write_image(tree.root, area, build_time=options.build_time,
                             uuid=layer_uuid(tree.diff_id).bytes,
                             feature_incompat=z.feature_incompat if z else 0, u1=z.u1 if z else 0,
-                            compr_cfgs=z.compr_cfgs if z else b"")
+                            compr_cfgs=z.compr_cfgs if z else b"", on_planned=on_planned)
             except ConverterError:
                 raise
             except (ValueError, OverflowError) as exc:

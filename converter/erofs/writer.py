@@ -476,8 +476,14 @@ def write_image(
     feature_incompat: int = 0,
     u1: int = 0,
     compr_cfgs: bytes = b"",
+    on_planned: Callable[[bytes, int], object] | None = None,
 ) -> int:
     """Append the metadata for ``root`` to ``area``'s output and finish the image.
+
+    ``on_planned(block0, data_end)`` is called once the layout is planned, before the metadata
+    is written: ``block0`` is the image's final first block and the output's bytes from 4096 up
+    to ``data_end`` are final and flushed (the file data); everything after is written later.
+    It lets the caller start hashing the image while its metadata is still being written.
 
     ``build_time`` becomes the superblock epoch; inodes whose mtime is exactly that second
     (with 0 ns) are compact, the others extended (§4.6). Returns the image size in bytes; the
@@ -500,9 +506,6 @@ def write_image(
     area.seal()
     out = area.out
     out.flush()
-    _write_metadata(out, plan, area)
-    _write_extra_blocks(out, plan, area)
-
     sb = fmt.Superblock(
         feature_compat=fmt.WRITER_COMPAT, blkszbits=fmt.BLOCK_SIZE_BITS, root_nid=plan.root_nid,
         inos=plan.inode_count, epoch=build_time, fixed_nsec=0, blocks=plan.total_blocks,
@@ -513,6 +516,10 @@ def write_image(
     cfgs_at = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size  # §5.4.7: compression configs follow it
     block0[cfgs_at:cfgs_at + len(compr_cfgs)] = compr_cfgs
     fmt.seal_block0(block0, sb)
+    if on_planned is not None:
+        on_planned(bytes(block0), area.next_block * _BLKSZ)
+    _write_metadata(out, plan, area)
+    _write_extra_blocks(out, plan, area)
     out.seek(0)
     out.write(block0)
     size = plan.total_blocks * _BLKSZ
