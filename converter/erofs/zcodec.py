@@ -23,14 +23,16 @@ from __future__ import annotations
 import ctypes
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from types import ModuleType
 
-import deflate
 import zstandard
 
 from converter.erofs import microlzma
 from converter.erofs.clib import load_library
+from converter.errors import ToolError
 
 _MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer
 _MAX_INPUT = 0x7E000000  # liblz4's LZ4_MAX_INPUT_SIZE
@@ -87,6 +89,18 @@ def _liblz4() -> _Lib:
     return _Lib(dll, dll.LZ4_sizeofStateHC())
 
 
+@cache
+def _deflate() -> ModuleType:
+    """The ``deflate`` package (libdeflate), imported on first use: a raw or other conversion
+    needs no DEFLATE encoder, and a missing one is a clear error, not an import failure."""
+    try:
+        import deflate
+    except ImportError as exc:
+        raise ToolError(f"loading libdeflate for deflate compression: {exc}; install the Python package "
+                        "deflate (pip install deflate) or use --builder mkfs") from exc
+    return deflate
+
+
 def library_version(codec: Codec) -> str:
     """The compression library and version that decide ``codec``'s output bytes (for cache keys)."""
     if codec in (Codec.LZ4, Codec.LZ4HC):
@@ -98,7 +112,7 @@ def library_version(codec: Codec) -> str:
         return "zstd " + ".".join(map(str, zstandard.ZSTD_VERSION))
     if codec is Codec.LZMA:
         return microlzma.liblzma_version()
-    return "libdeflate (deflate " + deflate.__version__ + ")"
+    return "libdeflate (deflate " + str(_deflate().__version__) + ")"
 
 
 def check_available(codec: Codec) -> None:
@@ -107,6 +121,8 @@ def check_available(codec: Codec) -> None:
         _liblz4()
     elif codec is Codec.LZMA:
         microlzma.check_available()
+    elif codec is Codec.DEFLATE:
+        _deflate()
 
 
 def make_compressor(codec: Codec, level: int | None, data: bytes, capacity: int, *,
@@ -155,12 +171,16 @@ class SearchCompressor:
         self._last = 0
         self._last_raw = False
         self._zstd = _zstd_compressor(self._level) if codec is Codec.ZSTD else None
+        self._deflate: Callable[[memoryview, int], bytearray] | None = \
+            None if codec is Codec.ZSTD else _deflate().deflate_compress
 
     def _probe(self, pos: int, n: int) -> bytes | bytearray:
         """The stream of ``data[pos:pos+n]`` (one complete zstd frame or raw DEFLATE stream)."""
         if self._zstd is not None:
             return self._zstd.compress(self._data[pos:pos + n])
-        return deflate.deflate_compress(self._data[pos:pos + n], self._level)
+        assert self._deflate is not None
+        out: bytes | bytearray = self._deflate(self._data[pos:pos + n], self._level)
+        return out
 
     def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
         """Bracket the longest fitting input, to within ``_TOLERANCE`` bytes, in few probes.

@@ -292,6 +292,25 @@ def test_lzma_without_liblzma_is_a_tool_error(monkeypatch: pytest.MonkeyPatch, t
         microlzma._liblzma.cache_clear()
 
 
+def test_deflate_without_the_deflate_package_is_a_tool_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No libdeflate (the deflate package): one clear message naming what to install, before any
+    layer is read; raw and the other formats still work."""
+    import sys
+
+    from converter.erofs import zcodec
+    from converter.errors import ToolError
+
+    zcodec._deflate.cache_clear()
+    monkeypatch.setitem(sys.modules, "deflate", None)  # import deflate -> ImportError
+    try:
+        with pytest.raises(ToolError, match=r"libdeflate .*pip install deflate.*--builder mkfs"):
+            CompressedDataArea(io.BytesIO(), codec=Codec.DEFLATE)
+        CompressedDataArea(io.BytesIO(), codec=Codec.ZSTD).close()
+        assert compress_segment(payload("text", 9000, 1), codec=Codec.ZSTD, level=None).compressed
+    finally:
+        zcodec._deflate.cache_clear()
+
+
 class _Short:
     """File data that ends early (a truncated tar): ``size`` is promised, ``have`` arrives."""
 
