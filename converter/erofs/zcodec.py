@@ -12,10 +12,10 @@ DEFLATE is libdeflate's (Eric Biggers'), through the ``deflate`` package, whose 
 the library, so the encoder and its version come with the Python package, not the system
 (mkfs.erofs offers it as ``-zlibdeflate``; its ``-zdeflate`` is an encoder of its own).
 Against zlib at the same level it is 4-5 times faster for streams of the same size (16 MiB of
-the bench rootfs, level 1: 0.41 s against 1.91 s for the whole search). History: 0.4.0 used ISA-L's level 1, taken out
-because with several compressing threads it once gave a different stream for the same input;
-0.5.0 used zlib's. An image must be a pure function of its input and options: libdeflate keeps
-no state between calls and each call allocates its own compressor.
+the bench rootfs, level 1: 0.41 s against 1.91 s for the whole search). History: 0.4.0 used
+ISA-L's level 1, taken out because with several compressing threads it once gave a different
+stream for the same input; 0.5.0 used zlib's. An image must be a pure function of its input
+and options: libdeflate keeps no state between calls, each call has a compressor of its own.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
 
 
 class SearchCompressor:
-    """Zstandard or raw DEFLATE "as much as fits": grow the input while it fits, then bisect.
+    """Zstandard or raw DEFLATE "as much as fits": bracket the longest fitting input, then narrow it.
 
     Each probe compresses ``data[pos:pos+n]`` as one complete stream: a zstd frame with its
     content size and a 32 KiB window, no checksum or dictionary id; or raw DEFLATE (RFC 1951)
