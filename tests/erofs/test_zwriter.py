@@ -325,28 +325,39 @@ class _Short:
             yield self._have[i:i + size]
 
 
+@pytest.mark.parametrize("queue", [0, 64])
 @pytest.mark.parametrize("have", [3 * SEGMENT + 10, 5000, 3 * SEGMENT + 12000])
-def test_short_or_long_file_is_refused_and_leaves_nothing_behind(have: int, tmp_path: Path) -> None:
+def test_short_or_long_file_is_refused_and_leaves_nothing_behind(have: int, queue: int, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A file whose data is shorter or longer than announced fails; the image built from the
-    files around it is still valid and holds exactly them."""
+    files around it is still valid, holds exactly them, and is byte for byte the image built
+    without the failed file: its segments already written (a queue of 0 writes each at once)
+    are overwritten, those still queued are dropped."""
+    from converter.erofs import zwriter
     from converter.erofs.writer import write_image
     from converter.layers.model import Inode, NodeKind
 
+    monkeypatch.setattr(zwriter, "QUEUE_FILES", queue)
     size = 3 * SEGMENT + 11000
     good = payload("mixed", 3 * SEGMENT + 777, 4)
-    path = tmp_path / "img.erofs"
-    with open(path, "w+b") as out, CompressedDataArea(out, codec=Codec.LZ4HC, workers=2) as area:
-        first = area.add(_Short(payload("text", 9000, 1)), 9000)
-        with pytest.raises(LayerError, match=r"shorter|longer"):
-            area.add(_Short(payload("mixed", have, 3)), size)
-        second = area.add(_Short(good), len(good))
-        root = Inode(kind=NodeKind.DIR, mode=0o755, children={})
-        assert root.children is not None
-        root.children[b"a"] = Inode(kind=NodeKind.REG, mode=0o644, size=9000, data=first)
-        root.children[b"b"] = Inode(kind=NodeKind.REG, mode=0o644, size=len(good), data=second)
-        write_image(root, area, feature_incompat=area.feature_incompat, u1=area.u1)
-    fsck(path)
-    with mounted(path) as mnt:
+    images = []
+    for fail in (True, False):
+        path = tmp_path / f"img-{fail}.erofs"
+        with open(path, "w+b") as out, CompressedDataArea(out, codec=Codec.LZ4HC, workers=2) as area:
+            first = area.add(_Short(payload("text", 9000, 1)), 9000)
+            if fail:
+                with pytest.raises(LayerError, match=r"shorter|longer"):
+                    area.add(_Short(payload("mixed", have, 3)), size)
+            second = area.add(_Short(good), len(good))
+            root = Inode(kind=NodeKind.DIR, mode=0o755, children={})
+            assert root.children is not None
+            root.children[b"a"] = Inode(kind=NodeKind.REG, mode=0o644, size=9000, data=first)
+            root.children[b"b"] = Inode(kind=NodeKind.REG, mode=0o644, size=len(good), data=second)
+            write_image(root, area, feature_incompat=area.feature_incompat, u1=area.u1)
+        images.append(path.read_bytes())
+        fsck(path)
+    assert images[0] == images[1]
+    with mounted(tmp_path / "img-True.erofs") as mnt:
         assert (mnt / "a").read_bytes() == payload("text", 9000, 1)
         assert (mnt / "b").read_bytes() == good
         assert sorted(p.name for p in mnt.iterdir()) == ["a", "b"]
