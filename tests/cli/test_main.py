@@ -244,20 +244,29 @@ def test_ls_of_a_layer_names_the_file_and_what_it_looks_like(capsys: pytest.Capt
                    f"`convert layer {layer} -o OUT.erofs` converts one)\n")
 
 
+@pytest.mark.parametrize("collecting", [True, False])
 def test_convert_layer_hands_the_gil_over_sooner(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, collecting: bool) -> None:
     # One layer in one process: the read-ahead thread gets the GIL within LAYER_SWITCH_INTERVAL
-    # (converter/convert/tuning.py); the process's own setting comes back afterwards.
-    seen: list[float] = []
+    # and the cyclic collector pauses (converter/convert/tuning.py); the process's own settings
+    # come back afterwards, a collector that was off stays off.
+    import gc
+
+    seen: list[tuple[float, bool]] = []
 
     def recording(*args: Any, **kwargs: Any) -> None:
-        seen.append(sys.getswitchinterval())
+        seen.append((sys.getswitchinterval(), gc.isenabled()))
         raise ConverterError("stopped here")
 
     monkeypatch.setattr(layer_module, "convert_layer", recording)
     before = sys.getswitchinterval()
-    (tmp_path / "in.tar").write_bytes(bytes(1024))
-    assert main(["layer", str(tmp_path / "in.tar"), "-o", str(tmp_path / "out.erofs")]) == 1
-    assert seen == [pytest.approx(LAYER_SWITCH_INTERVAL)] and before > LAYER_SWITCH_INTERVAL
-    assert sys.getswitchinterval() == before
+    (gc.enable if collecting else gc.disable)()
+    try:
+        (tmp_path / "in.tar").write_bytes(bytes(1024))
+        assert main(["layer", str(tmp_path / "in.tar"), "-o", str(tmp_path / "out.erofs")]) == 1
+        assert seen == [(pytest.approx(LAYER_SWITCH_INTERVAL), False)] and before > LAYER_SWITCH_INTERVAL
+        assert sys.getswitchinterval() == before
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
     capsys.readouterr()
