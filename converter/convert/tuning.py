@@ -37,7 +37,9 @@ def raise_gc_threshold() -> None:
 #: a layer build are freed by reference counting (the tree, entries and buffers hold no cycles),
 #: so the collections only traverse the growing tree to find nothing: 26 collections, 0.07 s on
 #: the 50,000-small-files layer even with ``GC_GEN0_THRESHOLD``, and peak RSS the same without
-#: them (103-104 MB). Collection resumes afterwards (README.md, Performance).
+#: them (103-104 MB). Collection resumes afterwards, with what was allocated meanwhile moved to
+#: the oldest generation untraversed: a plain ``gc.enable()`` would collect the whole layer's
+#: objects at the next allocation instead (README.md, Performance).
 LAYER_PAUSES_GC = True
 
 
@@ -54,5 +56,7 @@ def one_layer_at_a_time() -> Iterator[None]:
         yield
     finally:
         if pause:
+            gc.freeze()  # the young generations' objects, into the permanent one ...
+            gc.unfreeze()  # ... and from there into the oldest: no collection now
             gc.enable()
         sys.setswitchinterval(previous)
