@@ -44,7 +44,7 @@ from converter.blob.encode import EncodedBlob, append_verity, encode_blob
 from converter.blob.encoding import BlobEncoding
 from converter.convert.imagehash import ImageHasher
 from converter.erofs.mkfs import build_with_mkfs
-from converter.erofs.target import TargetFormat
+from converter.erofs.target import BLOCK, TargetFormat
 from converter.erofs.writer import ImageDataArea, choose_chunkbits, write_image
 from converter.erofs.zcodec import Codec
 from converter.erofs.zwriter import CompressedDataArea
@@ -151,7 +151,7 @@ def mkfs_writes_wrong_contents(fmt: TargetFormat) -> bool:
     files that it then keeps uncompressed with wrong bytes after their first block, exits 0, and
     fsck.erofs extracts the same wrong bytes: about 1 in 200 small files of mixed content
     (docs/deviations.md). Our writer has no such problem, so the mkfs builder refuses these formats."""
-    return fmt.algorithm in ("lz4", "lz4hc") and fmt.ztailpacking and fmt.pcluster_bytes > 4096
+    return fmt.algorithm in ("lz4", "lz4hc") and fmt.ztailpacking and fmt.pcluster_bytes > BLOCK
 
 
 @dataclass(frozen=True, slots=True)

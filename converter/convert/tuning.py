@@ -33,22 +33,21 @@ def raise_gc_threshold() -> None:
         gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-#: Whether the cyclic collector pauses while one layer is built by one process. The objects of
-#: a layer build are freed by reference counting (the tree, entries and buffers hold no cycles),
-#: so the collections only traverse the growing tree to find nothing: 26 collections, 0.07 s on
-#: the 50,000-small-files layer even with ``GC_GEN0_THRESHOLD``, and peak RSS the same without
-#: them (103-104 MB). Collection resumes afterwards, with what was allocated meanwhile moved to
-#: the oldest generation untraversed: a plain ``gc.enable()`` would collect the whole layer's
-#: objects at the next allocation instead (README.md, Performance).
-LAYER_PAUSES_GC = True
-
-
 @contextlib.contextmanager
 def one_layer_at_a_time() -> Iterator[None]:
-    """While this process builds one layer and does little else: hand the GIL over sooner, and
-    pause the cyclic collector (``LAYER_PAUSES_GC``)."""
+    """While this process builds one layer and does little else: hand the GIL over sooner
+    (``LAYER_SWITCH_INTERVAL``), and pause the cyclic collector unless it is off already.
+
+    Why the pause: a layer build's objects are freed by reference counting (the tree, entries
+    and buffers hold no cycles), so the collections only traverse the growing tree to find
+    nothing: 26 collections, 0.07 s on the 50,000-small-files layer even with
+    ``GC_GEN0_THRESHOLD``, and the same peak RSS without them (103-104 MB). Collection resumes
+    afterwards with what was allocated meanwhile moved to the oldest generation untraversed: a
+    plain ``gc.enable()`` would collect the whole layer's objects at the next allocation instead
+    (README.md, Performance).
+    """
     previous = sys.getswitchinterval()
-    pause = LAYER_PAUSES_GC and gc.isenabled()
+    pause = gc.isenabled()
     sys.setswitchinterval(LAYER_SWITCH_INTERVAL)
     if pause:
         gc.disable()

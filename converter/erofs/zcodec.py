@@ -179,8 +179,7 @@ class SearchCompressor:
         if self._zstd is not None:
             return self._zstd.compress(self._data[pos:pos + n])
         assert self._deflate is not None
-        out: bytes | bytearray = self._deflate(self._data[pos:pos + n], self._level)
-        return out
+        return self._deflate(self._data[pos:pos + n], self._level)
 
     def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
         """Bracket the longest fitting input, to within ``_TOLERANCE`` bytes, in few probes.

@@ -27,9 +27,10 @@ __all__ = ["SEGMENT", "CompressedDataArea", "PendingRef", "Segment", "compress_s
 _BLKSZ = fmt.BLOCK_SIZE
 _BITS = fmt.BLOCK_SIZE_BITS
 #: Files are compressed in independent segments of this many bytes (a multiple of the block
-#: size), so a large file's segments compress in parallel and memory stays bounded: at most
-#: ``workers + 1`` segments (input and output) are held at once. An extent never crosses a
-#: segment boundary, which costs at most one partly filled pcluster per segment (< 0.1 %).
+#: size), so a large file's segments compress in parallel and memory stays bounded: at most the
+#: queue's byte budget (``workers + 1`` segments, see QUEUE_BYTES) of input waits at once, with
+#: the compressed forms of what is done. An extent never crosses a segment boundary, which
+#: costs at most one partly filled pcluster per segment (< 0.1 %).
 SEGMENT = 4 << 20
 #: Files (and the segments of bigger files) are compressed in the background while the next ones
 #: are read: at most this many wait to be written, in file order, with at most ``QUEUE_BYTES``

@@ -14,6 +14,7 @@ from typing import Any
 
 import zstandard
 
+from converter.convert.imagehash import sha256_file
 from converter.erofs.reader import ErofsImage
 from converter.errors import ConverterError
 from converter.layers.model import Inode
@@ -279,13 +280,8 @@ def _fetch_layer(image: ImageSource, desc: Descriptor, i: int, count: int, work:
 
 
 def _hash_file(path: Path) -> tuple[Digest, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return Digest("sha256", h.hexdigest()), n
+    digest, size = sha256_file(path)
+    return Digest.parse(digest), size
 
 
 def _epoch(fs_path: Path) -> int:
