@@ -30,6 +30,7 @@ errors included, so a caller never sees a bare ``OSError``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import tempfile
@@ -324,18 +325,20 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
                 media_type: str | None, layer: str, on_tree: Callable[[Inode], None] | None) -> tuple[Inode, str]:
     """The layer's normalised tree and its DiffID."""
     limit = options.max_expanded
-    stream = HashingReader(open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit))
-    with ReadAhead(stream, name=f"read-ahead {layer}"[:60]) as ahead:
+    stream = open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit)
+    tar_hash = hashlib.sha256()
+    with ReadAhead(stream, name=f"read-ahead {layer}"[:60], hasher=tar_hash) as ahead:
         _parse_entries(ahead, normaliser, options=options, layer=layer)
         # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
         while ahead.read(_CHUNK):
             pass
+        ahead.hashed()
     while hashed.read(_CHUNK):
         pass
     root = normaliser.finish()
     if on_tree is not None:
         on_tree(root)
-    return root, stream.digest()
+    return root, "sha256:" + tar_hash.hexdigest()
 
 
 def _parse_entries(stream: ReadAhead, normaliser: LayerNormaliser, *, options: LayerOptions, layer: str) -> None:

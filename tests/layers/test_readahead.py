@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import gzip
+import hashlib
 import io
 import threading
 
@@ -104,3 +105,64 @@ def test_the_worker_runs_in_the_callers_context() -> None:
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="depth >= 1"):
         ReadAhead(io.BytesIO(b""), depth=0)
+
+
+class _RecordingHasher:
+    """A sha256 that notes which thread fed it, and can be slowed down."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self._hash = hashlib.sha256()
+        self._delay = delay
+        self.threads: set[str] = set()
+
+    def update(self, data: bytes, /) -> None:
+        self.threads.add(threading.current_thread().name)
+        if self._delay:
+            threading.Event().wait(self._delay)
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@pytest.mark.parametrize("size", [1, 4096, -1])
+def test_the_hasher_gets_every_byte_in_a_thread_of_its_own(size: int) -> None:
+    hasher = _RecordingHasher()
+    with ReadAhead(io.BytesIO(DATA), piece=4096, depth=2, name="ra", hasher=hasher) as ahead:
+        out = bytearray()
+        while piece := ahead.read(size):
+            out += piece
+        ahead.hashed()
+        assert hasher.hexdigest() == hashlib.sha256(DATA).hexdigest()  # all of it once read to the end
+    assert bytes(out) == DATA
+    assert hasher.threads == {"ra hash"}  # neither the reader's thread nor the worker's
+
+
+def test_a_source_error_ends_the_hashing_too() -> None:
+    good = DATA[:5000]
+    hasher = _RecordingHasher()
+    with ReadAhead(_Failing(good), piece=1000, depth=2, hasher=hasher) as ahead:
+        with pytest.raises(LayerError, match="corrupt gzip stream"):
+            while True:
+                ahead.read(300)
+        ahead.hashed()  # returns: the worker told the hashing thread it ended
+    assert hasher.hexdigest() == hashlib.sha256(good).hexdigest()
+
+
+def test_closing_early_stops_a_slow_hasher_too() -> None:
+    hasher = _RecordingHasher(delay=0.01)
+    ahead = ReadAhead(io.BytesIO(DATA), piece=1000, depth=2, name="early", hasher=hasher)
+    assert ahead.read(10) == DATA[:10]
+    ahead.close()
+    assert not any(t.name.startswith("early") for t in threading.enumerate())
+
+
+def test_a_failing_hasher_is_raised_by_hashed_and_never_blocks_the_worker() -> None:
+    class Broken:
+        def update(self, data: bytes, /) -> None:
+            raise RuntimeError("hasher broke")
+
+    with ReadAhead(io.BytesIO(DATA), piece=1000, depth=1, hasher=Broken()) as ahead:
+        assert ahead.read(-1) == DATA  # every piece still arrives
+        with pytest.raises(RuntimeError, match="hasher broke"):
+            ahead.hashed()
