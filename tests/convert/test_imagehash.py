@@ -7,6 +7,7 @@ import io
 import os
 import random
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,11 @@ def test_leaving_early_stops_and_joins_the_thread(tmp_path: Path, monkeypatch: p
     real = os.preadv
     holder: list[ImageHasher] = []
 
+    reading = threading.Event()
+
     def slow(fd: int, buffers: list[memoryview], offset: int) -> int:
         calls.append(offset)
+        reading.set()
         holder[0]._stop.wait(5)  # the first read lasts until the build has failed
         return real(fd, buffers, offset)
 
@@ -114,6 +118,7 @@ def test_leaving_early_stops_and_joins_the_thread(tmp_path: Path, monkeypatch: p
     with pytest.raises(RuntimeError, match="build failed"), ImageHasher(path) as hasher:
         holder.append(hasher)
         hasher.start(bytes(4096), 4096 + 8 * imagehash.CHUNK)
+        assert reading.wait(5)  # the thread is in its first read (on a busy machine it starts late)
         raise RuntimeError("build failed")
     assert hasher._thread is not None and not hasher._thread.is_alive()
     assert hasher._fd is None
