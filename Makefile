@@ -19,9 +19,15 @@ $(STAMP): pyproject.toml scripts/setup-system.sh
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## install Debian packages, erofs-utils >= 1.9.3 (cached build) and the venv
+# The per-entry modules compiled with mypyc (converter/native.py): rebuilt whenever a source
+# changes; until then (or with EROFS_CONVERTER_NATIVE=0) Python runs the sources.
+NATIVE := converter/_native.json
+$(NATIVE): $(STAMP) scripts/build_native.py $(shell find converter -name '*.py')
+	$(BIN)/python scripts/build_native.py
 
-test: $(STAMP) ## run the whole test suite (sets up first if needed)
+setup: $(STAMP) $(NATIVE) ## install Debian packages, erofs-utils >= 1.9.3 (cached build), the venv, the compiled modules
+
+test: $(STAMP) $(NATIVE) ## run the whole test suite (sets up first if needed)
 	$(BIN)/ruff check converter tests
 	$(BIN)/python -m pytest -q
 
@@ -29,16 +35,16 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check converter tests
 	$(BIN)/mypy
 
-demo: $(STAMP) ## the main job: convert an embedded sample image through a local registry
+demo: $(STAMP) $(NATIVE) ## the main job: convert an embedded sample image through a local registry
 	$(BIN)/python -m converter.testing.demo
 
-bench: $(STAMP) ## benchmark against gzip|mkfs.erofs (not part of make test)
+bench: $(STAMP) $(NATIVE) ## benchmark against gzip|mkfs.erofs (not part of make test)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-mirror: $(STAMP) ## run a mirroring job: make mirror JOB=pipelines/x.yaml
+mirror: $(STAMP) $(NATIVE) ## run a mirroring job: make mirror JOB=pipelines/x.yaml
 	$(BIN)/convert mirror $(JOB)
 
-mirror-demo: $(STAMP) ## mirror the embedded sample image into a local registry
+mirror-demo: $(STAMP) $(NATIVE) ## mirror the embedded sample image into a local registry
 	$(BIN)/python -m converter.testing.demo --mirror --job pipelines/local-sample.yaml
 
 # The tool's container image (docker/Dockerfile, docs/container.md). pip in the build gets this
@@ -55,5 +61,6 @@ image: ## build the container image: make image [IMAGE=name:tag BASE_IMAGE=… P
 	  $(if $(PIP_CA),--secret id=pip_ca$(,)src=$(PIP_CA)) $(if $(PIP_CONF),--secret id=pip_conf$(,)src=$(PIP_CONF)) \
 	  $(DOCKER_BUILD_ARGS) -t $(IMAGE) .
 
-clean: ## remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+clean: ## remove the venv, caches and compiled modules
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache $(NATIVE)
+	find converter -name '*.so' -delete

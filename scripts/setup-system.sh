@@ -11,7 +11,7 @@ set -euo pipefail
 PKGS=(docker-registry skopeo umoci debootstrap pigz jq apache2-utils cryptsetup-bin
       zstd fuse3 attr xz-utils ca-certificates time docker.io
       golang-1.19-go golang-1.19-src libarchive-tools
-      dpkg-dev gcc make autoconf automake libtool pkgconf libdeflate-dev liblz4-dev liblzma-dev
+      python3-dev dpkg-dev gcc make autoconf automake libtool pkgconf libdeflate-dev liblz4-dev liblzma-dev
       libzstd-dev libxxhash-dev uuid-dev zlib1g-dev libfuse3-dev libselinux1-dev)
 
 ERofs_MIN=1.9.3

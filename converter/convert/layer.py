@@ -376,9 +376,7 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
                   on_planned: Callable[[bytes, int], object] | None = None) -> LayerTree:
     algorithm = options.fmt.algorithm
     with open(out_path, "w+b", buffering=OUT_BUFFER) as out:
-        area = ImageDataArea(out, holes=options.holes) if algorithm is None else \
-            CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level,
-                               pcluster=options.fmt.pcluster_bytes, ztailpacking=options.fmt.ztailpacking)
+        area = ImageDataArea(out, holes=options.holes) if algorithm is None else _compressed_area(out, options)
         with area:
             tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
                               progress=progress, on_tree=on_tree)
@@ -393,6 +391,15 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
             except (ValueError, OverflowError) as exc:
                 raise ConverterError(f"writing EROFS image for layer {layer}: {exc}") from exc
     return tree
+
+
+def _compressed_area(out: BinaryIO, options: LayerOptions) -> CompressedDataArea:
+    """Our compressed writer for ``options`` (a function of its own: the tests swap in one with
+    full indexes, since a compiled class cannot be subclassed in Python, native.py)."""
+    algorithm = options.fmt.algorithm
+    assert algorithm is not None
+    return CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level,
+                              pcluster=options.fmt.pcluster_bytes, ztailpacking=options.fmt.ztailpacking)
 
 
 def _build_mkfs(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,

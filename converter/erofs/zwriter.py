@@ -242,7 +242,7 @@ class CompressedDataArea(ImageDataArea):
         self._pcluster_blocks = pcluster // _BLKSZ
         self._big = pcluster > _BLKSZ
         self._compact = compact
-        self._inline = ztailpacking
+        self._tailpacking = ztailpacking
         self._workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._queue: deque[_Queued] = deque()
@@ -254,7 +254,7 @@ class CompressedDataArea(ImageDataArea):
     def feature_incompat(self) -> int:
         """Superblock incompat bits for this area's images (as mkfs.erofs sets them); the config
         records' bit is also the big-pcluster bit."""
-        bits = fmt.INCOMPAT_LZ4_0PADDING | (fmt.INCOMPAT_ZTAILPACKING if self._inline else 0)
+        bits = fmt.INCOMPAT_LZ4_0PADDING | (fmt.INCOMPAT_ZTAILPACKING if self._tailpacking else 0)
         if self._codec.algorithm == 0 and not self._big:
             return bits
         return bits | fmt.INCOMPAT_COMPR_CFGS
@@ -290,7 +290,7 @@ class CompressedDataArea(ImageDataArea):
             small = self._read_small(data, size)
             if size < self._inline_below:
                 # One block or less can only shrink inline (ztailpacking).
-                worth = size > _BLKSZ or (self._inline and size >= _INLINE_MIN)
+                worth = size > _BLKSZ or (self._tailpacking and size >= _INLINE_MIN)
                 seg = self._compress(small, last=True) if worth else None
                 if not self._queue:
                     return self._write_small(small, seg)
@@ -436,7 +436,7 @@ class CompressedDataArea(ImageDataArea):
     def _compress(self, data: bytes, *, last: bool = False) -> Segment:
         """Compress one segment; ``last``: the file's last, whose last extent may go inline."""
         return compress_segment(data, codec=self._codec, level=self._level, pcluster_blocks=self._pcluster_blocks,
-                                inline_tail=last and self._inline)
+                                inline_tail=last and self._tailpacking)
 
     def _write_small(self, data: bytes, seg: Segment | None) -> BlockRef:
         """A file of one segment: compressed (``seg``) if that takes less room than storing it plain."""

@@ -882,10 +882,14 @@ class TarReader:
     ) -> _MemberData:
         """PAX sparse formats 0.0, 0.1 and 1.0 (GNU tar manual, "Storing Sparse Files"), told
         apart as Go's reader does: by GNU.sparse.major/minor, else by the presence of a map."""
-        major, minor = lookup(b"GNU.sparse.major"), lookup(b"GNU.sparse.minor")
-        version = (major, minor)
+        major = lookup(b"GNU.sparse.major")
+        minor = lookup(b"GNU.sparse.minor")
+        # Compared field by field: mypyc (scripts/build_native.py) compiled `(major, minor) in
+        # ((b"1", b"0"), ...)` into C that released references it had not taken (a segfault).
+        v10 = major == b"1" and minor == b"0"
+        known = v10 or (major == b"0" and minor in (b"0", b"1"))
         sparse_map = lookup(b"GNU.sparse.map")
-        if version not in ((b"1", b"0"), (b"0", b"0"), (b"0", b"1")) and (
+        if not known and (
             major is not None or minor is not None or (sparse_map is None and not pairs_00)
         ):
             # An unknown sparse version, or only unrelated GNU.sparse.* keywords (e.g.
@@ -897,7 +901,7 @@ class TarReader:
         if realsize is None:
             raise _Malformed("GNU sparse member without GNU.sparse.size or GNU.sparse.realsize")
         size = _pax_uint(realsize, "GNU.sparse.size")
-        if version == (b"1", b"0"):
+        if v10:
             numbers, map_size = self._read_sparse_map_10(data_size)
             segments = _pairs(numbers, "sparse map")
             return self._sparse_data(entry, segments, size, data_size - map_size, data_size)

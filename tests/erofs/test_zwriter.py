@@ -15,7 +15,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lz4.block
 import pytest
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from converter.convert import layer as layer_module
-from converter.convert.layer import Builder, LayerOptions, convert_layer
+from converter.convert.layer import PYTHON_ALGORITHMS, Builder, LayerOptions, convert_layer
 from converter.erofs import format as fmt
 from converter.erofs.reader import ErofsImage
 from converter.erofs.target import TargetFormat, parse_format
@@ -86,18 +86,19 @@ def make_tar(files: list[FileSpec]) -> bytes:
     return buf.getvalue()
 
 
-class FullIndexArea(CompressedDataArea):
+def full_index_area(out: BinaryIO, options: LayerOptions) -> CompressedDataArea:
     """Our writer with COMPRESSED_FULL indexes (8 bytes per lcluster) instead of compact packs."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, compact=False, **kwargs)
+    assert options.fmt.algorithm is not None
+    return CompressedDataArea(out, codec=PYTHON_ALGORITHMS[options.fmt.algorithm], level=options.fmt.level,
+                              pcluster=options.fmt.pcluster_bytes, ztailpacking=options.fmt.ztailpacking,
+                              compact=False)
 
 
 def build(tar: bytes, out: Path, to: str, *, builder: str = "python", full_indexes: bool = False) -> Path:
     opts = LayerOptions(fmt=parse_format(to), builder=builder, bottom=True, build_time=1700000000)
     with pytest.MonkeyPatch.context() as mp:
         if full_indexes:
-            mp.setattr(layer_module, "CompressedDataArea", FullIndexArea)
+            mp.setattr(layer_module, "_compressed_area", full_index_area)
         convert_layer(io.BytesIO(tar), out, options=opts, layer="test.tar", workdir=out.parent)
     return out
 
