@@ -83,8 +83,11 @@ def choose_chunkbits(size: int, segments: list[tuple[int, int]]) -> tuple[int, i
 #: layer has. Measured on a 50,000-small-file layer: 64 MiB saves ~0.1 s over 16 MiB but costs
 #: 47 MB more per layer, and an image conversion builds several layers at once. 8 MiB: the
 #: bench image's peak in image mode was 175-188 MiB for erofs+lz4 (16 MiB: 184-191 MiB, over
-#: the 200 MB target), with no measurable time cost on the small-files layer.
-TAIL_MEMORY = 8 << 20
+#: the 200 MB target), with no measurable time cost on the small-files layer. 4 MiB since
+#: the DiffID's hashing thread and the compiled modules came: that peak was 190-198 MB with
+#: 8 MiB, 184-190 MB with 4 MiB (GNU time, 3-4 runs each); the small-files layer took
+#: 1.86-2.06 s against 1.86-1.98 s (medians 2.06 / 1.98 of 6 alternating runs, within noise).
+TAIL_MEMORY = 4 << 20
 #: Write buffer of the tail spool file.
 SPOOL_BUFFER = 1 << 20
 
