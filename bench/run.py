@@ -127,6 +127,13 @@ def byte_compile() -> bool:
     return bool(compileall.compile_dir(str(BENCH_DIR.parent / "converter"), quiet=1))
 
 
+def _native_status() -> str:
+    """Whether `erofs-convert` runs the compiled per-entry modules here (converter/native.py)."""
+    out = subprocess.run([sys.executable, "-c", "import converter.native as n; print(n.status())"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    return out.stdout.strip() or f"unknown ({out.stderr.strip()[-200:]})"
+
+
 def tool_versions(tools: Tools) -> dict[str, str]:
     """Versions of everything that takes part in a measurement."""
 
@@ -144,7 +151,7 @@ def tool_versions(tools: Tools) -> dict[str, str]:
         "gzip": _first_line(["gzip", "--version"]),
         "jq": _first_line(["jq", "--version"]),
         "docker-registry": _first_line(["docker-registry", "--version"]),
-        "erofs-converter": f"{dist('erofs-converter')} @ {_git_revision()}",
+        "erofs-converter": f"{dist('erofs-converter')} @ {_git_revision()}, {_native_status()}",
         "isal": dist("isal"),
         "zstandard": dist("zstandard"),
         "deflate": dist("deflate"),
