@@ -27,13 +27,8 @@ from converter import native  # noqa: E402 (after the path set-up)
 GROUP = "converter._native"
 
 
-def _built(package: Path) -> list[Path]:
-    return [p for p in package.rglob("*.so") if p.is_file()]
-
-
 def clean() -> None:
-    package = ROOT / "converter"
-    for path in _built(package):
+    for path in (ROOT / "converter").rglob("*.so"):
         path.unlink()
     native.MANIFEST.unlink(missing_ok=True)
 
@@ -45,8 +40,8 @@ def build() -> None:
     clean()
     sources = [str(ROOT.joinpath(*name.split(".")).with_suffix(".py").relative_to(ROOT)) for name in native.MODULES]
     # mypyc compiles with -Werror: keep it. A "may be used uninitialized" warning was a real
-    # crash (a tuple unpacked in one branch of tarstream's _pax_sparse: a segfault on a PAX
-    # sparse member), so the code is written around such warnings, never the warning switched off.
+    # crash (a tuple membership test in tarstream's _pax_sparse: a segfault on a PAX sparse
+    # member), so the code is written around such warnings, never the warning switched off.
     before = native.fingerprint()
     with tempfile.TemporaryDirectory(prefix="erofs-native-") as tmp:
         cwd = Path.cwd()
@@ -60,8 +55,8 @@ def build() -> None:
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     if native.fingerprint() != before:
         raise SystemExit("build_native: the sources changed during the build; run it again")
-    native.MANIFEST.write_text(json.dumps({"python": native.python_tag(), "modules": list(native.MODULES),
-                                           "sources": before}, indent=1, sort_keys=True) + "\n")
+    native.MANIFEST.write_text(json.dumps({"python": native.python_tag(), "sources": before},
+                                          indent=1, sort_keys=True) + "\n")
     print(f"build_native: compiled {len(sources)} modules ({', '.join(native.MODULES)})", file=sys.stderr)
 
 

@@ -393,13 +393,14 @@ def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower
     return tree
 
 
-def _compressed_area(out: BinaryIO, options: LayerOptions) -> CompressedDataArea:
+def _compressed_area(out: BinaryIO, options: LayerOptions, *, compact: bool = True) -> CompressedDataArea:
     """Our compressed writer for ``options`` (a function of its own: the tests swap in one with
-    full indexes, since a compiled class cannot be subclassed in Python, native.py)."""
+    ``compact=False``, full indexes, since a compiled class cannot be subclassed in Python, native.py)."""
     algorithm = options.fmt.algorithm
     assert algorithm is not None
     return CompressedDataArea(out, codec=PYTHON_ALGORITHMS[algorithm], level=options.fmt.level,
-                              pcluster=options.fmt.pcluster_bytes, ztailpacking=options.fmt.ztailpacking)
+                              pcluster=options.fmt.pcluster_bytes, ztailpacking=options.fmt.ztailpacking,
+                              compact=compact)
 
 
 def _build_mkfs(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,

@@ -7,6 +7,7 @@ the same layer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -15,7 +16,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import lz4.block
 import pytest
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from converter.convert import layer as layer_module
-from converter.convert.layer import PYTHON_ALGORITHMS, Builder, LayerOptions, convert_layer
+from converter.convert.layer import Builder, LayerOptions, convert_layer
 from converter.erofs import format as fmt
 from converter.erofs.reader import ErofsImage
 from converter.erofs.target import TargetFormat, parse_format
@@ -86,12 +87,8 @@ def make_tar(files: list[FileSpec]) -> bytes:
     return buf.getvalue()
 
 
-def full_index_area(out: BinaryIO, options: LayerOptions) -> CompressedDataArea:
-    """Our writer with COMPRESSED_FULL indexes (8 bytes per lcluster) instead of compact packs."""
-    assert options.fmt.algorithm is not None
-    return CompressedDataArea(out, codec=PYTHON_ALGORITHMS[options.fmt.algorithm], level=options.fmt.level,
-                              pcluster=options.fmt.pcluster_bytes, ztailpacking=options.fmt.ztailpacking,
-                              compact=False)
+#: Our writer with COMPRESSED_FULL indexes (8 bytes per lcluster) instead of compact packs.
+full_index_area = functools.partial(layer_module._compressed_area, compact=False)
 
 
 def build(tar: bytes, out: Path, to: str, *, builder: str = "python", full_indexes: bool = False) -> Path:
