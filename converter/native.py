@@ -31,6 +31,7 @@ __all__ = ["ENV", "MANIFEST", "MODULES", "fingerprint", "install", "status"]
 
 #: The modules compiled by scripts/build_native.py, in one group (one shared library).
 MODULES = (
+    "converter.layers.model",
     "converter.layers.tarstream",
     "converter.layers.normalise",
     "converter.erofs.format",

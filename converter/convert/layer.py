@@ -52,7 +52,8 @@ from converter.erofs.zwriter import CompressedDataArea
 from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
 from converter.files import new_file_mode
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.model import DataSink, EntryKind, Inode, LowerView, sparse_data
+from converter.layers.filedata import sparse_data
+from converter.layers.model import DataSink, EntryKind, Inode, LowerView
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.readahead import ReadAhead
 from converter.layers.spool import SpoolSink

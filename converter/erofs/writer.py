@@ -34,7 +34,8 @@ from converter.erofs import format as fmt
 from converter.erofs.layout import MAX_INLINE_TAIL, BlockRef, ChunkRef, Plan, plan_layout
 from converter.erofs.zindex import to_compact
 from converter.errors import ErofsFormatError, LayerError
-from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind, SparseFileData, sparse_data
+from converter.layers.filedata import FileData, SparseFileData, sparse_data
+from converter.layers.model import S_IFMT_BY_KIND, Inode, NodeKind
 
 __all__ = ["BlockRef", "ChunkRef", "ImageDataArea", "choose_chunkbits", "write_image"]
 

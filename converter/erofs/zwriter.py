@@ -20,7 +20,8 @@ from converter.erofs.writer import COPY_CHUNK, TAIL_MEMORY, ImageDataArea
 from converter.erofs.zcodec import ZSTD_WINDOW_LOG, Codec, check_available, make_compressor
 from converter.erofs.zindex import FullIndexes, meta_size_bound
 from converter.errors import ErofsFormatError, LayerError
-from converter.layers.model import FileData, Inode
+from converter.layers.filedata import FileData
+from converter.layers.model import Inode
 
 __all__ = ["SEGMENT", "CompressedDataArea", "PendingRef", "Segment", "compress_segment"]
 

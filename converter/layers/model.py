@@ -1,7 +1,7 @@
 """Data model shared by the tar reader, the layer normaliser and the EROFS builders.
 
 The flow is: ``tarstream`` yields ``TarEntry`` values (raw archive facts) with a ``FileData``
-stream for regular files; ``normalise`` applies OCI changeset semantics and builds a tree of
+stream for regular files (``filedata``); ``normalise`` applies OCI changeset semantics and builds a tree of
 ``Inode`` objects (metadata only) while file contents go to a ``DataSink`` that returns a
 ``DataRef``; a builder (pure-Python writer, or a normalised tar fed to mkfs.erofs) turns the
 tree into an image. Only metadata stays in memory: contents live in the sink.
@@ -10,9 +10,11 @@ tree into an image. Only metadata stays in memory: contents live in the sink.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol
+
+from converter.layers.filedata import FileData
 
 
 class EntryKind(enum.Enum):
@@ -65,45 +67,6 @@ def shorten_name(name: str) -> str:
         return name
     keep = NAME_DISPLAY_MAX // 2 - 16
     return f"{name[:keep]}...({len(name)} characters)...{name[-keep:]}"
-
-
-class FileData(Protocol):
-    """A regular file's contents, readable once, front to back, before the next entry."""
-
-    def read(self, n: int = -1) -> bytes: ...
-
-    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]: ...
-
-
-@runtime_checkable
-class SparseFileData(FileData, Protocol):
-    """A regular file with holes (a GNU sparse tar member): besides reading it expanded, a sink
-    can take just its stored segments and keep the holes as holes."""
-
-    @property
-    def segments(self) -> list[tuple[int, int]]:
-        """(offset, length) of each stored segment: sorted, disjoint, inside the file."""
-        ...
-
-    @property
-    def stored_size(self) -> int:
-        """The bytes the segments hold (what a hole-keeping sink stores)."""
-        ...
-
-    def extents(self, size: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
-        """The stored bytes as (file offset, piece) pairs in offset order, pieces of at most
-        ``size`` bytes; the holes between them are not produced at all."""
-        ...
-
-
-def sparse_data(data: object) -> SparseFileData | None:
-    """``data`` if it is a file with holes, else None.
-
-    The attribute test goes first: on Python 3.11 ``isinstance`` against a runtime protocol
-    walks the protocol's members on every call (tens of µs, once per regular file)."""
-    if hasattr(data, "segments") and isinstance(data, SparseFileData):
-        return data
-    return None
 
 
 class NodeKind(enum.IntEnum):
@@ -183,6 +146,11 @@ class DirMeta:
     mtime_sec: int
     mtime_nsec: int
     xattrs: tuple[tuple[str, bytes], ...] = ()
+
+    def __reduce__(self) -> tuple[type[DirMeta], tuple[int, int, int, int, int, tuple[tuple[str, bytes], ...]]]:
+        # Pickled to a build process (pipeline/buildproc.py). Compiled (native.py), the default
+        # pickling restores the fields by assignment, which a frozen class refuses.
+        return DirMeta, (self.mode, self.uid, self.gid, self.mtime_sec, self.mtime_nsec, self.xattrs)
 
 
 class LowerView(Protocol):

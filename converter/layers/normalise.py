@@ -75,6 +75,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from converter.errors import LayerError
+from converter.layers.filedata import FileData
 from converter.layers.model import (
     OPAQUE_MARKER,
     OPAQUE_XATTR,
@@ -83,7 +84,6 @@ from converter.layers.model import (
     DataSink,
     DirMeta,
     EntryKind,
-    FileData,
     Inode,
     LowerView,
     NodeKind,

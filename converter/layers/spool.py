@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import IO
 
 from converter.errors import LayerError
-from converter.layers.model import DataRef, FileData
+from converter.layers.filedata import FileData
+from converter.layers.model import DataRef
 
 CHUNK = 1 << 20
 SENDFILE_MIN = 64 << 10  # smaller files go through the writer's buffer: fewer syscalls than flush+sendfile

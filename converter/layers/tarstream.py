@@ -50,7 +50,8 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from converter.errors import LayerError
-from converter.layers.model import EntryKind, FileData, TarEntry, shorten_name
+from converter.layers.filedata import FileData
+from converter.layers.model import EntryKind, TarEntry, shorten_name
 
 __all__ = ["BLOCK_SIZE", "ByteSource", "TarReader", "parse_pax_records"]
 

@@ -78,7 +78,8 @@ from converter.erofs.format import EROFS_MAGIC, SUPERBLOCK, SUPERBLOCK_OFFSET, S
 from converter.erofs.tools import erofs_utils
 from converter.erofs.zcodec import Codec, library_version
 from converter.errors import CacheEntryInvalid, ConverterError, ErofsFormatError, NotFound, RegistryError
-from converter.layers.model import DirMeta, FileData, Inode, LowerView, NodeKind
+from converter.layers.filedata import FileData
+from converter.layers.model import DirMeta, Inode, LowerView, NodeKind
 from converter.mirror.jobs import Repository
 from converter.oci.mediatypes import MediaType, Profile
 from converter.oci.model import Descriptor, Manifest, canonical_json, parse_image_manifest, parse_manifest

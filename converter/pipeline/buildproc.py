@@ -52,7 +52,8 @@ from converter.cancel import current_scope
 from converter.convert.layer import LayerOptions, LayerResult, convert_layer
 from converter.convert.tuning import one_layer_at_a_time, raise_gc_threshold
 from converter.errors import Cancelled, ConverterError
-from converter.layers.model import DirMeta, FileData, Inode, LowerView
+from converter.layers.filedata import FileData
+from converter.layers.model import DirMeta, Inode, LowerView
 from converter.layers.treecodec import decode_tree, encode_tree
 
 _CHUNK = 1 << 20

@@ -69,7 +69,8 @@ from converter.cancel import CancelScope, current_scope
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, Builder, LayerOptions, LayerResult
 from converter.erofs.target import TargetFormat
 from converter.errors import Cancelled, ConverterError, DigestMismatch, ImageError, LayerFailed
-from converter.layers.model import DirMeta, FileData, Inode, LowerView, NodeKind
+from converter.layers.filedata import FileData
+from converter.layers.model import DirMeta, Inode, LowerView, NodeKind
 from converter.layers.spool import SpoolSink
 from converter.oci.model import Descriptor
 from converter.pipeline.lower import (

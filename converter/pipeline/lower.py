@@ -11,7 +11,8 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from converter.convert.layer import LayerOptions, read_layer
 from converter.erofs.target import TargetFormat
-from converter.layers.model import OPAQUE_XATTR, DataSink, DirMeta, FileData, Inode, LowerView, NodeKind
+from converter.layers.filedata import FileData
+from converter.layers.model import OPAQUE_XATTR, DataSink, DirMeta, Inode, LowerView, NodeKind
 from converter.layers.model import lookup as model_lookup
 from converter.layers.normalise import dir_meta_of
 

@@ -23,7 +23,8 @@ from converter.convert.layer import LayerOptions, read_layer
 from converter.erofs.reader import ErofsImage, Stat
 from converter.erofs.target import TargetFormat
 from converter.errors import ErofsFormatError, ErofsUnsupported, ToolError
-from converter.layers.model import S_IFMT_BY_KIND, FileData, Inode, NodeKind
+from converter.layers.filedata import FileData
+from converter.layers.model import S_IFMT_BY_KIND, Inode, NodeKind
 from converter.pipeline.lower import EmptyData, StackedLower
 
 _CHUNK = 1 << 20

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from converter.errors import LayerError
+from converter.layers.filedata import FileData
 from converter.layers.model import (
     OPAQUE_XATTR,
     ORIGIN_XATTR,
     DataRef,
     DirMeta,
     EntryKind,
-    FileData,
     Inode,
     NodeKind,
     TarEntry,

@@ -512,7 +512,8 @@ def test_a_cache_hit_reads_lower_hard_links_without_their_bytes() -> None:
     # overlap), the lower file's contents are never opened (that would fetch the layer again).
     import io
 
-    from converter.layers.model import DirMeta, FileData, Inode, NodeKind
+    from converter.layers.filedata import FileData
+    from converter.layers.model import DirMeta, Inode, NodeKind
     from converter.mirror.cache import read_tree
     from converter.testing.sample import Item, layer_tar
 

@@ -7,7 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from converter.layers.model import OPAQUE_XATTR, DirMeta, FileData, Inode, NodeKind
+from converter.layers.filedata import FileData
+from converter.layers.model import OPAQUE_XATTR, DirMeta, Inode, NodeKind
 from converter.layers.normalise import MergedDirs
 from converter.pipeline.lower import DiscardSink, EmptyData, StackedLower, lookup
 
