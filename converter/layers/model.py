@@ -29,7 +29,7 @@ class EntryKind(enum.Enum):
     FIFO = "fifo"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class TarEntry:
     """One archive member, with PAX/GNU extensions already applied.
 
@@ -50,6 +50,24 @@ class TarEntry:
     devmajor: int = 0
     devminor: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)  # full names, e.g. "user.foo"
+
+    # Written out (init=False): compiled (native.py), this __init__ is C; dataclasses' generated
+    # one would stay interpreted, and it runs once per tar member.
+    def __init__(self, name: bytes, kind: EntryKind, mode: int, uid: int, gid: int, mtime_sec: int,
+                 mtime_nsec: int, size: int = 0, linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
+                 xattrs: dict[str, bytes] | None = None) -> None:
+        self.name = name
+        self.kind = kind
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime_sec = mtime_sec
+        self.mtime_nsec = mtime_nsec
+        self.size = size
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.xattrs = {} if xattrs is None else xattrs
 
     def display_name(self) -> str:
         """The name for error messages (undecodable bytes escaped, never raising, shortened)."""
@@ -105,7 +123,7 @@ class DataSink(Protocol):
     def add(self, data: FileData, size: int) -> DataRef: ...
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class Inode:
     """One filesystem object of the normalised layer. Hard links are one Inode in several dirs.
 
@@ -127,6 +145,25 @@ class Inode:
     rdev_major: int = 0
     rdev_minor: int = 0
     children: dict[bytes, Inode] | None = None
+
+    # Written out (init=False) for the same reason as TarEntry's: once per inode.
+    def __init__(self, kind: NodeKind, mode: int, uid: int = 0, gid: int = 0, mtime_sec: int = 0,
+                 mtime_nsec: int = 0, xattrs: dict[str, bytes] | None = None, size: int = 0,
+                 data: DataRef | None = None, target: bytes = b"", rdev_major: int = 0, rdev_minor: int = 0,
+                 children: dict[bytes, Inode] | None = None) -> None:
+        self.kind = kind
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime_sec = mtime_sec
+        self.mtime_nsec = mtime_nsec
+        self.xattrs = {} if xattrs is None else xattrs
+        self.size = size
+        self.data = data
+        self.target = target
+        self.rdev_major = rdev_major
+        self.rdev_minor = rdev_minor
+        self.children = children
 
     @property
     def st_mode(self) -> int:
