@@ -40,6 +40,7 @@ MODULES = (
     "converter.erofs.zwriter",
     "converter.erofs.zindex",
     "converter.erofs.zmap",
+    "converter.convert.entries",
 )
 #: Written by the build next to this file (not in git).
 MANIFEST = Path(__file__).with_name("_native.json")

@@ -43,21 +43,20 @@ from typing import BinaryIO
 
 from converter.blob.encode import EncodedBlob, append_verity, encode_blob
 from converter.blob.encoding import BlobEncoding
+from converter.convert.entries import parse_entries
 from converter.convert.imagehash import ImageHasher
 from converter.erofs.mkfs import build_with_mkfs
 from converter.erofs.target import BLOCK, TargetFormat
-from converter.erofs.writer import ImageDataArea, choose_chunkbits, write_image
+from converter.erofs.writer import ImageDataArea, write_image
 from converter.erofs.zcodec import Codec
 from converter.erofs.zwriter import CompressedDataArea
-from converter.errors import ConverterError, ErofsFormatError, LayerError, UsageError
+from converter.errors import ConverterError, ErofsFormatError, UsageError
 from converter.files import new_file_mode
 from converter.layers.compression import HashingReader, open_layer_stream
-from converter.layers.filedata import sparse_data
-from converter.layers.model import DataSink, EntryKind, Inode, LowerView
+from converter.layers.model import DataSink, Inode, LowerView
 from converter.layers.normalise import LayerNormaliser
 from converter.layers.readahead import ReadAhead
 from converter.layers.spool import SpoolSink
-from converter.layers.tarstream import TarReader
 
 
 class Builder(StrEnum):
@@ -329,7 +328,10 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
     stream = open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit)
     tar_hash = hashlib.sha256()
     with ReadAhead(stream, name=f"read-ahead {layer}"[:60], hasher=tar_hash) as ahead:
-        _parse_entries(ahead, normaliser, options=options, layer=layer)
+        # Only raw images keep holes (chunk-based files); compressed files are fed the holes as zeros.
+        keeps_holes = options.resolved_builder() is Builder.PYTHON and options.fmt.algorithm is None
+        parse_entries(ahead, normaliser, layer=layer, keeps_holes=keeps_holes, max_expanded=limit,
+                      max_logical=options.max_logical, max_entries=options.max_entries)
         # Read to the very end: the gzip trailer is checked and the source digest covers every byte.
         while ahead.read(_CHUNK):
             pass
@@ -340,35 +342,6 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
     if on_tree is not None:
         on_tree(root)
     return root, "sha256:" + tar_hash.hexdigest()
-
-
-def _parse_entries(stream: ReadAhead, normaliser: LayerNormaliser, *, options: LayerOptions, layer: str) -> None:
-    """Every tar entry of ``stream`` into ``normaliser``, within ``options``' limits."""
-    limit, logical_limit = options.max_expanded, options.max_logical
-    # Only raw images keep holes (chunk-based files); compressed files are fed the holes as zeros.
-    keeps_holes = options.resolved_builder() is Builder.PYTHON and options.fmt.algorithm is None
-    stored = logical = 0
-    for entry, data in TarReader(stream, layer=layer, max_entries=options.max_entries):
-        if entry.kind is EntryKind.REG:
-            # Checked before any byte is stored: sparse holes cost no tar bytes but may cost disk.
-            logical += entry.size
-            stored += stored_bytes(entry.size, data) if keeps_holes else entry.size
-            if limit is not None and stored > limit:
-                raise LayerError(f"the files add up to more than the limit of {limit} bytes",
-                                 layer=layer, entry=entry.display_name())
-            if logical_limit is not None and logical > logical_limit:
-                raise LayerError(f"the files' sizes, holes included, add up to more than the limit of "
-                                 f"{logical_limit} bytes", layer=layer, entry=entry.display_name())
-        normaliser.add(entry, data)
-
-
-def stored_bytes(size: int, data: object) -> int:
-    """The bytes our writer stores for a ``size``-byte file: its chunks with data for a file
-    with holes (whatever is smaller: chunks or the whole file), else the file."""
-    sparse = sparse_data(data) if size else None
-    if sparse is not None:
-        return min(choose_chunkbits(size, sparse.segments)[1], size)
-    return size
 
 
 def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
