@@ -20,9 +20,8 @@ def parse_entries(stream: ByteSource, normaliser: LayerNormaliser, *, layer: str
     image will store (a file's chunks with data when ``keeps_holes``, else its size),
     ``max_logical`` the files' sizes, holes included; ``None`` is no limit."""
     stored = logical = 0
-    reg = EntryKind.REG
     for entry, data in TarReader(stream, layer=layer, max_entries=max_entries):
-        if entry.kind is reg:
+        if entry.kind is EntryKind.REG:
             # Checked before any byte is stored: sparse holes cost no tar bytes but may cost disk.
             size = entry.size
             logical += size

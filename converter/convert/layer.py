@@ -327,9 +327,9 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
     limit = options.max_expanded
     stream = open_layer_stream(hashed, media_type=media_type, layer=layer, max_expanded=limit)
     tar_hash = hashlib.sha256()
+    # Only raw images keep holes (chunk-based files); compressed files are fed the holes as zeros.
+    keeps_holes = options.resolved_builder() is Builder.PYTHON and options.fmt.algorithm is None
     with ReadAhead(stream, name=f"read-ahead {layer}"[:60], hasher=tar_hash) as ahead:
-        # Only raw images keep holes (chunk-based files); compressed files are fed the holes as zeros.
-        keeps_holes = options.resolved_builder() is Builder.PYTHON and options.fmt.algorithm is None
         parse_entries(ahead, normaliser, layer=layer, keeps_holes=keeps_holes, max_expanded=limit,
                       max_logical=options.max_logical, max_entries=options.max_entries)
         # Read to the very end: the gzip trailer is checked and the source digest covers every byte.

@@ -66,12 +66,13 @@ class BlockRef:
     area_token: int
     #: A compressed file (zwriter.py): its layout (COMPRESSED_FULL) and pcluster block count
     #: (its ``i_u``); the tail store then holds its map header and indexes, not a data tail.
-    z_layout: int = 0
-    z_blocks: int = 0
+    z_layout: int
+    z_blocks: int
     #: ztailpacking: the inline pcluster's size, at the end of the tail store's bytes
-    z_inline: int = 0
+    z_inline: int
 
-    # Written out (init=False): compiled (native.py), this __init__ is C; dataclasses' stays interpreted.
+    # Written out (init=False), with the defaults: compiled (native.py), this __init__ is C;
+    # dataclasses' generated one would stay interpreted.
     def __init__(self, size: int, start_block: int, full_blocks: int, tail_offset: int, tail_len: int,
                  tail_in_block: bool, area_token: int, z_layout: int = 0, z_blocks: int = 0,
                  z_inline: int = 0) -> None:

@@ -1,8 +1,8 @@
 """Data model shared by the tar reader, the layer normaliser and the EROFS builders.
 
 The flow is: ``tarstream`` yields ``TarEntry`` values (raw archive facts) with a ``FileData``
-stream for regular files (``filedata``); ``normalise`` applies OCI changeset semantics and builds a tree of
-``Inode`` objects (metadata only) while file contents go to a ``DataSink`` that returns a
+stream (``filedata``) for regular files; ``normalise`` applies OCI changeset semantics and
+builds a tree of ``Inode`` objects (metadata only) while file contents go to a ``DataSink`` that returns a
 ``DataRef``; a builder (pure-Python writer, or a normalised tar fed to mkfs.erofs) turns the
 tree into an image. Only metadata stays in memory: contents live in the sink.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from converter.layers.filedata import FileData
@@ -45,14 +45,14 @@ class TarEntry:
     gid: int
     mtime_sec: int
     mtime_nsec: int
-    size: int = 0
-    linkname: bytes = b""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)  # full names, e.g. "user.foo"
+    size: int
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: dict[str, bytes]  # full names, e.g. "user.foo"
 
-    # Written out (init=False): compiled (native.py), this __init__ is C; dataclasses' generated
-    # one would stay interpreted, and it runs once per tar member.
+    # Written out (init=False), with the defaults: compiled (native.py), this __init__ is C;
+    # dataclasses' generated one would stay interpreted, and it runs once per tar member.
     def __init__(self, name: bytes, kind: EntryKind, mode: int, uid: int, gid: int, mtime_sec: int,
                  mtime_nsec: int, size: int = 0, linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
                  xattrs: dict[str, bytes] | None = None) -> None:
@@ -134,19 +134,19 @@ class Inode:
 
     kind: NodeKind
     mode: int
-    uid: int = 0
-    gid: int = 0
-    mtime_sec: int = 0
-    mtime_nsec: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    size: int = 0  # REG: contents length; LNK: target length; others 0
-    data: DataRef | None = None  # REG with size > 0
-    target: bytes = b""  # LNK
-    rdev_major: int = 0
-    rdev_minor: int = 0
-    children: dict[bytes, Inode] | None = None
+    uid: int
+    gid: int
+    mtime_sec: int
+    mtime_nsec: int
+    xattrs: dict[str, bytes]
+    size: int  # REG: contents length; LNK: target length; others 0
+    data: DataRef | None  # REG with size > 0
+    target: bytes  # LNK
+    rdev_major: int
+    rdev_minor: int
+    children: dict[bytes, Inode] | None
 
-    # Written out (init=False) for the same reason as TarEntry's: once per inode.
+    # Written out (init=False), with the defaults, for the same reason as TarEntry's: once per inode.
     def __init__(self, kind: NodeKind, mode: int, uid: int = 0, gid: int = 0, mtime_sec: int = 0,
                  mtime_nsec: int = 0, xattrs: dict[str, bytes] | None = None, size: int = 0,
                  data: DataRef | None = None, target: bytes = b"", rdev_major: int = 0, rdev_minor: int = 0,
