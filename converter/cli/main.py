@@ -45,7 +45,7 @@ from converter.cli.args import (
     size,
     suggest,
 )
-from converter.convert.tuning import one_layer_at_a_time, raise_gc_threshold
+from converter.convert.tuning import limit_malloc_arenas, one_layer_at_a_time, raise_gc_threshold
 from converter.errors import ConverterError, UsageError
 
 if TYPE_CHECKING:
@@ -380,6 +380,7 @@ class _Stderr:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     raise_gc_threshold()  # once per process
+    limit_malloc_arenas()  # before the command starts its threads
     _install_signal_handlers()
     say = _Stderr(_wants_json(argv))
     try:

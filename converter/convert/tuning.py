@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
+import os
+import platform
 import sys
 from collections.abc import Iterator
 
@@ -23,6 +26,35 @@ GC_GEN0_THRESHOLD = 10_000
 #: ``erofs+lz4`` unchanged. Image conversions (several threads pulling, pushing and building)
 #: gained nothing and spent more CPU, so they keep the default.
 LAYER_SWITCH_INTERVAL = 0.0002
+
+
+#: glibc's malloc arenas per CPU for a command's run (glibc's default on 64-bit: 8). Each thread
+#: that allocates gets an arena of its own while there are fewer than the limit, and an arena
+#: keeps the memory freed into it for its next allocations instead of returning it: an image
+#: conversion has a thread or more per download, upload, read-ahead, hasher and compressor,
+#: so with 16 arenas on 2 CPUs each held its own high-water mark. Measured on the bench image,
+#: ``erofs+lz4``, 3 alternating rounds (README.md, Performance): peak RSS 168-175 MiB with
+#: glibc's default, 148-152 MiB with 4 arenas (2 per CPU), the same time; layer mode unchanged.
+MALLOC_ARENAS_PER_CPU = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
+
+
+def limit_malloc_arenas(cpus: int | None = None) -> bool:
+    """Limit glibc's malloc to ``MALLOC_ARENAS_PER_CPU`` arenas per CPU (for the threads started
+    afterwards); True if the limit was set. Left alone (False): another C library, or a limit the
+    user chose (``MALLOC_ARENA_MAX``, or ``arena_max`` in ``GLIBC_TUNABLES``)."""
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - every glibc has mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    count = cpus if cpus is not None else (os.cpu_count() or 1)
+    return bool(mallopt(_M_ARENA_MAX, MALLOC_ARENAS_PER_CPU * max(1, count)))
 
 
 def raise_gc_threshold() -> None:

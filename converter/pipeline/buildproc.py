@@ -50,7 +50,7 @@ from typing import Any, BinaryIO
 
 from converter.cancel import current_scope
 from converter.convert.layer import LayerOptions, LayerResult, convert_layer
-from converter.convert.tuning import one_layer_at_a_time, raise_gc_threshold
+from converter.convert.tuning import limit_malloc_arenas, one_layer_at_a_time, raise_gc_threshold
 from converter.errors import Cancelled, ConverterError
 from converter.layers.filedata import FileData
 from converter.layers.model import DirMeta, Inode, LowerView
@@ -355,6 +355,7 @@ def _child_main(ctl: Connection, data: Connection, request: _Request) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgid(0, 0)
     raise_gc_threshold()
+    limit_malloc_arenas()
     channel = _Channel(ctl)
     try:
         with one_layer_at_a_time():
