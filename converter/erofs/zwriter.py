@@ -309,7 +309,8 @@ class CompressedDataArea(ImageDataArea):
                     raise LayerError("file data longer than its header says")
                 buf += chunk
                 while len(buf) > SEGMENT:  # keep the last segment back: its handling differs
-                    part = bytes(buf[:SEGMENT])
+                    with memoryview(buf) as view:  # one copy, where bytes(buf[:SEGMENT]) made two
+                        part = bytes(view[:SEGMENT])
                     del buf[:SEGMENT]
                     self._push(_Queued(None, b"", SEGMENT, self._submit(part), big))
             if got != size:
