@@ -206,11 +206,13 @@ class LayerTree:
 
 def read_layer(src: BinaryIO, *, sink: DataSink, options: LayerOptions, lower: LowerView | None,
                media_type: str | None, layer: str, progress: Callable[[int], None] | None = None,
-               on_tree: Callable[[Inode], None] | None = None) -> LayerTree:
+               on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerTree:
     """Decompress, parse and normalise a layer stream under ``options``' limits; file contents
     go to ``sink`` (a builder's data area, a spool, or a discarding sink for metadata-only
-    reads). The one place a layer is read, so every reader enforces the same limits."""
-    hashed = HashingReader(ProgressReader(src, progress) if progress else src)
+    reads). The one place a layer is read, so every reader enforces the same limits.
+    ``source_digest``: the stream's digest, already verified by the caller (a download checked
+    on arrival), which is then not hashed again; else the digest of the bytes read is taken."""
+    hashed = HashingReader(ProgressReader(src, progress) if progress else src, known=source_digest)
     normaliser = LayerNormaliser(sink=sink, layer=layer, bottom=options.bottom, lower=lower,
                                  build_time=options.build_time)
     root, diff_id = _parse_into(hashed, normaliser, options=options, media_type=media_type, layer=layer,
@@ -229,6 +231,7 @@ def convert_layer(
     workdir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     on_tree: Callable[[Inode], None] | None = None,
+    source_digest: str | None = None,
 ) -> LayerResult:
     """Read a (possibly compressed) tar layer from ``src`` and write an EROFS image to ``out_path``.
 
@@ -240,7 +243,8 @@ def convert_layer(
     to ``out_path`` and renamed into place only when complete, so ``out_path`` never holds a
     partial image: on failure (or interruption) it is untouched, and the temporary is removed.
     ``out_path`` must be a regular file or not exist (never, e.g., ``/dev/null``, which
-    removing a failed output would delete).
+    removing a failed output would delete). ``source_digest``: ``src``'s digest, already
+    verified by the caller (see ``read_layer``): reported without hashing the bytes again.
     """
     builder = options.resolved_builder()
     if options.holes and builder is not Builder.PYTHON:
@@ -256,12 +260,12 @@ def convert_layer(
                 if builder is Builder.PYTHON:
                     # The image's digest is taken while its metadata is written (imagehash.py).
                     tree = _build_python(src, partial, options=options, lower=lower, media_type=media_type,
-                                         layer=layer, progress=progress, on_tree=on_tree,
+                                         layer=layer, progress=progress, on_tree=on_tree, source_digest=source_digest,
                                          on_planned=hasher.start if options.encoding.is_identity else None)
                 else:
                     tree = _build_mkfs(src, partial, options=options, lower=lower, media_type=media_type,
                                        layer=layer, workdir=workdir, display_name=out_path.name,
-                                       progress=progress, on_tree=on_tree)
+                                       progress=progress, on_tree=on_tree, source_digest=source_digest)
                 if options.encoding.is_identity:
                     digest, size = hasher.finish()
                     encoded = EncodedBlob(digest=digest, size=size, diff_id=digest)
@@ -347,13 +351,14 @@ def _parse_into(hashed: HashingReader, normaliser: LayerNormaliser, *, options: 
 def _build_python(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
                   media_type: str | None, layer: str, progress: Callable[[int], None] | None,
                   on_tree: Callable[[Inode], None] | None,
-                  on_planned: Callable[[bytes, int], object] | None = None) -> LayerTree:
+                  on_planned: Callable[[bytes, int], object] | None = None,
+                  source_digest: str | None = None) -> LayerTree:
     algorithm = options.fmt.algorithm
     with open(out_path, "w+b", buffering=OUT_BUFFER) as out:
         area = ImageDataArea(out, holes=options.holes) if algorithm is None else _compressed_area(out, options)
         with area:
             tree = read_layer(src, sink=area, options=options, lower=lower, media_type=media_type, layer=layer,
-                              progress=progress, on_tree=on_tree)
+                              progress=progress, on_tree=on_tree, source_digest=source_digest)
             z = area if isinstance(area, CompressedDataArea) else None
             try:
                 write_image(tree.root, area, build_time=options.build_time,
@@ -379,11 +384,12 @@ def _compressed_area(out: BinaryIO, options: LayerOptions, *, compact: bool = Tr
 
 def _build_mkfs(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None,
                 media_type: str | None, layer: str, workdir: Path | None, display_name: str,
-                progress: Callable[[int], None] | None, on_tree: Callable[[Inode], None] | None) -> LayerTree:
+                progress: Callable[[int], None] | None, on_tree: Callable[[Inode], None] | None,
+                source_digest: str | None = None) -> LayerTree:
     spool_dir = workdir if workdir is not None else Path(tempfile.gettempdir())
     with SpoolSink(spool_dir) as spool:
         tree = read_layer(src, sink=spool, options=options, lower=lower, media_type=media_type, layer=layer,
-                          progress=progress, on_tree=on_tree)
+                          progress=progress, on_tree=on_tree, source_digest=source_digest)
         build_with_mkfs(tree.root, spool, out_path, fmt=options.fmt, build_time=options.build_time,
                         uuid=layer_uuid(tree.diff_id), bottom=options.bottom, display_name=display_name)
     return tree

@@ -65,12 +65,17 @@ def detect_compression(head: bytes) -> Compression:
 
 
 class HashingReader(io.RawIOBase):
-    """Pass-through reader that sha256-hashes every byte read through it."""
+    """Pass-through reader that sha256-hashes every byte read through it and counts them.
 
-    def __init__(self, raw: ByteSource) -> None:
+    With ``known`` (an OCI digest the caller already verified these bytes against, such as a
+    download checked on arrival) nothing is hashed again and ``digest`` answers ``known``.
+    """
+
+    def __init__(self, raw: ByteSource, *, known: str | None = None) -> None:
         super().__init__()
         self._raw = raw
         self._hash = hashlib.sha256()
+        self._known = known
         self.bytes_read = 0
 
     def readable(self) -> bool:
@@ -78,7 +83,8 @@ class HashingReader(io.RawIOBase):
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._raw.read(size)
-        self._hash.update(data)
+        if self._known is None:
+            self._hash.update(data)
         self.bytes_read += len(data)
         return data
 
@@ -87,17 +93,18 @@ class HashingReader(io.RawIOBase):
         data = self._raw.read(len(view))
         n = len(data)
         view[:n] = data
-        self._hash.update(data)
+        if self._known is None:
+            self._hash.update(data)
         self.bytes_read += n
         return n
 
     def hexdigest(self) -> str:
-        """Hex sha256 of the bytes read so far."""
-        return self._hash.hexdigest()
+        """Hex sha256 of the bytes read so far (``known``'s hex, if given)."""
+        return self.digest().partition(":")[2]
 
     def digest(self) -> str:
-        """OCI digest string (``sha256:<hex>``) of the bytes read so far."""
-        return "sha256:" + self._hash.hexdigest()
+        """OCI digest string (``sha256:<hex>``) of the bytes read so far (``known``, if given)."""
+        return self._known if self._known is not None else "sha256:" + self._hash.hexdigest()
 
 
 class _Replay(io.RawIOBase):

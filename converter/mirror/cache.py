@@ -511,9 +511,9 @@ class CountingConverter(_Wrapper):
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
+                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
         result = self.inner(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                            workdir=workdir, progress=progress, on_tree=on_tree)
+                            workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
         self.stats.add(built=1)
         return result
 
@@ -541,13 +541,14 @@ class _MetadataLower:
 
 
 def read_tree(src: BinaryIO, *, options: LayerOptions, lower: LowerView | None, media_type: str | None,
-              layer: str, progress: Callable[[int], None] | None = None) -> LayerTree:
+              layer: str, progress: Callable[[int], None] | None = None,
+              source_digest: str | None = None) -> LayerTree:
     """A layer's normalised tree, metadata only, with the digest and size of the bytes read and
     its DiffID (read under the same limits as a build: a cache hit must not let a hostile layer
-    through)."""
+    through). ``source_digest``: as for ``read_layer``, a digest the caller already verified."""
     return read_layer(src, sink=DiscardSink(), options=options,
                       lower=_MetadataLower(lower) if lower is not None else None,
-                      media_type=media_type, layer=layer, progress=progress)
+                      media_type=media_type, layer=layer, progress=progress, source_digest=source_digest)
 
 
 def mkfs_version() -> str:
@@ -612,17 +613,17 @@ class CachingConverter(_Wrapper):
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
+                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
         key = self.key(layer, options)
         if key is None:
             self.log.debug("layer_cache_not_applicable", layer=layer)
             return self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                               workdir=workdir, progress=progress, on_tree=on_tree)
+                               workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
         with self.cache.claim(key):
             entry = None if key in self._rejected else self._find(key, layer)
             if entry is not None:
                 tree = read_tree(src, options=options, lower=lower, media_type=media_type, layer=layer,
-                                 progress=progress)
+                                 progress=progress, source_digest=source_digest)
                 if tree.diff_id != str(entry.source_diff_id):
                     raise ConverterError(f"reusing cached layer {entry.digest.short} for layer {layer}: it was "
                                          f"made from DiffID {entry.source_diff_id.short}, the layer has "
@@ -635,7 +636,7 @@ class CachingConverter(_Wrapper):
                                    diff_id=str(entry.diff_id) if entry.diff_id != entry.digest else None,
                                    annotations=dict(entry.annotations))
             result = self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                                 workdir=workdir, progress=progress, on_tree=on_tree)
+                                 workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
             self._store(key, result, layer)
             return result
 

@@ -104,6 +104,7 @@ class _Request:
     workdir: Path | None
     progress: bool
     on_tree: bool
+    source_digest: str | None = None
 
 
 class ProcessConvert:
@@ -120,9 +121,10 @@ class ProcessConvert:
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
+                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
         request = _Request(out_path=out_path, options=options, has_lower=lower is not None, media_type=media_type,
-                           layer=layer, workdir=workdir, progress=progress is not None, on_tree=on_tree is not None)
+                           layer=layer, workdir=workdir, progress=progress is not None, on_tree=on_tree is not None,
+                           source_digest=source_digest)
         ctx = _fork_server()
         ctl, ctl_child = ctx.Pipe()
         data_recv, data_send = ctx.Pipe(duplex=False)
@@ -365,6 +367,7 @@ def _child_main(ctl: Connection, data: Connection, request: _Request) -> None:
                 layer=request.layer, workdir=request.workdir,
                 progress=_Progress(channel) if request.progress else None,
                 on_tree=(lambda root: channel.send("tree", encode_tree(root))) if request.on_tree else None,
+                source_digest=request.source_digest,
             )
         channel.send("result", dataclasses.replace(result, root=None, annotations=dict(result.annotations)))
     except (ConverterError, OSError) as exc:

@@ -112,7 +112,8 @@ class ConvertLayerFn(Protocol):
                  lower: LowerView | None = None, media_type: str | None = None, layer: str = "",
                  workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Inode], None] | None = None) -> LayerResult: ...
+                 on_tree: Callable[[Inode], None] | None = None,
+                 source_digest: str | None = None) -> LayerResult: ...
 
 
 def _resolved(value: Any) -> Future[Any]:
@@ -188,10 +189,14 @@ def fetch_blob(source: ImageSource, desc: Descriptor, dest: Path, *, cancel: thr
 
 def _download(source: ImageSource, desc: Descriptor, out: BinaryIO, *, cancel: threading.Event,
               on_bytes: Callable[[int], None] | None) -> None:
-    """One download of ``desc`` into ``out`` (at its start), checked against the descriptor."""
-    h = desc.digest.hasher()
+    """One download of ``desc`` into ``out`` (at its start), checked against the descriptor.
+
+    A stream that checks the digest itself and says so (a registry download's ``verified``,
+    true once it was read to the end and matched) is not hashed a second time here."""
     got = 0
     with source.open_blob(desc.digest, size=desc.size) as stream:
+        self_checked = isinstance(getattr(stream, "verified", None), bool)
+        h = None if self_checked else desc.digest.hasher()
         while True:
             if cancel.is_set():
                 raise Cancelled("reading a layer: cancelled")
@@ -202,13 +207,15 @@ def _download(source: ImageSource, desc: Descriptor, out: BinaryIO, *, cancel: t
             if got > desc.size:
                 raise ImageError(f"pulling blob {desc.digest}: more than the {desc.size} bytes "
                                  "its descriptor declares")
-            h.update(chunk)
+            if h is not None:
+                h.update(chunk)
             out.write(chunk)
             if on_bytes is not None:
                 on_bytes(got)
+        verified = getattr(stream, "verified", False) is True
     if got != desc.size:
         raise ImageError(f"pulling blob {desc.digest}: got {got} bytes, its descriptor declares {desc.size}")
-    if h.hexdigest() != desc.digest.hex:
+    if not (verified if h is None else h.hexdigest() == desc.digest.hex):
         raise ImageError(f"pulling blob {desc.digest}: content does not match the digest")
 
 
@@ -599,12 +606,17 @@ class LayerGraph:
                     layer=str(desc.digest), workdir=spool_dir,
                     progress=lambda n: self._report(Stage.CONVERT, i, n, desc.size),
                     on_tree=lambda root: self._tree_built(i, root),
+                    # The pull checked these bytes against the digest: not hashed a third time.
+                    source_digest=str(desc.digest),
                 )
         finally:
             shutil.rmtree(spool_dir, ignore_errors=True)
         if result.source_digest != str(desc.digest):
             raise ImageError(f"converting layer {desc.digest}: the converter read bytes with digest "
                              f"{result.source_digest}")
+        if result.source_size != desc.size:
+            raise ImageError(f"converting layer {desc.digest}: the converter read {result.source_size} bytes "
+                             f"of its {desc.size}")
         self._report(Stage.CONVERT, i, desc.size, desc.size, done=True)
         self._timings[i]["build"] = time.monotonic() - started
         return result

@@ -43,3 +43,21 @@ def test_gzip_and_zstd_copies_give_the_same_layer(tmp_path: Path, fmt: str, buil
     assert (tmp_path / "gzip.erofs").read_bytes() == (tmp_path / "zstd.erofs").read_bytes()
     with ErofsImage.open(tmp_path / "zstd.erofs") as img:
         assert img.superblock.uuid == layer_uuid(diff_id).bytes
+
+
+@pytest.mark.parametrize("builder", ["python", "mkfs"])
+def test_a_verified_source_digest_is_reported_not_recomputed(tmp_path: Path, builder: str) -> None:
+    """Given the digest the caller already verified (the image pipeline's pull), convert_layer
+    reports it without hashing the source again (so a digest unlike the bytes' shows it was not
+    recomputed); everything else, the DiffID and the image bytes included, is as without it."""
+    blob = gzip.compress(_tar(), mtime=0)
+    options = LayerOptions(fmt=parse_format("erofs"), builder=builder)
+    told = "sha256:" + "ab" * 32
+    plain = convert_layer(io.BytesIO(blob), tmp_path / "plain.erofs", options=options, layer="l")
+    trusted = convert_layer(io.BytesIO(blob), tmp_path / "trusted.erofs", options=options, layer="l",
+                            source_digest=told)
+    assert plain.source_digest == "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert trusted.source_digest == told
+    assert trusted.source_size == plain.source_size == len(blob)
+    assert trusted.source_diff_id == plain.source_diff_id
+    assert (tmp_path / "trusted.erofs").read_bytes() == (tmp_path / "plain.erofs").read_bytes()

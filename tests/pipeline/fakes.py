@@ -179,7 +179,7 @@ class FakeEngine:
     def convert(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                 media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                 progress: Callable[[int], None] | None = None,
-                on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
+                on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
         call = self._record("convert", layer, options.bottom, lower, (options.max_expanded, options.max_entries))
         with self.lock:
             self.active_builds += 1
@@ -199,7 +199,8 @@ class FakeEngine:
             out = b"EROFS:" + data
             out_path.write_bytes(out)
             return LayerResult(path=out_path, digest=str(Digest.from_bytes(out)), size=len(out),
-                               source_digest="sha256:" + hashlib.sha256(data).hexdigest(),
+                               # Like convert_layer: a digest the caller verified is reported as is.
+                               source_digest=source_digest or "sha256:" + hashlib.sha256(data).hexdigest(),
                                source_size=len(data), root=self.tree_for(layer),
                                source_diff_id="sha256:" + hashlib.sha256(data).hexdigest())  # uncompressed in the fake
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import io
 import itertools
 import os
 import threading
@@ -215,6 +216,64 @@ def test_pull_verifies_the_digest(tmp_path: Path) -> None:
         LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
 
 
+class _SelfChecking(io.BytesIO):
+    """A blob stream that checks the digest itself, as a registry download does: ``verified``
+    is what its own check said once the end was read."""
+
+    def __init__(self, data: bytes, *, says: bool) -> None:
+        super().__init__(data)
+        self._says = says
+        self.verified = False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        if not data:
+            self.verified = self._says
+        return data
+
+
+class SelfCheckingSource(MemorySource):
+    def __init__(self, *, says: bool) -> None:
+        super().__init__()
+        self.says = says
+
+    @contextlib.contextmanager
+    def open_blob(self, digest: Digest, *, size: int | None = None) -> Iterator[BinaryIO]:
+        yield _SelfChecking(self.blobs[digest], says=self.says)
+
+
+def test_a_stream_that_checks_its_digest_is_not_hashed_again(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry download verifies the digest itself: the pull trusts its ``verified`` (no
+    second hash of the blob) and the build is told the verified digest (no third). A stream
+    that says it checked but did not verify fails the pull."""
+    hashers: list[Digest] = []
+    real = Digest.hasher
+
+    def counting(self: Digest) -> Any:
+        hashers.append(self)
+        return real(self)
+
+    monkeypatch.setattr(Digest, "hasher", counting)
+    source, sink = SelfCheckingSource(says=True), MemorySink()
+    layers = make_layers(source, 2)
+    told: list[str | None] = []
+    engine = FakeEngine()
+
+    def convert(src: BinaryIO, out_path: Path, **kw: Any) -> Any:
+        told.append(kw.get("source_digest"))
+        return engine.convert(src, out_path, **kw)
+
+    built = LayerGraph(settings(source, sink, engine, convert=convert), layers, workdir=tmp_path / "g").run()
+    assert [b.index for b in built] == [0, 1]
+    assert hashers == []
+    assert sorted(d for d in told if d) == sorted(str(d.digest) for d in layers)
+
+    source.says = False
+    with pytest.raises(LayerFailed, match=r"pull: pulling blob .*does not match the digest"):
+        LayerGraph(settings(source, sink, engine, convert=convert), layers, workdir=tmp_path / "h").run()
+
+
 def test_converter_reading_other_bytes_is_an_error(tmp_path: Path) -> None:
     source, sink, engine = MemorySource(), MemorySink(), FakeEngine()
     layers = make_layers(source, 1)
@@ -223,7 +282,7 @@ def test_converter_reading_other_bytes_is_an_error(tmp_path: Path) -> None:
         src.read(10)
 
     engine.before_convert = skip_some
-    with pytest.raises(LayerFailed, match="the converter read bytes with digest"):
+    with pytest.raises(LayerFailed, match="the converter read 990 bytes of its 1000"):
         LayerGraph(settings(source, sink, engine), layers, workdir=tmp_path / "g").run()
 
 

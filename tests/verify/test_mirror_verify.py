@@ -33,10 +33,10 @@ images:
 def _tampering(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                progress: Callable[[int], None] | None = None,
-               on_tree: Callable[[Inode], None] | None = None) -> LayerResult:
+               on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
     """The real engine, then one byte of the first plain file with data flipped (a silent corruption)."""
     result = convert_layer(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                           workdir=workdir, progress=progress, on_tree=on_tree)
+                           workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
     with ErofsImage.open(result.path) as img:
         target = next(((img._inode(st.nid).i_u * img.block_size) for _, st in img.walk()
                        if stat.S_ISREG(st.st_mode) and st.layout == fmt.LAYOUT_FLAT_PLAIN and st.size > 1), None)
