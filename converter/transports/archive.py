@@ -45,7 +45,14 @@ from converter.oci.model import (
 )
 from converter.reference import ArchiveRef, Digest, OciLayoutRef, parse_reference
 from converter.transports.base import BlobOrigin
-from converter.transports.layout import INDEX_FILE, LayoutSink, VerifyingReader, pick_entry, sniff_media_type
+from converter.transports.layout import (
+    INDEX_FILE,
+    LayoutSink,
+    VerifiedStream,
+    VerifyingReader,
+    pick_entry,
+    sniff_media_type,
+)
 
 _CHUNK = 1 << 20
 _BLOB_NAME = re.compile(r"blobs/(sha256|sha512)/([0-9a-f]+)")
@@ -191,7 +198,7 @@ class _ArchiveSource:
     def open_blob(self, digest: Digest, *, size: int | None = None) -> Iterator[BinaryIO]:
         raw = _Section(self.members.path, self.members.get(self.member_for(digest)))
         reader = VerifyingReader(raw, digest, size=size, what=f"blob {digest} from {self.name}")  # type: ignore[arg-type]
-        with io.BufferedReader(reader, _CHUNK) as stream:
+        with VerifiedStream(reader, _CHUNK) as stream:
             yield stream
 
     def get_blob_bytes(self, digest: Digest, *, max_size: int) -> bytes:

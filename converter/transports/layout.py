@@ -62,6 +62,12 @@ class VerifyingReader(io.RawIOBase):
         self._seen = 0
         self._what = what
         self._checked = False
+        self._verified = False
+
+    @property
+    def verified(self) -> bool:
+        """True once the end was read and the size and digest matched."""
+        return self._verified
 
     def readable(self) -> bool:
         return True
@@ -80,12 +86,26 @@ class VerifyingReader(io.RawIOBase):
                 raise ImageError(f"reading {self._what}: {self._seen} bytes, expected {self._size}")
             if self._hash.hexdigest() != self._digest.hex:
                 raise ImageError(f"reading {self._what}: content does not match digest {self._digest}")
+            self._verified = True
         return n or 0
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._raw.close()
         super().close()
+
+
+class VerifiedStream(io.BufferedReader):
+    """A buffered ``VerifyingReader`` that shows its ``verified``, so a reader that would hash the
+    blob to check it (the layer graph's pull) can trust the check already made."""
+
+    def __init__(self, raw: VerifyingReader, buffer_size: int = _CHUNK) -> None:
+        super().__init__(raw, buffer_size)
+        self._verifier = raw
+
+    @property
+    def verified(self) -> bool:
+        return self._verifier.verified
 
 
 def _sniff_media_type(data: bytes) -> str:
@@ -211,7 +231,7 @@ class LayoutSource(_Layout):
         except OSError as exc:
             raise ConverterError(f"reading blob {digest} from {self.name}: {exc.strerror}") from exc
         reader = VerifyingReader(raw, digest, size=size, what=f"blob {digest} from {self.name}")
-        with io.BufferedReader(reader, _CHUNK) as stream:
+        with VerifiedStream(reader) as stream:
             yield stream
 
     def get_blob_bytes(self, digest: Digest, *, max_size: int) -> bytes:

@@ -16,7 +16,7 @@ from converter.reference import Digest, OciLayoutRef, parse_location
 from converter.testing.sample import gzip_bytes, sample_layers
 from converter.transports import TRANSPORTS, LayoutSink, LayoutSource, open_sink, open_source, transport_name
 from converter.transports.base import BlobOrigin, ImageSink, ImageSource
-from converter.transports.layout import REF_NAME
+from converter.transports.layout import REF_NAME, VerifiedStream
 
 
 def _blob(tmp: Path, data: bytes) -> tuple[Path, Digest]:
@@ -64,7 +64,11 @@ def test_round_trip(tmp_path: Path) -> None:
     assert source.get_manifest(digest) == (data, MediaType.OCI_MANIFEST.value, digest)
     layer = json.loads(data)["layers"][0]
     with source.open_blob(Digest.parse(layer["digest"]), size=layer["size"]) as stream:
+        # It says it checked the digest (so the layer graph's pull does not hash it again),
+        # once the end was read.
+        assert isinstance(stream, VerifiedStream) and stream.verified is False
         assert Digest.from_bytes(stream.read()) == Digest.parse(layer["digest"])
+        assert stream.verified is True
 
 
 def test_tags_replace_and_accumulate(tmp_path: Path) -> None:
@@ -113,7 +117,10 @@ def test_corrupt_and_missing_blobs(tmp_path: Path) -> None:
     layer_digest = Digest("sha256", layer_path.name)
     layer_path.write_bytes(b"x" + layer_path.read_bytes()[1:])
     with pytest.raises(ImageError, match="does not match digest"), source.open_blob(layer_digest) as stream:
-        stream.read()
+        try:
+            stream.read()
+        finally:
+            assert isinstance(stream, VerifiedStream) and stream.verified is False
     with pytest.raises(ImageError, match="larger than 10 bytes"):
         source.get_blob_bytes(layer_digest, max_size=10)
 
