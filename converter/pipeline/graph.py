@@ -606,7 +606,7 @@ class LayerGraph:
                     layer=str(desc.digest), workdir=spool_dir,
                     progress=lambda n: self._report(Stage.CONVERT, i, n, desc.size),
                     on_tree=lambda root: self._tree_built(i, root),
-                    # The pull checked these bytes against the digest: not hashed a third time.
+                    # The pull checked these bytes against the digest: the build does not hash them again.
                     source_digest=str(desc.digest),
                 )
         finally:
