@@ -34,7 +34,8 @@ LAYER_SWITCH_INTERVAL = 0.0002
 #: conversion has a thread or more per download, upload, read-ahead, hasher and compressor,
 #: so with 16 arenas on 2 CPUs each held its own high-water mark. Measured on the bench image,
 #: ``erofs+lz4``, alternating runs (README.md, Performance): peak RSS 168-186 MiB with glibc's
-#: default, 150-164 MiB with 4 arenas (2 per CPU), the same time; layer mode unchanged.
+#: default, 150-173 MiB with 4 arenas (2 per CPU; medians 180 -> 162), the same time; layer
+#: mode unchanged.
 MALLOC_ARENAS_PER_CPU = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
 

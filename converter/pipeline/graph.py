@@ -195,8 +195,7 @@ def _download(source: ImageSource, desc: Descriptor, out: BinaryIO, *, cancel: t
     true once it was read to the end and matched) is not hashed a second time here."""
     got = 0
     with source.open_blob(desc.digest, size=desc.size) as stream:
-        self_checked = isinstance(getattr(stream, "verified", None), bool)
-        h = None if self_checked else desc.digest.hasher()
+        h = None if isinstance(getattr(stream, "verified", None), bool) else desc.digest.hasher()
         while True:
             if cancel.is_set():
                 raise Cancelled("reading a layer: cancelled")
@@ -212,10 +211,11 @@ def _download(source: ImageSource, desc: Descriptor, out: BinaryIO, *, cancel: t
             out.write(chunk)
             if on_bytes is not None:
                 on_bytes(got)
-        verified = getattr(stream, "verified", False) is True
+        # The stream's own check, or ours.
+        matches = (getattr(stream, "verified", False) is True) if h is None else (h.hexdigest() == desc.digest.hex)
     if got != desc.size:
         raise ImageError(f"pulling blob {desc.digest}: got {got} bytes, its descriptor declares {desc.size}")
-    if not (verified if h is None else h.hexdigest() == desc.digest.hex):
+    if not matches:
         raise ImageError(f"pulling blob {desc.digest}: content does not match the digest")
 
 

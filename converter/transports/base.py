@@ -54,7 +54,9 @@ class ImageSource(Protocol):
 
     def open_blob(self, digest: Digest, *, size: int | None = None) -> AbstractContextManager[BinaryIO]:
         """A stream of the blob's bytes; reading it to the end verifies the digest (and ``size``,
-        the descriptor's, when given)."""
+        the descriptor's, when given). A stream that has a bool ``verified`` (true once the end
+        was read and matched: the registry's ``BlobReader``, the layouts' ``VerifiedStream``) is
+        trusted by the layer graph's pull, which otherwise hashes the blob itself."""
         ...
 
     def get_blob_bytes(self, digest: Digest, *, max_size: int) -> bytes:

@@ -26,7 +26,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from converter.errors import ConverterError, ImageError
 from converter.files import create_temp, link_temp, new_file_mode, open_regular, read_regular, set_mode, write_atomic
@@ -101,11 +101,10 @@ class VerifiedStream(io.BufferedReader):
 
     def __init__(self, raw: VerifyingReader, buffer_size: int = _CHUNK) -> None:
         super().__init__(raw, buffer_size)
-        self._verifier = raw
 
     @property
     def verified(self) -> bool:
-        return self._verifier.verified
+        return cast(VerifyingReader, self.raw).verified
 
 
 def _sniff_media_type(data: bytes) -> str:
