@@ -22,6 +22,7 @@ from converter.blob.encoding import make_encoding
 from converter.cli.args import limit, verbosity
 from converter.cli.progress import LayerBars, summary_line
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, default_build_time
+from converter.convert.tuning import collector_paused
 from converter.erofs.target import parse_format
 from converter.errors import ImageError, NotFound, UsageError
 from converter.mirror.plan import Recipe, existing_conversion, selected_manifests
@@ -218,7 +219,7 @@ def run_image_conversion(args: argparse.Namespace) -> int:
         _close_later(stack, sink)
         show_bars = sys.stderr.isatty() and not args.quiet and (args.log_format in (None, "console"))
         started = time.monotonic()
-        with _progress(show_bars) as progress:
+        with _progress(show_bars) as progress, collector_paused():
             result = convert_image(source, src, sink, dest, options=options, progress=progress,
                                    log=structlog.get_logger())
     summary = summary_line(result, time.monotonic() - started)

@@ -85,6 +85,30 @@ def test_limits_reach_the_conversion_options(monkeypatch: pytest.MonkeyPatch, sa
     assert seen == [(DEFAULT_MAX_EXPANDED, DEFAULT_MAX_ENTRIES), (2 << 30, 7), (None, None)]
 
 
+@pytest.mark.parametrize("collecting", [True, False])
+def test_the_conversion_runs_with_the_collector_paused(monkeypatch: pytest.MonkeyPatch, sample: SampleLayout,
+                                                       tmp_path: Path, collecting: bool) -> None:
+    # One image per command: the cyclic collector pauses for the conversion (its objects hold
+    # next to no cycles; converter/convert/tuning.py) and comes back afterwards, whether it
+    # succeeded or failed; a collector that was off stays off.
+    import gc
+
+    seen: list[bool] = []
+
+    def fake_convert_image(*args: object, **kwargs: object) -> object:
+        seen.append(gc.isenabled())
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(imagecli, "convert_image", fake_convert_image)
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert main([f"oci:{sample.path}:v1", "--dest", f"oci:{tmp_path}:x", "-q"]) == 2
+        assert seen == [False]
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("flags", [
     ["--retries", "0"], ["--retries", "two"], ["--timeout", "0"], ["--timeout", "-1"], ["--timeout", "nan"],
     ["--timeout", "inf"], ["--max-entries", "-1"], ["--max-expanded", "1Q"],
