@@ -1,6 +1,6 @@
 """erofs-converter: turn container images into images whose layers are EROFS filesystems."""
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 from converter import native as _native
 

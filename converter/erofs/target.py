@@ -18,7 +18,11 @@ accepts, measured rather than copied from its ``--help``:
 * deflate: 1..9 (``--help`` says 0..9, but mkfs.erofs 1.9.4 fails on 0);
 * lzma: 0..9, and 100..109 for the "extreme" presets.
 
-Without ``level=`` mkfs.erofs picks its own default for the algorithm.
+Without ``level=`` mkfs.erofs picks its own default for the algorithm, except for zstd: there
+mkfs.erofs (1.9.3 and 1.9.4, ``lib/compressor_libzstd.c``) hands its "no level" marker, -1, to
+libzstd as the level, which is zstd's fast level -1, not its default 3 (its other compressors map
+-1 to their default); so mkfs is given ``level=3`` (``ZSTD_DEFAULT_LEVEL``), which our own writer
+uses too (docs/deviations.md).
 
 ``pcluster=BYTES`` allows physical clusters (the compressed units) of up to that many bytes, a
 multiple of 4096 up to 1 MiB, like ``mkfs.erofs -C``: bigger ones compress better but need
@@ -38,6 +42,9 @@ from dataclasses import dataclass
 from converter.erofs import format as fmt
 from converter.errors import InvalidFormat
 from converter.levels import parse_int_options
+
+#: zstd's default level (ZSTD_CLEVEL_DEFAULT), what ``erofs+zstd`` without ``level=`` means.
+ZSTD_DEFAULT_LEVEL = 3
 
 BASE = "erofs"
 
@@ -127,7 +134,8 @@ class TargetFormat:
         """The mkfs.erofs options for this format (``[]`` when uncompressed)."""
         if self.algorithm is None:
             return []
-        args = [f"-z{self.algorithm}" if self.level is None else f"-z{self.algorithm},level={self.level}"]
+        level = ZSTD_DEFAULT_LEVEL if self.level is None and self.algorithm == "zstd" else self.level
+        args = [f"-z{self.algorithm}" if level is None else f"-z{self.algorithm},level={level}"]
         if self.pcluster is not None:
             args.append(f"-C{self.pcluster}")
         if self.ztailpacking:

@@ -340,6 +340,21 @@ def test_build_matches_tree_and_is_reproducible(rich: tuple[Inode, SpoolSink], t
         assert os.stat(mnt / "usr/bin/link-fwd").st_ino == os.stat(mnt / "usr/sbin/shared-3").st_ino
 
 
+def test_zstd_without_a_level_is_zstds_default_level(tmp_path: Path) -> None:
+    """``erofs+zstd`` means zstd's default level, 3, with mkfs.erofs as with our writer:
+    mkfs.erofs -zzstd alone compresses at zstd's fast level -1 (docs/deviations.md)."""
+    text = b" ".join(b"%d erofs layer %x" % (i, i * 7919) for i in range(40_000))
+    spool = SpoolSink(tmp_path)
+    root = normalise([ent("text", data=text)], spool)
+    images = {fmt: build(root, spool, tmp_path / f"{fmt}.img", fmt).read_bytes()
+              for fmt in ("erofs+zstd", "erofs+zstd,level=3", "erofs+zstd,level=1")}
+    spool.close()
+    assert images["erofs+zstd"] == images["erofs+zstd,level=3"]
+    assert images["erofs+zstd,level=1"] != images["erofs+zstd,level=3"]
+    assert len(images["erofs+zstd"]) < len(text)
+    assert parse_format("erofs+zstd").mkfs_args() == ["-zzstd,level=3"]
+
+
 def test_layer_without_root_entry_comes_out_0755(tmp_path: Path) -> None:
     entries = [ent("usr/bin/tool", mode=0o755, data=b"t"), ent("etc/conf", data=b"c"),
                ent("var/lib/x/y", data=b"y")]

@@ -463,6 +463,30 @@ def test_search_gives_up_early_on_incompressible_input(codec: Codec) -> None:
     assert consumed > floor and len(stream) <= fmt.BLOCK_SIZE
 
 
+def test_search_stops_at_a_stream_that_leaves_no_room_for_more_input() -> None:
+    """A fitting stream whose room left would hold at most 64 more bytes of input at its ratio
+    ends the search: no overflowing probe is needed to prove it. A codec that halves its input
+    exactly: the first search brackets 8,192 bytes (3 probes); the next starts there, fills
+    the block and stops at once, and one that starts 300 bytes short (room for 150 more bytes of
+    output) searches on."""
+    probes: list[int] = []
+
+    class Halving(SearchCompressor):
+        def _probe(self, pos: int, n: int) -> Any:
+            probes.append(n)
+            return b"\x01" * ((n + 1) // 2)
+
+    comp = Halving(Codec.ZSTD, None, bytes(1 << 20), fmt.BLOCK_SIZE)
+    assert comp.compress(0) == (8192, b"\x01" * 4096) and len(probes) == 3
+    probes.clear()
+    assert comp.compress(8192) == (8192, b"\x01" * 4096) and probes == [8192]
+    probes.clear()
+    short = Halving(Codec.ZSTD, None, bytes(1 << 20), fmt.BLOCK_SIZE)
+    short._last = 8192 - 300
+    consumed, _ = short.compress(0)
+    assert 8192 - 64 <= consumed <= 8192 and len(probes) > 1
+
+
 @pytest.mark.parametrize("codec", [Codec.LZ4, Codec.ZSTD, Codec.LZMA])
 def test_big_pclusters_store_incompressible_input_raw_without_recompressing(codec: Codec,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -656,7 +680,8 @@ def test_ztailpacking_recompresses_a_long_last_extent(to: str, tmp_path: Path) -
 def test_deflate_streams_are_one_shot_compressions_of_their_input(level: int) -> None:
     """Every DEFLATE stream is libdeflate's compression of its extent's input at the level asked
     (a pure function of input and level), decodes to it, and fills its block: 64 more bytes of
-    input would not have fitted (the search stops within 64 bytes)."""
+    input would not have fitted, or the room it leaves holds at most 64 bytes of input at its
+    ratio (the search stops within about 64 bytes)."""
     import zlib
 
     import deflate
@@ -673,7 +698,9 @@ def test_deflate_streams_are_one_shot_compressions_of_their_input(level: int) ->
             assert raw.endswith(want) and not raw[:-len(want)].strip(b"\0"), (pos, length)
             assert zlib.decompressobj(-15).decompress(want) == data[pos:pos + length]
             if pos + length + 64 <= len(data):
-                assert len(deflate.deflate_compress(data[pos:pos + length + 64], level)) > 4096, (pos, length)
+                overflows = len(deflate.deflate_compress(data[pos:pos + length + 64], level)) > 4096
+                full = (4096 * nblocks - len(want)) * length <= 64 * len(want)
+                assert overflows or full, (pos, length, len(want))
         pos += length
         block += nblocks
     assert pos == len(data)
