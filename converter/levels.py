@@ -8,7 +8,11 @@ from collections.abc import Sequence
 
 from converter.errors import InvalidFormat
 
-__all__ = ["parse_int_options", "parse_level_options"]
+#: zstd's default level (ZSTD_CLEVEL_DEFAULT): what ``erofs+zstd`` means without a level, with
+#: either builder (converter/erofs/target.py says why mkfs.erofs is told it).
+ZSTD_DEFAULT_LEVEL = 3
+
+__all__ = ["ZSTD_DEFAULT_LEVEL", "parse_int_options", "parse_level_options"]
 
 
 def parse_level_options(options: Sequence[str], *, what: str, number: str = "non-negative whole number") -> int | None:

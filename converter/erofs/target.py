@@ -41,10 +41,7 @@ from dataclasses import dataclass
 
 from converter.erofs import format as fmt
 from converter.errors import InvalidFormat
-from converter.levels import parse_int_options
-
-#: zstd's default level (ZSTD_CLEVEL_DEFAULT), what ``erofs+zstd`` without ``level=`` means.
-ZSTD_DEFAULT_LEVEL = 3
+from converter.levels import ZSTD_DEFAULT_LEVEL, parse_int_options
 
 BASE = "erofs"
 

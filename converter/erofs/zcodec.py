@@ -32,8 +32,8 @@ import zstandard
 
 from converter.erofs import microlzma
 from converter.erofs.clib import load_library
-from converter.erofs.target import ZSTD_DEFAULT_LEVEL
 from converter.errors import ToolError
+from converter.levels import ZSTD_DEFAULT_LEVEL
 
 _MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer
 _MAX_INPUT = 0x7E000000  # liblz4's LZ4_MAX_INPUT_SIZE
