@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from converter.errors import InvalidFormat
 
-#: zstd's default level (ZSTD_CLEVEL_DEFAULT): what ``erofs+zstd`` means without a level, with
-#: either builder (converter/erofs/target.py says why mkfs.erofs is told it).
+#: zstd's default level (ZSTD_CLEVEL_DEFAULT): what ``erofs+zstd`` (with either builder;
+#: converter/erofs/target.py says why mkfs.erofs is told it) and ``--blob-compression zstd`` mean
+#: without a level.
 ZSTD_DEFAULT_LEVEL = 3
 
 __all__ = ["ZSTD_DEFAULT_LEVEL", "parse_int_options", "parse_level_options"]

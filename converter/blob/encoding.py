@@ -6,11 +6,11 @@ import enum
 from dataclasses import dataclass
 
 from converter.errors import InvalidFormat, UsageError
-from converter.levels import parse_level_options
+from converter.levels import ZSTD_DEFAULT_LEVEL, parse_level_options
 
 #: zstd levels we accept (zstd's own 1..22; 20..22 are its "ultra" levels).
 ZSTD_LEVELS = range(1, 23)
-DEFAULT_ZSTD_LEVEL = 3
+DEFAULT_ZSTD_LEVEL = ZSTD_DEFAULT_LEVEL
 #: EROFS block size: chunks and dm-verity blocks are multiples of it.
 BLOCK = 4096
 #: Uncompressed bytes per zstd frame when a chunk index is written. Measured on the benchmark
