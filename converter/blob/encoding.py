@@ -10,7 +10,6 @@ from converter.levels import ZSTD_DEFAULT_LEVEL, parse_level_options
 
 #: zstd levels we accept (zstd's own 1..22; 20..22 are its "ultra" levels).
 ZSTD_LEVELS = range(1, 23)
-DEFAULT_ZSTD_LEVEL = ZSTD_DEFAULT_LEVEL
 #: EROFS block size: chunks and dm-verity blocks are multiples of it.
 BLOCK = 4096
 #: Uncompressed bytes per zstd frame when a chunk index is written. Measured on the benchmark
@@ -30,7 +29,7 @@ class BlobCompression(enum.StrEnum):
 class BlobEncoding:
     """A layer blob's encoding.
 
-    ``level`` None means ``DEFAULT_ZSTD_LEVEL``; ``chunk_size`` None means
+    ``level`` None means ``ZSTD_DEFAULT_LEVEL``; ``chunk_size`` None means
     ``DEFAULT_CHUNK_SIZE`` for zstd (a chunk index) and 0 means one frame, no index.
     ``verity`` appends a dm-verity hash tree to the image data.
     """
@@ -61,7 +60,7 @@ class BlobEncoding:
 
     @property
     def zstd_level(self) -> int:
-        return DEFAULT_ZSTD_LEVEL if self.level is None else self.level
+        return ZSTD_DEFAULT_LEVEL if self.level is None else self.level
 
     @property
     def resolved_chunk_size(self) -> int:
@@ -95,7 +94,7 @@ class BlobEncoding:
         """
         out = ""
         if self.zstd:
-            out += ".zstd" if self.zstd_level == DEFAULT_ZSTD_LEVEL else f".zstd-level-{self.zstd_level}"
+            out += ".zstd" if self.zstd_level == ZSTD_DEFAULT_LEVEL else f".zstd-level-{self.zstd_level}"
             if self.resolved_chunk_size != DEFAULT_CHUNK_SIZE:
                 out += f".chunk-{_human(self.resolved_chunk_size)}"
         if self.verity:

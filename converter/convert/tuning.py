@@ -74,7 +74,7 @@ def collector_paused() -> Iterator[None]:
     no cycles), so the collections only traverse the growing trees to find next to nothing.
     Measured: 26 collections, 0.07 s on the 50,000-small-files layer even with
     ``GC_GEN0_THRESHOLD``, and the same peak RSS without them (103-104 MB); converting the bench
-    image, 31-35 collections, 0.08-0.12 s of the main thread, which found 825-855 objects, and
+    image, 31-35 collections taking 0.08-0.12 s with the GIL held, which found 825-855 objects, and
     with the collector paused 1,881 objects of cyclic garbage were left for the collection
     afterwards (README.md, Performance). For one command's run only: a long-lived process that
     converts image after image (``convert mirror``) keeps collecting.
