@@ -232,6 +232,7 @@ def convert_layer(
     progress: Callable[[int], None] | None = None,
     on_tree: Callable[[Inode], None] | None = None,
     source_digest: str | None = None,
+    on_data_final: Callable[[Path, bytes, int], object] | None = None,
 ) -> LayerResult:
     """Read a (possibly compressed) tar layer from ``src`` and write an EROFS image to ``out_path``.
 
@@ -245,6 +246,13 @@ def convert_layer(
     ``out_path`` must be a regular file or not exist (never, e.g., ``/dev/null``, which
     removing a failed output would delete). ``source_digest``: ``src``'s digest, already
     verified by the caller (see ``read_layer``): reported without hashing the bytes again.
+    ``on_data_final(path, block0, data_end)``: called, in this thread, when our writer has
+    planned the layout of a blob that is the image itself (no ``+zstd``, no dm-verity): the
+    blob's first block will be ``block0`` and its bytes from 4096 up to ``data_end`` are final
+    in the file at ``path``; after that the file only grows, by final bytes (``write_image``),
+    until the call returns. The file is renamed when the image is complete, so a caller that
+    wants to read it meanwhile (a streamed upload) opens it during the hook's call. Not called
+    for the mkfs builder or an encoded blob.
     """
     builder = options.resolved_builder()
     if options.holes and builder is not Builder.PYTHON:
@@ -259,9 +267,13 @@ def convert_layer(
             with ImageHasher(partial) as hasher:
                 if builder is Builder.PYTHON:
                     # The image's digest is taken while its metadata is written (imagehash.py).
+                    planned: Callable[[bytes, int], object] | None = None
+                    if options.encoding.is_identity:
+                        planned = hasher.start if on_data_final is None else _both(hasher.start, on_data_final,
+                                                                                  partial)
                     tree = _build_python(src, partial, options=options, lower=lower, media_type=media_type,
                                          layer=layer, progress=progress, on_tree=on_tree, source_digest=source_digest,
-                                         on_planned=hasher.start if options.encoding.is_identity else None)
+                                         on_planned=planned)
                 else:
                     tree = _build_mkfs(src, partial, options=options, lower=lower, media_type=media_type,
                                        layer=layer, workdir=workdir, display_name=out_path.name,
@@ -286,6 +298,14 @@ def convert_layer(
                        source_size=tree.source_size, root=tree.root, source_diff_id=tree.diff_id,
                        diff_id=None if encoded.diff_id == encoded.digest else encoded.diff_id,
                        annotations=dict(encoded.annotations))
+
+
+def _both(start: Callable[[bytes, int], object], then: Callable[[Path, bytes, int], object],
+          path: Path) -> Callable[[bytes, int], None]:
+    def planned(block0: bytes, data_end: int) -> None:
+        start(block0, data_end)
+        then(path, block0, data_end)
+    return planned
 
 
 def _encode(image: Path, out_path: Path, encoding: BlobEncoding, *, layer: str,

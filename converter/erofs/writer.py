@@ -486,8 +486,10 @@ def write_image(
 
     ``on_planned(block0, data_end)`` is called once the layout is planned, before the metadata
     is written: ``block0`` is the image's final first block and the output's bytes from 4096 up
-    to ``data_end`` are final and flushed (the file data); everything after is written later.
-    It lets the caller start hashing the image while its metadata is still being written.
+    to ``data_end`` are final and flushed (the file data); everything after is written later,
+    each byte once and in increasing order of offset, so that from then on every byte below
+    the file's size is final, up to block 0, written last. It lets the caller hash (and send)
+    the image while its metadata is still being written.
 
     ``build_time`` becomes the superblock epoch; inodes whose mtime is exactly that second
     (with 0 ns) are compact, the others extended (§4.6). Returns the image size in bytes; the

@@ -511,9 +511,11 @@ class CountingConverter(_Wrapper):
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
+                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None,
+                 on_data_final: Callable[[Path, bytes, int], object] | None = None) -> LayerResult:
         result = self.inner(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                            workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
+                            workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest,
+                            on_data_final=on_data_final)
         self.stats.add(built=1)
         return result
 
@@ -613,12 +615,14 @@ class CachingConverter(_Wrapper):
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
+                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None,
+                 on_data_final: Callable[[Path, bytes, int], object] | None = None) -> LayerResult:
         key = self.key(layer, options)
         if key is None:
             self.log.debug("layer_cache_not_applicable", layer=layer)
             return self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                               workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
+                               workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest,
+                               on_data_final=on_data_final)
         with self.cache.claim(key):
             entry = None if key in self._rejected else self._find(key, layer)
             if entry is not None:
@@ -636,7 +640,8 @@ class CachingConverter(_Wrapper):
                                    diff_id=str(entry.diff_id) if entry.diff_id != entry.digest else None,
                                    annotations=dict(entry.annotations))
             result = self._build(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                                 workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
+                                 workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest,
+                                 on_data_final=on_data_final)
             self._store(key, result, layer)
             return result
 

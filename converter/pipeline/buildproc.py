@@ -17,6 +17,8 @@ server, not a fork of the threaded caller):
   link never asks, so it never waits for the layers below;
 * ``progress`` (at most ten times a second) and ``on_tree`` (the tree, ``layers/treecodec.py``:
   metadata without the child's data references);
+* not ``on_data_final``: the child never calls it (a streamed upload would have to wait for
+  the child's file anyway; the caller then uploads the finished image the usual way);
 * the result, or the error: a ``ConverterError`` or ``OSError`` is re-raised in the caller as
   itself; anything else is a bug in the child and is raised as ``BuildProcessError`` with the
   child's traceback as a note.
@@ -121,7 +123,8 @@ class ProcessConvert:
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
+                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None,
+                 on_data_final: Callable[[Path, bytes, int], object] | None = None) -> LayerResult:
         request = _Request(out_path=out_path, options=options, has_lower=lower is not None, media_type=media_type,
                            layer=layer, workdir=workdir, progress=progress is not None, on_tree=on_tree is not None,
                            source_digest=source_digest)

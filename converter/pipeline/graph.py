@@ -17,7 +17,17 @@ Stages and their dependencies, for layer ``i`` of ``n``:
   the trees of layers ``< i``. With the pre-pass, those trees come from the scans, so builds
   of different layers overlap freely; without it, they come from the builds themselves and
   builds run strictly one after another.
-* **push**: HEAD (``has_blob``) and skip, else upload; overlaps with later builds.
+* **push**: HEAD (``has_blob``) and skip, else upload; overlaps with later builds. Into a
+  registry (a ``StreamingSink``), a layer our writer builds starts its upload early: once its
+  layout is planned, block 0 and the file data are final (``convert_layer``'s
+  ``on_data_final``), and a **stream** task sends them, then follows the metadata as the
+  writer appends it (every ``STREAM_STEP`` bytes) until the build is over; the push then
+  checks (HEAD) and sends only the rest (``registry/streamed.py``). A
+  layer with less than ``STREAM_MIN`` bytes of data is pushed the usual way, and so is one
+  whose early part failed: that session is cancelled and the whole blob uploaded again, with
+  the usual retries. A blob the registry turns out to have already cost the early part's
+  bytes (the digest is only known at the end); a build that fails leaves its session for the
+  registry to purge.
 
 Why a pre-pass: building a layer costs far more than reading its metadata (contents are
 written, hashed and, for ``erofs+ALGO``, compressed by mkfs.erofs in another process), while
@@ -57,7 +67,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
@@ -83,13 +93,20 @@ from converter.pipeline.lower import (
 )
 from converter.pipeline.progress import ProgressCallback, ProgressEvent, PushOutcome, Stage
 from converter.reference import Digest
-from converter.transports.base import ImageSink, ImageSource
+from converter.transports.base import BlobUpload, ImageSink, ImageSource, StreamingSink
 
 _CHUNK = 1 << 20
 _POLL = 0.25  # seconds; how often waits wake up to notice cancellation or Ctrl-C
 
 
 PREPASS_MIN_CPUS = 4
+#: A layer's first part is uploaded early (stream stage) only when it holds at least this many
+#: bytes: below, the overlap saves nothing worth a changed request sequence.
+STREAM_MIN = 1 << 20
+#: While the build writes the metadata, the stream sends it in parts of at least this size
+#: (each a PATCH), looking for new bytes every ``STREAM_POLL`` seconds.
+STREAM_STEP = 8 << 20
+STREAM_POLL = 0.02
 
 
 @runtime_checkable
@@ -113,7 +130,8 @@ class ConvertLayerFn(Protocol):
                  workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
                  on_tree: Callable[[Inode], None] | None = None,
-                 source_digest: str | None = None) -> LayerResult: ...
+                 source_digest: str | None = None,
+                 on_data_final: Callable[[Path, bytes, int], object] | None = None) -> LayerResult: ...
 
 
 def _resolved(value: Any) -> Future[Any]:
@@ -316,6 +334,10 @@ class LayerGraph:
         self._lower_locks_guard = threading.Lock()
         self._lower_cache: dict[int, tuple[Inode, SpoolSink]] = {}
         self._pools: dict[str, ThreadPoolExecutor] = {}
+        # streamed uploads: the early part's task per layer (its result: None when it failed)
+        self._streaming = isinstance(settings.sink, StreamingSink)
+        self._streams: dict[int, Future[BlobUpload | None]] = {}
+        self._build_over = [threading.Event() for _ in range(self.n)]  # set when a build returns
         self._limit = self.n  # layers below this are pulled and built; the rest were reused
 
     # -- public -----------------------------------------------------------------------------
@@ -332,6 +354,8 @@ class LayerGraph:
         }
         if self.prepass:
             self._pools["scan"] = ThreadPoolExecutor(1, thread_name_prefix="scan")
+        if self._streaming:
+            self._pools["stream"] = ThreadPoolExecutor(workers, thread_name_prefix="stream")
         self.log.debug("layer_graph_started", layers=self.n, jobs=self.jobs, prepass=self.prepass,
                        run_ahead=self.run_ahead)
         bug: BaseException | None = None
@@ -608,8 +632,11 @@ class LayerGraph:
                     on_tree=lambda root: self._tree_built(i, root),
                     # The pull checked these bytes against the digest: the build does not hash them again.
                     source_digest=str(desc.digest),
+                    on_data_final=(lambda path, block0, end: self._data_final(i, path, block0, end))
+                    if self._streaming else None,
                 )
         finally:
+            self._build_over[i].set()
             shutil.rmtree(spool_dir, ignore_errors=True)
         if result.source_digest != str(desc.digest):
             raise ImageError(f"converting layer {desc.digest}: the converter read bytes with digest "
@@ -627,6 +654,73 @@ class LayerGraph:
             self._set_tree(i, root)  # a deferred lower view may be waiting for it
         self._events.put(("tree", i, _resolved(root)))
 
+    def _data_final(self, i: int, path: Path, block0: bytes, end: int) -> None:
+        """Layer ``i``'s first ``end`` bytes are final (called in its build thread): start
+        sending them, from a descriptor opened now (``path`` is renamed when the image is done)."""
+        if end < STREAM_MIN or self.cancel.is_set():
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.log.debug("layer_stream_skipped", index=i, error=str(exc))
+            return
+        try:
+            fut = self._pools["stream"].submit(self._in_scope, self._stream, i, fd, block0, end)
+        except RuntimeError:  # the pools are shut down: the graph is stopping
+            os.close(fd)
+            return
+        # A task cancelled before it ran never closes its descriptor itself.
+        fut.add_done_callback(lambda f: os.close(fd) if f.cancelled() else None)
+        self._streams[i] = fut
+
+    def _stream(self, i: int, fd: int, block0: bytes, end: int) -> BlobUpload | None:
+        """The stream stage: layer ``i``'s first part, sent, then the metadata as it is written,
+        until the build is over; None if a part failed (logged), and the push then uploads the
+        whole blob."""
+        started = time.monotonic()
+        try:
+            sink = self.s.sink
+            assert isinstance(sink, StreamingSink)
+            upload = sink.streamed_upload()
+            try:
+                upload.send_first(block0, fd, end)
+                over = self._build_over[i]
+                while not over.wait(STREAM_POLL) and not self.cancel.is_set():
+                    written = os.fstat(fd).st_size  # final up to here (convert_layer's on_data_final)
+                    if written - end >= STREAM_STEP:
+                        upload.send_more(fd, written)
+                        end = written
+            except (ConverterError, OSError) as exc:
+                if not self.cancel.is_set():
+                    upload.cancel()
+                self.log.info("layer_stream_failed", index=i, layer=str(self.layers[i].digest), error=str(exc))
+                return None
+        finally:
+            os.close(fd)
+        self._timings[i]["stream"] = time.monotonic() - started
+        return upload
+
+    def _finish_stream(self, i: int, result: LayerResult, digest: Digest) -> PushOutcome | None:
+        """Complete layer ``i``'s streamed upload, if it has one: how the push ended, or None
+        when the blob must be uploaded the usual way (no stream, or it failed: logged)."""
+        fut = self._streams.pop(i, None)
+        if fut is None:
+            return None
+        try:
+            upload = fut.result()
+        except CancelledError:
+            raise Cancelled("pushing a layer: cancelled") from None
+        if upload is None:
+            return None
+        try:
+            return PushOutcome.PUSHED if upload.finish(result.path, digest, result.size) else PushOutcome.EXISTS
+        except (ConverterError, OSError) as exc:
+            if self.cancel.is_set():
+                raise
+            upload.cancel()
+            self.log.info("layer_stream_failed", index=i, layer=str(self.layers[i].digest), error=str(exc))
+            return None
+
     def _push(self, i: int) -> BuiltLayer:
         result = self._results[i]
         assert result is not None
@@ -635,11 +729,13 @@ class LayerGraph:
         if self.cancel.is_set():
             raise Cancelled("pushing a layer: cancelled")
         self._report(Stage.PUSH, i, 0, result.size)
-        if self.s.sink.has_blob(digest):
-            push = PushOutcome.EXISTS
-        else:
-            self.s.sink.push_blob(result.path, digest, result.size)
-            push = PushOutcome.PUSHED
+        push = self._finish_stream(i, result, digest)
+        if push is None:
+            if self.s.sink.has_blob(digest):
+                push = PushOutcome.EXISTS
+            else:
+                self.s.sink.push_blob(result.path, digest, result.size)
+                push = PushOutcome.PUSHED
         self._report(Stage.PUSH, i, result.size, result.size, done=True,
                      note="" if push is PushOutcome.PUSHED else push.value)
         result.path.unlink(missing_ok=True)

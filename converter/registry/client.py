@@ -28,6 +28,7 @@ from converter.registry.body import load_json
 from converter.registry.credentials import CredentialProvider
 from converter.registry.download import BlobReader, BlobStream
 from converter.registry.retry import RetryPolicy, run_with_retry
+from converter.registry.streamed import StreamedUpload
 from converter.registry.transport import (
     DEFAULT_TIMEOUT,
     ERROR_BODY_LIMIT,
@@ -341,6 +342,12 @@ class RegistryClient:
                                      should_retry=upload.should_retry)
         log.debug("registry_blob_pushed", what=what, outcome=str(outcome), size=size)
         return outcome
+
+    def streamed_upload(self, registry: str, repository: str) -> StreamedUpload:
+        """A blob upload into ``repository`` that starts before the blob is complete
+        (``registry/streamed.py``): single tries, the caller falls back to ``push_blob``."""
+        _reference(registry, repository, "latest")  # validates the names as a push would
+        return StreamedUpload(self._transport, api_host(registry), repository, frozenset({push_scope(repository)}))
 
     def put_manifest(self, registry: str, repository: str, reference: str | Digest, data: bytes,
                      media_type: str) -> Digest:

@@ -90,6 +90,36 @@ class ImageSink(Protocol):
         ...
 
 
+class BlobUpload(Protocol):
+    """A blob upload that starts before the blob is complete (``StreamingSink``)."""
+
+    def send_first(self, first: bytes, fd: int, end: int) -> None:
+        """Send the blob's first ``end`` bytes: ``first``, then ``fd``'s bytes from ``len(first)``."""
+        ...
+
+    def send_more(self, fd: int, end: int) -> None:
+        """Send ``fd``'s bytes from where the last part ended up to ``end``."""
+        ...
+
+    def finish(self, path: Path, digest: Digest, size: int) -> bool:
+        """Send the rest from the complete file at ``path`` and store the blob (verified); False
+        when the sink had it already (what was sent is then dropped)."""
+        ...
+
+    def cancel(self) -> None:
+        """Drop what was sent (best effort)."""
+        ...
+
+
+@runtime_checkable
+class StreamingSink(Protocol):
+    """A sink that can take a blob's first part while the rest is still being written (a
+    registry: the image pipeline sends a layer's data while its metadata is written)."""
+
+    def streamed_upload(self) -> BlobUpload:
+        ...
+
+
 @runtime_checkable
 class ReferrerSink(Protocol):
     """A sink where a manifest with a ``subject`` must also be added to the subject's referrers

@@ -19,11 +19,12 @@ from converter.oci.model import MAX_MANIFEST_SIZE, Descriptor
 from converter.oci.referrers import referrer_entry
 from converter.reference import Digest, Reference
 from converter.registry.retry import RetryPolicy, run_with_retry
-from converter.transports.base import BlobOrigin
+from converter.transports.base import BlobOrigin, BlobUpload
 from converter.transports.referrers import add_referrer
 
 if TYPE_CHECKING:
     from converter.registry.client import RegistryClient
+    from converter.registry.streamed import StreamedUpload
 
 
 log = structlog.get_logger()
@@ -127,6 +128,9 @@ class RegistrySink(_Repo):
         with self._lock(digest):  # a concurrent pusher of the same blob may have finished meanwhile
             self.client.push_blob(self.ref.registry, self.ref.repository, digest, size, path)
 
+    def streamed_upload(self) -> BlobUpload:
+        return _LockedUpload(self.client.streamed_upload(self.ref.registry, self.ref.repository), self._lock)
+
     def put_manifest(self, data: bytes, media_type: str, tag: str | None = None) -> Digest:
         reference = tag if tag is not None else str(Digest.from_bytes(data))
         return retry_blob_unknown(
@@ -162,3 +166,24 @@ def check_push_access(client: RegistryClient, dest: Reference) -> None:
         kind = AuthError if isinstance(exc, AuthError) else RegistryError
         raise kind(f"checking push access to {dest.name} before converting: {exc}", status=exc.status,
                    code=exc.code, method=exc.method, url=exc.url) from exc
+
+
+class _LockedUpload:
+    """A ``StreamedUpload`` finished under the sink's per-digest lock, as ``push_blob`` is."""
+
+    def __init__(self, upload: StreamedUpload, lock: Callable[[Digest], threading.Lock]) -> None:
+        self._upload = upload
+        self._lock = lock
+
+    def send_first(self, first: bytes, fd: int, end: int) -> None:
+        self._upload.send_first(first, fd, end)
+
+    def send_more(self, fd: int, end: int) -> None:
+        self._upload.send_more(fd, end)
+
+    def finish(self, path: Path, digest: Digest, size: int) -> bool:
+        with self._lock(digest):  # a concurrent pusher of the same blob may have finished meanwhile
+            return self._upload.finish(path, digest, size)
+
+    def cancel(self) -> None:
+        self._upload.cancel()

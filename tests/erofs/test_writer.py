@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import struct
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -500,3 +502,60 @@ def test_roundtrip_property_mounted(spec: tuple[object, ...], links: list[tuple[
         tb = _check_roundtrip(path, spec, links)
         with kernel.mounted(path) as mnt:
             assert diff(expected_snapshot(tb), snapshot(mnt)) == []
+
+
+class _RecordingFile(io.FileIO):
+    """Records the offset and length of every write that reaches the file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "w+")
+        self.writes: list[tuple[int, int]] = []
+        self.truncated: list[int] = []
+
+    def write(self, data: Any) -> int:
+        pos = self.tell()
+        n = super().write(data)
+        self.writes.append((pos, n or 0))
+        return n or 0
+
+    def truncate(self, size: int | None = None) -> int:
+        self.truncated.append(self.tell() if size is None else size)
+        return super().truncate(size)
+
+
+@pytest.mark.parametrize("codec", [None, "lz4", "zstd"])
+def test_after_on_planned_the_file_only_grows_by_final_bytes(codec: str | None, tmp_path: Path) -> None:
+    """write_image's promise to a streamed upload (convert_layer's on_data_final): once the
+    layout is planned, each byte after the data is written once, in increasing order of offset,
+    so every byte below the file's size is final, except block 0, written last (and handed over
+    in on_planned). The kitchen sink has FLAT_PLAIN fallbacks, whose blocks are read back and
+    copied after the metadata."""
+    from converter.erofs.zcodec import Codec
+    from converter.erofs.zwriter import CompressedDataArea
+
+    raw = _RecordingFile(tmp_path / "img")
+    planned: list[tuple[int, int, bytes]] = []
+    with io.BufferedRandom(raw, 1 << 20) as out:
+        area = ImageDataArea(out) if codec is None else CompressedDataArea(out, codec=Codec(codec))
+        with area:
+            tb = TreeBuilder(area, mtime=T)
+            kitchen_sink(tb)
+            z = area if isinstance(area, CompressedDataArea) else None
+            size = write_image(tb.root, area, build_time=T,
+                               feature_incompat=z.feature_incompat if z else 0, u1=z.u1 if z else 0,
+                               compr_cfgs=z.compr_cfgs if z else b"",
+                               on_planned=lambda block0, end: planned.append((len(raw.writes), end, block0)))
+    assert len(planned) == 1
+    first_after, data_end, block0 = planned[0]
+    later = raw.writes[first_after:]
+    assert later[-1] == (0, 4096)  # block 0, last
+    grown = data_end
+    assert (tmp_path / "img").stat().st_size == size
+    for pos, n in later[:-1]:
+        assert pos >= grown, f"a write at {pos} below the {grown} bytes already in the file"
+        grown = pos + n
+    assert grown == size and raw.truncated in ([], [size])
+    image = (tmp_path / "img").read_bytes()
+    assert image[:4096] == block0
+    if codec is None:
+        fsck(tmp_path / "img")

@@ -28,9 +28,11 @@ class CountingEngine:
     def __call__(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                  media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
+                 on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None,
+                 on_data_final: Callable[[Path, bytes, int], object] | None = None) -> LayerResult:
         result = convert_layer(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
-                               workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
+                               workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest,
+                               on_data_final=on_data_final)
         with self._lock:
             self.built.append(layer)
         return result

@@ -179,7 +179,8 @@ class FakeEngine:
     def convert(self, src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                 media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                 progress: Callable[[int], None] | None = None,
-                on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
+                on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None,
+                 on_data_final: Callable[[Path, bytes, int], object] | None = None) -> LayerResult:
         call = self._record("convert", layer, options.bottom, lower, (options.max_expanded, options.max_entries))
         with self.lock:
             self.active_builds += 1

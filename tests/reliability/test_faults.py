@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from converter.cli import main
+from converter.pipeline import graph
 from converter.testing.localregistry import RunningRegistry, local_registry
 from tests.reliability.imageenv import FastRetry, Probe, Sample, fast_sleeps, skopeo_copy, write_sample
 from tests.reliability.proxy import Action, Fault, FaultProxy
@@ -165,6 +166,7 @@ class Mode:
     preexisting: bool = False  # the destination tag already holds an older image
     min_sleep: float = 0.0  # transient: a retry must have waited at least this long (Retry-After)
     xfail: str = ""
+    stream: bool = False  # every layer's upload starts while it is built (graph.STREAM_MIN 0)
 
 
 MODES: tuple[Mode, ...] = (
@@ -196,6 +198,13 @@ MODES: tuple[Mode, ...] = (
     Mode("corrupt-blob-once", True, lambda s: [Fault(Action.CORRUPT, _blob(s.layers[0]), "GET")]),
     Mode("corrupt-blob-thrice", True, lambda s: [Fault(Action.CORRUPT, _blob(s.layers[2]), "GET", times=3)]),
     Mode("corrupt-config-once", True, lambda s: [Fault(Action.CORRUPT, _blob(s.config), "GET")]),
+    # streamed uploads (pipeline/graph.py): a failed part falls back to uploading the whole blob
+    Mode("reset-mid-stream", True, lambda s: [Fault(Action.RESET_REQUEST, _UPLOAD_PUT, "PATCH", fraction=0.5)],
+         stream=True),
+    Mode("500-stream-part", True, lambda s: [Fault(Action.STATUS, _UPLOAD_PUT, "PATCH", status=500)], stream=True),
+    Mode("reset-stream-always", True, lambda s: [Fault(Action.RESET_REQUEST, _UPLOAD_PUT, "PATCH", times=None)],
+         stream=True),
+    Mode("reset-stream-put", True, lambda s: [Fault(Action.RESET_REQUEST, _UPLOAD_PUT, "PUT")], stream=True),
     # -- permanent: exit 1, one line, nothing tagged, a clean re-run ---------------------------
     Mode("404-layer", False,
          lambda s: [Fault(Action.STATUS, _blob(s.layers[1]), "GET", status=404, code="BLOB_UNKNOWN", times=None)],
@@ -216,6 +225,9 @@ MODES: tuple[Mode, ...] = (
          cause="connection lost", layer=0),
     Mode("reset-upload-always", False, lambda s: [Fault(Action.RESET_REQUEST, _UPLOAD_PUT, "PUT", times=None)],
          cause="pushing blob sha256:", preexisting=True),
+    Mode("reset-upload-always-streamed", False,
+         lambda s: [Fault(Action.RESET_REQUEST, _UPLOAD_PUT, "PUT", times=None)],
+         cause="pushing blob sha256:", preexisting=True, stream=True),
     Mode("403-manifest-put", False,
          lambda s: [Fault(Action.STATUS, _MANIFEST_PUT, "PUT", status=403, code="DENIED", times=None)],
          cause="403 DENIED", names_dest=True, preexisting=True),
@@ -239,6 +251,14 @@ def _params() -> list[object]:
 def run_mode(env: Env, mode: Mode, repo: str, capsys: pytest.CaptureFixture[str], *,
              faults: list[Fault] | None = None) -> None:
     """Convert under ``mode``'s faults into ``repo`` and check (and count) what happened."""
+    with pytest.MonkeyPatch.context() as patch:
+        if mode.stream:
+            patch.setattr(graph, "STREAM_MIN", 0)
+        _run_mode(env, mode, repo, capsys, faults=faults)
+
+
+def _run_mode(env: Env, mode: Mode, repo: str, capsys: pytest.CaptureFixture[str], *,
+              faults: list[Fault] | None = None) -> None:
     row = env.table.setdefault(mode.name, Row("transient" if mode.transient else "permanent"))
     before = None
     if mode.preexisting:
@@ -345,7 +365,7 @@ def test_fault_soak(env: Env, baseline: str, capsys: pytest.CaptureFixture[str])
             if fault.stall:
                 fault.stall = min(fault.stall, 2.5)
         soak = Mode(f"soak/{mode.name}", mode.transient, mode.faults, mode.cause, mode.layer, mode.names_dest,
-                    mode.preexisting, mode.min_sleep)
+                    mode.preexisting, mode.min_sleep, stream=mode.stream)
         run_mode(env, soak, f"out-soak{i}", capsys, faults=faults)
 
 

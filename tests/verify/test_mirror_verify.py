@@ -33,7 +33,8 @@ images:
 def _tampering(src: BinaryIO, out_path: Path, *, options: LayerOptions, lower: LowerView | None = None,
                media_type: str | None = None, layer: str = "", workdir: Path | None = None,
                progress: Callable[[int], None] | None = None,
-               on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None) -> LayerResult:
+               on_tree: Callable[[Inode], None] | None = None, source_digest: str | None = None,
+                 on_data_final: Callable[[Path, bytes, int], object] | None = None) -> LayerResult:
     """The real engine, then one byte of the first plain file with data flipped (a silent corruption)."""
     result = convert_layer(src, out_path, options=options, lower=lower, media_type=media_type, layer=layer,
                            workdir=workdir, progress=progress, on_tree=on_tree, source_digest=source_digest)
