@@ -9,9 +9,9 @@ from typing import IO, Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-from converter.mirror.run import human_bytes
 from converter.pipeline.options import ConvertResult
 from converter.pipeline.progress import ProgressEvent, Stage
+from converter.units import human_bytes
 
 
 def summary_line(result: ConvertResult, seconds: float) -> str:

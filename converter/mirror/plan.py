@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -22,7 +22,6 @@ from converter.cancel import CancelScope, current_scope
 from converter.convert.layer import Builder, LayerOptions
 from converter.erofs.target import TargetFormat
 from converter.errors import ConverterError, ImageError, NotFound, UsageError
-from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
 from converter.oci.mediatypes import Profile
 from converter.oci.model import (
     MAX_CONFIG_SIZE,
@@ -39,6 +38,9 @@ from converter.reference import Digest, Reference, is_valid_tag
 from converter.registry.client import RegistryClient
 from converter.transports.base import ImageSource
 from converter.transports.registry import RegistrySource
+
+if TYPE_CHECKING:  # annotations only: the image command plans without importing job files' parser (yaml)
+    from converter.mirror.jobs import ImageEntry, Job, Repository, Settings
 
 log = structlog.get_logger()
 

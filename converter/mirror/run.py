@@ -39,6 +39,7 @@ from converter.reference import OciLayoutRef, Reference, parse_location
 from converter.registry.client import RegistryClient
 from converter.transports import ImageSource, RegistrySink, RegistrySource
 from converter.transports.registry import BlobLocks, check_push_access
+from converter.units import human_bytes
 
 log = structlog.get_logger()
 
@@ -421,16 +422,6 @@ def run_job(job: Job, *, client: RegistryClient, options: RunOptions = RunOption
 
 
 # --- text output ----------------------------------------------------------------------------------
-
-
-def human_bytes(count: float) -> str:
-    """``1.5 MB`` (decimal units, as registries and Docker print sizes)."""
-    size = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
