@@ -25,6 +25,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "cancel": frozenset({"errors"}),
     "files": frozenset({"errors"}),
     "levels": frozenset({"errors"}),
+    "units": frozenset(),  # sizes as people read them (human_bytes)
     "blob": frozenset({"errors", "cancel", "files", "levels"}),
     "oci": frozenset({"errors", "reference"}),
     "layers": frozenset({"errors", "oci", "reference"}),
@@ -39,7 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "verify": frozenset({"converter", "errors", "cancel", "files", "reference", "oci", "layers", "erofs", "convert",
                          "transports", "pipeline", "blob"}),
     "mirror": frozenset({"converter", "errors", "cancel", "files", "reference", "oci", "layers", "erofs", "convert",
-                         "registry", "transports", "pipeline", "verify", "blob"}),
+                         "registry", "transports", "pipeline", "verify", "blob", "units"}),
 }
 #: the edges of the product: cli may import every product unit, testing every unit but cli.
 PRODUCT = frozenset(ALLOWED) | {"converter"}
