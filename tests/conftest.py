@@ -22,9 +22,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 from tests.support.registry import registry_basic, registry_open, registry_tls, registry_token  # noqa: E402
 
 __all__ = ["registry_basic", "registry_open", "registry_tls", "registry_token"]
-from tests.support.shared_fixtures import _pristine_structlog, _restore_structlog, client, prefix, python_sigint  # noqa: E402
+from tests.support.shared_fixtures import (  # noqa: E402
+    _pristine_structlog,
+    _restore_structlog,
+    client,
+    log_capture,
+    prefix,
+    python_sigint,
+)
 
-__all__ += ["_pristine_structlog", "_restore_structlog", "client", "prefix", "python_sigint"]
+__all__ += ["_pristine_structlog", "_restore_structlog", "client", "log_capture", "prefix", "python_sigint"]
 from tests.support.dockerd import dockerd  # noqa: E402  (a private Docker engine, session-scoped)
 
 __all__ += ["dockerd"]

@@ -31,10 +31,9 @@ import httpx
 
 from converter.errors import ImageError, RegistryError
 from converter.reference import Digest
-from converter.registry._http import redact_url
 from converter.registry.auth import Scopes
-from converter.registry.transport import ERROR_BODY_LIMIT, Call, Transport, check_reported_digest
-from converter.registry.upload import cancel_upload, check_upload_range, head_blob, start_upload
+from converter.registry.transport import Transport
+from converter.registry.upload import cancel_upload, close_upload, head_blob, patch_chunk, start_upload
 
 __all__ = ["StreamedUpload"]
 
@@ -115,10 +114,7 @@ class StreamedUpload:
                 self._patch(start, size, lambda: _file_range(fd, start, size, what))
         finally:
             os.close(fd)
-        call = Call(what, self._host, self._scopes, "PUT", self._location.copy_merge_params({"digest": str(digest)}),
-                    headers={"Content-Length": "0"}, body=lambda: b"")
-        response, _ = self._transport.fetch(call, limit=ERROR_BODY_LIMIT, retry=False)
-        check_reported_digest(call, response, digest)
+        close_upload(self._transport, what, self._host, self._scopes, self._location, digest)
         self._location = None  # closed: nothing left to cancel
         return True
 
@@ -129,16 +125,6 @@ class StreamedUpload:
 
     def _patch(self, start: int, end: int, body: Callable[[], Iterator[bytes]]) -> None:
         assert self._location is not None
-        count = end - start
-        call = Call(self._what, self._host, self._scopes, "PATCH", self._location,
-                    # An explicit length: the registry gets Content-Length, not chunked encoding.
-                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(count),
-                             "Content-Range": f"{start}-{end - 1}"},
-                    body=body)
-        response, _ = self._transport.fetch(call, limit=ERROR_BODY_LIMIT, retry=False)
-        if response.status_code != 202:
-            raise RegistryError(f"{self._what}: unexpected status {response.status_code} for a chunk",
-                                status=response.status_code, method="PATCH", url=redact_url(call.url))
-        self._location = self._transport.location(call, response)
-        check_upload_range(call, response, end)
+        self._location = patch_chunk(self._transport, self._what, self._host, self._scopes, self._location, start,
+                                     end, body)
         self._sent = end

@@ -163,20 +163,36 @@ class Upload:
         while offset < self.size:
             count = min(chunk, self.size - offset)
             data = b"".join(self._read_exact(count))
-            call = Call(self.what, self.host, self.scopes, "PATCH", location,
-                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(count),
-                                 # No "bytes=" prefix: the spec's (and distribution's) format.
-                                 "Content-Range": f"{offset}-{offset + count - 1}"},
-                        body=_constant(data))
-            response, _ = self.transport.fetch(call, limit=ERROR_BODY_LIMIT, retry=False)
-            location = self.transport.location(call, response)
-            check_upload_range(call, response, offset + count)
+            location = patch_chunk(self.transport, self.what, self.host, self.scopes, location, offset,
+                                   offset + count, _constant(data))
             offset += count
-        call = Call(self.what, self.host, self.scopes, "PUT",
-                    location.copy_merge_params({"digest": str(self.digest)}),
-                    headers={"Content-Length": "0"}, body=lambda: b"")
-        response, _ = self.transport.fetch(call, limit=ERROR_BODY_LIMIT, retry=False)
-        check_reported_digest(call, response, self.digest)
+        close_upload(self.transport, self.what, self.host, self.scopes, location, self.digest)
+
+
+def patch_chunk(transport: Transport, what: str, host: str, scopes: Scopes, location: httpx.URL, start: int,
+                end: int, body: Callable[[], bytes | Iterator[bytes]]) -> httpx.URL:
+    """PATCH the blob's bytes ``start`` to ``end`` (``body``) into the session at ``location``
+    (single try); the session's next location, once the registry says it holds ``end`` bytes."""
+    call = Call(what, host, scopes, "PATCH", location,
+                # An explicit length: the registry gets Content-Length, not chunked encoding.
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(end - start),
+                         # No "bytes=" prefix: the spec's (and distribution's) format.
+                         "Content-Range": f"{start}-{end - 1}"},
+                body=body)
+    response, _ = transport.fetch(call, limit=ERROR_BODY_LIMIT, retry=False)
+    location = transport.location(call, response)
+    check_upload_range(call, response, end)
+    return location
+
+
+def close_upload(transport: Transport, what: str, host: str, scopes: Scopes, location: httpx.URL,
+                 digest: Digest) -> None:
+    """PUT ``?digest=`` with no body: the session's bytes become blob ``digest`` (the registry
+    checks it; single try)."""
+    call = Call(what, host, scopes, "PUT", location.copy_merge_params({"digest": str(digest)}),
+                headers={"Content-Length": "0"}, body=lambda: b"")
+    response, _ = transport.fetch(call, limit=ERROR_BODY_LIMIT, retry=False)
+    check_reported_digest(call, response, digest)
 
 
 def check_upload_range(call: Call, response: httpx.Response, expected_end: int) -> None:

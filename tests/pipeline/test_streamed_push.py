@@ -10,13 +10,12 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import httpx
 import pytest
-import structlog
 from structlog.testing import LogCapture
 
 from converter.convert.layer import LayerOptions, LayerResult, convert_layer
@@ -32,18 +31,6 @@ from converter.transports import LayoutSource, RegistrySink
 from tests.pipeline.fakes import tree
 from tests.registry.helpers import Recorder, client_for
 from tests.support.registry import RegistryServer
-
-
-@pytest.fixture
-def log_capture() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    saved = structlog.get_config()
-    structlog.configure(processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(0),
-                        cache_logger_on_first_use=False)
-    try:
-        yield capture
-    finally:
-        structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +162,8 @@ class _FailFirstPatch(Recorder):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with self._guard:
-            fail, self._failed = request.method == "PATCH" and not self._failed, self._failed or \
-                request.method == "PATCH"
+            fail = request.method == "PATCH" and not self._failed
+            self._failed = self._failed or fail
         if fail:
             return httpx.Response(500, json={"errors": [{"code": "UNKNOWN", "message": "disk hiccup"}]},
                                   request=request)

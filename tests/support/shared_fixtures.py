@@ -1,5 +1,6 @@
 """Fixtures shared by several test packages: a registry client, a per-test namespace in the
-session's registry, Python's own SIGINT handler, and structlog's configuration restored."""
+session's registry, Python's own SIGINT handler, structlog's configuration restored, and
+everything structlog emits during a test (``log_capture``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from structlog.testing import LogCapture
 
 from converter.registry.client import RegistryClient
 from tests.support.registry import RegistryServer
@@ -56,3 +58,16 @@ def python_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def log_capture() -> Iterator[LogCapture]:
+    """Everything structlog emits during the test (debug included), as event dicts."""
+    capture = LogCapture()
+    saved = structlog.get_config()
+    structlog.configure(processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(0),
+                        cache_logger_on_first_use=False)
+    try:
+        yield capture
+    finally:
+        structlog.configure(**saved)
