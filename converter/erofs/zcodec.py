@@ -278,12 +278,28 @@ class DestSizeCompressor:
         of random data, 0.04 ms when offered 8 KiB). So each call is offered about twice what
         the previous one consumed, and offered four times more whenever it consumed more than
         three quarters of its window (near the window's end the encoder may stop early because
-        input ran out). The result is still a pure function of the data.
+        input ran out). For LZ4HC, after an attempt that did not shrink, a first call is
+        offered only 1.25 times the capacity (see the code). The result is still a pure function of the data.
         """
         remaining = self._len - pos
         if remaining <= 0:
             raise ValueError("nothing left to compress")
         window = max(_MIN_WINDOW, 1 << (2 * self._last).bit_length())
+        probe = self._capacity + self._capacity // 4
+        if self._hc and 0 < self._last <= self._capacity and remaining > probe:
+            # The last attempt did not shrink (its input is stored raw): incompressible data
+            # comes in runs, and on it LZ4HC searches every byte it is offered (no match ends
+            # the literal run early), so offer a quarter pcluster more than fits raw first. A
+            # result that again does not shrink stands; one that does is compressed again in
+            # the usual window. (The images of the bench layers are the same bytes as with the
+            # usual window; LZ4's fast encoder skips ahead on such data by itself, and on the
+            # rootfs layer a probe changed where one of its extents ends.)
+            n = self._call(pos, probe)
+            used = self._consumed.value
+            if used <= self._capacity:
+                self._last = used
+                return used, self._dst.raw[:n]
+            window = max(window, 4 * probe)
         while True:
             offer = min(remaining, window, _MAX_INPUT)
             n = self._call(pos, offer)

@@ -28,7 +28,7 @@ from converter.convert.layer import Builder, LayerOptions, convert_layer
 from converter.erofs import format as fmt
 from converter.erofs.reader import ErofsImage
 from converter.erofs.target import TargetFormat, parse_format
-from converter.erofs.zcodec import Codec, SearchCompressor
+from converter.erofs.zcodec import Codec, DestSizeCompressor, SearchCompressor
 from converter.erofs.zwriter import SEGMENT, CompressedDataArea, compress_segment
 from converter.errors import LayerError, UsageError
 from tests.support.kernel import fsck, mounted, require_mount
@@ -461,6 +461,36 @@ def test_search_gives_up_early_on_incompressible_input(codec: Codec) -> None:
     text = payload("text", 200000, 3)
     consumed, stream = Counting(codec, None, text, fmt.BLOCK_SIZE).compress(0, floor=floor)
     assert consumed > floor and len(stream) <= fmt.BLOCK_SIZE
+
+
+@pytest.mark.parametrize("codec", [Codec.LZ4, Codec.LZ4HC])
+def test_destsize_offers_little_input_after_a_block_stored_raw(codec: Codec) -> None:
+    """After an attempt that did not shrink, LZ4HC is offered 1.25 blocks, not its usual
+    window (it searched all 16 KiB it was offered for each raw block of random data; LZ4's
+    fast encoder keeps its window); the compressible input after such a run is still
+    compressed as a fresh compressor does."""
+    offers: list[int] = []
+
+    class Counting(DestSizeCompressor):
+        def _call(self, pos: int, offer: int) -> int:
+            offers.append(offer)
+            return super()._call(pos, offer)
+
+    blk = fmt.BLOCK_SIZE
+    text = payload("text", 200000, 3)
+    data = payload("random", 64 * blk, 11) + text
+    comp = Counting(codec, None, data, blk)
+    for pos in range(0, 64 * blk, blk):
+        consumed, _ = comp.compress(pos)
+        assert consumed <= blk  # stored raw by compress_segment, which moves on one block
+    probe = blk + blk // 4 if codec is Codec.LZ4HC else 16 << 10
+    assert offers == [16 << 10] + [probe] * 63
+    consumed, stream = comp.compress(64 * blk)
+    assert (consumed, stream) == DestSizeCompressor(codec, None, text, blk).compress(0)
+    assert consumed > blk >= len(stream)
+    assert lz4.block.decompress(stream, uncompressed_size=consumed) == text[:consumed]
+    if codec is Codec.LZ4HC:
+        assert offers[64] == probe and offers[65] >= 4 * probe  # the probe, then the window
 
 
 def test_search_stops_at_a_stream_that_leaves_no_room_for_more_input() -> None:
