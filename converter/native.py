@@ -52,7 +52,8 @@ _status = "pure: not checked yet"
 
 
 def fingerprint(package: Path = _PACKAGE) -> dict[str, list[int]]:
-    """Size and modification time (ns) of every ``.py`` file under ``package``, by relative path."""
+    """Size and modification time (ns) of every ``.py`` and ``.c`` file under ``package`` (the
+    modules' sources and converter/erofs/lz4loop.c, which the build compiles too), by relative path."""
     out: dict[str, list[int]] = {}
     stack = [package]
     while stack:
@@ -61,7 +62,7 @@ def fingerprint(package: Path = _PACKAGE) -> dict[str, list[int]]:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name != "__pycache__":
                         stack.append(Path(entry.path))
-                elif entry.name.endswith(".py"):
+                elif entry.name.endswith((".py", ".c")):
                     st = entry.stat()
                     out[os.path.relpath(entry.path, package)] = [st.st_size, st.st_mtime_ns]
     return out

@@ -3,10 +3,12 @@
     python scripts/build_native.py [--clean]
 
 Writes one extension module per listed module next to its source, their shared library as
-``converter/_native__mypyc*.so``, and ``converter/_native.json`` (the Python it was built for
-and the size and mtime of every source file), which ``converter.native`` checks before letting
-Python import a compiled module. Needs mypy (which carries mypyc), a C compiler and the Python
-headers; ``make setup`` runs it. ``--clean`` removes what a build wrote.
+``converter/_native__mypyc*.so``, the LZ4 extent loop ``converter/erofs/lz4loop.c`` as
+``converter/erofs/_lz4loop*.so`` (a plain C library that zcodec.py loads with ctypes), and
+``converter/_native.json`` (the Python it was built for and the size and mtime of every source
+file, the C one included), which ``converter.native`` checks before letting Python import a
+compiled module or zcodec.py load the loop. Needs mypy (which carries mypyc), a C compiler and
+the Python headers; ``make setup`` runs it. ``--clean`` removes what a build wrote.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from converter import native  # noqa: E402 (after the path set-up)
 
 GROUP = "converter._native"
+LOOP_SOURCE = ROOT / "converter" / "erofs" / "lz4loop.c"
 
 
 def clean() -> None:
@@ -35,7 +38,7 @@ def clean() -> None:
 
 def build() -> None:
     from mypyc.build import mypycify  # the dev extra's mypy carries mypyc
-    from setuptools import setup  # type: ignore[import-untyped]
+    from setuptools import Extension, setup  # type: ignore[import-untyped]
 
     clean()
     sources = [str(ROOT.joinpath(*name.split(".")).with_suffix(".py").relative_to(ROOT)) for name in native.MODULES]
@@ -47,8 +50,13 @@ def build() -> None:
         cwd = Path.cwd()
         os.chdir(ROOT)
         try:
+            # lz4loop.c is a plain C library for ctypes (converter/erofs/zcodec.py), built the
+            # same way and named like an extension module, so that it is only good for this Python.
+            loop = Extension("converter.erofs._lz4loop", [str(LOOP_SOURCE.relative_to(ROOT))],
+                             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"])
             setup(name="erofs-converter-native", packages=[],
-                  ext_modules=mypycify(sources, opt_level="3", group_name=GROUP, target_dir=str(Path(tmp) / "c")),
+                  ext_modules=[*mypycify(sources, opt_level="3", group_name=GROUP, target_dir=str(Path(tmp) / "c")),
+                               loop],
                   script_args=["build_ext", "--inplace", "--build-temp", str(Path(tmp) / "o")])
         finally:
             os.chdir(cwd)
@@ -57,7 +65,8 @@ def build() -> None:
         raise SystemExit("build_native: the sources changed during the build; run it again")
     native.MANIFEST.write_text(json.dumps({"python": native.python_tag(), "sources": before},
                                           indent=1, sort_keys=True) + "\n")
-    print(f"build_native: compiled {len(sources)} modules ({', '.join(native.MODULES)})", file=sys.stderr)
+    print(f"build_native: compiled {len(sources)} modules ({', '.join(native.MODULES)}) and "
+          f"{LOOP_SOURCE.relative_to(ROOT)}", file=sys.stderr)
 
 
 def main() -> None:

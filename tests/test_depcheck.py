@@ -29,7 +29,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "blob": frozenset({"errors", "cancel", "files", "levels"}),
     "oci": frozenset({"errors", "reference"}),
     "layers": frozenset({"errors", "oci", "reference"}),
-    "erofs": frozenset({"errors", "cancel", "layers", "levels"}),
+    "erofs": frozenset({"errors", "cancel", "layers", "levels", "native"}),
     "convert": frozenset({"errors", "cancel", "files", "reference", "oci", "layers", "erofs", "blob"}),
     "registry": frozenset({"converter", "errors", "cancel", "reference", "oci"}),
     "transports": frozenset({"errors", "cancel", "files", "reference", "oci", "registry"}),

@@ -26,16 +26,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 
 import zstandard
 
+from converter import native
 from converter.erofs import microlzma
 from converter.erofs.clib import load_library
 from converter.errors import ToolError
 from converter.levels import ZSTD_DEFAULT_LEVEL
 
-_MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer
+_MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer (lz4loop.c: MIN_WINDOW)
+_BLOCK = 4096  # lz4_segment's pclusters: one EROFS block (lz4loop.c: BLK)
 _MAX_INPUT = 0x7E000000  # liblz4's LZ4_MAX_INPUT_SIZE
 #: LZ4HC's default level (liblz4's LZ4HC_CLEVEL_DEFAULT; what ``mkfs.erofs -zlz4hc`` uses).
 LZ4HC_DEFAULT_LEVEL = 9
@@ -321,6 +324,60 @@ class DestSizeCompressor:
         if n <= 0 or self._consumed.value <= 0:
             raise RuntimeError(f"liblz4 destSize compression failed (returned {n})")
         return int(n)
+
+
+#: The compiled extent loop (lz4loop.c) and the suffix scripts/build_native.py gives it.
+LOOP_LIBRARY = Path(__file__).with_name("_lz4loop" + native.python_tag())
+#: Extents of one LZ4/LZ4HC segment: (lcluster type, input length, blocks), as Segment.extents.
+Extents = tuple[tuple[int, int, int], ...]
+
+
+@cache
+def _lz4loop() -> ctypes.CDLL | None:
+    """lz4loop.c's library, when the compiled modules are in use (converter/native.py): the
+    build that made them made it, from the sources they were checked against."""
+    if native.status() != "native":
+        return None
+    dll = ctypes.CDLL(str(LOOP_LIBRARY))
+    fn = dll.erofs_lz4_segment
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                   ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return dll
+
+
+def lz4_loop_available() -> bool:
+    """Whether ``lz4_segment`` runs the compiled loop (else the caller runs the Python one)."""
+    return _lz4loop() is not None
+
+
+def lz4_segment(codec: Codec, level: int | None, data: bytes) -> tuple[bytes, Extents] | None:
+    """A whole segment of one-block LZ4/LZ4HC pclusters without an inline tail, cut and
+    compressed by lz4loop.c in one call (ctypes releases the GIL for all of it): the blocks and
+    their extents, the same as zwriter.compress_segment's Python loop with DestSizeCompressor
+    gives; None when the compiled loop is not there."""
+    loop = _lz4loop()
+    if loop is None:
+        return None
+    lib = _liblz4()
+    hc = codec is Codec.LZ4HC
+    room = len(data) // _BLOCK + 2
+    out = bytearray(room * _BLOCK)
+    ext = (ctypes.c_int * (3 * room))()
+    state = ctypes.create_string_buffer(lib.hc_state_size) if hc else None
+    view = (ctypes.c_char * len(out)).from_buffer(out)
+    count = loop.erofs_lz4_segment(
+        None if hc else ctypes.cast(lib.dll.LZ4_compress_destSize, ctypes.c_void_p),
+        ctypes.cast(lib.dll.LZ4_compress_HC_destSize, ctypes.c_void_p) if hc else None,
+        state, LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data), view, room, ext)
+    del view  # releases ``out`` for the resize below
+    if count == -1:
+        raise RuntimeError("liblz4 destSize compression failed")
+    if count < 0:  # pragma: no cover - the room above is what the loop can write
+        raise RuntimeError(f"the compiled LZ4 loop returned {count}")
+    extents = tuple((ext[3 * k], ext[3 * k + 1], ext[3 * k + 2]) for k in range(count))
+    del out[sum(blocks for _, _, blocks in extents) * _BLOCK:]
+    return bytes(out), extents
 
 
 class LzmaCompressor:
