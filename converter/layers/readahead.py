@@ -11,7 +11,10 @@ from typing import Protocol
 
 from converter.layers.tarstream import ByteSource
 
-PIECE = 1 << 18  # bytes per read of the source: few calls, little memory
+#: Bytes per read of the source: few calls, little memory. Each piece costs the GIL a few hand-overs
+#: (the queue, the hasher, the decompressor's own calls); 1 MiB instead of 256 KiB: packages layer
+#: `erofs+lz4` 1.26 -> 1.19 s, raw rootfs 0.66 -> 0.64 s (medians of 5 and 3, alternating).
+PIECE = 1 << 20
 DEPTH = 4  # pieces read ahead at most: bounds the memory to (DEPTH + 2) pieces (2 DEPTH + 2 with a hasher)
 
 
