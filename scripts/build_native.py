@@ -4,7 +4,7 @@
 
 Writes one extension module per listed module next to its source, their shared library as
 ``converter/_native__mypyc*.so``, the LZ4 extent loop ``converter/erofs/lz4loop.c`` as
-``converter/erofs/_lz4loop*.so`` (a plain C library that zcodec.py loads with ctypes), and
+``converter/erofs/_lz4loop.cdll`` (a plain C library that zcodec.py loads with ctypes), and
 ``converter/_native.json`` (the Python it was built for and the size and mtime of every source
 file, the C one included), which ``converter.native`` checks before letting Python import a
 compiled module or zcodec.py load the loop. Needs mypy (which carries mypyc), a C compiler and
@@ -28,11 +28,13 @@ from converter import native  # noqa: E402 (after the path set-up)
 
 GROUP = "converter._native"
 LOOP_SOURCE = ROOT / "converter" / "erofs" / "lz4loop.c"
+LOOP_LIBRARY = ROOT / "converter" / "erofs" / "_lz4loop.cdll"  # converter/erofs/zcodec.py LOOP_LIBRARY
 
 
 def clean() -> None:
     for path in (ROOT / "converter").rglob("*.so"):
         path.unlink()
+    LOOP_LIBRARY.unlink(missing_ok=True)
     native.MANIFEST.unlink(missing_ok=True)
 
 
@@ -51,7 +53,7 @@ def build() -> None:
         os.chdir(ROOT)
         try:
             # lz4loop.c is a plain C library for ctypes (converter/erofs/zcodec.py), built the
-            # same way and named like an extension module, so that it is only good for this Python.
+            # same way as an extension module and renamed below.
             loop = Extension("converter.erofs._lz4loop", [str(LOOP_SOURCE.relative_to(ROOT))],
                              extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"])
             setup(name="erofs-converter-native", packages=[],
@@ -61,6 +63,8 @@ def build() -> None:
         finally:
             os.chdir(cwd)
     shutil.rmtree(ROOT / "build", ignore_errors=True)
+    built = ROOT / "converter" / "erofs" / ("_lz4loop" + native.python_tag())
+    os.replace(built, LOOP_LIBRARY)
     if native.fingerprint() != before:
         raise SystemExit("build_native: the sources changed during the build; run it again")
     native.MANIFEST.write_text(json.dumps({"python": native.python_tag(), "sources": before},

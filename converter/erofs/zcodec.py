@@ -326,8 +326,9 @@ class DestSizeCompressor:
         return int(n)
 
 
-#: The compiled extent loop (lz4loop.c) and the suffix scripts/build_native.py gives it.
-LOOP_LIBRARY = Path(__file__).with_name("_lz4loop" + native.python_tag())
+#: The compiled extent loop (lz4loop.c), as scripts/build_native.py names it: not ``.so``, which
+#: Python's importer and ``pkgutil`` would take for an extension module.
+LOOP_LIBRARY = Path(__file__).with_name("_lz4loop.cdll")
 #: Extents of one LZ4/LZ4HC segment: (lcluster type, input length, blocks), as Segment.extents.
 Extents = tuple[tuple[int, int, int], ...]
 
