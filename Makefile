@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml scripts/setup-system.sh
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The per-entry modules compiled with mypyc (converter/native.py): rebuilt whenever a source
-# changes; until then (or with EROFS_CONVERTER_NATIVE=0) Python runs the sources.
+# The per-entry modules compiled with mypyc (converter/native.py), and converter/erofs/lz4loop.c:
+# rebuilt whenever a source changes; until then (or with EROFS_CONVERTER_NATIVE=0) Python runs the sources.
 NATIVE := converter/_native.json
-$(NATIVE): $(STAMP) scripts/build_native.py $(shell find converter -name '*.py')
+$(NATIVE): $(STAMP) scripts/build_native.py $(shell find converter -name '*.py' -o -name '*.c')
 	$(BIN)/python scripts/build_native.py
 
 setup: $(STAMP) $(NATIVE) ## install Debian packages, erofs-utils >= 1.9.3 (cached build), the venv, the compiled modules
