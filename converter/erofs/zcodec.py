@@ -358,7 +358,7 @@ def lz4_segment(codec: Codec, level: int | None, data: bytes) -> tuple[bytes, Ex
     their extents, the same as zwriter.compress_segment's Python loop with DestSizeCompressor
     gives; None when the compiled loop is not there."""
     loop = _lz4loop()
-    if loop is None:
+    if loop is None or len(data) > _MAX_INPUT:  # a segment is 4 MiB; the loop counts in C ints
         return None
     lib = _liblz4()
     hc = codec is Codec.LZ4HC
