@@ -278,7 +278,7 @@ def test_worker_count_and_queue_do_not_change_the_image(codec: Codec, tmp_path: 
     tar = make_tar([*files[:20], ("a", "mixed", 3 * SEGMENT + 5, 1, -1), ("c", "random", SEGMENT + 9, 3, -1),
                     *files[20:], ("b", "text", 70000, 2, -1)])
     images = []
-    for workers, queue in ((1, 64), (3, 64), (2, 1), (2, 0)):
+    for workers, queue in ((1, 64), (3, 64), (2, 1), (2, 0), (2, 1024)):
         monkeypatch.setattr(zwriter, "QUEUE_FILES", queue)
         path = tmp_path / f"w{workers}-{queue}.erofs"
         with open(path, "w+b") as out, CompressedDataArea(out, codec=codec, workers=workers) as area:
