@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml scripts/setup-system.sh
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The per-entry modules compiled with mypyc (converter/native.py), and converter/erofs/lz4loop.c:
+# The per-entry modules compiled with mypyc (converter/native.py), and converter/erofs/zloop.c:
 # rebuilt whenever a source changes; until then (or with EROFS_CONVERTER_NATIVE=0) Python runs the sources.
 NATIVE := converter/_native.json
 $(NATIVE): $(STAMP) scripts/build_native.py $(shell find converter -name '*.py' -o -name '*.c')

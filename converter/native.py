@@ -53,7 +53,7 @@ _status = "pure: not checked yet"
 
 def fingerprint(package: Path = _PACKAGE) -> dict[str, list[int]]:
     """Size and modification time (ns) of every ``.py`` and ``.c`` file under ``package`` (the
-    modules' sources and converter/erofs/lz4loop.c, which the build compiles too), by relative path."""
+    modules' sources and converter/erofs/zloop.c, which the build compiles too), by relative path."""
     out: dict[str, list[int]] = {}
     stack = [package]
     while stack:

@@ -3,8 +3,8 @@
     python scripts/build_native.py [--clean]
 
 Writes one extension module per listed module next to its source, their shared library as
-``converter/_native__mypyc*.so``, the LZ4 extent loop ``converter/erofs/lz4loop.c`` as
-``converter/erofs/_lz4loop.cdll`` (a plain C library that zcodec.py loads with ctypes), and
+``converter/_native__mypyc*.so``, the LZ4/LZMA extent loop ``converter/erofs/zloop.c`` as
+``converter/erofs/_zloop.cdll`` (a plain C library that zcodec.py loads with ctypes), and
 ``converter/_native.json`` (the Python it was built for and the size and mtime of every source
 file, the C one included), which ``converter.native`` checks before letting Python import a
 compiled module or zcodec.py load the loop. Needs mypy (which carries mypyc), a C compiler and
@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from converter import native  # noqa: E402 (after the path set-up)
 
 GROUP = "converter._native"
-LOOP_SOURCE = ROOT / "converter" / "erofs" / "lz4loop.c"
-LOOP_LIBRARY = ROOT / "converter" / "erofs" / "_lz4loop.cdll"  # converter/erofs/zcodec.py LOOP_LIBRARY
+LOOP_SOURCE = ROOT / "converter" / "erofs" / "zloop.c"
+LOOP_LIBRARY = ROOT / "converter" / "erofs" / "_zloop.cdll"  # converter/erofs/zcodec.py LOOP_LIBRARY
 
 
 def clean() -> None:
@@ -52,9 +52,9 @@ def build() -> None:
         cwd = Path.cwd()
         os.chdir(ROOT)
         try:
-            # lz4loop.c is a plain C library for ctypes (converter/erofs/zcodec.py), built the
+            # zloop.c is a plain C library for ctypes (converter/erofs/zcodec.py), built the
             # same way as an extension module and renamed below.
-            loop = Extension("converter.erofs._lz4loop", [str(LOOP_SOURCE.relative_to(ROOT))],
+            loop = Extension("converter.erofs._zloop", [str(LOOP_SOURCE.relative_to(ROOT))],
                              extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"])
             setup(name="erofs-converter-native", packages=[],
                   ext_modules=[*mypycify(sources, opt_level="3", group_name=GROUP, target_dir=str(Path(tmp) / "c")),
@@ -63,7 +63,7 @@ def build() -> None:
         finally:
             os.chdir(cwd)
     shutil.rmtree(ROOT / "build", ignore_errors=True)
-    built = ROOT / "converter" / "erofs" / ("_lz4loop" + native.python_tag())
+    built = ROOT / "converter" / "erofs" / ("_zloop" + native.python_tag())
     os.replace(built, LOOP_LIBRARY)
     if native.fingerprint() != before:
         raise SystemExit("build_native: the sources changed during the build; run it again")

@@ -120,6 +120,14 @@ class MicroLzmaEncoder:
             raise RuntimeError(f"liblzma's MicroLZMA encoder failed (lzma_ret {rc})")
         return int(s.total_in), ctypes.string_at(self._dst, s.total_out)
 
+    def c_arguments(self) -> tuple[int, int, object, object]:
+        """For zloop.c's ``erofs_lzma_segment``: the addresses of ``lzma_microlzma_encoder`` and
+        ``lzma_code``, and references to this encoder's ``lzma_stream`` and options."""
+        lib = self._lib
+        return (ctypes.cast(lib.lzma_microlzma_encoder, ctypes.c_void_p).value or 0,
+                ctypes.cast(lib.lzma_code, ctypes.c_void_p).value or 0,
+                ctypes.byref(self._stream), ctypes.byref(self._opts))
+
     def close(self) -> None:
         if self._open:
             self._open = False

@@ -37,8 +37,8 @@ from converter.erofs.clib import load_library
 from converter.errors import ToolError
 from converter.levels import ZSTD_DEFAULT_LEVEL
 
-_MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer (lz4loop.c: MIN_WINDOW)
-_BLOCK = 4096  # lz4_segment's pclusters: one EROFS block (lz4loop.c: BLK)
+_MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer (zloop.c: MIN_WINDOW)
+_BLOCK = 4096  # compiled_segment's pclusters: one EROFS block (zloop.c: BLK)
 _MAX_INPUT = 0x7E000000  # liblz4's LZ4_MAX_INPUT_SIZE
 #: LZ4HC's default level (liblz4's LZ4HC_CLEVEL_DEFAULT; what ``mkfs.erofs -zlz4hc`` uses).
 LZ4HC_DEFAULT_LEVEL = 9
@@ -326,56 +326,67 @@ class DestSizeCompressor:
         return int(n)
 
 
-#: The compiled extent loop (lz4loop.c), as scripts/build_native.py names it: not ``.so``, which
+#: The compiled extent loop (zloop.c), as scripts/build_native.py names it: not ``.so``, which
 #: Python's importer and ``pkgutil`` would take for an extension module.
-LOOP_LIBRARY = Path(__file__).with_name("_lz4loop.cdll")
+LOOP_LIBRARY = Path(__file__).with_name("_zloop.cdll")
 #: Extents of one LZ4/LZ4HC segment: (lcluster type, input length, blocks), as Segment.extents.
 Extents = tuple[tuple[int, int, int], ...]
 
 
 @cache
-def _lz4loop() -> ctypes.CDLL | None:
-    """lz4loop.c's library, when the compiled modules are in use (converter/native.py): the
+def _zloop() -> ctypes.CDLL | None:
+    """zloop.c's library, when the compiled modules are in use (converter/native.py): the
     build that made them made it, from the sources they were checked against."""
     if native.status() != "native":
         return None
     dll = ctypes.CDLL(str(LOOP_LIBRARY))
-    fn = dll.erofs_lz4_segment
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                   ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
+    ptr, num = ctypes.c_void_p, ctypes.c_int
+    # (fast, hc, state, level, data, n, out, out_blocks, ext) and (encoder, code, stream, options, ...)
+    dll.erofs_lz4_segment.argtypes = [ptr, ptr, ptr, num, ctypes.c_char_p, num, ptr, num, ptr]
+    dll.erofs_lzma_segment.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_char_p, num, ptr, num, ptr]
+    dll.erofs_lz4_segment.restype = dll.erofs_lzma_segment.restype = num
     return dll
 
 
-def lz4_loop_available() -> bool:
-    """Whether ``lz4_segment`` runs the compiled loop (else the caller runs the Python one)."""
-    return _lz4loop() is not None
+def compiled_loop_available() -> bool:
+    """Whether ``compiled_segment`` runs the compiled loop (else the caller runs the Python one)."""
+    return _zloop() is not None
 
 
-def lz4_segment(codec: Codec, level: int | None, data: bytes) -> tuple[bytes, Extents] | None:
-    """A whole segment of one-block LZ4/LZ4HC pclusters without an inline tail, cut and
-    compressed by lz4loop.c in one call (ctypes releases the GIL for all of it): the blocks and
-    their extents, the same as zwriter.compress_segment's Python loop with DestSizeCompressor
-    gives; None when the compiled loop is not there."""
-    loop = _lz4loop()
+def compiled_segment(codec: Codec, level: int | None, data: bytes) -> tuple[bytes, Extents] | None:
+    """A whole segment of one-block LZ4/LZ4HC/LZMA pclusters without an inline tail, cut and
+    compressed by zloop.c in one call (ctypes releases the GIL for all of it): the blocks and
+    their extents, the same as zwriter.compress_segment's Python loop with DestSizeCompressor or
+    LzmaCompressor gives; None when the compiled loop is not there."""
+    loop = _zloop()
     if loop is None or len(data) > _MAX_INPUT:  # a segment is 4 MiB; the loop counts in C ints
         return None
-    lib = _liblz4()
-    hc = codec is Codec.LZ4HC
     room = len(data) // _BLOCK + 2
     out = bytearray(room * _BLOCK)
     ext = (ctypes.c_int * (3 * room))()
-    state = ctypes.create_string_buffer(lib.hc_state_size) if hc else None
     view = (ctypes.c_char * len(out)).from_buffer(out)
-    count = loop.erofs_lz4_segment(
-        None if hc else ctypes.cast(lib.dll.LZ4_compress_destSize, ctypes.c_void_p),
-        ctypes.cast(lib.dll.LZ4_compress_HC_destSize, ctypes.c_void_p) if hc else None,
-        state, LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data), view, room, ext)
+    if codec is Codec.LZMA:
+        enc = microlzma.MicroLzmaEncoder(level=DEFAULT_LEVELS[Codec.LZMA] if level is None else level,
+                                         dict_size=microlzma.dict_size_for(_BLOCK), capacity=_BLOCK)
+        try:
+            count = loop.erofs_lzma_segment(*enc.c_arguments(), data, len(data), view, room, ext)
+        finally:
+            enc.close()
+        failed = "liblzma's MicroLZMA encoder failed"
+    else:
+        lib = _liblz4()
+        hc = codec is Codec.LZ4HC
+        state = ctypes.create_string_buffer(lib.hc_state_size) if hc else None
+        count = loop.erofs_lz4_segment(
+            None if hc else ctypes.cast(lib.dll.LZ4_compress_destSize, ctypes.c_void_p),
+            ctypes.cast(lib.dll.LZ4_compress_HC_destSize, ctypes.c_void_p) if hc else None,
+            state, LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data), view, room, ext)
+        failed = "liblz4 destSize compression failed"
     del view  # releases ``out`` for the resize below
     if count == -1:
-        raise RuntimeError("liblz4 destSize compression failed")
+        raise RuntimeError(failed)
     if count < 0:  # pragma: no cover - the room above is what the loop can write
-        raise RuntimeError(f"the compiled LZ4 loop returned {count}")
+        raise RuntimeError(f"the compiled extent loop returned {count}")
     extents = tuple((ext[3 * k], ext[3 * k + 1], ext[3 * k + 2]) for k in range(count))
     del out[sum(blocks for _, _, blocks in extents) * _BLOCK:]
     return bytes(out), extents

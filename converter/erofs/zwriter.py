@@ -17,7 +17,7 @@ from converter.erofs import format as fmt
 from converter.erofs import microlzma
 from converter.erofs.layout import BlockRef
 from converter.erofs.writer import COPY_CHUNK, TAIL_MEMORY, ImageDataArea
-from converter.erofs.zcodec import ZSTD_WINDOW_LOG, Codec, check_available, lz4_segment, make_compressor
+from converter.erofs.zcodec import ZSTD_WINDOW_LOG, Codec, check_available, compiled_segment, make_compressor
 from converter.erofs.zindex import FullIndexes, meta_size_bound
 from converter.errors import ErofsFormatError, LayerError
 from converter.layers.filedata import FileData
@@ -89,8 +89,8 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
     can (``_inline_tail``), if need be after its last extent is compressed again into one block
     fewer (``_trailing_fewer_blocks``).
     """
-    if pcluster_blocks == 1 and not inline_tail and codec in (Codec.LZ4, Codec.LZ4HC):
-        compiled = lz4_segment(codec, level, data)  # the loop below, in C (zcodec.py, lz4loop.c)
+    if pcluster_blocks == 1 and not inline_tail and codec in (Codec.LZ4, Codec.LZ4HC, Codec.LZMA):
+        compiled = compiled_segment(codec, level, data)  # the loop below, in C (zcodec.py, zloop.c)
         if compiled is not None:
             return Segment(compiled[0], compiled[1])
     comp = make_compressor(codec, level, data, _BLKSZ * pcluster_blocks)

@@ -1,5 +1,6 @@
-"""The compiled LZ4/LZ4HC extent loop (converter/erofs/lz4loop.c): the same segments as the Python
-loop (zwriter.compress_segment with zcodec.DestSizeCompressor), which runs without the build."""
+"""The compiled extent loop (converter/erofs/zloop.c): the same segments as the Python loop
+(zwriter.compress_segment with zcodec.DestSizeCompressor or LzmaCompressor), which runs without
+the build."""
 
 from __future__ import annotations
 
@@ -15,34 +16,36 @@ from hypothesis import strategies as st
 from converter import native
 from converter.erofs import format as fmt
 from converter.erofs import zcodec
-from converter.erofs.zcodec import Codec, lz4_loop_available, lz4_segment
+from converter.erofs.zcodec import Codec, compiled_loop_available, compiled_segment
 from converter.erofs.zwriter import SEGMENT, Segment, compress_segment
 from tests.erofs.test_zwriter import payload
 
 BLK = fmt.BLOCK_SIZE
-#: LZ4, LZ4HC at its default level, and the HC levels whose search differs (1-2 fast, 3-9 chain, 10-12 optimal).
-CODECS = [(Codec.LZ4, None), (Codec.LZ4HC, None), (Codec.LZ4HC, 1), (Codec.LZ4HC, 4), (Codec.LZ4HC, 12)]
+#: LZ4, LZ4HC at its default level, the HC levels whose search differs (1-2 fast, 3-9 chain,
+#: 10-12 optimal), and MicroLZMA at its default preset and the fastest.
+CODECS = [(Codec.LZ4, None), (Codec.LZ4HC, None), (Codec.LZ4HC, 1), (Codec.LZ4HC, 4), (Codec.LZ4HC, 12),
+          (Codec.LZMA, None), (Codec.LZMA, 0)]
 
 
 @pytest.fixture(autouse=True)
 def _compiled() -> None:
-    if not lz4_loop_available():
+    if not compiled_loop_available():
         if os.environ.get("CI"):
             pytest.fail(f"the compiled LZ4 loop is not in use in CI ({native.status()})")
         pytest.skip(f"the compiled LZ4 loop is not in use here ({native.status()})")
 
 
 def python_loop(codec: Codec, level: int | None, data: bytes, monkeypatch: pytest.MonkeyPatch) -> Segment:
-    """compress_segment's Python loop: the compiled module calls ``lz4_segment`` directly, so the
-    loop is switched off where it is loaded (``_lz4loop`` says it is not there)."""
+    """compress_segment's Python loop: the compiled module calls ``compiled_segment`` directly, so the
+    loop is switched off where it is loaded (``_zloop`` says it is not there)."""
     with monkeypatch.context() as m:
-        m.setattr(zcodec, "_lz4loop", lambda: None)
-        assert lz4_segment(codec, level, data) is None
+        m.setattr(zcodec, "_zloop", lambda: None)
+        assert compiled_segment(codec, level, data) is None
         return compress_segment(data, codec=codec, level=level)
 
 
 def compiled_loop(codec: Codec, level: int | None, data: bytes) -> Segment:
-    got = lz4_segment(codec, level, data)
+    got = compiled_segment(codec, level, data)
     assert got is not None
     return Segment(*got)
 
@@ -82,7 +85,7 @@ def test_the_loops_agree_on_any_input(data: bytes, which: tuple[Codec, int | Non
     assert compiled_loop(codec, level, data) == expected
 
 
-@pytest.mark.parametrize(("codec", "level"), CODECS[:2])
+@pytest.mark.parametrize(("codec", "level"), [CODECS[0], CODECS[1], CODECS[5]])
 def test_a_segment_of_a_real_tar_and_a_whole_segment(codec: Codec, level: int | None,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """4 MiB of a tar of this repository's sources and tests (text, gzip'd data, binaries)."""
@@ -130,7 +133,7 @@ def test_the_compiled_loop_offers_liblz4_what_the_python_loop_offers(codec: Code
         c_offers.append(size[0])
         return int(lib.LZ4_compress_HC_destSize(state, src, dst, size, cap, lvl))
 
-    loop = zcodec._lz4loop()
+    loop = zcodec._zloop()
     assert loop is not None
     room = len(data) // BLK + 2
     out = ctypes.create_string_buffer(room * BLK)
@@ -147,10 +150,10 @@ def test_the_compiled_loop_offers_liblz4_what_the_python_loop_offers(codec: Code
 
 
 def test_compress_segment_runs_the_compiled_loop_for_one_block_pclusters(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The writer's default profile goes through the compiled loop; big pclusters and the inline
-    tail of ztailpacking keep the Python loop (the compiled one does not write them)."""
+    """The writer's default profile goes through the compiled loop for LZ4, LZ4HC and LZMA; big
+    pclusters, the inline tail of ztailpacking, zstd and DEFLATE keep the Python loop."""
     calls: list[int] = []
-    real = zcodec._lz4loop()
+    real = zcodec._zloop()
     assert real is not None
 
     class Counting:
@@ -158,11 +161,13 @@ def test_compress_segment_runs_the_compiled_loop_for_one_block_pclusters(monkeyp
             calls.append(1)
             return getattr(real, name)
 
-    monkeypatch.setattr(zcodec, "_lz4loop", lambda: Counting())
+    monkeypatch.setattr(zcodec, "_zloop", lambda: Counting())
     data = payload("text", 100000, 1)
     compress_segment(data, codec=Codec.LZ4, level=None)
-    assert calls == [1]
+    compress_segment(data, codec=Codec.LZMA, level=None)
+    assert calls == [1, 1]
     compress_segment(data, codec=Codec.LZ4, level=None, pcluster_blocks=4)
     compress_segment(data, codec=Codec.LZ4HC, level=None, inline_tail=True)
     compress_segment(data, codec=Codec.ZSTD, level=None)
-    assert calls == [1]
+    compress_segment(data, codec=Codec.LZMA, level=None, pcluster_blocks=2)
+    assert calls == [1, 1]
