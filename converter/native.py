@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["ENV", "MANIFEST", "MODULES", "fingerprint", "install", "status"]
+__all__ = ["ENV", "LOOP_LIBRARY", "MANIFEST", "MODULES", "fingerprint", "install", "status"]
 
 #: The modules compiled by scripts/build_native.py, in one group (one shared library).
 MODULES = (
@@ -44,6 +44,9 @@ MODULES = (
 )
 #: Written by the build next to this file (not in git).
 MANIFEST = Path(__file__).with_name("_native.json")
+#: The compiled extent loop (converter/erofs/zloop.c) as the build names it: not ``.so``, which
+#: Python's importer and ``pkgutil`` would take for an extension module.
+LOOP_LIBRARY = Path(__file__).parent / "erofs" / "_zloop.cdll"
 #: ``EROFS_CONVERTER_NATIVE=0`` runs the sources even where a matching build exists.
 ENV = "EROFS_CONVERTER_NATIVE"
 

@@ -28,13 +28,12 @@ from converter import native  # noqa: E402 (after the path set-up)
 
 GROUP = "converter._native"
 LOOP_SOURCE = ROOT / "converter" / "erofs" / "zloop.c"
-LOOP_LIBRARY = ROOT / "converter" / "erofs" / "_zloop.cdll"  # converter/erofs/zcodec.py LOOP_LIBRARY
 
 
 def clean() -> None:
     for path in (ROOT / "converter").rglob("*.so"):
         path.unlink()
-    LOOP_LIBRARY.unlink(missing_ok=True)
+    native.LOOP_LIBRARY.unlink(missing_ok=True)
     native.MANIFEST.unlink(missing_ok=True)
 
 
@@ -64,7 +63,7 @@ def build() -> None:
             os.chdir(cwd)
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     built = ROOT / "converter" / "erofs" / ("_zloop" + native.python_tag())
-    os.replace(built, LOOP_LIBRARY)
+    os.replace(built, native.LOOP_LIBRARY)
     if native.fingerprint() != before:
         raise SystemExit("build_native: the sources changed during the build; run it again")
     native.MANIFEST.write_text(json.dumps({"python": native.python_tag(), "sources": before},

@@ -26,19 +26,18 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 
 import zstandard
 
 from converter import native
+from converter.erofs import format as fmt
 from converter.erofs import microlzma
 from converter.erofs.clib import load_library
 from converter.errors import ToolError
 from converter.levels import ZSTD_DEFAULT_LEVEL
 
 _MIN_WINDOW = 16 << 10  # input offered to the first destSize call of a buffer (zloop.c: MIN_WINDOW)
-_BLOCK = 4096  # compiled_segment's pclusters: one EROFS block (zloop.c: BLK)
 _MAX_INPUT = 0x7E000000  # liblz4's LZ4_MAX_INPUT_SIZE
 #: LZ4HC's default level (liblz4's LZ4HC_CLEVEL_DEFAULT; what ``mkfs.erofs -zlz4hc`` uses).
 LZ4HC_DEFAULT_LEVEL = 9
@@ -76,6 +75,9 @@ _TOLERANCE = 64
 class _Lib:
     dll: ctypes.CDLL
     hc_state_size: int
+    #: The addresses of LZ4_compress_destSize and LZ4_compress_HC_destSize, for zloop.c.
+    fast_address: int
+    hc_address: int
 
 
 @cache
@@ -92,7 +94,8 @@ def _liblz4() -> _Lib:
     hc.restype = ctypes.c_int
     dll.LZ4_sizeofStateHC.argtypes = []
     dll.LZ4_sizeofStateHC.restype = ctypes.c_int
-    return _Lib(dll, dll.LZ4_sizeofStateHC())
+    return _Lib(dll, dll.LZ4_sizeofStateHC(), ctypes.cast(fast, ctypes.c_void_p).value or 0,
+                ctypes.cast(hc, ctypes.c_void_p).value or 0)
 
 
 @cache
@@ -326,10 +329,7 @@ class DestSizeCompressor:
         return int(n)
 
 
-#: The compiled extent loop (zloop.c), as scripts/build_native.py names it: not ``.so``, which
-#: Python's importer and ``pkgutil`` would take for an extension module.
-LOOP_LIBRARY = Path(__file__).with_name("_zloop.cdll")
-#: Extents of one LZ4/LZ4HC segment: (lcluster type, input length, blocks), as Segment.extents.
+#: Extents of one segment: (lcluster type, input length, blocks), as Segment.extents.
 Extents = tuple[tuple[int, int, int], ...]
 
 
@@ -339,7 +339,7 @@ def _zloop() -> ctypes.CDLL | None:
     build that made them made it, from the sources they were checked against."""
     if native.status() != "native":
         return None
-    dll = ctypes.CDLL(str(LOOP_LIBRARY))
+    dll = ctypes.CDLL(str(native.LOOP_LIBRARY))
     ptr, num = ctypes.c_void_p, ctypes.c_int
     # (fast, hc, state, level, data, n, out, out_blocks, ext) and (encoder, code, stream, options, ...)
     dll.erofs_lz4_segment.argtypes = [ptr, ptr, ptr, num, ctypes.c_char_p, num, ptr, num, ptr]
@@ -357,17 +357,19 @@ def compiled_segment(codec: Codec, level: int | None, data: bytes) -> tuple[byte
     """A whole segment of one-block LZ4/LZ4HC/LZMA pclusters without an inline tail, cut and
     compressed by zloop.c in one call (ctypes releases the GIL for all of it): the blocks and
     their extents, the same as zwriter.compress_segment's Python loop with DestSizeCompressor or
-    LzmaCompressor gives; None when the compiled loop is not there."""
+    LzmaCompressor gives; None for other codecs or when the compiled loop is not there."""
+    if codec not in (Codec.LZ4, Codec.LZ4HC, Codec.LZMA):
+        return None
     loop = _zloop()
     if loop is None or len(data) > _MAX_INPUT:  # a segment is 4 MiB; the loop counts in C ints
         return None
-    room = len(data) // _BLOCK + 2
-    out = bytearray(room * _BLOCK)
+    block = fmt.BLOCK_SIZE
+    room = len(data) // block + 2
+    out = bytearray(room * block)
     ext = (ctypes.c_int * (3 * room))()
     view = (ctypes.c_char * len(out)).from_buffer(out)
     if codec is Codec.LZMA:
-        enc = microlzma.MicroLzmaEncoder(level=DEFAULT_LEVELS[Codec.LZMA] if level is None else level,
-                                         dict_size=microlzma.dict_size_for(_BLOCK), capacity=_BLOCK)
+        enc = _microlzma(level, block, block)
         try:
             count = loop.erofs_lzma_segment(*enc.c_arguments(), data, len(data), view, room, ext)
         finally:
@@ -377,10 +379,9 @@ def compiled_segment(codec: Codec, level: int | None, data: bytes) -> tuple[byte
         lib = _liblz4()
         hc = codec is Codec.LZ4HC
         state = ctypes.create_string_buffer(lib.hc_state_size) if hc else None
-        count = loop.erofs_lz4_segment(
-            None if hc else ctypes.cast(lib.dll.LZ4_compress_destSize, ctypes.c_void_p),
-            ctypes.cast(lib.dll.LZ4_compress_HC_destSize, ctypes.c_void_p) if hc else None,
-            state, LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data), view, room, ext)
+        count = loop.erofs_lz4_segment(None if hc else lib.fast_address, lib.hc_address if hc else None, state,
+                                       LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data), view, room,
+                                       ext)
         failed = "liblz4 destSize compression failed"
     del view  # releases ``out`` for the resize below
     if count == -1:
@@ -388,8 +389,15 @@ def compiled_segment(codec: Codec, level: int | None, data: bytes) -> tuple[byte
     if count < 0:  # pragma: no cover - the room above is what the loop can write
         raise RuntimeError(f"the compiled extent loop returned {count}")
     extents = tuple((ext[3 * k], ext[3 * k + 1], ext[3 * k + 2]) for k in range(count))
-    del out[sum(blocks for _, _, blocks in extents) * _BLOCK:]
+    del out[sum(blocks for _, _, blocks in extents) * block:]
     return bytes(out), extents
+
+
+def _microlzma(level: int | None, capacity: int, dict_for: int) -> microlzma.MicroLzmaEncoder:
+    """A MicroLZMA encoder at ``level`` (default: preset 6) for streams of at most ``capacity``
+    bytes, with the dictionary the superblock records for pclusters of ``dict_for`` bytes."""
+    return microlzma.MicroLzmaEncoder(level=DEFAULT_LEVELS[Codec.LZMA] if level is None else level,
+                                      dict_size=microlzma.dict_size_for(dict_for), capacity=capacity)
 
 
 class LzmaCompressor:
@@ -400,9 +408,7 @@ class LzmaCompressor:
         self._data = data  # keeps the buffer alive while liblzma reads its address
         self._src = ctypes.c_char_p(data)
         self._base = ctypes.cast(self._src, ctypes.c_void_p).value or 0
-        self._enc = microlzma.MicroLzmaEncoder(level=DEFAULT_LEVELS[Codec.LZMA] if level is None else level,
-                                               dict_size=microlzma.dict_size_for(dict_for or capacity),
-                                               capacity=capacity)
+        self._enc = _microlzma(level, capacity, dict_for or capacity)
 
     def compress(self, pos: int, *, floor: int = 0) -> tuple[int, bytes]:
         """Compress from ``pos`` (``floor`` is accepted for parity with SearchCompressor)."""

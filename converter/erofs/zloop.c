@@ -76,6 +76,44 @@ static int attempt_lzma(const struct coder *c, const char *src, int avail, char 
 }
 
 /*
+ * The attempt(s) for one extent from `src`, `last` being what the previous extent used: the
+ * stream's length in `dst` (<= 0: the compressor failed), the input it used in `used`.
+ * MicroLZMA: one call, the encoder stops when its output is full. LZ4/LZ4HC: the offers of
+ * DestSizeCompressor.compress (about twice what the last extent used, at least MIN_WINDOW, four
+ * times more while a call uses more than three quarters of its offer; for LZ4HC after an extent
+ * stored raw, first 1.25 blocks).
+ */
+static int extent(const struct coder *c, const char *src, int remaining, int last, char *dst, int *used)
+{
+    long window = 1, twice = 2L * last;
+    const int probe = BLK + BLK / 4;
+    int len;
+
+    if (c->lzma_encoder)
+        return attempt_lzma(c, src, remaining, dst, used);
+    while (twice) {  /* 1 << (2 * last).bit_length() */
+        window <<= 1;
+        twice >>= 1;
+    }
+    if (window < MIN_WINDOW)
+        window = MIN_WINDOW;
+    if (c->hc && last > 0 && last <= BLK && remaining > probe) {
+        len = attempt(c, src, probe, dst, used);
+        if (len <= 0 || *used <= BLK)
+            return len;
+        if (window < 4L * probe)
+            window = 4L * probe;
+    }
+    for (;;) {
+        int offer = window < remaining ? (int)window : remaining;
+        len = attempt(c, src, offer, dst, used);
+        if (len <= 0 || offer == remaining || *used <= offer - offer / 4)
+            return len;
+        window *= 4;
+    }
+}
+
+/*
  * Compress data[0:n] into `out` (room for `out_blocks` blocks) and describe its extents in `ext`
  * (room for `out_blocks` triples: kind, input length, blocks).
  * Returns the number of extents, -1 if the compressor failed, -2 if `out` is too small.
@@ -87,41 +125,11 @@ static int segment(const struct coder *c, const char *data, int n, char *out, in
     long blocks = 0;
 
     while (pos < n) {
-        int remaining = n - pos, used = 0, len = 0, done = 0;
-        long window = 1, twice = 2L * last;
-        const int probe = BLK + BLK / 4;
+        int used = 0;
+        int len = extent(c, data + pos, n - pos, last, dst, &used);
 
-        if (c->lzma_encoder) {  /* one call: the encoder stops when its output is full */
-            len = attempt_lzma(c, data + pos, remaining, dst, &used);
-            if (len <= 0 || used <= 0)
-                return -1;
-            done = 1;
-        }
-        while (twice) {  /* 1 << (2 * last).bit_length() */
-            window <<= 1;
-            twice >>= 1;
-        }
-        if (window < MIN_WINDOW)
-            window = MIN_WINDOW;
-        if (!done && c->hc && last > 0 && last <= BLK && remaining > probe) {
-            /* After an extent stored raw, LZ4HC is first offered 1.25 blocks (zcodec.py). */
-            len = attempt(c, data + pos, probe, dst, &used);
-            if (len <= 0 || used <= 0)
-                return -1;
-            if (used <= BLK)
-                done = 1;
-            else if (window < 4L * probe)
-                window = 4L * probe;
-        }
-        while (!done) {
-            int offer = window < remaining ? (int)window : remaining;
-            len = attempt(c, data + pos, offer, dst, &used);
-            if (len <= 0 || used <= 0)
-                return -1;
-            if (offer == remaining || used <= offer - offer / 4)
-                break;
-            window *= 4;
-        }
+        if (len <= 0 || used <= 0)
+            return -1;
         last = used;
 
         int nblocks = (len + BLK - 1) / BLK;

@@ -89,8 +89,8 @@ def compress_segment(data: bytes, *, codec: Codec, level: int | None, pcluster_b
     can (``_inline_tail``), if need be after its last extent is compressed again into one block
     fewer (``_trailing_fewer_blocks``).
     """
-    if pcluster_blocks == 1 and not inline_tail and codec in (Codec.LZ4, Codec.LZ4HC, Codec.LZMA):
-        compiled = compiled_segment(codec, level, data)  # the loop below, in C (zcodec.py, zloop.c)
+    if pcluster_blocks == 1 and not inline_tail:
+        compiled = compiled_segment(codec, level, data)  # LZ4/LZMA: the loop below, in C (zcodec.py, zloop.c)
         if compiled is not None:
             return Segment(compiled[0], compiled[1])
     comp = make_compressor(codec, level, data, _BLKSZ * pcluster_blocks)

@@ -109,13 +109,11 @@ def test_a_registry_wanting_bigger_chunks_gets_no_part(image: tuple[Path, bytes,
     _, data, _, fd = image
     fake = FakeRegistry()
 
-    def post(request: httpx.Request) -> httpx.Response | None:
-        if request.method != "POST":
-            return None
+    def post() -> httpx.Response:
         fake.uploads["s"] = bytearray()
         return httpx.Response(202, headers={"Location": "/v2/a/b/blobs/uploads/s", "OCI-Chunk-Min-Length": "5000000"})
 
-    fake.hooks.append(post)
+    failing_hook(fake, 1, post, method="POST")
     with make_client(fake) as client:
         upload = client.streamed_upload(HOST, "a/b")
         with pytest.raises(RegistryError, match="chunks of at least 5000000 bytes, the first part has 100000"):
