@@ -16,7 +16,9 @@ Stages and their dependencies, for layer ``i`` of ``n``:
   (``max_expanded``, ``max_entries``; the scan applies them too) and ``lower`` = a ``StackedLower`` over
   the trees of layers ``< i``. With the pre-pass, those trees come from the scans, so builds
   of different layers overlap freely; without it, they come from the builds themselves and
-  builds run strictly one after another.
+  builds run strictly one after another. Without the pre-pass a build also need not wait
+  for its pull: it reads the pulled file as it arrives (``arrival.py``; its source ends only
+  once the blob matched its digest), and is made again if the download is.
 * **push**: HEAD (``has_blob``) and skip, else upload; overlaps with later builds. Into a
   registry (a ``StreamingSink``), a layer our writer builds starts its upload early: once its
   layout is planned, block 0 and the file data are final (``convert_layer``'s
@@ -83,6 +85,7 @@ from converter.layers.filedata import FileData
 from converter.layers.model import DirMeta, Inode, LowerView, NodeKind
 from converter.layers.spool import SpoolSink
 from converter.oci.model import Descriptor
+from converter.pipeline.arrival import Arrival, FollowingReader, SourceLost, SourceRestarted
 from converter.pipeline.lower import (
     DiscardSink,
     EmptyData,
@@ -142,7 +145,8 @@ def _resolved(value: Any) -> Future[Any]:
 
 
 class CancellableReader(io.RawIOBase):
-    """A read-only stream that raises ``Cancelled`` as soon as the graph is cancelled."""
+    """A read-only stream that raises ``Cancelled`` as soon as the graph is cancelled; closing
+    it closes the stream it reads."""
 
     def __init__(self, raw: BinaryIO, cancel: threading.Event) -> None:
         super().__init__()
@@ -157,6 +161,10 @@ class CancellableReader(io.RawIOBase):
             raise Cancelled("reading a layer: cancelled")
         n: int | None = self._raw.readinto(buffer)  # type: ignore[attr-defined]
         return n or 0
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def create_private(path: Path) -> BinaryIO:
@@ -175,8 +183,12 @@ def create_private(path: Path) -> BinaryIO:
 
 
 def fetch_blob(source: ImageSource, desc: Descriptor, dest: Path, *, cancel: threading.Event,
-               on_bytes: Callable[[int], None] | None = None, log: Any = None) -> None:
+               on_bytes: Callable[[int], None] | None = None, on_restart: Callable[[], None] | None = None,
+               log: Any = None) -> None:
     """Download blob ``desc`` into ``dest``, a new private file, hashing as it arrives.
+
+    ``on_bytes(n)``: the file's first ``n`` bytes are written (flushed: a reader of the file sees
+    them). ``on_restart()``: the download so far is thrown away, before the file is emptied.
 
     Size and digest must match ``desc``. A download whose bytes do not match the digest
     (``DigestMismatch``, temporary: a transfer corrupted on the way) is thrown away and made
@@ -197,6 +209,8 @@ def fetch_blob(source: ImageSource, desc: Descriptor, dest: Path, *, cancel: thr
                         raise exc.exhausted(downloads) from exc
                     (log or structlog.get_logger()).info("blob_refetched", digest=str(desc.digest),
                                                          attempt=downloads, reason="digest mismatch")
+                    if on_restart is not None:
+                        on_restart()
                     out.seek(0)
                     out.truncate()
                     downloads += 1
@@ -228,6 +242,7 @@ def _download(source: ImageSource, desc: Descriptor, out: BinaryIO, *, cancel: t
                 h.update(chunk)
             out.write(chunk)
             if on_bytes is not None:
+                out.flush()
                 on_bytes(got)
         # The stream's own check, or ours.
         matches = (getattr(stream, "verified", False) is True) if h is None else (h.hexdigest() == desc.digest.hex)
@@ -279,6 +294,9 @@ class GraphSettings:
     #: Start a layer's build without waiting for the trees below it (``convert`` builds in a
     #: process of its own; see ``_DeferredLower``). Ignored with the pre-pass.
     overlap_builds: bool = False
+    #: Start a layer's build while its pull is still writing the blob (``arrival.py``). Ignored
+    #: with the pre-pass, whose scans read whole pulled files.
+    follow_pulls: bool = True
 
 
 class _StageFailed(Exception):
@@ -305,6 +323,7 @@ class LayerGraph:
         auto = self.jobs > 1 and self.n > 1 and (os.cpu_count() or 1) >= PREPASS_MIN_CPUS
         self.prepass = auto if settings.prepass is None else settings.prepass
         self.overlap = settings.overlap_builds and not self.prepass
+        self.follow = settings.follow_pulls and not self.prepass
         self.cancel = threading.Event()
         # Every worker task runs in this scope; cancelling it ends their blocked registry I/O.
         # A child of the calling thread's scope (a mirror run's), which can so stop this graph too.
@@ -313,6 +332,8 @@ class LayerGraph:
         self._events: queue.SimpleQueue[tuple[str, int, Future[Any]]] = queue.SimpleQueue()
         # coordinator state
         self._downloaded = [False] * self.n
+        self._arrivals: list[Arrival | None] = [None] * self.n  # a pull's progress, for a build following it
+        self._rebuild: set[int] = set()  # builds to make again once their layer's new download is verified
         self._next_download = 0
         self._on_disk = 0  # pulled (or being pulled) source files not yet released
         self._released = [False] * self.n
@@ -425,7 +446,13 @@ class LayerGraph:
                 continue
             exc = fut.exception()
             if kind == "build":
+                if isinstance(exc, SourceRestarted):  # the download it followed is made again
+                    self._rebuild.add(i)
+                    self._pump()
+                    continue
                 self._building.discard(i)
+                if isinstance(exc, SourceLost):
+                    continue  # the pull it followed failed: that failure's own event follows
             if exc is not None:
                 if kind != "build" or not self.overlap:
                     raise _StageFailed(kind, i, exc)
@@ -466,24 +493,34 @@ class LayerGraph:
             i = self._next_download
             self._next_download += 1
             self._on_disk += 1
+            self._arrivals[i] = Arrival()
             self._submit("pull", i, self._pull, i)
         if self.prepass and not self._scanning and self._scanned < self._limit and self._downloaded[self._scanned]:
             i = self._scanned
             self._scanning = True
             self._submit("scan", i, self._scan, i, StackedLower(self._tree_slice(i), opener=metadata_opener))
+        for i in sorted(self._rebuild):
+            if self._downloaded[i]:
+                self._rebuild.discard(i)
+                self._build_over[i] = threading.Event()
+                self._submit_build(i)
         while self._next_build < self._limit:
             i = self._next_build
             ready = self._scanned >= i if self.prepass else self.overlap or self._built_upto >= i
-            if not (self._downloaded[i] and ready):
+            arriving = self.follow and i < self._next_download
+            if not ((self._downloaded[i] or arriving) and ready):
                 break
             self._next_build += 1
-            view: LowerView | None = None
-            if i and self.overlap:
-                view = _DeferredLower(self, i)
-            elif i:
-                view = StackedLower(self._tree_slice(i), opener=self.open_lower)
             self._building.add(i)
-            self._submit("build", i, self._build, i, view)
+            self._submit_build(i)
+
+    def _submit_build(self, i: int) -> None:
+        view: LowerView | None = None
+        if i and self.overlap:
+            view = _DeferredLower(self, i)
+        elif i:
+            view = StackedLower(self._tree_slice(i), opener=self.open_lower)
+        self._submit("build", i, self._build, i, view)
 
     def _raise_lowest_failure(self) -> None:
         """With overlapping builds, report the lowest layer's failure, as the chain would: a
@@ -590,9 +627,21 @@ class LayerGraph:
 
     def _pull(self, i: int) -> None:
         desc = self.layers[i]
+        arrival = self._arrivals[i]
+        assert arrival is not None
         started = time.monotonic()
-        fetch_blob(self.s.source, desc, self._src_path(i), cancel=self.cancel,
-                   on_bytes=lambda n: self._report(Stage.PULL, i, n, desc.size), log=self.log)
+
+        def wrote(n: int) -> None:
+            arrival.wrote(n)
+            self._report(Stage.PULL, i, n, desc.size)
+
+        try:
+            fetch_blob(self.s.source, desc, self._src_path(i), cancel=self.cancel, on_bytes=wrote,
+                       on_restart=arrival.restarted, log=self.log)
+        except BaseException:
+            arrival.finished(False)
+            raise
+        arrival.finished(True)
         self._report(Stage.PULL, i, desc.size, desc.size, done=True)
         self._timings[i]["pull"] = time.monotonic() - started
 
@@ -623,18 +672,28 @@ class LayerGraph:
         spool_dir = self.dir / f"layer-{i:04d}.tmp"
         spool_dir.mkdir(mode=0o700, exist_ok=True)
         try:
-            with open(self._src_path(i), "rb") as f:
-                reader = io.BufferedReader(CancellableReader(f, self.cancel), _CHUNK)
-                result = self.s.convert(
-                    reader, self._out_path(i), options=options, lower=lower, media_type=str(desc.media_type),
-                    layer=str(desc.digest), workdir=spool_dir,
-                    progress=lambda n: self._report(Stage.CONVERT, i, n, desc.size),
-                    on_tree=lambda root: self._tree_built(i, root),
-                    # The pull checked these bytes against the digest: the build does not hash them again.
-                    source_digest=str(desc.digest),
-                    on_data_final=(lambda path, block0, end: self._data_final(i, path, block0, end))
-                    if self._streaming else None,
-                )
+            with self._source(i) as raw:
+                reader = io.BufferedReader(raw, _CHUNK)
+                try:
+                    result = self.s.convert(
+                        reader, self._out_path(i), options=options, lower=lower, media_type=str(desc.media_type),
+                        layer=str(desc.digest), workdir=spool_dir,
+                        progress=lambda n: self._report(Stage.CONVERT, i, n, desc.size),
+                        on_tree=lambda root: self._tree_built(i, root),
+                        # The pull checked these bytes against the digest (a build following the
+                        # pull reads the end of its source only then): they are not hashed again.
+                        source_digest=str(desc.digest),
+                        on_data_final=(lambda path, block0, end: self._data_final(i, path, block0, end))
+                        if self._streaming else None,
+                    )
+                except BaseException as exc:
+                    # However the reader's signal reached us (the decompressor, a build process),
+                    # a build whose download was made again or failed is reported as that.
+                    if isinstance(raw, FollowingReader) and (signal := raw.interruption()) is not None:
+                        raise signal from exc
+                    raise
+                if isinstance(raw, FollowingReader):
+                    raw.check_complete()
         finally:
             self._build_over[i].set()
             shutil.rmtree(spool_dir, ignore_errors=True)
@@ -647,6 +706,14 @@ class LayerGraph:
         self._report(Stage.CONVERT, i, desc.size, desc.size, done=True)
         self._timings[i]["build"] = time.monotonic() - started
         return result
+
+    def _source(self, i: int) -> contextlib.AbstractContextManager[io.RawIOBase]:
+        """Layer ``i``'s pulled bytes: the file, or while its pull still writes it, a reader that
+        follows the pull (``arrival.py``)."""
+        arrival = self._arrivals[i]
+        if arrival is not None and not arrival.verified:
+            return contextlib.closing(FollowingReader(self._src_path(i), arrival, self.cancel))
+        return contextlib.closing(CancellableReader(open(self._src_path(i), "rb"), self.cancel))
 
     def _tree_built(self, i: int, root: Inode) -> None:
         """A build's tree is final: layers above may use it now (the coordinator learns too)."""
