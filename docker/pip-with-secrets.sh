@@ -3,7 +3,7 @@
 # RUN only, never stored in a layer): /run/secrets/pip_conf is used as pip's configuration file,
 # the PEM certificates in /run/secrets/pip_ca are added to pip's own CA bundle for this run.
 set -eu
-venv=/opt/erofs-converter
+venv=${PIP_VENV:-/opt/erofs-converter}  # the venv whose pip runs
 if [ -s /run/secrets/pip_conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi
 if [ -s /run/secrets/pip_ca ]; then
   bundle=$(mktemp)

@@ -45,6 +45,15 @@ def test_current_erofs_utils_without_compilers(docker_engine: Engine, tool_image
     assert dev == []
 
 
+def test_runs_the_compiled_modules(docker_engine: Engine, tool_image: BuiltImage) -> None:
+    """The image compiled the per-entry modules and the extent loop for its own Python (the build
+    context never carries the host's), and uses them: the same speed as a ``make setup`` checkout."""
+    script = ("import converter.native as n, converter.erofs.zcodec as z, converter.layers.tarstream as t; "
+              "print(n.status(), z.compiled_loop_available(), t.__file__.endswith('.so'))")
+    out = docker_engine.run_docker(["run", "--rm", "--entrypoint", "python", tool_image.ref, "-c", script]).stdout
+    assert out.split() == ["native", "True", "True"], out
+
+
 def test_no_build_secret_or_host_configuration_in_image(docker_engine: Engine, tool_image: BuiltImage,
                                                         build_marker: str) -> None:
     """The pip configuration and CA bundle passed as build secrets are in no layer and no history,
