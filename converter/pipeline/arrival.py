@@ -10,7 +10,10 @@ provisional:
 
 * a download thrown away and made again (``DigestMismatch``: corrupted on the way) makes the
   reader raise ``SourceRestarted``; the graph builds the layer again from the new download;
-* a pull that fails makes it raise ``SourceLost``; the graph reports the pull's own error.
+* a pull that fails makes it raise ``SourceLost``; the graph reports the pull's own error;
+* a build that fails on its own while the download is under way (bytes corrupted on the way can
+  look like a broken tar) waits for the pull's verdict (``FollowingReader.settle``): a download
+  made again or a failed pull count as above, a verified one leaves the build's error standing.
 
 Neither is a ``ConverterError``: they are the graph's own signals, never shown to a user.
 """
@@ -49,11 +52,6 @@ class Arrival:
     def verified(self) -> bool:
         with self._cond:
             return self._outcome is True
-
-    def state(self) -> tuple[int, int, bool | None]:
-        """(bytes written, the download's number, the outcome: None while the pull runs)."""
-        with self._cond:
-            return self._written, self._download, self._outcome
 
     def wrote(self, end: int) -> None:
         """The file's first ``end`` bytes (of the current download) are written."""
@@ -139,14 +137,17 @@ class FollowingReader(io.RawIOBase):
             # Nothing where bytes were announced: the file was truncated for a new download,
             # which the next wait reports (SourceRestarted).
 
-    def interruption(self) -> SourceRestarted | SourceLost | None:
-        """What ended the pull this reader follows, if it did not end well: the download it
-        read was made again, or the pull failed."""
-        state = self._arrival.state()
-        if state[1] != self._download:
-            return SourceRestarted()
-        if state[2] is False:
-            return SourceLost()
+    def settle(self) -> SourceRestarted | SourceLost | None:
+        """After the build reading this failed: wait for the pull's verdict on the download it
+        read, and return the signal to raise instead of the build's own error — the download
+        was made again (so the error may come from bytes corrupted on the way), or the pull
+        failed. None: the bytes were the blob's and the error stands (or the graph is cancelled)."""
+        try:
+            self._arrival.wait_over(self._download, self._cancel)
+        except (SourceRestarted, SourceLost) as signal:
+            return signal
+        except Cancelled:
+            return None
         return None
 
     def check_complete(self) -> None:

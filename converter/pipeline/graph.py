@@ -686,10 +686,13 @@ class LayerGraph:
                         on_data_final=(lambda path, block0, end: self._data_final(i, path, block0, end))
                         if self._streaming else None,
                     )
-                except BaseException as exc:
-                    # However the reader's signal reached us (the decompressor, a build process),
-                    # a build whose download was made again or failed is reported as that.
-                    if isinstance(raw, FollowingReader) and (signal := raw.interruption()) is not None:
+                except Exception as exc:
+                    # A build that read a download still under way failed: the pull's verdict
+                    # decides what that means. A download made again (its bytes may have been
+                    # corrupted on the way: a "broken" tar could be that) builds the layer again;
+                    # a failed pull is reported as itself; else the build's error stands.
+                    # However the reader's signal reached us (a decompressor, a build process).
+                    if isinstance(raw, FollowingReader) and (signal := raw.settle()) is not None:
                         raise signal from exc
                     raise
                 if isinstance(raw, FollowingReader):

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from converter.convert.layer import Builder, LayerOptions, convert_layer
 from converter.erofs.target import TargetFormat
-from converter.errors import Cancelled, DigestMismatch, ImageError
+from converter.errors import Cancelled, DigestMismatch, ImageError, LayerError
 from converter.oci.model import Descriptor
 from converter.pipeline.arrival import Arrival, FollowingReader, SourceLost, SourceRestarted
 from converter.pipeline.buildproc import ProcessConvert
@@ -34,12 +34,14 @@ GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 class GatedSource(MemorySource):
     """Serves blob ``gated`` in two halves: the second only once ``gate`` is set (or after
     ``wait`` seconds). ``then`` says how its first ``bad`` downloads end after the gate: "corrupt"
-    (the registry client's DigestMismatch at the end) or "fail" (an ImageError, as a transfer
-    that breaks off for good)."""
+    (the second half's bytes changed, and the registry client's DigestMismatch at the end, once
+    ``verdict`` is set) or "fail" (an ImageError, as a transfer that breaks off for good)."""
 
     def __init__(self, *, then: str = "", bad: int = 0, wait: float = 10.0) -> None:
         super().__init__()
         self.gate = threading.Event()
+        self.verdict = threading.Event()  # a corrupted download's mismatch is raised once this is set
+        self.verdict.set()
         self.gated: Digest | None = None
         self.then, self.bad, self.wait = then, bad, wait
         self.gate_opened_at: float | None = None
@@ -71,6 +73,7 @@ class GatedSource(MemorySource):
                     chunk = chunk.replace(b"\x01", b"\x02")
                 self.pos += len(chunk)
                 if not chunk and bad and source.then == "corrupt":
+                    source.verdict.wait(source.wait)
                     raise DigestMismatch(f"fetching blob {digest}: digest mismatch", attempts=3)
                 return chunk
 
@@ -161,6 +164,59 @@ def test_a_restart_is_recognised_whatever_the_engine_made_of_it(tmp_path: Path) 
                        layers, workdir=tmp_path / "g").run()
     assert [c.layer for c in engine.converts()] == [str(layers[0].digest)] * 2 + [str(layers[1].digest)]
     assert sink.blobs[built[0].digest] == b"EROFS:" + source.blobs[layers[0].digest]
+
+
+def test_a_build_broken_by_bytes_corrupted_on_the_way_is_made_again(tmp_path: Path) -> None:
+    """The corrupted download's bytes make the build fail before the pull has found the digest
+    wrong: its error is not the layer's; the layer is built again from the good download."""
+    source, sink, engine = GatedSource(then="corrupt", bad=1), MemorySink(), FakeEngine()
+    source.verdict.clear()  # the pull finds the digest wrong only after the build failed
+    layers = _layers(source)
+    failed: list[str] = []
+
+    def convert(src: BinaryIO, *args: Any, **kw: Any) -> Any:
+        if kw["layer"] == str(layers[0].digest):
+            data = b""
+            while chunk := src.read(4096):
+                if b"\x02" in chunk:  # what the tar parser would call a broken header
+                    failed.append(kw["layer"])
+                    source.verdict.set()
+                    raise LayerError("broken tar header", layer=kw["layer"], entry="etc/passwd")
+                data += chunk
+                if kw["progress"] is not None:
+                    kw["progress"](len(data))
+            src = io.BytesIO(data)  # type: ignore[assignment]
+        return engine.convert(src, *args, **kw)
+
+    events: list[tuple[float, ProgressEvent]] = []
+    built = LayerGraph(settings(source, sink, engine, jobs=2, prepass=False, convert=convert,
+                                progress=_opens_the_gate_when_built(source, events)),
+                       layers, workdir=tmp_path / "g").run()
+    assert failed == [str(layers[0].digest)]
+    assert source.opened.count(layers[0].digest) == 2
+    for b, d in zip(built, layers, strict=True):
+        assert sink.blobs[b.digest] == b"EROFS:" + source.blobs[d.digest]
+
+
+def test_a_build_error_stands_when_the_download_was_right(tmp_path: Path) -> None:
+    """A build that fails on bytes that turn out to be the blob's reports its own error (once the
+    pull has verified them)."""
+    source, sink = GatedSource(), MemorySink()
+    layers = _layers(source)
+
+    def broken(layer: str, src: BinaryIO) -> None:
+        if layer == str(layers[0].digest):
+            src.read(4096)
+            raise LayerError("broken tar header", layer=layer, entry="etc/passwd")
+
+    engine = FakeEngine(before_convert=broken)
+    events: list[tuple[float, ProgressEvent]] = []
+    with pytest.raises(LayerFailed) as info:
+        LayerGraph(settings(source, sink, engine, jobs=2, prepass=False,
+                            progress=lambda e: (events.append((time.monotonic(), e)), source.gate.set())),
+                   layers, workdir=tmp_path / "g").run()
+    assert info.value.stage == "build" and isinstance(info.value.__cause__, LayerError)
+    assert source.opened.count(layers[0].digest) == 1
 
 
 def test_a_pull_failing_under_a_following_build_is_reported_as_the_pull(tmp_path: Path,
@@ -257,7 +313,7 @@ def test_reader_at_the_end_waits_for_the_verdict(tmp_path: Path) -> None:
         threading.Timer(0.2, arrival.restarted).start()  # the digest did not match
         with pytest.raises(SourceRestarted):
             reader.read(100)
-        assert isinstance(reader.interruption(), SourceRestarted)
+        assert isinstance(reader.settle(), SourceRestarted)
         with pytest.raises(SourceRestarted):
             reader.check_complete()
 
@@ -269,7 +325,25 @@ def test_reader_after_a_failed_pull(tmp_path: Path) -> None:
         arrival.finished(False)
         with pytest.raises(SourceLost):
             reader.read(2)
-        assert isinstance(reader.interruption(), SourceLost)
+        assert isinstance(reader.settle(), SourceLost)
+
+
+def test_reader_settles_on_the_pulls_verdict(tmp_path: Path) -> None:
+    """After a failed build: a download that ends verified leaves the build's error standing
+    (None), after waiting for it; a cancelled graph does not wait."""
+    path, arrival, out = _writer(tmp_path)
+    cancel = threading.Event()
+    with out, FollowingReader(path, arrival, cancel) as reader:
+        _write(out, arrival, b"half")
+        assert reader.read(4) == b"half"
+        threading.Timer(0.2, arrival.finished, args=(True,)).start()
+        started = time.monotonic()
+        assert reader.settle() is None
+        assert time.monotonic() - started >= 0.15
+    arrival = Arrival()
+    with FollowingReader(path, arrival, cancel) as reader:
+        threading.Timer(0.1, cancel.set).start()
+        assert reader.settle() is None
 
 
 def test_reader_of_an_emptied_file_reports_the_restart(tmp_path: Path) -> None:
