@@ -377,6 +377,10 @@ class LayerGraph:
             self._pools["scan"] = ThreadPoolExecutor(1, thread_name_prefix="scan")
         if self._streaming:
             self._pools["stream"] = ThreadPoolExecutor(workers, thread_name_prefix="stream")
+        if self.follow:
+            # A layer built again (its download was made again) must not queue behind the builds
+            # above it, which may be waiting for its tree (overlapping builds): a thread each.
+            self._pools["again"] = ThreadPoolExecutor(self.n, thread_name_prefix="build-again")
         self.log.debug("layer_graph_started", layers=self.n, jobs=self.jobs, prepass=self.prepass,
                        run_ahead=self.run_ahead)
         bug: BaseException | None = None
@@ -503,7 +507,7 @@ class LayerGraph:
             if self._downloaded[i]:
                 self._rebuild.discard(i)
                 self._build_over[i] = threading.Event()
-                self._submit_build(i)
+                self._submit_build(i, pool="again")
         while self._next_build < self._limit:
             i = self._next_build
             ready = self._scanned >= i if self.prepass else self.overlap or self._built_upto >= i
@@ -514,13 +518,13 @@ class LayerGraph:
             self._building.add(i)
             self._submit_build(i)
 
-    def _submit_build(self, i: int) -> None:
+    def _submit_build(self, i: int, *, pool: str = "build") -> None:
         view: LowerView | None = None
         if i and self.overlap:
             view = _DeferredLower(self, i)
         elif i:
             view = StackedLower(self._tree_slice(i), opener=self.open_lower)
-        self._submit("build", i, self._build, i, view)
+        self._submit("build", i, self._build, i, view, pool=pool)
 
     def _raise_lowest_failure(self) -> None:
         """With overlapping builds, report the lowest layer's failure, as the chain would: a
@@ -549,8 +553,8 @@ class LayerGraph:
                 self._trees.wait(_POLL)
             return [t for t in self._roots[:i] if t is not None]
 
-    def _submit(self, kind: str, i: int, fn: Callable[..., Any], *args: Any) -> None:
-        fut = self._pools[kind].submit(self._in_scope, fn, *args)
+    def _submit(self, kind: str, i: int, fn: Callable[..., Any], *args: Any, pool: str | None = None) -> None:
+        fut = self._pools[pool or kind].submit(self._in_scope, fn, *args)
         fut.add_done_callback(lambda f: self._events.put((kind, i, f)))
 
     def _in_scope(self, fn: Callable[..., Any], *args: Any) -> Any:

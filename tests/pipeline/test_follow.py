@@ -146,6 +146,30 @@ def test_a_download_made_again_builds_the_layer_again(tmp_path: Path) -> None:
         assert sink.blobs[b.digest] == b"EROFS:" + source.blobs[d.digest]  # nothing of the bad bytes
 
 
+@pytest.mark.timeout(30)
+def test_overlapping_builds_waiting_for_a_layer_built_again(tmp_path: Path) -> None:
+    """Overlapping builds (build processes): the layers above wait for layer 0's tree while
+    holding every build worker; layer 0, built again after its download was, must not queue
+    behind them (it would wait for ever)."""
+    source, sink, engine = GatedSource(then="corrupt", bad=1), MemorySink(), FakeEngine()
+    layers = _layers(source, 3)
+    real = engine.convert
+
+    def convert(src: BinaryIO, out_path: Path, **kw: Any) -> Any:
+        if kw["lower"] is not None:
+            kw["lower"].dir_meta(b"")  # waits for the trees below
+        return real(src, out_path, **kw)
+
+    events: list[tuple[float, ProgressEvent]] = []
+    built = LayerGraph(settings(source, sink, engine, jobs=2, prepass=False, overlap_builds=True, convert=convert,
+                                progress=_opens_the_gate_when_built(source, events)),
+                       layers, workdir=tmp_path / "g").run()
+    assert [c.layer for c in engine.converts()].count(str(layers[0].digest)) == 2  # given up, then built again
+    assert source.opened.count(layers[0].digest) == 2
+    for b, d in zip(built, layers, strict=True):
+        assert sink.blobs[b.digest] == b"EROFS:" + source.blobs[d.digest]
+
+
 def test_a_restart_is_recognised_whatever_the_engine_made_of_it(tmp_path: Path) -> None:
     """An engine that turns the reader's signal into an error of its own (a decompressor
     reporting a broken stream, say) still gets its layer built again."""
