@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,7 +19,7 @@ import structlog
 
 from converter import __version__
 from converter.blob.encoding import BlobEncoding
-from converter.cancel import CancelScope, current_scope
+from converter.cancel import CancelScope, Completions, current_scope
 from converter.convert.layer import Builder, LayerOptions
 from converter.erofs.target import TargetFormat
 from converter.errors import ConverterError, ImageError, NotFound, UsageError
@@ -463,18 +464,21 @@ def make_plan(job: Job, client: RegistryClient, *, shard: Shard | None = None, e
             return resolve_item(item, client, estimate=estimate, recipe=recipe)
 
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="plan")
-    futures = [pool.submit(resolve, item) for item in items]
+    done: Completions[PlannedImage] = Completions()  # not futures.wait: see Completions
+    found: list[PlannedImage | None] = [None] * len(items)
     try:
-        pending = set(futures)
-        while pending:  # woken regularly, so that a signal reaches the main thread
-            _, pending = wait(pending, timeout=_POLL)
+        for n, item in enumerate(items):
+            done.submit(pool, n, functools.partial(resolve, item))
+        while done.pending:  # woken regularly, so that a signal reaches the main thread
+            if (got := done.next(_POLL)) is not None:
+                found[got[0]] = got[1]
     except BaseException:
         scope.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
         pool.shutdown(wait=True)
-    resolved = [future.result() for future in futures]
+    resolved = [p for p in found if p is not None]
     images = sorted([*resolved, *failures], key=lambda p: p.entry.index)
     for image in images:
         log.debug("mirror_image_planned", source=image.source, dest=image.dest, status=image.status.value,

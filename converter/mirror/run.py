@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import structlog
 
 from converter import __version__
-from converter.cancel import CancelScope
+from converter.cancel import CancelScope, Completions
 from converter.convert.layer import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED, Builder
 from converter.convert.layer import convert_layer as default_convert_layer
 from converter.errors import Cancelled, ConverterError
@@ -348,25 +349,23 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
     started = time.monotonic()
     runner = _Runner(client, options, convert_layer, engine_log)
     reports: list[ImageReport | None] = [None] * len(plan.images)
-    futures: dict[int, Future[ImageReport]] = {}
+    futures: dict[int, Future[None]] = {}
+    outcomes: Completions[ImageReport] = Completions()  # not futures.wait: see Completions
     pool = ThreadPoolExecutor(max(1, options.jobs), thread_name_prefix="mirror")
     interrupted = False
     try:
         for n, image in enumerate(plan.images):
             if image.status is Status.CONVERT:
-                futures[n] = pool.submit(runner.convert, image)
+                futures[n] = outcomes.submit(pool, n, functools.partial(runner.convert, image))
             else:
                 reports[n] = _not_converted(image, dry_run=False)
                 _log_not_converted(reports[n])
-        index_of = {future: n for n, future in futures.items()}
-        running = set(futures.values())
-        while running:
+        while outcomes.pending:
             # Wake up regularly: a signal handler only runs when the main thread does, and a
             # wait without timeout would hold off SIGTERM until an image finishes.
-            finished_now, running = wait(running, timeout=_POLL, return_when=FIRST_COMPLETED)
-            for future in sorted(finished_now, key=index_of.__getitem__):
-                n = index_of[future]
-                reports[n] = finished = future.result()
+            if (got := outcomes.next(_POLL)) is not None:
+                n, finished = got
+                reports[n] = finished
                 if on_image is not None:
                     on_image(finished)
     except KeyboardInterrupt:
@@ -374,11 +373,12 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
         log.warning("mirror_interrupted", reason="signal: stopping the images in progress, starting no more")
         runner.scope.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
-        # (A future cancelled by the shutdown never counts as done for ``wait``: leave it out.)
-        wait([future for future in futures.values() if not future.cancelled()])
-        for n, future in futures.items():
-            if reports[n] is None:
-                reports[n] = future.result() if not future.cancelled() else _interrupted(plan.images[n])
+        pool.shutdown(wait=True)  # the images that started end promptly (cancelled scope)
+        while (got := outcomes.next(0)) is not None:
+            reports[got[0]] = got[1]
+        for n in futures:
+            if reports[n] is None:  # never started (or its report was taken as the signal came)
+                reports[n] = _interrupted(plan.images[n])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
