@@ -17,7 +17,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from converter.errors import Cancelled
@@ -132,11 +132,11 @@ class Completions(Generic[T]):
         self._queue: queue.SimpleQueue[tuple[int, T | None, BaseException | None]] = queue.SimpleQueue()
         self.pending = 0  # submitted, outcome not yet taken
 
-    def submit(self, pool: ThreadPoolExecutor, key: int, fn: Callable[[], T]) -> Future[None]:
-        """Run ``fn`` in ``pool``; its outcome comes back from ``next`` with ``key``. The future
-        says only whether the task ran (``cancelled()`` after a ``shutdown(cancel_futures=True)``)."""
+    def submit(self, pool: ThreadPoolExecutor, key: int, fn: Callable[[], T]) -> None:
+        """Run ``fn`` in ``pool``; its outcome comes back from ``next`` with ``key`` (never, for a
+        task that a ``shutdown(cancel_futures=True)`` kept from starting)."""
         self.pending += 1
-        return pool.submit(self._run, key, fn)
+        pool.submit(self._run, key, fn)
 
     def _run(self, key: int, fn: Callable[[], T]) -> None:
         try:

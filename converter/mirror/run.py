@@ -11,7 +11,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -349,14 +349,15 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
     started = time.monotonic()
     runner = _Runner(client, options, convert_layer, engine_log)
     reports: list[ImageReport | None] = [None] * len(plan.images)
-    futures: dict[int, Future[None]] = {}
+    converting: list[int] = []
     outcomes: Completions[ImageReport] = Completions()  # not futures.wait: see Completions
     pool = ThreadPoolExecutor(max(1, options.jobs), thread_name_prefix="mirror")
     interrupted = False
     try:
         for n, image in enumerate(plan.images):
             if image.status is Status.CONVERT:
-                futures[n] = outcomes.submit(pool, n, functools.partial(runner.convert, image))
+                outcomes.submit(pool, n, functools.partial(runner.convert, image))
+                converting.append(n)
             else:
                 reports[n] = _not_converted(image, dry_run=False)
                 _log_not_converted(reports[n])
@@ -376,7 +377,7 @@ def run_plan(plan: Plan, *, client: RegistryClient, options: RunOptions = RunOpt
         pool.shutdown(wait=True)  # the images that started end promptly (cancelled scope)
         while (got := outcomes.next(0)) is not None:
             reports[got[0]] = got[1]
-        for n in futures:
+        for n in converting:
             if reports[n] is None:  # never started (or its report was taken as the signal came)
                 reports[n] = _interrupted(plan.images[n])
     except BaseException:

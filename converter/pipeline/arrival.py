@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,34 +73,31 @@ class Arrival:
             self._outcome = ok
             self._cond.notify_all()
 
-    def wait_beyond(self, pos: int, download: int, cancel: threading.Event) -> tuple[int, int]:
-        """Wait until the file holds more than ``pos`` bytes of download ``download`` (or the
-        pull is over); returns (bytes written, download). Raises ``SourceRestarted`` if that
-        download was thrown away, ``SourceLost`` if the pull failed, ``Cancelled``."""
+    @property
+    def download(self) -> int:
+        """The number of the download being written (0 for the first)."""
+        with self._cond:
+            return self._download
+
+    def wait_beyond(self, pos: int, download: int, cancel: threading.Event) -> int:
+        """Wait until the file holds more than ``pos`` bytes of download ``download``, or the
+        pull is verified; returns the bytes written. Raises ``SourceRestarted`` if that download
+        was thrown away, ``SourceLost`` if the pull failed, ``Cancelled``."""
+        return self._wait(download, cancel, lambda: self._written > pos or self._outcome is True)
+
+    def wait_over(self, download: int, cancel: threading.Event) -> None:
+        """Wait until the pull is verified with download ``download``; raises as ``wait_beyond``."""
+        self._wait(download, cancel, lambda: self._outcome is True)
+
+    def _wait(self, download: int, cancel: threading.Event, ready: Callable[[], bool]) -> int:
         with self._cond:
             while True:
                 if self._download != download:
                     raise SourceRestarted
                 if self._outcome is False:
                     raise SourceLost
-                if self._written > pos or self._outcome is True:
-                    return self._written, self._download
-                if cancel.is_set():
-                    raise Cancelled("reading a layer: cancelled")
-                self._cond.wait(POLL)
-
-
-    def wait_over(self, download: int, cancel: threading.Event) -> None:
-        """Wait until the pull is over with download ``download`` verified; raises as
-        ``wait_beyond`` does."""
-        with self._cond:
-            while True:
-                if self._download != download:
-                    raise SourceRestarted
-                if self._outcome is not None:
-                    if not self._outcome:
-                        raise SourceLost
-                    return
+                if ready():
+                    return self._written
                 if cancel.is_set():
                     raise Cancelled("reading a layer: cancelled")
                 self._cond.wait(POLL)
@@ -115,7 +113,7 @@ class FollowingReader(io.RawIOBase):
         self._cancel = cancel
         self._file: io.FileIO | None = None
         self._pos = 0
-        self._download = 0
+        self._download = arrival.download  # a reader that starts after a restart follows the new download
 
     def readable(self) -> bool:
         return True
@@ -125,7 +123,7 @@ class FollowingReader(io.RawIOBase):
             raise Cancelled("reading a layer: cancelled")
         view = memoryview(buffer).cast("B")
         while True:
-            written, _ = self._arrival.wait_beyond(self._pos, self._download, self._cancel)
+            written = self._arrival.wait_beyond(self._pos, self._download, self._cancel)
             if written <= self._pos:
                 return 0  # verified, and all of it read
             if self._file is None:

@@ -332,7 +332,7 @@ class LayerGraph:
         self._events: queue.SimpleQueue[tuple[str, int, Future[Any]]] = queue.SimpleQueue()
         # coordinator state
         self._downloaded = [False] * self.n
-        self._arrivals: list[Arrival | None] = [None] * self.n  # a pull's progress, for a build following it
+        self._arrivals = [Arrival() for _ in range(self.n)]  # each pull's progress, for a build following it
         self._rebuild: set[int] = set()  # builds to make again once their layer's new download is verified
         self._next_download = 0
         self._on_disk = 0  # pulled (or being pulled) source files not yet released
@@ -497,7 +497,6 @@ class LayerGraph:
             i = self._next_download
             self._next_download += 1
             self._on_disk += 1
-            self._arrivals[i] = Arrival()
             self._submit("pull", i, self._pull, i)
         if self.prepass and not self._scanning and self._scanned < self._limit and self._downloaded[self._scanned]:
             i = self._scanned
@@ -632,7 +631,6 @@ class LayerGraph:
     def _pull(self, i: int) -> None:
         desc = self.layers[i]
         arrival = self._arrivals[i]
-        assert arrival is not None
         started = time.monotonic()
 
         def wrote(n: int) -> None:
@@ -718,7 +716,7 @@ class LayerGraph:
         """Layer ``i``'s pulled bytes: the file, or while its pull still writes it, a reader that
         follows the pull (``arrival.py``)."""
         arrival = self._arrivals[i]
-        if arrival is not None and not arrival.verified:
+        if not arrival.verified:
             return contextlib.closing(FollowingReader(self._src_path(i), arrival, self.cancel))
         return contextlib.closing(CancellableReader(open(self._src_path(i), "rb"), self.cancel))
 
