@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +56,10 @@ class Codec(enum.Enum):
     @property
     def algorithm(self) -> int:
         """The EROFS algorithm number (docs/erofs-format.md §5.4.1): 0 LZ4, 1 LZMA, 2 DEFLATE, 3 Zstandard."""
-        return {"lz4": 0, "lz4hc": 0, "lzma": 1, "deflate": 2, "zstd": 3}[self.value]
+        return _ALGORITHMS[self.value]
+
+
+_ALGORITHMS = {"lz4": 0, "lz4hc": 0, "lzma": 1, "deflate": 2, "zstd": 3}
 
 
 #: Default levels: zstd's own (3; mkfs.erofs is given it too, see converter/erofs/target.py),
@@ -75,15 +79,19 @@ _TOLERANCE = 64
 class _Lib:
     dll: ctypes.CDLL
     hc_state_size: int
-    #: The addresses of LZ4_compress_destSize and LZ4_compress_HC_destSize, for zloop.c.
+    #: The addresses of LZ4_compress_destSize, LZ4_resetStreamHC_fast and
+    #: LZ4_compress_HC_continue_destSize, for zloop.c.
     fast_address: int
+    hc_reset_address: int
     hc_address: int
 
 
 @cache
 def _liblz4() -> _Lib:
-    """The system liblz4 with the two destSize entry points typed (loaded once per process)."""
-    dll = load_library("lz4", "liblz4.so.1", needs=("LZ4_compress_destSize", "LZ4_compress_HC_destSize"),
+    """The system liblz4 with its destSize entry points typed (loaded once per process)."""
+    needs = ("LZ4_compress_destSize", "LZ4_compress_HC_destSize", "LZ4_resetStreamHC_fast",
+             "LZ4_compress_HC_continue_destSize")
+    dll = load_library("lz4", "liblz4.so.1", needs=needs,
                        what="liblz4 (>= 1.9.0) for lz4 compression", install="liblz4 (Debian: liblz4-1)")
     fast = dll.LZ4_compress_destSize
     hc = dll.LZ4_compress_HC_destSize
@@ -94,8 +102,14 @@ def _liblz4() -> _Lib:
     hc.restype = ctypes.c_int
     dll.LZ4_sizeofStateHC.argtypes = []
     dll.LZ4_sizeofStateHC.restype = ctypes.c_int
-    return _Lib(dll, dll.LZ4_sizeofStateHC(), ctypes.cast(fast, ctypes.c_void_p).value or 0,
-                ctypes.cast(hc, ctypes.c_void_p).value or 0)
+    dll.LZ4_initStreamHC.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    dll.LZ4_initStreamHC.restype = ctypes.c_void_p
+
+    def address(name: str) -> int:
+        return ctypes.cast(getattr(dll, name), ctypes.c_void_p).value or 0
+
+    return _Lib(dll, dll.LZ4_sizeofStateHC(), address("LZ4_compress_destSize"), address("LZ4_resetStreamHC_fast"),
+                address("LZ4_compress_HC_continue_destSize"))
 
 
 @cache
@@ -341,8 +355,8 @@ def _zloop() -> ctypes.CDLL | None:
         return None
     dll = ctypes.CDLL(str(native.LOOP_LIBRARY))
     ptr, num = ctypes.c_void_p, ctypes.c_int
-    # (fast, hc, state, level, data, n, out, out_blocks, ext) and (encoder, code, stream, options, ...)
-    dll.erofs_lz4_segment.argtypes = [ptr, ptr, ptr, num, ctypes.c_char_p, num, ptr, num, ptr]
+    # (fast, hc_reset, hc, state, level, data, n, out, out_blocks, ext) and (encoder, code, stream, options, ...)
+    dll.erofs_lz4_segment.argtypes = [ptr, ptr, ptr, ptr, num, ctypes.c_char_p, num, ptr, num, ptr]
     dll.erofs_lzma_segment.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_char_p, num, ptr, num, ptr]
     dll.erofs_lz4_segment.restype = dll.erofs_lzma_segment.restype = num
     return dll
@@ -353,44 +367,99 @@ def compiled_loop_available() -> bool:
     return _zloop() is not None
 
 
+_COMPILED = frozenset({Codec.LZ4, Codec.LZ4HC, Codec.LZMA})
+_INT_SIZE = ctypes.sizeof(ctypes.c_int)
+#: The output room of a whole segment (zwriter.SEGMENT, 4 MiB, and two blocks), where the
+#: scratch buffers stop doubling.
+_SEGMENT_ROOM = (4 << 20) + 2 * 4096  # fmt.BLOCK_SIZE, the only block size
+
+
+def _grown(old: _Buffer | None, size: int, cap: int) -> int:
+    """The size a scratch buffer grows to for ``size`` bytes: twice the old one, up to ``cap``."""
+    return max(size, min(2 * old.size if old else 0, cap))
+
+
+class _Buffer:
+    """A zeroed buffer of ``size`` bytes and its address (held: the address stays valid)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data = ctypes.create_string_buffer(size)
+        self.address = ctypes.addressof(self.data)
+
+
+class _Scratch(threading.local):
+    """One thread's buffers for the compiled loop, kept from call to call: the output blocks, the
+    extents, and the LZ4HC state (a new one per call cost a 4 MiB zero-fill per segment and
+    256 KiB per LZ4HC call, while holding the GIL)."""
+
+    def __init__(self) -> None:
+        self.out: _Buffer | None = None
+        self.ext: _Buffer | None = None
+        self.hc_state: _Buffer | None = None
+
+    def out_for(self, size: int) -> _Buffer:
+        if self.out is None or self.out.size < size:
+            self.out = _Buffer(_grown(self.out, size, _SEGMENT_ROOM))
+        return self.out
+
+    def ext_for(self, size: int) -> _Buffer:
+        if self.ext is None or self.ext.size < size:
+            self.ext = _Buffer(_grown(self.ext, size, 3 * _INT_SIZE * (_SEGMENT_ROOM // 4096)))
+        return self.ext
+
+    def lz4hc_state(self, lib: _Lib) -> int:
+        """This thread's LZ4HC state, prepared (LZ4_initStreamHC) once; zloop.c resets it per call."""
+        if self.hc_state is None:
+            state = _Buffer(lib.hc_state_size)
+            if not lib.dll.LZ4_initStreamHC(state.address, state.size):
+                raise RuntimeError("LZ4_initStreamHC refused the state buffer")
+            self.hc_state = state
+        return self.hc_state.address
+
+
+_scratch = _Scratch()
+
+
 def compiled_segment(codec: Codec, level: int | None, data: bytes) -> tuple[bytes, Extents] | None:
     """A whole segment of one-block LZ4/LZ4HC/LZMA pclusters without an inline tail, cut and
     compressed by zloop.c in one call (ctypes releases the GIL for all of it): the blocks and
     their extents, the same as zwriter.compress_segment's Python loop with DestSizeCompressor or
     LzmaCompressor gives; None for other codecs or when the compiled loop is not there."""
-    if codec not in (Codec.LZ4, Codec.LZ4HC, Codec.LZMA):
+    if codec not in _COMPILED:
         return None
     loop = _zloop()
     if loop is None or len(data) > _MAX_INPUT:  # a segment is 4 MiB; the loop counts in C ints
         return None
     block = fmt.BLOCK_SIZE
     room = len(data) // block + 2
-    out = bytearray(room * block)
-    ext = (ctypes.c_int * (3 * room))()
-    view = (ctypes.c_char * len(out)).from_buffer(out)
+    scratch = _scratch
+    out = scratch.out_for(room * block)
+    ext = scratch.ext_for(3 * room * _INT_SIZE)
     if codec is Codec.LZMA:
         enc = _microlzma(level, block, block)
         try:
-            count = loop.erofs_lzma_segment(*enc.c_arguments(), data, len(data), view, room, ext)
+            count = loop.erofs_lzma_segment(*enc.c_arguments(), data, len(data), out.address, room, ext.address)
         finally:
             enc.close()
         failed = "liblzma's MicroLZMA encoder failed"
     else:
         lib = _liblz4()
-        hc = codec is Codec.LZ4HC
-        state = ctypes.create_string_buffer(lib.hc_state_size) if hc else None
-        count = loop.erofs_lz4_segment(None if hc else lib.fast_address, lib.hc_address if hc else None, state,
-                                       LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data), view, room,
-                                       ext)
+        if codec is Codec.LZ4HC:
+            count = loop.erofs_lz4_segment(None, lib.hc_reset_address, lib.hc_address, scratch.lz4hc_state(lib),
+                                           LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data),
+                                           out.address, room, ext.address)
+        else:
+            count = loop.erofs_lz4_segment(lib.fast_address, None, None, None, 0, data, len(data), out.address, room,
+                                           ext.address)
         failed = "liblz4 destSize compression failed"
-    del view  # releases ``out`` for the resize below
     if count == -1:
         raise RuntimeError(failed)
     if count < 0:  # pragma: no cover - the room above is what the loop can write
         raise RuntimeError(f"the compiled extent loop returned {count}")
-    extents = tuple((ext[3 * k], ext[3 * k + 1], ext[3 * k + 2]) for k in range(count))
-    del out[sum(blocks for _, _, blocks in extents) * block:]
-    return bytes(out), extents
+    fields = struct.unpack_from(f"{3 * count}i", ext.data)
+    extents = tuple(zip(fields[0::3], fields[1::3], fields[2::3], strict=True))
+    return ctypes.string_at(out.address, sum(fields[2::3]) * block), extents
 
 
 def _microlzma(level: int | None, capacity: int, dict_for: int) -> microlzma.MicroLzmaEncoder:

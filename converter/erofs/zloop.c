@@ -15,7 +15,8 @@
 #include <string.h>
 
 typedef int (*destsize_fn)(const char *src, char *dst, int *src_size, int dst_size);
-typedef int (*hc_destsize_fn)(void *state, const char *src, char *dst, int *src_size, int dst_size, int level);
+typedef void (*hc_reset_fn)(void *state, int level);
+typedef int (*hc_destsize_fn)(void *state, const char *src, char *dst, int *src_size, int dst_size);
 typedef int (*microlzma_encoder_fn)(void *strm, const void *options);
 typedef int (*lzma_code_fn)(void *strm, int action);
 
@@ -32,9 +33,10 @@ struct lzma_stream_head {
 #define LZMA_FINISH 3
 #define LZMA_STREAM_END 1
 
-/* The compressor of a segment: LZ4 (`fast`), LZ4HC (`hc`, `state`, `level`) or MicroLZMA. */
+/* The compressor of a segment: LZ4 (`fast`), LZ4HC (`hc_reset`, `hc`, `state`, `level`) or MicroLZMA. */
 struct coder {
     destsize_fn fast;
+    hc_reset_fn hc_reset;
     hc_destsize_fn hc;
     void *state;
     int level;
@@ -49,12 +51,20 @@ struct coder {
 #define KIND_PLAIN 0
 #define KIND_HEAD1 1
 
-/* One destSize call of `offer` bytes at `src` into `dst` (BLK bytes); the stream's length, or <= 0. */
+/*
+ * One destSize call of `offer` bytes at `src` into `dst` (BLK bytes); the stream's length, or <= 0.
+ * LZ4HC: LZ4_resetStreamHC_fast, then LZ4_compress_HC_continue_destSize on the caller's state,
+ * which gives the stream LZ4_compress_HC_destSize gives (every call starts a new block with no
+ * dictionary: the positions the state remembers from earlier calls lie outside the new
+ * block's window) without clearing the state's 256 KiB of tables on every call as it does.
+ */
 static int attempt(const struct coder *c, const char *src, int offer, char *dst, int *used)
 {
     *used = offer;
-    if (c->hc)
-        return c->hc(c->state, src, dst, used, BLK, c->level);
+    if (c->hc) {
+        c->hc_reset(c->state, c->level);
+        return c->hc(c->state, src, dst, used, BLK);
+    }
     return c->fast(src, dst, used, BLK);
 }
 
@@ -170,12 +180,13 @@ static int segment(const struct coder *c, const char *data, int n, char *out, in
     return count;
 }
 
-/* LZ4 (`hc` NULL, `fast`: LZ4_compress_destSize) or LZ4HC (`hc`: LZ4_compress_HC_destSize at
-   `level` with `state`, LZ4_sizeofStateHC() bytes). */
-int erofs_lz4_segment(destsize_fn fast, hc_destsize_fn hc, void *state, int level, const char *data, int n,
-                      char *out, int out_blocks, int *ext)
+/* LZ4 (`hc` NULL, `fast`: LZ4_compress_destSize) or LZ4HC (`hc_reset`: LZ4_resetStreamHC_fast,
+   `hc`: LZ4_compress_HC_continue_destSize, at `level` on `state`: LZ4_sizeofStateHC() bytes that
+   LZ4_initStreamHC prepared once and only this loop has used since). */
+int erofs_lz4_segment(destsize_fn fast, hc_reset_fn hc_reset, hc_destsize_fn hc, void *state, int level,
+                      const char *data, int n, char *out, int out_blocks, int *ext)
 {
-    struct coder c = {fast, hc, state, level, NULL, NULL, NULL, NULL};
+    struct coder c = {fast, hc_reset, hc, state, level, NULL, NULL, NULL, NULL};
 
     return segment(&c, data, n, out, out_blocks, ext);
 }
@@ -185,7 +196,7 @@ int erofs_lz4_segment(destsize_fn fast, hc_destsize_fn hc, void *state, int leve
 int erofs_lzma_segment(microlzma_encoder_fn encoder, lzma_code_fn code, void *stream, const void *options,
                        const char *data, int n, char *out, int out_blocks, int *ext)
 {
-    struct coder c = {NULL, NULL, NULL, 0, encoder, code, stream, options};
+    struct coder c = {NULL, NULL, NULL, NULL, 0, encoder, code, stream, options};
 
     return segment(&c, data, n, out, out_blocks, ext);
 }

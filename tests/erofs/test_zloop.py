@@ -8,6 +8,7 @@ import ctypes
 import gzip
 import os
 import random
+import threading
 
 import pytest
 from hypothesis import example, given, settings
@@ -128,10 +129,15 @@ def test_the_compiled_loop_offers_liblz4_what_the_python_loop_offers(codec: Code
         c_offers.append(size[0])
         return int(lib.LZ4_compress_destSize(src, dst, size, cap))
 
-    @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, pint, ctypes.c_int, ctypes.c_int)
-    def hc(state: int, src: int, dst: int, size: ctypes._Pointer[ctypes.c_int], cap: int, lvl: int) -> int:
+    @ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int)
+    def reset(state: int, lvl: int) -> None:
+        lib.LZ4_resetStreamHC_fast(ctypes.c_void_p(state), lvl)
+
+    @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, pint, ctypes.c_int)
+    def hc(state: int, src: int, dst: int, size: ctypes._Pointer[ctypes.c_int], cap: int) -> int:
         c_offers.append(size[0])
-        return int(lib.LZ4_compress_HC_destSize(state, src, dst, size, cap, lvl))
+        return int(lib.LZ4_compress_HC_continue_destSize(ctypes.c_void_p(state), ctypes.c_void_p(src),
+                                                         ctypes.c_void_p(dst), size, cap))
 
     loop = zcodec._zloop()
     assert loop is not None
@@ -140,8 +146,8 @@ def test_the_compiled_loop_offers_liblz4_what_the_python_loop_offers(codec: Code
     ext = (ctypes.c_int * (3 * room))()
     is_hc = codec is Codec.LZ4HC
     state = ctypes.create_string_buffer(zcodec._liblz4().hc_state_size)
-    count = loop.erofs_lz4_segment(None if is_hc else fast, hc if is_hc else None, state,
-                                   zcodec.LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data),
+    count = loop.erofs_lz4_segment(None if is_hc else fast, reset if is_hc else None, hc if is_hc else None,
+                                   state, zcodec.LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data),
                                    out, room, ext)
     assert count == len(expected.extents)
     assert c_offers == py_offers
@@ -171,3 +177,41 @@ def test_compress_segment_runs_the_compiled_loop_for_one_block_pclusters(monkeyp
     compress_segment(data, codec=Codec.ZSTD, level=None)
     compress_segment(data, codec=Codec.LZMA, level=None, pcluster_blocks=2)
     assert calls == [1, 1]
+
+
+def test_a_thread_keeps_its_buffers_and_lz4hc_state_across_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled loop reuses one output buffer, one extent buffer and one LZ4HC state per
+    thread (the state only reset between calls): segments of every size and level in a row, big
+    after small and small after big, each as the Python loop cuts it, and a short result does
+    not keep bytes of a longer one before it."""
+    sizes = [BLK + 1, SEGMENT, 5000, 300000, 1, SEGMENT - 1, 70000]
+    runs = [(codec, level, mixed(k, size)) for k, size in enumerate(sizes) for codec, level in CODECS[:5]]
+    expected = [python_loop(codec, level, data, monkeypatch) for codec, level, data in runs]
+    got = [compiled_loop(codec, level, data) for codec, level, data in runs]
+    assert got == expected
+
+
+def test_threads_compress_at_once_with_buffers_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four threads each compressing their own segments over and over (LZ4 and LZ4HC) get what
+    one thread gets: no buffer or LZ4HC state is shared between them (sharing them crashed the
+    process or garbled streams)."""
+    datas = [mixed(100 + k, 200000 + 50000 * k) for k in range(4)]
+    codecs = [(Codec.LZ4HC, None), (Codec.LZ4, None), (Codec.LZ4HC, 4), (Codec.LZ4HC, 12)]
+    expected = [python_loop(codec, level, data, monkeypatch)
+                for (codec, level), data in zip(codecs, datas, strict=True)]
+    wrong: list[int] = []
+    start = threading.Barrier(4)
+
+    def work(k: int) -> None:
+        codec, level = codecs[k]
+        start.wait()
+        for _ in range(15):
+            if compiled_loop(codec, level, datas[k]) != expected[k]:
+                wrong.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
