@@ -26,8 +26,9 @@ T = TypeVar("T")
 #: Bytes a read of a connection may return. httpcore asks for 64 KiB at a time; a blob of a few
 #: hundred MB is then thousands of trips through h11 and httpx, each taking the GIL (which the
 #: builds running meanwhile hold most of the time). End to end on the bench image over plain HTTP
-#: on loopback (alternating, medians): ``erofs+lz4`` 5.50 -> 5.12 s, raw 4.61 -> 4.36 s. Over TLS
-#: a read returns at most one TLS record (16 KiB) whatever is asked.
+#: on loopback (alternating, medians): ``erofs+lz4`` 5.50 -> 5.12 s, raw 4.61 -> 4.36 s. Over TLS,
+#: where one ``recv`` returns one record (16 KiB), a read takes the records at hand: pulling a
+#: 210 MB blob from a TLS registry on loopback took 0.47-0.64 CPU seconds, now 0.42-0.45.
 READ_SIZE = 1 << 20
 
 
@@ -45,8 +46,18 @@ class _CancellableStream(httpcore.NetworkStream):
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """Up to ``READ_SIZE`` bytes when httpcore asks for fewer: whatever the socket has (its
-        HTTP/1.1 parser takes any amount of data per read)."""
-        return self._guarded(lambda: self._inner.read(max(max_bytes, READ_SIZE), timeout))
+        HTTP/1.1 parser takes any amount of data per read). Over TLS a ``recv`` returns one
+        record (16 KiB) at most, so the records that are already there are taken too."""
+        want = max(max_bytes, READ_SIZE)
+
+        def read() -> bytes:
+            data = self._inner.read(want, timeout)
+            sock = self._inner.get_extra_info("socket")
+            if data and len(data) < want and isinstance(sock, ssl.SSLSocket):
+                data = _records_at_hand(sock, data, want, timeout)
+            return data
+
+        return self._guarded(read)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._guarded(lambda: self._inner.write(buffer, timeout))
@@ -77,6 +88,28 @@ class _CancellableStream(httpcore.NetworkStream):
         # A socket shut down mid-read reads as a clean EOF: do not hand that to httpcore as data.
         scope.check("registry connection", RequestCancelled)
         return result
+
+
+def _records_at_hand(sock: ssl.SSLSocket, first: bytes, want: int, timeout: float | None) -> bytes:
+    """``first`` and what more of the TLS stream can be read at once, up to ``want`` bytes: the
+    records already received whole, without waiting for more. An error is left for the next
+    read to meet (``first`` is data the caller must get)."""
+    parts = [first]
+    got = len(first)
+    try:
+        sock.setblocking(False)
+        while got < want:
+            try:
+                more = sock.recv(want - got)
+            except OSError:  # nothing whole at hand (SSLWantReadError is one), or a failure
+                break
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+    finally:
+        sock.settimeout(timeout)
+    return first if len(parts) == 1 else b"".join(parts)
 
 
 def _shutdown(sock: object) -> None:
