@@ -369,14 +369,7 @@ def compiled_loop_available() -> bool:
 
 _COMPILED = frozenset({Codec.LZ4, Codec.LZ4HC, Codec.LZMA})
 _INT_SIZE = ctypes.sizeof(ctypes.c_int)
-#: The output room of a whole segment (zwriter.SEGMENT, 4 MiB, and two blocks), where the
-#: scratch buffers stop doubling.
-_SEGMENT_ROOM = (4 << 20) + 2 * 4096  # fmt.BLOCK_SIZE, the only block size
-
-
-def _grown(old: _Buffer | None, size: int, cap: int) -> int:
-    """The size a scratch buffer grows to for ``size`` bytes: twice the old one, up to ``cap``."""
-    return max(size, min(2 * old.size if old else 0, cap))
+_GRAIN = 64 << 10  # scratch buffers grow in steps of this many bytes
 
 
 class _Buffer:
@@ -388,6 +381,13 @@ class _Buffer:
         self.address = ctypes.addressof(self.data)
 
 
+def _fitted(old: _Buffer | None, size: int) -> _Buffer:
+    """``old`` if it holds ``size`` bytes, else a new buffer that does (rounded up to ``_GRAIN``)."""
+    if old is not None and old.size >= size:
+        return old
+    return _Buffer(-(-size // _GRAIN) * _GRAIN)
+
+
 class _Scratch(threading.local):
     """One thread's buffers for the compiled loop, kept from call to call: the output blocks, the
     extents, and the LZ4HC state (a new one per call cost a 4 MiB zero-fill per segment and
@@ -397,16 +397,6 @@ class _Scratch(threading.local):
         self.out: _Buffer | None = None
         self.ext: _Buffer | None = None
         self.hc_state: _Buffer | None = None
-
-    def out_for(self, size: int) -> _Buffer:
-        if self.out is None or self.out.size < size:
-            self.out = _Buffer(_grown(self.out, size, _SEGMENT_ROOM))
-        return self.out
-
-    def ext_for(self, size: int) -> _Buffer:
-        if self.ext is None or self.ext.size < size:
-            self.ext = _Buffer(_grown(self.ext, size, 3 * _INT_SIZE * (_SEGMENT_ROOM // 4096)))
-        return self.ext
 
     def lz4hc_state(self, lib: _Lib) -> int:
         """This thread's LZ4HC state, prepared (LZ4_initStreamHC) once; zloop.c resets it per call."""
@@ -434,8 +424,8 @@ def compiled_segment(codec: Codec, level: int | None, data: bytes) -> tuple[byte
     block = fmt.BLOCK_SIZE
     room = len(data) // block + 2
     scratch = _scratch
-    out = scratch.out_for(room * block)
-    ext = scratch.ext_for(3 * room * _INT_SIZE)
+    scratch.out = out = _fitted(scratch.out, room * block)
+    scratch.ext = ext = _fitted(scratch.ext, 3 * room * _INT_SIZE)
     if codec is Codec.LZMA:
         enc = _microlzma(level, block, block)
         try:
@@ -458,8 +448,9 @@ def compiled_segment(codec: Codec, level: int | None, data: bytes) -> tuple[byte
     if count < 0:  # pragma: no cover - the room above is what the loop can write
         raise RuntimeError(f"the compiled extent loop returned {count}")
     fields = struct.unpack_from(f"{3 * count}i", ext.data)
-    extents = tuple(zip(fields[0::3], fields[1::3], fields[2::3], strict=True))
-    return ctypes.string_at(out.address, sum(fields[2::3]) * block), extents
+    blocks = fields[2::3]
+    extents = tuple(zip(fields[0::3], fields[1::3], blocks, strict=True))
+    return ctypes.string_at(out.address, sum(blocks) * block), extents
 
 
 def _microlzma(level: int | None, capacity: int, dict_for: int) -> microlzma.MicroLzmaEncoder:

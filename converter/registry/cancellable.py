@@ -43,6 +43,7 @@ class _CancellableStream(httpcore.NetworkStream):
 
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
+        self._sock = inner.get_extra_info("socket")  # a TLS connection is a new stream (start_tls)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """Up to ``READ_SIZE`` bytes when httpcore asks for fewer: whatever the socket has (its
@@ -52,9 +53,8 @@ class _CancellableStream(httpcore.NetworkStream):
 
         def read() -> bytes:
             data = self._inner.read(want, timeout)
-            sock = self._inner.get_extra_info("socket")
-            if data and len(data) < want and isinstance(sock, ssl.SSLSocket):
-                data = _records_at_hand(sock, data, want, timeout)
+            if data and len(data) < want and isinstance(self._sock, ssl.SSLSocket):
+                data = _records_at_hand(self._sock, data, want, timeout)
             return data
 
         return self._guarded(read)
@@ -77,9 +77,8 @@ class _CancellableStream(httpcore.NetworkStream):
         scope = current_scope()
         if scope is None:
             return operation()
-        sock = self._inner.get_extra_info("socket")
         try:
-            with scope.blocking(lambda: _shutdown(sock), "registry connection", RequestCancelled):
+            with scope.blocking(lambda: _shutdown(self._sock), "registry connection", RequestCancelled):
                 result = operation()
         except Exception as exc:
             if scope.cancelled and not isinstance(exc, RequestCancelled):
@@ -109,7 +108,7 @@ def _records_at_hand(sock: ssl.SSLSocket, first: bytes, want: int, timeout: floa
             got += len(more)
     finally:
         sock.settimeout(timeout)
-    return first if len(parts) == 1 else b"".join(parts)
+    return b"".join(parts)  # ``first`` itself when nothing more came
 
 
 def _shutdown(sock: object) -> None:

@@ -146,6 +146,7 @@ def test_the_compiled_loop_offers_liblz4_what_the_python_loop_offers(codec: Code
     ext = (ctypes.c_int * (3 * room))()
     is_hc = codec is Codec.LZ4HC
     state = ctypes.create_string_buffer(zcodec._liblz4().hc_state_size)
+    lib.LZ4_initStreamHC(state, len(state))  # as zloop.c expects of the state it is given
     count = loop.erofs_lz4_segment(None if is_hc else fast, reset if is_hc else None, hc if is_hc else None,
                                    state, zcodec.LZ4HC_DEFAULT_LEVEL if level is None else level, data, len(data),
                                    out, room, ext)
