@@ -73,6 +73,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+@pytest.fixture(scope="module")
+def compressible(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The golden compressible layer as a tar file (made once for the module's tests)."""
+    source = tmp_path_factory.mktemp("layer") / "compressible.tar"
+    source.write_bytes(golden.compressible_tar())
+    return source
+
+
 def _env(venv: Path, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in {"EROFS_UTILS_DIR", "EROFS_CONVERTER_NATIVE", "PYTHONPATH", "VIRTUAL_ENV"}}
@@ -104,7 +112,7 @@ def test_the_wheel_holds_the_sources_and_needs_what_is_declared(installed: Path)
         assert metadata.version(name), f"{name} is not installed here"
 
 
-def test_every_format_without_erofs_utils(installed: Path, tmp_path: Path) -> None:
+def test_every_format_without_erofs_utils(installed: Path, compressible: Path, tmp_path: Path) -> None:
     probe = _run(installed, tmp_path, "python", "-c",
                  "import json, converter, converter.native as n\n"
                  "from converter.erofs.tools import find_program\n"
@@ -115,12 +123,10 @@ def test_every_format_without_erofs_utils(installed: Path, tmp_path: Path) -> No
     assert status.startswith("pure"), status
     assert mkfs == "None"
 
-    source = tmp_path / "compressible.tar"
-    source.write_bytes(golden.compressible_tar())
     pinned = golden.pinned()
     for fmt in golden.LAYER_FORMATS:
         image = tmp_path / f"{fmt.replace(',', '-').replace('=', '')}.erofs"
-        done = _run(installed, tmp_path, "erofs-convert", "layer", str(source), "-o", str(image), "--to", fmt,
+        done = _run(installed, tmp_path, "erofs-convert", "layer", str(compressible), "-o", str(image), "--to", fmt,
                     "--bottom")
         assert done.returncode == 0 and done.stderr == "", f"{fmt}: {done.stderr}"
         assert "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest() == pinned[f"layer {fmt}"], fmt
@@ -140,10 +146,8 @@ def test_every_format_without_erofs_utils(installed: Path, tmp_path: Path) -> No
             pinned[name], name
 
 
-def test_asking_for_mkfs_there_is_one_clear_line(installed: Path, tmp_path: Path) -> None:
-    source = tmp_path / "compressible.tar"
-    source.write_bytes(golden.compressible_tar())
-    done = _run(installed, tmp_path, "erofs-convert", "layer", str(source), "-o", str(tmp_path / "x.erofs"),
+def test_asking_for_mkfs_there_is_one_clear_line(installed: Path, compressible: Path, tmp_path: Path) -> None:
+    done = _run(installed, tmp_path, "erofs-convert", "layer", str(compressible), "-o", str(tmp_path / "x.erofs"),
                 "--to", "erofs+lz4", "--builder", "mkfs", "--bottom")
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and "mkfs.erofs" in done.stderr and "make setup" in done.stderr, done.stderr
